@@ -1,0 +1,159 @@
+"""Run configuration: one typed dataclass, named presets, and a CLI generated from the dataclass.
+
+The CLI is built from the fields below (type, default, help, choices), so the flags can never drift
+from the config: `--hidden-size` is `TrainConfig.hidden_size`. Precedence is
+defaults < preset < explicit flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from dist_rnn.errors import UserError
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field whose help text feeds the generated CLI."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; `config.json` in the run directory is this, resolved."""
+
+    # -- what to run
+    preset: Optional[str] = _opt(None, "start from a named preset (explicit flags override it)")
+    name: Optional[str] = _opt(None, "run name, used in the default --out-dir")
+    # -- data
+    data_dir: Optional[str] = _opt(
+        None, "directory with the four MNIST IDX files (plain or .gz, flat or MNIST/raw/); "
+        "default: $DIST_RNN_DATA, else ./data")
+    download: bool = _opt(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
+    limit_train: Optional[int] = _opt(None, "use only the first N training images (small runs)")
+    limit_test: Optional[int] = _opt(None, "use only the first N test images (small runs)")
+    # -- model
+    cell: Literal["rnn", "gru", "lstm"] = _opt("lstm", "recurrent cell")
+    hidden_size: int = _opt(128, "hidden units per direction and layer")
+    num_layers: int = _opt(2, "stacked recurrent layers")
+    bidirectional: bool = _opt(False, "run a second recurrent net backwards over the sequence")
+    dropout: float = _opt(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)")
+    readout: Literal["last", "final"] = _opt(
+        "final", "'final': final hidden state of each direction (correct many-to-one); "
+        "'last': out[:, -1, :] as the original scripts (the backward half has seen one row only)")
+    # -- optimisation
+    epochs: int = _opt(2, "passes over the training set")
+    max_steps: Optional[int] = _opt(None, "stop after this many optimizer steps in total (0: evaluate the initial model)")
+    batch_size: int = _opt(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE")
+    eval_batch_size: int = _opt(1000, "per-process batch size for evaluation")
+    optimizer: Literal["adam", "sgd"] = _opt("adam", "optimizer")
+    lr: float = _opt(0.003, "learning rate")
+    momentum: float = _opt(0.0, "momentum (sgd only)")
+    grad_clip: Optional[float] = _opt(None, "clip the global gradient norm to this value")
+    precision: Literal["fp32", "bf16", "fp16"] = _opt(
+        "fp32", "autocast precision; fp16 (with GradScaler) needs CUDA, bf16 works on CPU and CUDA")
+    device: Literal["auto", "cpu", "cuda"] = _opt("auto", "'auto': CUDA when available, else CPU")
+    seed: int = _opt(0, "seed for initialisation, shuffling and dropout")
+    # -- output
+    log_every: int = _opt(100, "print and record the training loss every N steps")
+    out_dir: Optional[str] = _opt(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
+
+
+# The two scripts dist_rnn started from. Only their hyperparameters are reproduced; both read the
+# output at the last time step (`out[:, -1, :]`), flaw included, hence readout="last".
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed-lstm": dict(cell="lstm", hidden_size=128, num_layers=2, bidirectional=False, dropout=0.0,
+                      readout="last", batch_size=100, epochs=2, optimizer="adam", lr=0.01),
+    "seed-bilstm": dict(cell="lstm", hidden_size=128, num_layers=2, bidirectional=True, dropout=0.0,
+                        readout="last", batch_size=100, epochs=2, optimizer="adam", lr=0.003),
+}
+
+
+def _field_type(f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
+    """Return (python type, choices) of a field, unwrapping Optional[...] and Literal[...]."""
+    hints = typing.get_type_hints(TrainConfig)
+    tp = hints[f.name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union:  # Optional[X]
+        tp = args[0]
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        return type(choices[0]), choices
+    return tp, None
+
+
+def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per TrainConfig field; unset flags stay absent."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train an RNN classifier on MNIST read as a sequence of rows. Runs the same under "
+        "`python -m dist_rnn.train` (one process) and `torchrun --nproc_per_node=N -m dist_rnn.train` (DDP).",
+        epilog="Examples:\n"
+        "  python -m dist_rnn.train --preset seed-bilstm --data-dir ../shared/data/mnist\n"
+        "  torchrun --standalone --nproc_per_node=4 -m dist_rnn.train --preset seed-lstm\n"
+        "  python -m dist_rnn.train --cell gru --limit-train 2000 --limit-test 500 --epochs 1\n"
+        "Outputs (config.json, metrics.jsonl, results.json, checkpoints/) go to --out-dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # absent flags do not override the preset
+    )
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        tp, choices = _field_type(f)
+        kwargs: dict[str, Any] = dict(help=f.metadata["help"], default=argparse.SUPPRESS)
+        if f.name == "preset":
+            choices = tuple(PRESETS)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp
+            kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+            if choices:
+                kwargs["choices"] = choices
+        # Show the dataclass default in --help without making argparse fill it in.
+        if f.default is not None:
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
+    """Parse flags into a TrainConfig: defaults, then the preset, then explicit flags; then validate."""
+    explicit = vars(build_parser().parse_args(argv))
+    preset = explicit.get("preset")
+    values = {**PRESETS.get(preset, {}), **explicit} if preset else explicit
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """Reject settings that cannot work, with one line naming the flag."""
+    positive = ["hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size", "log_every"]
+    for name in positive:
+        if getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+    for name in ["limit_train", "limit_test"]:
+        if getattr(c, name) is not None and getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+    if c.max_steps is not None and c.max_steps < 0:
+        raise UserError(f"--max-steps must be >= 0, got {c.max_steps}")
+    if not c.lr > 0:
+        raise UserError(f"--lr must be > 0, got {c.lr}")
+    if not 0 <= c.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {c.dropout}")
+    if c.dropout and c.num_layers == 1:
+        raise UserError("--dropout acts only between stacked layers: it needs --num-layers >= 2")
+    if c.momentum < 0:
+        raise UserError(f"--momentum must be >= 0, got {c.momentum}")
+    if c.momentum and c.optimizer != "sgd":
+        raise UserError("--momentum applies to --optimizer sgd only")
+    if c.grad_clip is not None and not c.grad_clip > 0:
+        raise UserError(f"--grad-clip must be > 0, got {c.grad_clip}")
+
+
+def to_dict(c: TrainConfig) -> dict[str, Any]:
+    """Plain JSON-able dict (also what checkpoints store: no pickled classes)."""
+    return dataclasses.asdict(c)

@@ -1,0 +1,123 @@
+"""Process-group setup from torchrun's environment, and the few collectives the loop needs.
+
+A plain `python -m dist_rnn.train` (or torchrun with one process) creates no process group and no
+DDP wrapper; every helper here is then a no-op, so the train loop has one path for both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dist_rnn.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job: global rank, local rank (its GPU), world size, device."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: the one process that prints and writes files (not local rank 0 of each node)."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_rank() -> int:
+    """Global rank from torchrun's environment (0 outside torchrun); usable before any setup."""
+    return int(os.environ.get("RANK", 0))
+
+
+def _resolve_device(choice: str, local_rank: int) -> torch.device:
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices: "
+                        "lower --nproc_per_node")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device_choice: str) -> DistEnv:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and join the process group if WORLD_SIZE > 1."""
+    rank, world_size = env_rank(), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = _resolve_device(device_choice, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before the process group / DDP, so NCCL binds the right GPU
+    if world_size > 1:
+        # MASTER_ADDR / MASTER_PORT come from the environment too (init_method="env://").
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(rank, local_rank, world_size, device)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
+    """DDP-wrap the model when there are several processes; the bare model otherwise."""
+    if not env.is_distributed:
+        return model
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (for evaluation and for state_dicts without `module.`)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum a tensor over all ranks, in place; returns it."""
+    if env.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_from_main(obj: T, env: DistEnv) -> T:
+    """Rank 0's value of a picklable object, on every rank."""
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
+    """Run fn on rank 0 first (it may download or write), then on the others.
+
+    A UserError on rank 0 is sent to every rank, so the others fail with it instead of waiting
+    forever at a barrier for a rank that has gone.
+    """
+    if not env.is_distributed:
+        return fn()
+    error, result = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_from_main(error, env)
+    if error is not None:
+        raise UserError(error)
+    return result if env.is_main else fn()

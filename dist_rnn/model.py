@@ -1,0 +1,42 @@
+"""The many-to-one recurrent classifier: a stacked (bi)directional RNN/GRU/LSTM and a linear readout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class RNNClassifier(nn.Module):
+    """Reads a (batch, time, features) sequence and returns (batch, num_classes) logits.
+
+    readout="last" is the original scripts' `out[:, -1, :]`: the top layer's output at the last
+    time step. For a unidirectional net that equals the final hidden state; for a bidirectional net
+    its backward half is the backward RNN's *first* step, which has read only the last row.
+    readout="final" concatenates the final hidden state of each direction (forward after the last
+    step, backward after the first): the correct many-to-one readout.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int = 128, num_layers: int = 2,
+                 num_classes: int = 10, cell: str = "lstm", bidirectional: bool = False,
+                 dropout: float = 0.0, readout: str = "final"):
+        super().__init__()
+        if readout not in ("last", "final"):
+            raise ValueError(f"readout must be 'last' or 'final', got {readout!r}")
+        self.readout = readout
+        self.num_directions = 2 if bidirectional else 1
+        # batch_first=True only changes the layout of the input and output tensors, not the maths.
+        self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                               bidirectional=bidirectional, dropout=dropout)
+        self.fc = nn.Linear(hidden_size * self.num_directions, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, state = self.rnn(x)  # out: (B, T, dirs * H)
+        if self.readout == "last":
+            features = out[:, -1, :]
+        else:
+            h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
+            # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
+            features = torch.cat(list(h_n[-self.num_directions:]), dim=1)
+        return self.fc(features)
