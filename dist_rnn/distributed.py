@@ -74,6 +74,12 @@ def teardown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+def barrier(env: DistEnv) -> None:
+    """Wait until every rank gets here."""
+    if env.is_distributed:
+        dist.barrier()
+
+
 def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
     """DDP-wrap the model when there are several processes; the bare model otherwise."""
     if not env.is_distributed:

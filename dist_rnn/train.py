@@ -175,6 +175,9 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     log.write_json("results.json", results)
     log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
              f"{step} steps ({train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
+    # Leave together: a rank that tears down its process group while rank 0 is still writing
+    # can abort inside gloo ("terminate called without an active exception", seen here).
+    distributed.barrier(env)
     return results
 
 

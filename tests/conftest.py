@@ -1,0 +1,89 @@
+"""Shared test helpers: small synthetic MNIST files in the real IDX format, and real subprocess runs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from dist_rnn.data import SPLIT_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format (magic 0x0000 08 <ndim>, big-endian int32 dims)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def synthetic_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake digits: noise plus a bright vertical bar in column 2*label+4 (seen at every step)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    images[np.arange(n)[:, None], np.arange(4, 24), 2 * labels.astype(int)[:, None] + 4] = 255
+    return images, labels
+
+
+def write_mnist(root: Path, n_train: int = 600, n_test: int = 130, gz: bool = False,
+                layout: str = "flat") -> Path:
+    """Write the four files under root (flat or torchvision's MNIST/raw/), plain or gzip; returns root."""
+    folder = root if layout == "flat" else root / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        images, labels = synthetic_split(n, seed)
+        for name, array in zip(SPLIT_FILES[split], (images, labels)):
+            data = idx_bytes(array)
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture
+def mnist_dir(tmp_path: Path) -> Path:
+    return write_mnist(tmp_path / "mnist")
+
+
+def real_mnist_dir() -> Optional[Path]:
+    """The real MNIST files, where present: $DIST_RNN_DATA or ../shared/data/mnist."""
+    for candidate in (os.environ.get("DIST_RNN_DATA"), REPO.parent / "shared" / "data" / "mnist"):
+        if candidate and (Path(candidate) / "t10k-labels-idx1-ubyte.gz").exists():
+            return Path(candidate)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
+              env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run `python -m dist_rnn.train ARGS`, or under real torchrun with nproc processes."""
+    if nproc is None:
+        cmd = [sys.executable, "-m", "dist_rnn.train", *args]
+    else:
+        cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "dist_rnn.train", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+def read_results(out_dir: Path) -> dict:
+    return json.loads((out_dir / "results.json").read_text())

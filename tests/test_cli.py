@@ -1,0 +1,74 @@
+"""The CLI mirrors TrainConfig, presets are the originals' hyperparameters, bad input is one line + exit 2."""
+
+import dataclasses
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_train
+from dist_rnn.config import PRESETS, TrainConfig, build_parser, parse_config
+from dist_rnn.errors import UserError
+
+
+def test_every_field_has_a_documented_flag():
+    help_text = build_parser().format_help()
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in help_text
+        assert f.metadata["help"]
+
+
+def test_defaults_preset_then_flags():
+    assert parse_config([]) == TrainConfig()
+    c = parse_config(["--preset", "seed-bilstm", "--lr", "0.001", "--no-bidirectional"])
+    assert (c.lr, c.bidirectional, c.readout, c.batch_size, c.epochs) == (0.001, False, "last", 100, 2)
+
+
+def test_presets_are_the_original_scripts():
+    lstm, bilstm = parse_config(["--preset", "seed-lstm"]), parse_config(["--preset", "seed-bilstm"])
+    for c in (lstm, bilstm):
+        assert (c.cell, c.hidden_size, c.num_layers, c.batch_size, c.epochs, c.optimizer, c.readout) == \
+               ("lstm", 128, 2, 100, 2, "adam", "last")
+    assert (lstm.bidirectional, lstm.lr) == (False, 0.01)
+    assert (bilstm.bidirectional, bilstm.lr) == (True, 0.003)
+    assert set(PRESETS) == {"seed-lstm", "seed-bilstm"}
+    assert TrainConfig().readout == "final"  # everything but the presets uses the correct readout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--dropout", "0.2", "--num-layers", "1"], "needs --num-layers >= 2"),
+    (["--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
+    (["--max-steps", "-1"], "--max-steps must be >= 0"),
+])
+def test_invalid_values(args, words):
+    with pytest.raises(UserError, match=re.escape(words)):
+        parse_config(args)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--data-dir", "/nonexistent/mnist"], "train-images-idx3-ubyte: missing"),
+    (["--precision", "fp16", "--device", "cpu"], "--precision fp16 needs CUDA"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--batch-size", "1000", "--limit-train", "600"], "larger than the training set"),
+])
+def test_cli_errors_are_one_line_exit_2(args, words, mnist_dir, tmp_path):
+    proc = run_train(["--data-dir", str(mnist_dir), "--out-dir", str(tmp_path / "run"), *args])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line, no traceback
+    assert proc.stderr.startswith("dist_rnn.train: error:") and words in proc.stderr
+
+
+def test_argparse_errors_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.train", "--cell", "transformer"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help():
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.train", "--help"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "GLOBAL batch size" in proc.stdout and "--preset" in proc.stdout

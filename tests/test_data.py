@@ -1,0 +1,119 @@
+"""Reading and verifying IDX files, and the batch / shard arithmetic that DDP relies on."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import idx_bytes, real_mnist_dir, synthetic_split, write_mnist
+from dist_rnn.data import ShardedBatches, as_sequences, eval_shard, load_mnist, resolve_data_dir
+from dist_rnn.errors import UserError
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_load_layouts(tmp_path, gz, layout):
+    root = write_mnist(tmp_path, n_train=50, n_test=20, gz=gz, layout=layout)
+    train, test = load_mnist(root)
+    images, labels = synthetic_split(50, seed=1)
+    assert train.images.dtype == torch.uint8 and train.images.shape == (50, 28, 28)
+    assert torch.equal(train.images, torch.from_numpy(images))
+    assert torch.equal(train.labels, torch.from_numpy(labels).long())
+    assert len(test) == 20
+
+
+def test_data_dir_precedence(monkeypatch):
+    monkeypatch.setenv("DIST_RNN_DATA", "/from/env")
+    assert resolve_data_dir("/flag") == Path("/flag")
+    assert resolve_data_dir(None) == Path("/from/env")
+    monkeypatch.delenv("DIST_RNN_DATA")
+    assert resolve_data_dir(None) == Path("data")
+
+
+def corrupt(root: Path, name: str, how: str) -> None:
+    path = root / name
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[:-7])
+    elif how == "magic":
+        path.write_bytes(b"\x00\x00\x08\x09" + data[4:])
+    elif how == "header":
+        path.write_bytes(data[:6])
+    elif how == "gzip":
+        path.unlink()
+        Path(f"{path}.gz").write_bytes(b"not gzip at all")
+    elif how == "gzip-truncated":
+        path.unlink()
+        Path(f"{path}.gz").write_bytes(gzip.compress(data)[:-20])
+    elif how == "missing":
+        path.unlink()
+    elif how == "extra":
+        path.write_bytes(data + b"\x00")
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+@pytest.mark.parametrize("how,words", [
+    ("missing", "missing"), ("truncate", "truncated"), ("magic", "magic number"),
+    ("header", "truncated"), ("gzip", "corrupt gzip"), ("gzip-truncated", "corrupt gzip"),
+    ("extra", "corrupt"),
+])
+def test_bad_files_name_the_file(tmp_path, name, how, words):
+    root = write_mnist(tmp_path, n_train=30, n_test=10)
+    corrupt(root, name, how)
+    with pytest.raises(UserError) as err:
+        load_mnist(root)
+    message = str(err.value)
+    assert name in message and words in message and "\n" not in message
+
+
+def test_count_mismatch(tmp_path):
+    root = write_mnist(tmp_path, n_train=30, n_test=10)
+    images, _ = synthetic_split(31, seed=1)
+    (root / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
+    with pytest.raises(UserError, match="31 images but .*30 labels"):
+        load_mnist(root)
+
+
+def test_label_out_of_range(tmp_path):
+    root = write_mnist(tmp_path, n_train=30, n_test=10)
+    (root / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(10, 11, np.uint8)))
+    with pytest.raises(UserError, match="t10k-labels.*corrupt labels"):
+        load_mnist(root)
+
+
+@pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present")
+def test_real_files():
+    train, test = load_mnist(real_mnist_dir())
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    mean = as_sequences(train.images).mean().item()  # the README of the data gives 0.1306604762738429
+    assert abs(mean - 0.1306604762738429) < 1e-6
+    assert torch.bincount(test.labels).tolist()[:2] == [980, 1135]
+
+
+@pytest.mark.parametrize("world_size", [2, 4, 5])
+def test_global_batches_are_the_same_at_every_world_size(world_size):
+    n, batch = 1003, 100
+    single = ShardedBatches(n, batch, rank=0, world_size=1, seed=7)
+    shards = [ShardedBatches(n, batch, rank=r, world_size=world_size, seed=7) for r in range(world_size)]
+    for epoch in range(2):
+        reference = single.epoch(epoch)
+        parts = [s.epoch(epoch) for s in shards]
+        assert reference.shape == (10, 100) and parts[0].shape == (10, batch // world_size)
+        # global batch k at world size W, concatenated in rank order, is batch k of one process
+        assert torch.equal(torch.cat(parts, dim=1), reference)
+    assert not torch.equal(single.epoch(0), single.epoch(1))  # reshuffled every epoch
+
+
+def test_batch_must_divide_and_fit():
+    with pytest.raises(UserError, match="does not divide over 3"):
+        ShardedBatches(1000, 100, rank=0, world_size=3, seed=0)
+    with pytest.raises(UserError, match="larger than the training set"):
+        ShardedBatches(50, 100, rank=0, world_size=1, seed=0)
+
+
+@pytest.mark.parametrize("n,world_size", [(10000, 3), (1001, 2), (7, 4), (3, 4)])
+def test_eval_shards_cover_exactly_once(n, world_size):
+    covered = [i for r in range(world_size) for i in range(n)[eval_shard(n, r, world_size)]]
+    assert covered == list(range(n))

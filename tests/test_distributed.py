@@ -1,0 +1,108 @@
+"""Real torchrun runs on CPU with gloo: DDP training, same trajectory as one process, exact evaluation,
+the launch/ scripts (one node, and two "nodes" meeting through a c10d rendezvous on loopback)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, check_ok, free_port, read_results, run_train, write_mnist
+from dist_rnn.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def big_mnist(tmp_path_factory) -> Path:
+    """5000 training images: 50 global batches of 100, one epoch."""
+    return write_mnist(tmp_path_factory.mktemp("data"), n_train=5000, n_test=1001)
+
+
+def test_torchrun_two_processes(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--epochs", "2",
+                      "--log-every", "3", "--hidden-size", "32"], nproc=2)
+    check_ok(proc)
+    results = read_results(out)
+    assert results["world_size"] == 2 and results["test_samples"] == 130 and results["steps"] == 12
+    assert "2 process(es)" in proc.stdout and "(50 per process)" in proc.stdout
+    # only global rank 0 prints: each line once
+    assert proc.stdout.count("Epoch [1/2], Step [3/6]") == 1
+    assert proc.stdout.count("Epoch [2/2] test accuracy") == 1
+    checkpoint = load_checkpoint(results["checkpoint"])
+    assert not any(k.startswith("module.") for k in checkpoint["model"])
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "results.json"]
+
+
+def final_weights(out: Path) -> dict:
+    return load_checkpoint(read_results(out)["checkpoint"])["model"]
+
+
+def losses(out: Path) -> list:
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [e["loss"] for e in events if e["event"] == "train"]
+
+
+@pytest.mark.parametrize("optimizer,lr,steps,tolerance", [("sgd", "0.1", 50, 1e-5), ("adam", "0.003", 10, 1e-4)])
+def test_same_trajectory_at_any_world_size(big_mnist, tmp_path, optimizer, lr, steps, tolerance):
+    """Same seed and global batch: 2 processes follow the 1-process trajectory up to float rounding."""
+    args = ["--data-dir", str(big_mnist), "--optimizer", optimizer, "--lr", lr, "--max-steps", str(steps),
+            "--log-every", "5", "--hidden-size", "64"]
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "one")]))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "two")], nproc=2))
+    one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert worst < tolerance, f"max parameter difference {worst:.3g}"
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-4)
+    assert losses(tmp_path / "one")[0] != pytest.approx(losses(tmp_path / "one")[-1], abs=1e-3)  # it trained
+
+
+def test_exact_evaluation_counts(big_mnist, tmp_path):
+    """1001 test samples are each scored once at world sizes 1, 2 and 3 (1001 divides by neither)."""
+    correct = {}
+    for nproc in (None, 2, 3):
+        out = tmp_path / f"w{nproc}"
+        # --max-steps 0 scores the initial model, identical at every world size (same seed)
+        check_ok(run_train(["--data-dir", str(big_mnist), "--out-dir", str(out), "--max-steps", "0",
+                            "--batch-size", "6", "--eval-batch-size", "64"], nproc=nproc))
+        results = read_results(out)
+        assert results["test_samples"] == 1001 and results["world_size"] == (nproc or 1)
+        correct[nproc] = round(results["test_accuracy"] * 1001)
+    assert len(set(correct.values())) == 1, correct
+
+
+def test_error_under_torchrun_is_printed_once(tmp_path):
+    proc = run_train(["--data-dir", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "run")], nproc=2)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert output.count("dist_rnn.train: error:") == 1 and "train-images-idx3-ubyte: missing" in output
+
+
+def run_script(script: str, args: list, extra_env: dict) -> subprocess.Popen:
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(os.sys.executable))), **extra_env}
+    return subprocess.Popen(["bash", str(REPO / "launch" / script), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_launch_single_node(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_script("single_node.sh", ["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "3"],
+                      {"NPROC": "2"})
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert read_results(out)["world_size"] == 2
+
+
+def test_launch_multi_node_on_loopback(mnist_dir, tmp_path):
+    """Two torchrun agents, each a 'node' of one process, meet through the c10d rendezvous."""
+    out = tmp_path / "run"
+    env = {"NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "RUN_ID": "test", "OMP_NUM_THREADS": "1"}  # two 'nodes' share this machine's cores
+    args = ["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "3"]
+    nodes = [run_script("multi_node.sh", args, env) for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    results = read_results(out)
+    assert results["world_size"] == 2 and results["steps"] == 3 and results["test_samples"] == 130
+    assert sum(o.count("test accuracy") for o in outputs) == 2  # epoch line + final line, rank 0 only

@@ -1,0 +1,50 @@
+"""RNNClassifier: shapes for every cell x direction x readout, and what each readout reads."""
+
+import pytest
+import torch
+
+from dist_rnn.model import RNNClassifier
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("readout", ["last", "final"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_output_shape(cell, bidirectional, readout, num_layers):
+    model = RNNClassifier(input_size=28, hidden_size=16, num_layers=num_layers, cell=cell,
+                          bidirectional=bidirectional, readout=readout)
+    logits = model(torch.rand(5, 28, 28))
+    assert logits.shape == (5, 10)
+    assert model.fc.in_features == 16 * (2 if bidirectional else 1)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_unidirectional_readouts_agree(cell):
+    """Without a backward direction, out[:, -1] IS the top layer's final hidden state."""
+    torch.manual_seed(0)
+    model = RNNClassifier(28, 16, 2, cell=cell, readout="last")
+    x = torch.rand(4, 28, 28)
+    last = model(x)
+    model.readout = "final"
+    torch.testing.assert_close(model(x), last)
+
+
+def test_bidirectional_last_readout_is_the_flawed_one():
+    """out[:, -1, H:] is the backward RNN after ONE step (the last row); 'final' takes it after all 28."""
+    torch.manual_seed(0)
+    model = RNNClassifier(28, 16, 2, bidirectional=True, readout="final")
+    x = torch.rand(3, 28, 28)
+    out, (h_n, _) = model.rnn(x)
+    torch.testing.assert_close(out[:, -1, :16], h_n[-2])  # forward half: the same in both readouts
+    torch.testing.assert_close(out[:, 0, 16:], h_n[-1])   # backward final state sits at t = 0
+    assert not torch.allclose(out[:, -1, 16:], h_n[-1])   # ...not at t = -1
+    # The backward half of 'last' depends on the last row only: changing row 0 leaves it unchanged.
+    x2 = x.clone()
+    x2[:, 0] += 1
+    out2, _ = model.rnn(x2)
+    torch.testing.assert_close(out2[:, -1, 16:], out[:, -1, 16:])
+
+
+def test_bad_readout_rejected():
+    with pytest.raises(ValueError):
+        RNNClassifier(28, readout="middle")
