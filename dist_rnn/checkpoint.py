@@ -1,29 +1,220 @@
-"""Checkpoints: written by global rank 0 only, atomically, loadable with `weights_only=True`."""
+"""Checkpoints: everything needed to continue a run exactly, written by global rank 0, atomically.
+
+A checkpoint is two files in <out-dir>/checkpoints/: `step-<N>.pt` (the state, a plain dict that
+`torch.load(..., weights_only=True)` reads: tensors, numbers, strings, lists, dicts; never a pickled
+object) and, written after it, `step-<N>.json` (its size and SHA-256). A checkpoint counts only
+when both exist and agree; a crash between the two leaves a file that is ignored, never one that
+is half-read. Loading never runs code: weights_only=True refuses any other pickle.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import pickle
+import random
+import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
-from dist_rnn.distributed import unwrap
-from dist_rnn.files import atomic_write
+from dist_rnn import __version__, distributed
+from dist_rnn.config import RESUME_MUST_MATCH, TrainConfig
+from dist_rnn.distributed import DistEnv, unwrap
+from dist_rnn.errors import UserError
+from dist_rnn.files import atomic_write, atomic_write_json
+
+CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
+# What a checkpoint must hold to resume from.
+REQUIRED_KEYS = {"model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "rng", "config", "world_size"}
 
 
-def checkpoint_path(out_dir: Path, step: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"step-{step}.pt"
+def checkpoint_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
 
 
-def save_checkpoint(out_dir: Path, model: nn.Module, config: dict[str, Any], step: int) -> Path:
-    """Save {model, config, step}; the state_dict is the unwrapped module's (no `module.` prefix)."""
-    path = checkpoint_path(out_dir, step)
-    state = {"model": unwrap(model).state_dict(), "config": config, "step": step}
-    atomic_write(path, lambda fh: torch.save(state, fh))
-    return path
+def metadata_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step-<N>.pt in the run's checkpoint directory, newest first."""
+    folder = checkpoint_dir(out_dir)
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+# -- RNG state, as plain tensors and numbers (NumPy's get_state() tuple holds an ndarray, which
+#    weights_only=True refuses, so it is stored as a list)
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random number generators."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -- writing
+
+def save_checkpoint(env: DistEnv, out_dir: Path, keep_last: int, *, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int, epoch: int,
+                    batch_in_epoch: int, config: dict[str, Any], extra: Optional[dict[str, Any]] = None,
+                    ) -> Optional[dict[str, Any]]:
+    """Collective (every rank calls it): gather each rank's RNG state, rank 0 writes, all wait.
+
+    (epoch, batch_in_epoch) is the position of the NEXT batch to train: a run resumed from here
+    starts with batch `batch_in_epoch` of epoch `epoch`'s order. Returns, on rank 0, where and how
+    fast it was written.
+    """
+    rng = distributed.all_gather_objects(rng_state(env.device), env)  # one entry per rank
+    info = None
+    if env.is_main:
+        state = {
+            "model": unwrap(model).state_dict(),  # no `module.` prefix: loads into a bare model
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "samples_in_epoch": batch_in_epoch * config["batch_size"],
+            "sampler": {"seed": config["seed"], "epoch": epoch},
+            "rng": rng, "config": config, "world_size": env.world_size, "dist_rnn_version": __version__,
+            **(extra or {}),
+        }
+        info = write_checkpoint(out_dir, step, state)
+        prune(out_dir, keep_last)
+    distributed.barrier(env)  # nobody runs ahead of a checkpoint that may be needed
+    return info
+
+
+def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any]) -> dict[str, Any]:
+    """Write step-<N>.pt atomically, then its metadata: only then does the checkpoint count."""
+    start = time.perf_counter()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    path = checkpoint_dir(out_dir) / f"step-{step}.pt"
+    atomic_write(path, lambda fh: fh.write(data))
+    atomic_write_json(metadata_path(path), {"step": step, "bytes": len(data),
+                                            "sha256": hashlib.sha256(data).hexdigest(),
+                                            "dist_rnn_version": __version__})
+    return {"path": str(path), "bytes": len(data), "seconds": time.perf_counter() - start}
+
+
+def prune(out_dir: Path, keep_last: int) -> None:
+    """Delete all but the keep_last newest checkpoints (metadata first: a half-deleted one is invalid)."""
+    for _, path in list_checkpoints(out_dir)[keep_last:]:
+        metadata_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+
+def remove_all(out_dir: Path) -> None:
+    prune(out_dir, 0)
+
+
+# -- reading
+
+def problem(path: Path) -> Optional[str]:
+    """Why the checkpoint at path does not count (None when it is complete and intact)."""
+    meta_file = metadata_path(path)
+    if not path.is_file():
+        return "missing"
+    if not meta_file.is_file():
+        return f"incomplete: no {meta_file.name} (the write did not finish)"
+    try:
+        meta = json.loads(meta_file.read_text())
+        size, digest = int(meta["bytes"]), str(meta["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable metadata {meta_file.name}"
+    data = path.read_bytes()
+    if len(data) != size:
+        return f"truncated or altered: {len(data)} bytes, metadata says {size}"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return "corrupt: SHA-256 does not match its metadata"
+    return None
+
+
+def latest_valid(out_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
+    """The newest checkpoint that passes its integrity check; each newer broken one is warned about."""
+    candidates = list_checkpoints(out_dir)
+    for _, path in candidates:
+        reason = problem(path)
+        if reason is None:
+            return path
+        warn(f"warning: skipping checkpoint {path}: {reason}")
+    if candidates:
+        raise UserError(f"no valid checkpoint in {checkpoint_dir(out_dir)} ({len(candidates)} found, all "
+                        "broken); use --resume none --overwrite to start again")
+    return None
+
+
+def choose_resume(c: TrainConfig, warn: Callable[[str], None]) -> Optional[str]:
+    """Apply --resume: the checkpoint path to continue from, or None for a fresh start."""
+    out_dir = Path(c.out_dir)
+    if c.resume == "none":
+        if list_checkpoints(out_dir) and not c.overwrite:
+            raise UserError(f"{checkpoint_dir(out_dir)} already holds checkpoints: use --resume auto to "
+                            "continue that run, or --resume none --overwrite to delete them and start again")
+        return None
+    if c.resume == "auto":
+        path = latest_valid(out_dir, warn)
+        return str(path) if path else None
+    return c.resume
+
+
+def check_compatible(snapshot: dict[str, Any], c: TrainConfig, path: str) -> None:
+    """Refuse to resume into a different model or a different sample order, naming the fields."""
+    saved = snapshot["config"]
+    missing = REQUIRED_KEYS - snapshot.keys()
+    if missing:
+        raise UserError(f"{path}: cannot resume from it, it lacks {', '.join(sorted(missing))}")
+    differ = [f"{name} {saved.get(name)!r} -> {getattr(c, name)!r}"
+              for name in RESUME_MUST_MATCH if saved.get(name) != getattr(c, name)]
+    if differ:
+        raise UserError(f"{path} does not match this run: {'; '.join(differ)} (the model and the sample "
+                        "order must be the same to resume; use another --out-dir or --resume none)")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load safely: weights_only=True never runs code from the file."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint without running any code from it; any failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    if metadata_path(path).is_file() and (reason := problem(path)):
+        raise UserError(f"{path}: {reason}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path}: refused, not a plain-data checkpoint (weights_only load failed: "
+                        f"{_first_line(e)})") from None
+    except Exception as e:  # zip or format errors come as RuntimeError, EOFError, ...
+        raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
+        raise UserError(f"{path}: not a dist_rnn checkpoint (needs model, config and step)")
+    return state

@@ -60,6 +60,13 @@ class TrainConfig:
     # -- output
     log_every: int = _opt(100, "print and record the training loss every N steps")
     out_dir: Optional[str] = _opt(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
+    # -- checkpoints
+    save_every: Optional[int] = _opt(None, "also checkpoint every N optimizer steps (always: each epoch end "
+                                     "and the end of the run)")
+    keep_last: int = _opt(3, "keep the K newest checkpoints; older ones are deleted once a new one is complete")
+    resume: str = _opt("auto", "'auto': continue from the newest valid checkpoint in <out-dir>/checkpoints "
+                       "(fresh start if none); 'none': fresh start; or the path of a checkpoint file")
+    overwrite: bool = _opt(False, "with --resume none: delete the checkpoints and results already in --out-dir")
 
 
 # The two scripts dist_rnn started from. Only their hyperparameters are reproduced; both read the
@@ -72,21 +79,46 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _field_type(f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
+# A run resumes only into the same model and the same sample order; anything else (learning rate,
+# epochs, max steps, logging) may change between attempts.
+RESUME_MUST_MATCH = ("cell", "hidden_size", "num_layers", "bidirectional", "readout",
+                     "batch_size", "seed", "limit_train")
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
     """Return (python type, choices) of a field, unwrapping Optional[...] and Literal[...]."""
-    hints = typing.get_type_hints(TrainConfig)
-    tp = hints[f.name]
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = typing.get_type_hints(cls)[f.name]
     if typing.get_origin(tp) is typing.Union:  # Optional[X]
-        tp = args[0]
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         return type(choices[0]), choices
     return tp, None
 
 
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
+                        choices: Optional[dict[str, tuple]] = None) -> None:
+    """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`), typed and documented
+    from the field; a flag left out stays absent from the parsed namespace."""
+    for f in dataclasses.fields(cls):
+        tp, field_choices = _field_type(cls, f)
+        field_choices = (choices or {}).get(f.name, field_choices)
+        kwargs: dict[str, Any] = dict(help=f.metadata["help"], default=argparse.SUPPRESS)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp
+            kwargs["metavar"] = "{" + ",".join(field_choices) + "}" if field_choices else f.name.upper()
+            if field_choices:
+                kwargs["choices"] = field_choices
+        # Show the dataclass default in --help without making argparse fill it in.
+        if f.default is not None:
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
 def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentParser:
-    """An argparse parser with one flag per TrainConfig field; unset flags stay absent."""
+    """The train CLI: one flag per TrainConfig field."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train an RNN classifier on MNIST read as a sequence of rows. Runs the same under "
@@ -95,27 +127,11 @@ def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentPar
         "  python -m dist_rnn.train --preset seed-bilstm --data-dir ../shared/data/mnist\n"
         "  torchrun --standalone --nproc_per_node=4 -m dist_rnn.train --preset seed-lstm\n"
         "  python -m dist_rnn.train --cell gru --limit-train 2000 --limit-test 500 --epochs 1\n"
+        "  python -m dist_rnn.train --out-dir runs/a --save-every 100   # rerun the same to resume\n"
         "Outputs (config.json, metrics.jsonl, results.json, checkpoints/) go to --out-dir.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,  # absent flags do not override the preset
     )
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp, choices = _field_type(f)
-        kwargs: dict[str, Any] = dict(help=f.metadata["help"], default=argparse.SUPPRESS)
-        if f.name == "preset":
-            choices = tuple(PRESETS)
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = tp
-            kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices else f.name.upper()
-            if choices:
-                kwargs["choices"] = choices
-        # Show the dataclass default in --help without making argparse fill it in.
-        if f.default is not None:
-            kwargs["help"] += f" (default: {f.default})"
-        parser.add_argument(flag, **kwargs)
+    add_dataclass_flags(parser, TrainConfig, choices={"preset": tuple(PRESETS)})
     return parser
 
 
@@ -131,11 +147,11 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
 
 def validate(c: TrainConfig) -> None:
     """Reject settings that cannot work, with one line naming the flag."""
-    positive = ["hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size", "log_every"]
+    positive = ["hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size", "log_every", "keep_last"]
     for name in positive:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ["limit_train", "limit_test"]:
+    for name in ["limit_train", "limit_test", "save_every"]:
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
     if c.max_steps is not None and c.max_steps < 0:
@@ -152,6 +168,8 @@ def validate(c: TrainConfig) -> None:
         raise UserError("--momentum applies to --optimizer sgd only")
     if c.grad_clip is not None and not c.grad_clip > 0:
         raise UserError(f"--grad-clip must be > 0, got {c.grad_clip}")
+    if c.overwrite and c.resume != "none":
+        raise UserError("--overwrite goes with --resume none (it deletes what --resume would continue)")
 
 
 def to_dict(c: TrainConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from dist_rnn.files import atomic_write_json
+from dist_rnn.files import atomic_write, atomic_write_json
 
 
 class RunLog:
@@ -20,9 +20,25 @@ class RunLog:
 
     def __init__(self, out_dir: Path, active: bool):
         self.out_dir, self.active = Path(out_dir), active
-        self._bar = None
-        if active:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._bar = None  # nothing is written before start(): a refused run leaves no trace
+
+    def start(self, keep_until_step: Optional[int]) -> None:
+        """Begin metrics.jsonl: anew for a fresh run; for a resumed one, keep the events up to the
+        step resumed from (those after it belong to an attempt whose work is being redone)."""
+        if not self.active:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "metrics.jsonl"
+        kept = []
+        if keep_until_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= keep_until_step:
+                        kept.append(line)
+                except ValueError:  # a line cut short by a crash
+                    continue
+        atomic_write(path, lambda fh: fh.write("".join(line + "\n" for line in kept).encode()))
+        (self.out_dir / "results.json").unlink(missing_ok=True)  # stale until this run writes it
 
     def info(self, message: str) -> None:
         if not self.active:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_rnn import __version__, distributed
+from dist_rnn import __version__, checkpoint, distributed
 from dist_rnn.amp import autocast, check_precision, grad_scaler
-from dist_rnn.checkpoint import save_checkpoint
 from dist_rnn.config import TrainConfig, parse_config, to_dict
 from dist_rnn.data import NUM_CLASSES, Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
 from dist_rnn.distributed import DistEnv
@@ -90,13 +90,58 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, and the next batch (epoch, batch_in_epoch) to train."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_seconds: float = 0.0  # summed over every attempt of the run
+    resumed_from_step: Optional[int] = None
+
+
+def resume_snapshot(c: TrainConfig, env: DistEnv, log: RunLog) -> Optional[dict[str, Any]]:
+    """The checkpoint to continue from (None: fresh start), checked against this run's config.
+
+    Rank 0 chooses (every rank must resume from the same file); every rank then loads it. Nothing
+    is written before this returns, so a refused resume leaves the run directory as it was.
+    """
+    path = distributed.on_main(env, lambda: checkpoint.choose_resume(c, log.info))
+    if path is None:
+        return None
+    snapshot = checkpoint.load_checkpoint(Path(path))
+    checkpoint.check_compatible(snapshot, c, path)
+    return snapshot
+
+
+def restore(snapshot: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, c: TrainConfig) -> Position:
+    """Load weights, optimizer, scaler and RNG state, before the model is wrapped in DDP."""
+    try:
+        model.load_state_dict(snapshot["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit this model: {str(e).splitlines()[-1].strip()}") from None
+    optimizer.load_state_dict(snapshot["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = c.lr  # the command line's rate wins (it is the same when the command is)
+    scaler.load_state_dict(snapshot["scaler"])
+    rng = snapshot["rng"]
+    if env.rank < len(rng):
+        checkpoint.set_rng_state(rng[env.rank], env.device)
+    # else: a rank the saved run did not have keeps its fresh seed (seed + rank): only its dropout
+    # masks can differ from an uninterrupted run
+    return Position(snapshot["step"], snapshot["epoch"], snapshot["batch_in_epoch"],
+                    snapshot.get("train_seconds", 0.0), resumed_from_step=snapshot["step"])
+
+
 def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     """Train and evaluate as configured; returns the results (also written by rank 0)."""
     check_precision(c.precision, env.device)
     c = resolve_config(c, env)
     out_dir = Path(c.out_dir)
     log = RunLog(out_dir, active=env.is_main)
-    log.write_json("config.json", to_dict(c))
+    snapshot = resume_snapshot(c, env, log)
 
     # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
     train_set, test_set = distributed.main_first(env, lambda: prepare_data(c))
@@ -106,56 +151,82 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     torch.manual_seed(c.seed)  # the same initial weights on every rank
     model = build_model(c, input_size=train_set.images.shape[2]).to(env.device)
     torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
-    ddp_model = distributed.wrap(model, env)
     optimizer = build_optimizer(c, model)
     scaler = grad_scaler(c.precision, env.device)
+    pos = restore(snapshot, env, model, optimizer, scaler, c) if snapshot else Position()
+    ddp_model = distributed.wrap(model, env)  # after loading: DDP starts from the restored weights
+
+    # Every check has passed: from here on the run directory may change.
+    if env.is_main:
+        if c.overwrite:
+            checkpoint.remove_all(out_dir)
+        log.start(keep_until_step=pos.step if snapshot else None)
+    log.write_json("config.json", to_dict(c))
+
+    last_eval, last_saved_step = None, pos.step if snapshot else None
+
+    def save() -> None:
+        """Checkpoint the current position (collective: every rank calls it)."""
+        nonlocal last_saved_step
+        info = checkpoint.save_checkpoint(
+            env, out_dir, c.keep_last, model=model, optimizer=optimizer, scaler=scaler, step=pos.step,
+            epoch=pos.epoch, batch_in_epoch=pos.batch_in_epoch, config=to_dict(c),
+            extra={"train_seconds": pos.train_seconds})
+        last_saved_step = pos.step
+        if info:
+            log.event("checkpoint", step=pos.step, **info)
 
     steps_per_epoch = batches.steps_per_epoch
     total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
     log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}, "
              f"global batch {c.batch_size} ({batches.local_batch} per process), {steps_per_epoch} steps/epoch, "
              f"{total_steps} steps, {len(train_set)} train / {len(test_set)} test samples -> {out_dir}")
-    log.start_progress(total_steps)
+    if snapshot:
+        log.info(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch_in_epoch}/"
+                 f"{steps_per_epoch}, saved by {snapshot['world_size']} process(es))")
+    log.start_progress(total_steps, done=pos.step)
 
-    step, train_seconds, last_eval = 0, 0.0, None
-    for epoch in range(c.epochs):
-        if step >= total_steps:
-            break
-        indices = batches.epoch(epoch).to(env.device)
+    while pos.step < total_steps:
+        indices = batches.epoch(pos.epoch).to(env.device)  # the same order at any world size
         synchronize(env.device)
         epoch_start = interval_start = time.perf_counter()
         interval_steps = 0
-        for k in range(steps_per_epoch):
-            if step >= total_steps:
-                break
-            idx = indices[k]
+        while pos.batch_in_epoch < steps_per_epoch and pos.step < total_steps:
+            idx = indices[pos.batch_in_epoch]
             loss = train_step(ddp_model, optimizer, scaler, as_sequences(train_set.images[idx]),
                               train_set.labels[idx], c, env.device)
-            step += 1
+            pos.step += 1
+            pos.batch_in_epoch += 1
             interval_steps += 1
             log.advance()
-            if step % c.log_every == 0:  # the only host sync inside the epoch
+            if pos.step % c.log_every == 0:  # the only host sync inside the epoch
                 loss_value = global_mean(loss, env)
                 rate = interval_steps * c.batch_size / (time.perf_counter() - interval_start)
-                log.info(f"Epoch [{epoch + 1}/{c.epochs}], Step [{k + 1}/{steps_per_epoch}], "
+                log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}], Step [{pos.batch_in_epoch}/{steps_per_epoch}], "
                          f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
-                log.event("train", step=step, epoch=epoch + 1, loss=loss_value,
+                log.event("train", step=pos.step, epoch=pos.epoch + 1, loss=loss_value,
                           lr=optimizer.param_groups[0]["lr"], samples_per_s=rate)
                 interval_start, interval_steps = time.perf_counter(), 0
+            if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
+                save()  # mid-epoch; the epoch's end is saved below, after its evaluation
         synchronize(env.device)
-        train_seconds += time.perf_counter() - epoch_start
+        pos.train_seconds += time.perf_counter() - epoch_start
 
-        last_eval = {"step": step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
-        log.info(f"Epoch [{epoch + 1}/{c.epochs}] test accuracy {last_eval['test_accuracy']:.4f} "
+        last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+        log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}] test accuracy {last_eval['test_accuracy']:.4f} "
                  f"({last_eval['test_correct']}/{last_eval['test_samples']}), test loss {last_eval['test_loss']:.4f}")
-        log.event("eval", epoch=epoch + 1, **last_eval)
+        log.event("eval", epoch=pos.epoch + 1, **last_eval)
+        if pos.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
+            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+        save()
     log.close()
 
-    if last_eval is None or last_eval["step"] != step:  # --max-steps 0: score the initial model
-        last_eval = {"step": step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
-        log.event("eval", epoch=0, **last_eval)
+    if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
+        last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+        log.event("eval", epoch=pos.epoch, **last_eval)
+    if last_saved_step != pos.step:
+        save()
 
-    checkpoint = save_checkpoint(out_dir, model, to_dict(c), step) if env.is_main else None
     results = {
         "test_accuracy": last_eval["test_accuracy"],
         "test_samples": last_eval["test_samples"],
@@ -163,18 +234,18 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         "world_size": env.world_size,
         "global_batch_size": c.batch_size,
         "epochs": c.epochs,
-        "steps": step,
-        "train_seconds": train_seconds,
-        "train_samples_per_s": step * c.batch_size / train_seconds if train_seconds else None,
+        "steps": pos.step,
+        "train_seconds": pos.train_seconds,
+        "train_samples_per_s": pos.step * c.batch_size / pos.train_seconds if pos.train_seconds else None,
         "precision": c.precision,
         "device": env.device.type,
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "resumed_from_step": None,
+        "checkpoint": str(checkpoint.checkpoint_dir(out_dir) / f"step-{pos.step}.pt"),
+        "resumed_from_step": pos.resumed_from_step,
         "dist_rnn_version": __version__,
     }
     log.write_json("results.json", results)
     log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
-             f"{step} steps ({train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
+             f"{pos.step} steps ({pos.train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
     # Leave together: a rank that tears down its process group while rank 0 is still writing
     # can abort inside gloo ("terminate called without an active exception", seen here).
     distributed.barrier(env)
