@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from dist_rnn.errors import UserError
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
+def option(default: Any, help: str, **extra: Any) -> Any:
     """A dataclass field whose help text feeds the generated CLI."""
     return field(default=default, metadata={"help": help, **extra})
 
@@ -26,47 +26,47 @@ class TrainConfig:
     """Everything a training run depends on; `config.json` in the run directory is this, resolved."""
 
     # -- what to run
-    preset: Optional[str] = _opt(None, "start from a named preset (explicit flags override it)")
-    name: Optional[str] = _opt(None, "run name, used in the default --out-dir")
+    preset: Optional[str] = option(None, "start from a named preset (explicit flags override it)")
+    name: Optional[str] = option(None, "run name, used in the default --out-dir")
     # -- data
-    data_dir: Optional[str] = _opt(
+    data_dir: Optional[str] = option(
         None, "directory with the four MNIST IDX files (plain or .gz, flat or MNIST/raw/); "
         "default: $DIST_RNN_DATA, else ./data")
-    download: bool = _opt(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
-    limit_train: Optional[int] = _opt(None, "use only the first N training images (small runs)")
-    limit_test: Optional[int] = _opt(None, "use only the first N test images (small runs)")
+    download: bool = option(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
+    limit_train: Optional[int] = option(None, "use only the first N training images (small runs)")
+    limit_test: Optional[int] = option(None, "use only the first N test images (small runs)")
     # -- model
-    cell: Literal["rnn", "gru", "lstm"] = _opt("lstm", "recurrent cell")
-    hidden_size: int = _opt(128, "hidden units per direction and layer")
-    num_layers: int = _opt(2, "stacked recurrent layers")
-    bidirectional: bool = _opt(False, "run a second recurrent net backwards over the sequence")
-    dropout: float = _opt(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)")
-    readout: Literal["last", "final"] = _opt(
+    cell: Literal["rnn", "gru", "lstm"] = option("lstm", "recurrent cell")
+    hidden_size: int = option(128, "hidden units per direction and layer")
+    num_layers: int = option(2, "stacked recurrent layers")
+    bidirectional: bool = option(False, "run a second recurrent net backwards over the sequence")
+    dropout: float = option(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)")
+    readout: Literal["last", "final"] = option(
         "final", "'final': final hidden state of each direction (correct many-to-one); "
         "'last': out[:, -1, :] as the original scripts (the backward half has seen one row only)")
     # -- optimisation
-    epochs: int = _opt(2, "passes over the training set")
-    max_steps: Optional[int] = _opt(None, "stop after this many optimizer steps in total (0: evaluate the initial model)")
-    batch_size: int = _opt(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE")
-    eval_batch_size: int = _opt(1000, "per-process batch size for evaluation")
-    optimizer: Literal["adam", "sgd"] = _opt("adam", "optimizer")
-    lr: float = _opt(0.003, "learning rate")
-    momentum: float = _opt(0.0, "momentum (sgd only)")
-    grad_clip: Optional[float] = _opt(None, "clip the global gradient norm to this value")
-    precision: Literal["fp32", "bf16", "fp16"] = _opt(
+    epochs: int = option(2, "passes over the training set")
+    max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total (0: evaluate the initial model)")
+    batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE")
+    eval_batch_size: int = option(1000, "per-process batch size for evaluation")
+    optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
+    lr: float = option(0.003, "learning rate")
+    momentum: float = option(0.0, "momentum (sgd only)")
+    grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value")
+    precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "autocast precision; fp16 (with GradScaler) needs CUDA, bf16 works on CPU and CUDA")
-    device: Literal["auto", "cpu", "cuda"] = _opt("auto", "'auto': CUDA when available, else CPU")
-    seed: int = _opt(0, "seed for initialisation, shuffling and dropout")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    seed: int = option(0, "seed for initialisation, shuffling and dropout")
     # -- output
-    log_every: int = _opt(100, "print and record the training loss every N steps")
-    out_dir: Optional[str] = _opt(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
+    log_every: int = option(100, "print and record the training loss every N steps")
+    out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
     # -- checkpoints
-    save_every: Optional[int] = _opt(None, "also checkpoint every N optimizer steps (always: each epoch end "
+    save_every: Optional[int] = option(None, "also checkpoint every N optimizer steps (always: each epoch end "
                                      "and the end of the run)")
-    keep_last: int = _opt(3, "keep the K newest checkpoints; older ones are deleted once a new one is complete")
-    resume: str = _opt("auto", "'auto': continue from the newest valid checkpoint in <out-dir>/checkpoints "
+    keep_last: int = option(3, "keep the K newest checkpoints; older ones are deleted once a new one is complete")
+    resume: str = option("auto", "'auto': continue from the newest valid checkpoint in <out-dir>/checkpoints "
                        "(fresh start if none); 'none': fresh start; or the path of a checkpoint file")
-    overwrite: bool = _opt(False, "with --resume none: delete the checkpoints and results already in --out-dir")
+    overwrite: bool = option(False, "with --resume none: delete the checkpoints and results already in --out-dir")
 
 
 # The two scripts dist_rnn started from. Only their hyperparameters are reproduced; both read the

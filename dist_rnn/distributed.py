@@ -6,9 +6,10 @@ DDP wrapper; every helper here is then a no-op, so the train loop has one path f
 
 # No `from __future__ import annotations` here: DDP checks the comm hook's annotations as real types.
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -38,11 +39,6 @@ class DistEnv:
         return self.world_size > 1
 
 
-def env_rank() -> int:
-    """Global rank from torchrun's environment (0 outside torchrun); usable before any setup."""
-    return int(os.environ.get("RANK", 0))
-
-
 def _resolve_device(choice: str, local_rank: int) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,9 +52,19 @@ def _resolve_device(choice: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+@contextlib.contextmanager
+def process_group(device_choice: str) -> Iterator[DistEnv]:
+    """setup() on entry, teardown() on exit, whatever happens in between."""
+    env = setup(device_choice)
+    try:
+        yield env
+    finally:
+        teardown(env)
+
+
 def setup(device_choice: str) -> DistEnv:
     """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and join the process group if WORLD_SIZE > 1."""
-    rank, world_size = env_rank(), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = _resolve_device(device_choice, local_rank)
     if device.type == "cuda":

@@ -1,16 +1,30 @@
-"""Exact distributed evaluation: each rank scores its own padding-free shard, then counts are summed."""
+"""Exact distributed evaluation: each rank scores its own padding-free shard, then counts are summed.
+
+Also the `python -m dist_rnn.evaluate --checkpoint PATH` command, which scores a saved checkpoint.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_rnn.amp import autocast
-from dist_rnn.data import Split, as_sequences, eval_shard
+from dist_rnn import distributed
+from dist_rnn.amp import autocast, check_precision
+from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.config import TrainConfig, add_dataclass_flags, option
+from dist_rnn.data import Split, as_sequences, eval_shard, load_split
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
+from dist_rnn.errors import UserError, run_cli
+from dist_rnn.files import atomic_write_json
+from dist_rnn.model import build_model
 
 
 @torch.no_grad()
@@ -39,3 +53,72 @@ def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, preci
     correct, count, loss_sum = all_reduce_sum(totals, env).tolist()
     return {"test_accuracy": correct / count, "test_correct": int(correct),
             "test_samples": int(count), "test_loss": loss_sum / count}
+
+
+@dataclass
+class EvalConfig:
+    """Options of `python -m dist_rnn.evaluate`."""
+
+    checkpoint: Optional[str] = option(None, "checkpoint file to evaluate (required)")
+    data_dir: Optional[str] = option(None, "directory with the MNIST test files; default: $DIST_RNN_DATA, "
+                                   "else the checkpoint's own --data-dir")
+    batch_size: int = option(1000, "per-process evaluation batch size")
+    limit_test: Optional[int] = option(None, "score only the first N test images")
+    precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision (fp16 needs CUDA)")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    out: Optional[str] = option(None, "also write the result as JSON to this file")
+
+
+def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m dist_rnn.evaluate",
+        description="Score a dist_rnn checkpoint on the MNIST test set: one process, or exact counts "
+        "under `torchrun --nproc_per_node=N -m dist_rnn.evaluate ...`.")
+    add_dataclass_flags(parser, EvalConfig)
+    c = EvalConfig(**vars(parser.parse_args(argv)))
+    if c.checkpoint is None:
+        parser.error("--checkpoint is required")
+    if c.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {c.batch_size}")
+    return c
+
+
+def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
+    """Rebuild the model a checkpoint describes and score it; rank 0 prints (and writes --out)."""
+    check_precision(c.precision, env.device)
+    snapshot = load_checkpoint(Path(c.checkpoint))
+    try:
+        config = TrainConfig(**snapshot["config"])
+    except TypeError as e:
+        raise UserError(f"{c.checkpoint}: its config does not fit this dist_rnn version ({e})") from None
+    data_dir = Path(c.data_dir or os.environ.get("DIST_RNN_DATA") or config.data_dir or "data")
+    test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
+    model = build_model(config, input_size=test.images.shape[2]).to(env.device)
+    try:
+        model.load_state_dict(snapshot["model"])
+    except RuntimeError as e:
+        raise UserError(f"{c.checkpoint}: weights do not fit the model its config describes "
+                        f"({str(e).splitlines()[-1].strip()})") from None
+    result = {"checkpoint": str(c.checkpoint), "step": snapshot["step"], "world_size": env.world_size,
+              **evaluate(model, test, env, c.batch_size, c.precision)}
+    if env.is_main:
+        print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "
+              f"samples), test loss {result['test_loss']:.4f}, checkpoint step {result['step']}", flush=True)
+        if c.out:
+            atomic_write_json(Path(c.out), result)
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `python -m dist_rnn.evaluate`."""
+
+    def score() -> None:
+        c = parse_eval_config(argv)
+        with distributed.process_group(c.device) as env:
+            evaluate_checkpoint(c, env)
+
+    return run_cli("dist_rnn.evaluate", score)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

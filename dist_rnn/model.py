@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dist_rnn.config import TrainConfig
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -40,3 +45,9 @@ class RNNClassifier(nn.Module):
             # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
             features = torch.cat(list(h_n[-self.num_directions:]), dim=1)
         return self.fc(features)
+
+
+def build_model(c: "TrainConfig", input_size: int, num_classes: int = 10) -> RNNClassifier:
+    """The classifier a TrainConfig describes (for training, and to rebuild one from a checkpoint)."""
+    return RNNClassifier(input_size, c.hidden_size, c.num_layers, num_classes, c.cell,
+                         c.bidirectional, c.dropout, c.readout)

@@ -23,17 +23,12 @@ from torch import nn
 from dist_rnn import __version__, checkpoint, distributed
 from dist_rnn.amp import autocast, check_precision, grad_scaler
 from dist_rnn.config import TrainConfig, parse_config, to_dict
-from dist_rnn.data import NUM_CLASSES, Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
+from dist_rnn.data import Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
 from dist_rnn.distributed import DistEnv
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, run_cli
 from dist_rnn.evaluate import evaluate
 from dist_rnn.log import RunLog
-from dist_rnn.model import RNNClassifier
-
-
-def build_model(c: TrainConfig, input_size: int) -> RNNClassifier:
-    return RNNClassifier(input_size, c.hidden_size, c.num_layers, NUM_CLASSES, c.cell,
-                         c.bidirectional, c.dropout, c.readout)
+from dist_rnn.model import build_model
 
 
 def build_optimizer(c: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -166,8 +161,10 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     last_eval, last_saved_step = None, pos.step if snapshot else None
 
     def save() -> None:
-        """Checkpoint the current position (collective: every rank calls it)."""
+        """Checkpoint the current position, once per step (collective: every rank calls it)."""
         nonlocal last_saved_step
+        if last_saved_step == pos.step:
+            return
         info = checkpoint.save_checkpoint(
             env, out_dir, c.keep_last, model=model, optimizer=optimizer, scaler=scaler, step=pos.step,
             epoch=pos.epoch, batch_in_epoch=pos.batch_in_epoch, config=to_dict(c),
@@ -175,6 +172,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         last_saved_step = pos.step
         if info:
             log.event("checkpoint", step=pos.step, **info)
+            log.info(f"saved {info['path']} ({info['bytes'] / 1e6:.1f} MB in {info['seconds']:.2f} s)")
 
     steps_per_epoch = batches.steps_per_epoch
     total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
@@ -224,8 +222,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
         last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
         log.event("eval", epoch=pos.epoch, **last_eval)
-    if last_saved_step != pos.step:
-        save()
+    save()  # the end of the run (a no-op when the epoch's end already saved this step)
 
     results = {
         "test_accuracy": last_eval["test_accuracy"],
@@ -253,20 +250,14 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: run, turning bad input into one line on stderr (rank 0 only) and exit status 2."""
-    env: Optional[DistEnv] = None
-    try:
+    """Entry point of `python -m dist_rnn.train` (and of torchrun's workers)."""
+
+    def train() -> None:
         config = parse_config(argv)
-        env = distributed.setup(config.device)
-        run(config, env)
-    except UserError as e:
-        if distributed.env_rank() == 0:
-            print(f"dist_rnn.train: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if env is not None:
-            distributed.teardown(env)
-    return 0
+        with distributed.process_group(config.device) as env:
+            run(config, env)
+
+    return run_cli("dist_rnn.train", train)
 
 
 if __name__ == "__main__":

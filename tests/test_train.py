@@ -11,7 +11,7 @@ from dist_rnn.config import TrainConfig
 from dist_rnn.data import load_mnist
 from dist_rnn.distributed import DistEnv
 from dist_rnn.evaluate import evaluate
-from dist_rnn.train import build_model
+from dist_rnn.model import build_model
 
 
 def test_short_run_outputs(mnist_dir, tmp_path):

@@ -1,0 +1,155 @@
+"""Checkpoint files: contents, weights_only loading, integrity metadata, rotation, refusing code."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TORCHRUN, check_ok, read_results, run_train
+from dist_rnn.checkpoint import (latest_valid, list_checkpoints, load_checkpoint, metadata_path, prune,
+                                 rng_state, set_rng_state, write_checkpoint)
+from dist_rnn.errors import UserError
+
+
+def test_rng_state_roundtrip_is_plain_data(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = rng_state(torch.device("cpu"))
+    path = tmp_path / "rng.pt"
+    torch.save(state, path)
+    state = torch.load(path, weights_only=True)  # NumPy's ndarray would be refused: stored as a list
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(state, torch.device("cpu"))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_checkpoint_contents(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "4",
+                        "--save-every", "2", "--dropout", "0.2"], nproc=2))
+    ckpt = torch.load(out / "checkpoints" / "step-2.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "samples_in_epoch", "sampler",
+            "rng", "config", "world_size", "dist_rnn_version"} <= ckpt.keys()
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["samples_in_epoch"]) == (2, 0, 2, 200)
+    assert ckpt["sampler"] == {"seed": 0, "epoch": 0} and ckpt["world_size"] == 2
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+    assert ckpt["optimizer"]["state"] and ckpt["config"]["dropout"] == 0.2
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    meta = json.loads(metadata_path(out / "checkpoints" / "step-2.pt").read_text())
+    assert meta["bytes"] == (out / "checkpoints" / "step-2.pt").stat().st_size and len(meta["sha256"]) == 64
+    # The end of the run: epoch 0, batch 4 of 6 (mid-epoch), the epoch's evaluation logged.
+    final = load_checkpoint(out / "checkpoints" / "step-4.pt")
+    assert (final["step"], final["epoch"], final["batch_in_epoch"]) == (4, 0, 4)
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    saved = [e for e in events if e["event"] == "checkpoint"]
+    assert [e["step"] for e in saved] == [2, 4] and all(e["bytes"] > 0 and e["seconds"] >= 0 for e in saved)
+
+
+def test_end_of_epoch_checkpoint_points_at_next_epoch(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--epochs", "2", "--keep-last", "5"]))
+    assert [s for s, _ in list_checkpoints(out)] == [12, 6]  # epoch ends only, by default
+    assert (load_checkpoint(out / "checkpoints" / "step-6.pt")["epoch"],
+            load_checkpoint(out / "checkpoints" / "step-6.pt")["batch_in_epoch"]) == (1, 0)
+
+
+def small_state(step):
+    return {"model": {"w": torch.full((100,), float(step))}, "config": {}, "step": step}
+
+
+def test_integrity_and_rotation(tmp_path):
+    for step in (10, 20, 30):
+        info = write_checkpoint(tmp_path, step, small_state(step))
+        assert info["bytes"] > 0
+    warnings = []
+    assert latest_valid(tmp_path, warnings.append).name == "step-30.pt" and not warnings
+
+    newest = tmp_path / "checkpoints" / "step-30.pt"
+    newest.write_bytes(newest.read_bytes()[:-50])  # truncated
+    (tmp_path / "checkpoints" / "step-20.json").unlink()  # crash between data and metadata
+    assert latest_valid(tmp_path, warnings.append).name == "step-10.pt"
+    assert len(warnings) == 2 and "step-30.pt" in warnings[0] and "truncated" in warnings[0]
+    assert "incomplete" in warnings[1]
+    with pytest.raises(UserError, match="truncated"):
+        load_checkpoint(newest)
+
+    prune(tmp_path, keep_last=1)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [30]
+    assert not (tmp_path / "checkpoints" / "step-10.json").exists()
+    with pytest.raises(UserError, match="no valid checkpoint"):
+        latest_valid(tmp_path, warnings.append)
+    assert latest_valid(tmp_path / "empty", warnings.append) is None
+
+
+def test_keep_last(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--epochs", "2",
+                        "--save-every", "1", "--keep-last", "2"]))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == \
+        ["step-11.json", "step-11.pt", "step-12.json", "step-12.pt"]
+
+
+class Payload:
+    """Unpickling this would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_runs_no_code(tmp_path, mnist_dir):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": Payload(marker), "config": {}, "step": 1}, bad)
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(bad)
+    for cmd in ([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--data-dir", str(mnist_dir)],
+                [sys.executable, "-m", "dist_rnn.train", "--resume", str(bad), "--data-dir", str(mnist_dir),
+                 "--out-dir", str(tmp_path / "run")]):
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().count("\n") == 0 and "refused" in proc.stderr, proc.stderr
+    assert not marker.exists()  # and the control: unpickling it the unsafe way does run it
+    torch.load(bad, weights_only=False)
+    assert marker.exists()
+
+
+def test_no_unsafe_load_in_package():
+    sources = "".join(p.read_text() for p in (REPO / "dist_rnn").glob("*.py"))
+    assert "weights_only=False" not in sources and "pickle.load" not in sources
+
+
+def test_evaluate_command(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "6"]))
+    expected = read_results(out)
+    for nproc in (None, 3):
+        json_out = tmp_path / f"eval-{nproc}.json"
+        module = ["-m", "dist_rnn.evaluate", "--checkpoint", expected["checkpoint"], "--out", str(json_out)]
+        if nproc:
+            cmd = [TORCHRUN,
+                   "--standalone", f"--nproc_per_node={nproc}", *module]
+        else:
+            cmd = [sys.executable, *module]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        check_ok(proc)
+        result = json.loads(json_out.read_text())
+        assert result["test_samples"] == 130 and result["test_accuracy"] == expected["test_accuracy"]
+        assert result["world_size"] == (nproc or 1) and proc.stdout.count("test accuracy") == 1
+
+
+@pytest.mark.parametrize("content,words", [(b"", "not a readable checkpoint"),
+                                           (b"PK\x03\x04garbage", "not a readable checkpoint")])
+def test_evaluate_bad_file(tmp_path, content, words):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr

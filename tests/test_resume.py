@@ -1,0 +1,112 @@
+"""Resume: stop mid-epoch, continue, and end exactly where an uninterrupted run ends."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import check_ok, read_results, run_train, write_mnist
+from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """5000 training images: 50 steps per epoch at batch 100, so step 60 is in the second epoch."""
+    return write_mnist(tmp_path_factory.mktemp("data"), n_train=5000, n_test=1001)
+
+
+def train(data: Path, out: Path, steps: int, nproc=None, extra=()):
+    check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), "--max-steps", str(steps),
+                        "--hidden-size", "48", "--log-every", "10", "--save-every", "20", *extra], nproc=nproc))
+    return read_results(out)
+
+
+def weights(out: Path) -> dict:
+    return load_checkpoint(Path(read_results(out)["checkpoint"]))["model"]
+
+
+def losses(out: Path) -> dict:
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+
+
+@pytest.mark.parametrize("nproc,extra", [
+    (None, ["--dropout", "0.3"]),      # one process; dropout: the RNG state must be restored too
+    (2, ["--dropout", "0.3"]),         # DDP, each rank its own RNG state
+    (3, ["--batch-size", "99"]),       # 3 ranks: exact only thanks to the rank-ordered gradient mean
+])
+def test_stop_at_30_resume_to_60_is_bitwise_identical(data, tmp_path, nproc, extra):
+    full = train(data, tmp_path / "full", 60, nproc, extra)
+    train(data, tmp_path / "part", 30, nproc, extra)
+    resumed = train(data, tmp_path / "part", 60, nproc, extra)  # --resume auto is the default
+    assert (resumed["steps"], resumed["resumed_from_step"], full["resumed_from_step"]) == (60, 30, None)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")  # the log reads as one run, too
+
+
+@pytest.mark.parametrize("new_nproc", [None, 3])
+def test_resume_on_another_world_size(data, tmp_path, new_nproc):
+    """Saved by 2 processes, resumed by 1 or 3 with the same global batch: the same global samples
+    follow in the same order, so the run tracks the uninterrupted one up to float rounding (SGD)."""
+    extra = ["--optimizer", "sgd", "--lr", "0.1", "--batch-size", "96"]
+    train(data, tmp_path / "full", 60, 2, extra)
+    train(data, tmp_path / "part", 30, 2, extra)
+    resumed = train(data, tmp_path / "part", 60, new_nproc, extra)
+    assert resumed["world_size"] == (new_nproc or 1) and resumed["resumed_from_step"] == 30
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+    full_losses, part_losses = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert list(part_losses) == [10, 20, 30, 40, 50, 60]
+    assert [part_losses[s] for s in (40, 50, 60)] == pytest.approx([full_losses[s] for s in (40, 50, 60)], abs=1e-4)
+
+
+def test_truncated_newest_falls_back_to_previous(data, tmp_path):
+    out = tmp_path / "run"
+    train(data, out, 60, extra=["--save-every", "10"])  # keeps 40, 50 (epoch end), 60
+    assert [s for s, _ in list_checkpoints(out)] == [60, 50, 40]
+    newest = out / "checkpoints" / "step-60.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(out), "--max-steps", "70", "--hidden-size", "48"])
+    check_ok(proc)
+    assert proc.stdout.count("warning: skipping checkpoint") == 1 and "step-60.pt" in proc.stdout
+    results = read_results(out)
+    assert results["resumed_from_step"] == 50 and results["steps"] == 70
+
+
+def test_incompatible_resume_touches_nothing(data, tmp_path):
+    out = tmp_path / "run"
+    train(data, out, 20)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(out), "--hidden-size", "64", "--cell", "gru",
+                      "--max-steps", "40"])
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "hidden_size 48 -> 64" in proc.stderr and "cell 'lstm' -> 'gru'" in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_none_refuses_then_overwrite(data, tmp_path):
+    out = tmp_path / "run"
+    train(data, out, 20)
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(out), "--resume", "none"])
+    assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr
+    assert [s for s, _ in list_checkpoints(out)] == [20]
+    check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), "--resume", "none", "--overwrite",
+                        "--max-steps", "10", "--hidden-size", "48"]))
+    assert [s for s, _ in list_checkpoints(out)] == [10] and read_results(out)["resumed_from_step"] is None
+    assert max(json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_resume_from_explicit_path_and_bad_paths(data, tmp_path):
+    first = tmp_path / "first"
+    train(data, first, 20)
+    check_ok(run_train(["--data-dir", str(data), "--out-dir", str(tmp_path / "second"), "--hidden-size", "48",
+                        "--max-steps", "25", "--resume", str(first / "checkpoints" / "step-20.pt")]))
+    assert read_results(tmp_path / "second")["resumed_from_step"] == 20
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(tmp_path / "third"),
+                      "--resume", str(tmp_path / "missing.pt")])
+    assert proc.returncode == 2 and "no such checkpoint file" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "third").exists()
