@@ -218,3 +218,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
         raise UserError(f"{path}: not a dist_rnn checkpoint (needs model, config and step)")
     return state
+
+
+def load_weights(model: nn.Module, snapshot: dict[str, Any]) -> None:
+    """Load a checkpoint's weights into a bare (not yet DDP-wrapped) model; a mismatch is one line."""
+    try:
+        model.load_state_dict(snapshot["model"])
+    except RuntimeError as e:  # "Error(s) in loading state_dict ...:" then one line per problem
+        details = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
+        raise UserError(f"checkpoint weights do not fit the model: {details[:400]}") from None

@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, run_cli
 
 T = TypeVar("T")
+C = TypeVar("C")  # a command's config dataclass (it has a .device field)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,18 @@ def _resolve_device(choice: str, local_rank: int) -> torch.device:
         raise UserError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices: "
                         "lower --nproc_per_node")
     return torch.device("cuda", local_rank)
+
+
+def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], object]) -> int:
+    """What every dist_rnn command does: parse its config, join the process group (when launched by
+    torchrun), run, leave; bad input becomes one line and exit status 2 (see run_cli)."""
+
+    def command() -> None:
+        config = parse()
+        with process_group(config.device) as env:
+            body(config, env)
+
+    return run_cli(prog, command)
 
 
 @contextlib.contextmanager

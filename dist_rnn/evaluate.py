@@ -18,11 +18,11 @@ from torch import nn
 
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
-from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.checkpoint import load_checkpoint, load_weights
 from dist_rnn.config import TrainConfig, add_dataclass_flags, option
 from dist_rnn.data import Split, as_sequences, eval_shard, load_split
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
-from dist_rnn.errors import UserError, run_cli
+from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
 from dist_rnn.model import build_model
 
@@ -94,11 +94,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     data_dir = Path(c.data_dir or os.environ.get("DIST_RNN_DATA") or config.data_dir or "data")
     test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
     model = build_model(config, input_size=test.images.shape[2]).to(env.device)
-    try:
-        model.load_state_dict(snapshot["model"])
-    except RuntimeError as e:
-        raise UserError(f"{c.checkpoint}: weights do not fit the model its config describes "
-                        f"({str(e).splitlines()[-1].strip()})") from None
+    load_weights(model, snapshot)
     result = {"checkpoint": str(c.checkpoint), "step": snapshot["step"], "world_size": env.world_size,
               **evaluate(model, test, env, c.batch_size, c.precision)}
     if env.is_main:
@@ -111,13 +107,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `python -m dist_rnn.evaluate`."""
-
-    def score() -> None:
-        c = parse_eval_config(argv)
-        with distributed.process_group(c.device) as env:
-            evaluate_checkpoint(c, env)
-
-    return run_cli("dist_rnn.evaluate", score)
+    return distributed.run_command("dist_rnn.evaluate", lambda: parse_eval_config(argv), evaluate_checkpoint)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from dist_rnn.amp import autocast, check_precision, grad_scaler
 from dist_rnn.config import TrainConfig, parse_config, to_dict
 from dist_rnn.data import Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
 from dist_rnn.distributed import DistEnv
-from dist_rnn.errors import UserError, run_cli
 from dist_rnn.evaluate import evaluate
 from dist_rnn.log import RunLog
 from dist_rnn.model import build_model
@@ -113,14 +112,12 @@ def resume_snapshot(c: TrainConfig, env: DistEnv, log: RunLog) -> Optional[dict[
 def restore(snapshot: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
             scaler: torch.amp.GradScaler, c: TrainConfig) -> Position:
     """Load weights, optimizer, scaler and RNG state, before the model is wrapped in DDP."""
-    try:
-        model.load_state_dict(snapshot["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint weights do not fit this model: {str(e).splitlines()[-1].strip()}") from None
+    checkpoint.load_weights(model, snapshot)
     optimizer.load_state_dict(snapshot["optimizer"])
     for group in optimizer.param_groups:
         group["lr"] = c.lr  # the command line's rate wins (it is the same when the command is)
-    scaler.load_state_dict(snapshot["scaler"])
+    if snapshot["scaler"]:  # empty when saved by a run without fp16
+        scaler.load_state_dict(snapshot["scaler"])
     rng = snapshot["rng"]
     if env.rank < len(rng):
         checkpoint.set_rng_state(rng[env.rank], env.device)
@@ -251,13 +248,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `python -m dist_rnn.train` (and of torchrun's workers)."""
-
-    def train() -> None:
-        config = parse_config(argv)
-        with distributed.process_group(config.device) as env:
-            run(config, env)
-
-    return run_cli("dist_rnn.train", train)
+    return distributed.run_command("dist_rnn.train", lambda: parse_config(argv), run)
 
 
 if __name__ == "__main__":

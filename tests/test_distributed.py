@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import REPO, check_ok, free_port, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import load_checkpoint
