@@ -6,6 +6,7 @@ its rows with one index and converts them to float in [0, 1] (what `ToTensor()` 
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import zlib
@@ -16,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, run_cli
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -169,3 +170,31 @@ class ShardedBatches:
 def eval_shard(n: int, rank: int, world_size: int) -> slice:
     """Contiguous, non-overlapping, padding-free shard of n samples: the shards add up to exactly n."""
     return slice(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+def prepare(data_dir: Path, download: bool) -> str:
+    """Make data_dir ready for offline training (download if asked and missing), verify it, describe it."""
+    if download:
+        download_mnist(data_dir)
+    train, test = load_mnist(data_dir)
+    height, width = train.images.shape[1:]
+    return (f"{data_dir}: OK, {len(train)} training and {len(test)} test images of {height}x{width}, "
+            f"labels {int(train.labels.min())}..{int(train.labels.max())}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m dist_rnn.data prepare --data-dir D`: fetch MNIST once (e.g. on a login node with
+    internet) and verify it, so compute nodes without internet can train from D."""
+    parser = argparse.ArgumentParser(prog="python -m dist_rnn.data", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmd = commands.add_parser("prepare", help="download (unless --no-download) and verify the MNIST files")
+    cmd.add_argument("--data-dir", default=None,
+                     help="target directory (default: $DIST_RNN_DATA, else ./data)")
+    cmd.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                     help="download the files with torchvision when they are missing (default: yes)")
+    args = parser.parse_args(argv)
+    return run_cli("dist_rnn.data", lambda: print(prepare(resolve_data_dir(args.data_dir), args.download)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -109,6 +109,10 @@ def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
     return ddp
 
 
+# all_gather_into_tensor was renamed all_gather_single (torch 2.14 warns about the old name).
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def rank_ordered_mean_hook(state: object, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: average a gradient bucket by summing the ranks' copies in rank order.
 
@@ -123,7 +127,7 @@ def rank_ordered_mean_hook(state: object, bucket: dist.GradBucket) -> torch.futu
     buffer = bucket.buffer()
     world_size = dist.get_world_size()
     flat = torch.empty(world_size * buffer.numel(), dtype=buffer.dtype, device=buffer.device)
-    future = dist.all_gather_into_tensor(flat, buffer, async_op=True).get_future()
+    future = _all_gather_flat(flat, buffer, async_op=True).get_future()
     gathered = flat.view(world_size, -1)  # row r: rank r's bucket
 
     def rank_ordered_mean(_: torch.futures.Future) -> torch.Tensor:

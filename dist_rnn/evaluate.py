@@ -6,7 +6,6 @@ Also the `python -m dist_rnn.evaluate --checkpoint PATH` command, which scores a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import load_checkpoint, load_weights
 from dist_rnn.config import TrainConfig, add_dataclass_flags, option
-from dist_rnn.data import Split, as_sequences, eval_shard, load_split
+from dist_rnn.data import Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
@@ -60,8 +59,8 @@ class EvalConfig:
     """Options of `python -m dist_rnn.evaluate`."""
 
     checkpoint: Optional[str] = option(None, "checkpoint file to evaluate (required)")
-    data_dir: Optional[str] = option(None, "directory with the MNIST test files; default: $DIST_RNN_DATA, "
-                                   "else the checkpoint's own --data-dir")
+    data_dir: Optional[str] = option(None, "directory with the MNIST test files; default: the checkpoint's "
+                                     "own --data-dir where it exists, else $DIST_RNN_DATA, else ./data")
     batch_size: int = option(1000, "per-process evaluation batch size")
     limit_test: Optional[int] = option(None, "score only the first N test images")
     precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision (fp16 needs CUDA)")
@@ -91,7 +90,9 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
         config = TrainConfig(**snapshot["config"])
     except TypeError as e:
         raise UserError(f"{c.checkpoint}: its config does not fit this dist_rnn version ({e})") from None
-    data_dir = Path(c.data_dir or os.environ.get("DIST_RNN_DATA") or config.data_dir or "data")
+    # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
+    trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
+    data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
     model = build_model(config, input_size=test.images.shape[2]).to(env.device)
     load_weights(model, snapshot)

@@ -10,6 +10,7 @@ reporting live in their own modules.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from dist_rnn.amp import autocast, check_precision, grad_scaler
 from dist_rnn.config import TrainConfig, parse_config, to_dict
 from dist_rnn.data import Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
 from dist_rnn.distributed import DistEnv
+from dist_rnn.errors import Stopped
 from dist_rnn.evaluate import evaluate
 from dist_rnn.log import RunLog
 from dist_rnn.model import build_model
+from dist_rnn.stop import StopRequest
 
 
 def build_optimizer(c: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -180,41 +183,60 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         log.info(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch_in_epoch}/"
                  f"{steps_per_epoch}, saved by {snapshot['world_size']} process(es))")
     log.start_progress(total_steps, done=pos.step)
+    stop = StopRequest(env)  # SIGTERM / SIGINT / SIGUSR1: checkpoint and leave at a step boundary
+    stopped: Optional[int] = None
+    try:
+        while pos.step < total_steps and stopped is None:
+            indices = batches.epoch(pos.epoch).to(env.device)  # the same order at any world size
+            synchronize(env.device)
+            epoch_start = interval_start = time.perf_counter()
+            interval_steps = 0
+            while pos.batch_in_epoch < steps_per_epoch and pos.step < total_steps:
+                idx = indices[pos.batch_in_epoch]
+                loss = train_step(ddp_model, optimizer, scaler, as_sequences(train_set.images[idx]),
+                                  train_set.labels[idx], c, env.device)
+                pos.step += 1
+                pos.batch_in_epoch += 1
+                interval_steps += 1
+                log.advance()
+                if pos.step % c.log_every == 0:  # the only sync with the device inside the epoch
+                    loss_value = global_mean(loss, env)
+                    rate = interval_steps * c.batch_size / (time.perf_counter() - interval_start)
+                    log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}], Step [{pos.batch_in_epoch}/{steps_per_epoch}], "
+                             f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
+                    log.event("train", step=pos.step, epoch=pos.epoch + 1, loss=loss_value,
+                              lr=optimizer.param_groups[0]["lr"], samples_per_s=rate)
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
+                    save()  # mid-epoch; the epoch's end is saved below, after its evaluation
+                stopped = stop.agreed()  # every rank gets the same answer, so all stop at this step
+                if stopped is not None:
+                    break
+            synchronize(env.device)
+            pos.train_seconds += time.perf_counter() - epoch_start
+            if stopped is not None:
+                break  # the epoch's evaluation runs after the resume, when its last batch is done
 
-    while pos.step < total_steps:
-        indices = batches.epoch(pos.epoch).to(env.device)  # the same order at any world size
-        synchronize(env.device)
-        epoch_start = interval_start = time.perf_counter()
-        interval_steps = 0
-        while pos.batch_in_epoch < steps_per_epoch and pos.step < total_steps:
-            idx = indices[pos.batch_in_epoch]
-            loss = train_step(ddp_model, optimizer, scaler, as_sequences(train_set.images[idx]),
-                              train_set.labels[idx], c, env.device)
-            pos.step += 1
-            pos.batch_in_epoch += 1
-            interval_steps += 1
-            log.advance()
-            if pos.step % c.log_every == 0:  # the only host sync inside the epoch
-                loss_value = global_mean(loss, env)
-                rate = interval_steps * c.batch_size / (time.perf_counter() - interval_start)
-                log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}], Step [{pos.batch_in_epoch}/{steps_per_epoch}], "
-                         f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
-                log.event("train", step=pos.step, epoch=pos.epoch + 1, loss=loss_value,
-                          lr=optimizer.param_groups[0]["lr"], samples_per_s=rate)
-                interval_start, interval_steps = time.perf_counter(), 0
-            if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
-                save()  # mid-epoch; the epoch's end is saved below, after its evaluation
-        synchronize(env.device)
-        pos.train_seconds += time.perf_counter() - epoch_start
+            last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+            log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}] test accuracy {last_eval['test_accuracy']:.4f} "
+                     f"({last_eval['test_correct']}/{last_eval['test_samples']}), "
+                     f"test loss {last_eval['test_loss']:.4f}")
+            log.event("eval", epoch=pos.epoch + 1, **last_eval)
+            if pos.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
+                pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+            save()
+    finally:
+        stop.close()
+        log.close()
 
-        last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
-        log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}] test accuracy {last_eval['test_accuracy']:.4f} "
-                 f"({last_eval['test_correct']}/{last_eval['test_samples']}), test loss {last_eval['test_loss']:.4f}")
-        log.event("eval", epoch=pos.epoch + 1, **last_eval)
-        if pos.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
-            pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+    if stopped is not None:
         save()
-    log.close()
+        name = signal.Signals(stopped).name
+        log.event("stop", step=pos.step, signal=name)
+        log.info(f"stopped by {name} at step {pos.step} of {total_steps}, checkpoint saved: "
+                 "run the same command again to resume")
+        distributed.barrier(env)
+        raise Stopped(stopped)
 
     if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
         last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}

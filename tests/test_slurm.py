@@ -1,0 +1,115 @@
+"""The slurm/ job scripts, run for real on the local SLURM cluster of slurm/local-cluster.sh.
+
+.ci/run starts that cluster (two emulated nodes) before the tests and stops it afterwards. Where no
+SLURM cluster answers, these tests are skipped, saying why.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, real_mnist_dir, write_mnist
+
+
+def cluster_problem():
+    if shutil.which("sbatch") is None:
+        return "SLURM is not installed (run slurm/local-cluster.sh start)"
+    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if proc.returncode != 0 or "idle" not in proc.stdout and "mix" not in proc.stdout:
+        return f"no SLURM cluster answers (sinfo: {proc.stderr.strip() or proc.stdout.strip()})"
+    return None
+
+
+pytestmark = pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem()))
+
+
+def node_cpus() -> list:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True, check=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def sbatch(script: str, job_args: list, tmp_path: Path, options=()) -> int:
+    """Submit slurm/<script> from the repository (as a user would); returns the job id."""
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(os.sys.executable)))}
+    proc = subprocess.run(["sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", *options,
+                           f"slurm/{script}", *job_args], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip().split(";")[0])
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(1)
+
+
+def job_gone(job: int) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip() in ("", "COMPLETED")
+
+
+def log_of(tmp_path: Path, job: int) -> str:
+    return (tmp_path / f"slurm-{job}.out").read_text()
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return real_mnist_dir() or write_mnist(tmp_path / "data", n_train=20000, n_test=1001)
+
+
+def cpu_options() -> list:
+    """train-cpu.sbatch asks for 2 cores; an emulated node may have fewer (a job asking for more
+    cores than a node has waits forever)."""
+    return [f"--cpus-per-task={min(2, max(node_cpus()))}"]
+
+
+def test_train_cpu_sbatch(tmp_path, data):
+    out = tmp_path / "run"
+    job = sbatch("train-cpu.sbatch", ["--preset", "seed-lstm", "--max-steps", "200", "--data-dir", str(data),
+                                      "--out-dir", str(out)], tmp_path, cpu_options())
+    wait_until(lambda: job_gone(job), 300, f"job {job}")
+    log = log_of(tmp_path, job)
+    assert f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT=0" in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 200 and results["test_samples"] == (10000 if real_mnist_dir() else 1001), log
+
+
+def test_preemption_checkpoints_requeues_and_resumes(tmp_path, data):
+    out = tmp_path / "run"
+    job = sbatch("train-cpu.sbatch", ["--max-steps", "150", "--log-every", "10", "--limit-train", "20000",
+                                      "--limit-test", "500", "--data-dir", str(data), "--out-dir", str(out)],
+                 tmp_path, cpu_options())
+    metrics = out / "metrics.jsonl"
+    wait_until(lambda: metrics.exists() and '"train"' in metrics.read_text(), 120, "the first logged step")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], check=True)
+    wait_until(lambda: (out / "results.json").exists() and job_gone(job), 300, "the requeued job to finish")
+
+    log = log_of(tmp_path, job)
+    assert "SLURM_RESTART_COUNT=0" in log and f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT=1" in log, log
+    assert "received USR1" in log and "requeueing job" in log
+    stops = [json.loads(line) for line in metrics.read_text().splitlines() if '"stop"' in line]
+    assert len(stops) == 1 and stops[0]["signal"] == "SIGTERM"
+    stopped_at = stops[0]["step"]
+    assert f"stopped by SIGTERM at step {stopped_at} " in log and f"resumed from step {stopped_at} " in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 150 and results["resumed_from_step"] == stopped_at > 0
+
+
+def test_multinode_sbatch_on_two_nodes(tmp_path):
+    if len(node_cpus()) < 2:
+        pytest.skip("the local cluster has one node (slurm/local-cluster.sh start --nodes 2)")
+    data = write_mnist(tmp_path / "data", n_train=2000, n_test=1001)
+    out = tmp_path / "run"
+    job = sbatch("multinode.sbatch", ["--max-steps", "10", "--data-dir", str(data), "--out-dir", str(out)],
+                 tmp_path, ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"])
+    wait_until(lambda: job_gone(job), 300, f"job {job}")
+    log = log_of(tmp_path, job)
+    results = json.loads((out / "results.json").read_text())
+    assert "nodes=2 processes/node=1" in log and results["world_size"] == 2, log
+    assert results["test_samples"] == 1001 and results["steps"] == 10

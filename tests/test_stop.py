@@ -1,0 +1,53 @@
+"""Graceful stop: SIGTERM stops every rank at the same step, after a checkpoint of that step."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TORCHRUN, check_ok, read_results, run_train, write_mnist
+from dist_rnn.checkpoint import list_checkpoints
+
+
+def events(out: Path, kind: str) -> list:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == kind]
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, nproc):
+    data = write_mnist(tmp_path / "data", n_train=5000, n_test=200)
+    out = tmp_path / "run"
+    args = ["-m", "dist_rnn.train", "--data-dir", str(data), "--out-dir", str(out), "--max-steps", "500",
+            "--epochs", "10", "--hidden-size", "48", "--log-every", "5"]
+    cmd = [sys.executable, *args] if nproc is None else [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not events(out, "train"):
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to each worker
+    output, _ = proc.communicate(timeout=120)
+
+    stop = events(out, "stop")
+    assert len(stop) == 1 and stop[0]["signal"] == "SIGTERM", output
+    step = stop[0]["step"]
+    assert 0 < step < 500 and list_checkpoints(out)[0][0] == step
+    assert output.count(f"stopped by SIGTERM at step {step} of 500") == 1  # rank 0 only says it
+    assert "Traceback" not in output.split("stopped by SIGTERM")[0]  # no worker traceback before it
+    if nproc is None:
+        assert proc.returncode == 128 + signal.SIGTERM
+    else:
+        assert proc.returncode != 0  # torchrun reports its own SIGTERM
+    assert not (out / "results.json").exists()  # the run is not finished
+
+    check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), "--max-steps", "500", "--epochs", "10",
+                        "--hidden-size", "48", "--log-every", "5"], nproc=nproc))
+    results = read_results(out)
+    assert results["resumed_from_step"] == step and results["steps"] == 500
