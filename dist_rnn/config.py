@@ -46,7 +46,8 @@ class TrainConfig:
         "'last': out[:, -1, :] as the original scripts (the backward half has seen one row only)")
     # -- optimisation
     epochs: int = option(2, "passes over the training set")
-    max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total (0: evaluate the initial model)")
+    max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total "
+                                      "(0: evaluate the initial model)")
     batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE")
     eval_batch_size: int = option(1000, "per-process batch size for evaluation")
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
