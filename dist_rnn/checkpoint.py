@@ -90,8 +90,8 @@ def save_checkpoint(env: DistEnv, out_dir: Path, keep_last: int, *, model: nn.Mo
     fast it was written.
     """
     rng = distributed.all_gather_objects(rng_state(env.device), env)  # one entry per rank
-    info = None
-    if env.is_main:
+
+    def write() -> dict[str, Any]:
         state = {
             "model": unwrap(model).state_dict(),  # no `module.` prefix: loads into a bare model
             "optimizer": optimizer.state_dict(),
@@ -104,8 +104,12 @@ def save_checkpoint(env: DistEnv, out_dir: Path, keep_last: int, *, model: nn.Mo
         }
         info = write_checkpoint(out_dir, step, state)
         prune(out_dir, keep_last)
-    distributed.barrier(env)  # nobody runs ahead of a checkpoint that may be needed
-    return info
+        return info
+
+    # Rank 0 writes; a failure (a full disk, say) reaches every rank as the same one-line error,
+    # and waiting for its answer is the barrier: nobody runs ahead of a checkpoint that may be needed.
+    info = distributed.on_main(env, write)
+    return info if env.is_main else None
 
 
 def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +119,16 @@ def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any]) -> dict[st
     torch.save(state, buffer)
     data = buffer.getvalue()
     path = checkpoint_dir(out_dir) / f"step-{step}.pt"
-    atomic_write(path, lambda fh: fh.write(data))
-    atomic_write_json(metadata_path(path), {"step": step, "bytes": len(data),
-                                            "sha256": hashlib.sha256(data).hexdigest(),
-                                            "dist_rnn_version": __version__})
+    try:
+        atomic_write(path, lambda fh: fh.write(data))
+        atomic_write_json(metadata_path(path), {"step": step, "bytes": len(data),
+                                                "sha256": hashlib.sha256(data).hexdigest(),
+                                                "dist_rnn_version": __version__})
+    except OSError as e:
+        if not metadata_path(path).exists():
+            path.unlink(missing_ok=True)  # data without metadata would never count: free its space
+        raise UserError(f"could not write checkpoint {path} ({e.strerror or e}); the earlier "
+                        "checkpoints are intact") from None
     return {"path": str(path), "bytes": len(data), "seconds": time.perf_counter() - start}
 
 

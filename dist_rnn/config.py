@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NoReturn, Optional
 
 from dist_rnn.errors import UserError
 
@@ -58,6 +58,8 @@ class TrainConfig:
         "fp32", "autocast precision; fp16 (with GradScaler) needs CUDA, bf16 works on CPU and CUDA")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
+    dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes: a peer that "
+                                 "died or hangs makes the others fail after this, instead of hanging")
     # -- output
     log_every: int = option(100, "print and record the training loss every N steps")
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
@@ -97,6 +99,13 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]
     return tp, None
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
                         choices: Optional[dict[str, tuple]] = None) -> None:
     """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`), typed and documented
@@ -120,7 +129,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
 
 def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentParser:
     """The train CLI: one flag per TrainConfig field."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Train an RNN classifier on MNIST read as a sequence of rows. Runs the same under "
         "`python -m dist_rnn.train` (one process) and `torchrun --nproc_per_node=N -m dist_rnn.train` (DDP).",
@@ -157,6 +166,8 @@ def validate(c: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
     if c.max_steps is not None and c.max_steps < 0:
         raise UserError(f"--max-steps must be >= 0, got {c.max_steps}")
+    if not c.dist_timeout > 0:
+        raise UserError(f"--dist-timeout must be > 0 seconds, got {c.dist_timeout}")
     if not c.lr > 0:
         raise UserError(f"--lr must be > 0, got {c.lr}")
     if not 0 <= c.dropout < 1:

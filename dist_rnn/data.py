@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from dist_rnn.config import ArgumentParser
 from dist_rnn.errors import UserError, run_cli
 
 SPLIT_FILES = {
@@ -185,7 +186,7 @@ def prepare(data_dir: Path, download: bool) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     """`python -m dist_rnn.data prepare --data-dir D`: fetch MNIST once (e.g. on a login node with
     internet) and verify it, so compute nodes without internet can train from D."""
-    parser = argparse.ArgumentParser(prog="python -m dist_rnn.data", description=main.__doc__)
+    parser = ArgumentParser(prog="python -m dist_rnn.data", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("prepare", help="download (unless --no-download) and verify the MNIST files")
     cmd.add_argument("--data-dir", default=None,

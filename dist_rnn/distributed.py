@@ -7,18 +7,20 @@ DDP wrapper; every helper here is then a no-op, so the train loop has one path f
 # No `from __future__ import annotations` here: DDP checks the comm hook's annotations as real types.
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from dist_rnn.errors import UserError, run_cli
+from dist_rnn.errors import PeerLost, UserError, run_cli
 
 T = TypeVar("T")
-C = TypeVar("C")  # a command's config dataclass (it has a .device field)
+C = TypeVar("C")  # a command's config dataclass (it has .device and .dist_timeout fields)
+DEFAULT_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -59,33 +61,77 @@ def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], 
 
     def command() -> None:
         config = parse()
-        with process_group(config.device) as env:
-            body(config, env)
+        with process_group(config.device, config.dist_timeout) as env:
+            try:
+                body(config, env)
+            except Exception as e:
+                if env.is_distributed and is_peer_failure(e):
+                    raise PeerLost(env.rank, config.dist_timeout, e) from None
+                raise
 
     return run_cli(prog, command)
 
 
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether an exception is a collective that failed because another process died or hangs."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("gloo", "nccl", "timeout", "timed out", "connection", "pair closure",
+                                  "broken pipe"))
+
+
 @contextlib.contextmanager
-def process_group(device_choice: str) -> Iterator[DistEnv]:
+def process_group(device_choice: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[DistEnv]:
     """setup() on entry, teardown() on exit, whatever happens in between."""
-    env = setup(device_choice)
+    env = setup(device_choice, timeout_s)
     try:
         yield env
     finally:
         teardown(env)
 
 
-def setup(device_choice: str) -> DistEnv:
-    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and join the process group if WORLD_SIZE > 1."""
+def setup(device_choice: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun) and join the process group if WORLD_SIZE > 1.
+
+    timeout_s bounds every collective: a peer that died or hangs makes the others fail after it
+    instead of waiting forever.
+    """
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = _resolve_device(device_choice, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before the process group / DDP, so NCCL binds the right GPU
     if world_size > 1:
-        # MASTER_ADDR / MASTER_PORT come from the environment too (init_method="env://").
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _restart_safe_store(timeout)
+        if store is None:  # MASTER_ADDR / MASTER_PORT from the environment (init_method="env://")
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                    timeout=timeout)
     return DistEnv(rank, local_rank, world_size, device)
+
+
+def _restart_safe_store(timeout: datetime.timedelta) -> Optional[dist.Store]:
+    """A per-attempt view of torchrun's store, when torchrun restarts workers on one node.
+
+    By default torchrun hands its workers its own rendezvous store, and in torch 2.14 a group
+    restarted by --max-restarts reads the dead group's keys from it (pytorch/pytorch#135712):
+    "Connection refused" or a hang. Prefixing the keys with the restart count keeps attempts
+    apart. This only works on one node: with several nodes, restart counts differ between nodes,
+    so the launch/ and slurm/ scripts set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 instead (each
+    attempt then gets a fresh store, and this returns None).
+    """
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    one_node = os.environ.get("GROUP_WORLD_SIZE") == "1"
+    if not (shared and one_node):
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"dist_rnn/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown(env: DistEnv) -> None:

@@ -18,18 +18,38 @@ class Stopped(Exception):
         self.signum = signum
 
 
+class PeerLost(Exception):
+    """A collective failed: another process died, hangs, or ran a different number of steps."""
+
+    def __init__(self, rank: int, timeout_s: float, cause: BaseException):
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            f"rank {rank}: lost the other processes in a collective (one died, hangs, or ran a different "
+            f"number of steps; collectives wait at most --dist-timeout {timeout_s:g} s); the backend said: "
+            f"{first[:300]}")
+
+
 def run_cli(prog: str, main: Callable[[], None]) -> int:
     """Run main(); a UserError becomes one line on stderr, from global rank 0 only, and exit status 2.
 
     Every rank meets the same bad input, so every rank raises; one line is enough. A graceful stop
-    exits 128 + the signal's number, as the shell reports a process ended by that signal.
+    exits 128 + the signal's number, as the shell reports a process ended by that signal; a lost
+    peer exits 3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
     """
+    debug = os.environ.get("DIST_RNN_DEBUG") == "1"
     try:
         main()
     except UserError as e:
+        if debug:
+            raise
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
         return 128 + e.signum
+    except PeerLost as e:  # every surviving rank says it: rank 0 may be the one that is gone
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 3
     return 0

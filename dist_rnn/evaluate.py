@@ -5,7 +5,6 @@ Also the `python -m dist_rnn.evaluate --checkpoint PATH` command, which scores a
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import load_checkpoint, load_weights
-from dist_rnn.config import TrainConfig, add_dataclass_flags, option
+from dist_rnn.config import ArgumentParser, TrainConfig, add_dataclass_flags, option
 from dist_rnn.data import Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
@@ -65,11 +64,12 @@ class EvalConfig:
     limit_test: Optional[int] = option(None, "score only the first N test images")
     precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision (fp16 needs CUDA)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes")
     out: Optional[str] = option(None, "also write the result as JSON to this file")
 
 
 def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m dist_rnn.evaluate",
         description="Score a dist_rnn checkpoint on the MNIST test set: one process, or exact counts "
         "under `torchrun --nproc_per_node=N -m dist_rnn.evaluate ...`.")

@@ -7,6 +7,21 @@ import os
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from dist_rnn.errors import UserError
+
+
+def ensure_writable_dir(path: Path, flag: str = "--out-dir") -> None:
+    """Create the directory if needed and prove a file can be made there; one line if not."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write via `write(fh)` to a temporary file in the same directory, fsync, then rename over path."""

@@ -28,6 +28,7 @@ from dist_rnn.data import Split, ShardedBatches, as_sequences, download_mnist, l
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped
 from dist_rnn.evaluate import evaluate
+from dist_rnn.files import ensure_writable_dir
 from dist_rnn.log import RunLog
 from dist_rnn.model import build_model
 from dist_rnn.stop import StopRequest
@@ -142,6 +143,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     train_set, test_set = distributed.main_first(env, lambda: prepare_data(c))
     train_set, test_set = train_set.to(env.device), test_set.to(env.device)
     batches = ShardedBatches(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
+    distributed.on_main(env, lambda: ensure_writable_dir(out_dir))  # before any training time is spent
 
     torch.manual_seed(c.seed)  # the same initial weights on every rank
     model = build_model(c, input_size=train_set.images.shape[2]).to(env.device)

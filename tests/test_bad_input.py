@@ -1,0 +1,199 @@
+"""The bad-input catalogue: every entry point, every kind of mistake.
+
+Each case must end with a non-zero exit, ONE line on stderr that names the problem, no traceback,
+and nothing already on disk changed. To add a case, add a row to CASES (or SCRIPT_CASES).
+The train/evaluate/data commands run in-process through their real main(); the torchrun and
+shell-script cases run as subprocesses.
+"""
+
+import gzip
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TORCHRUN, idx_bytes, write_mnist
+from dist_rnn import data as data_cli
+from dist_rnn import evaluate as evaluate_cli
+from dist_rnn import train as train_cli
+
+MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "data": data_cli.main}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Shared, pre-existing files a careless command could damage: good data and a finished run."""
+    root = tmp_path_factory.mktemp("world")
+    data = write_mnist(root / "data", n_train=600, n_test=130)
+    run = root / "run"
+    assert train_cli.main(["--data-dir", str(data), "--out-dir", str(run), "--max-steps", "3",
+                           "--hidden-size", "16"]) == 0
+    (root / "a-file").write_text("not a directory\n")
+    (root / "not-a-checkpoint.pt").write_text("hello\n")
+    truncated = root / "truncated" / "checkpoints"
+    truncated.mkdir(parents=True)
+    for name in ("step-3.pt", "step-3.json"):
+        shutil.copy(run / "checkpoints" / name, truncated / name)
+    (truncated / "step-3.pt").write_bytes((truncated / "step-3.pt").read_bytes()[:1000])
+    return root
+
+
+def broken_data(world: Path, tmp: Path, how: str) -> Path:
+    """A copy of the good data with one thing wrong."""
+    d = tmp / "bad-data"
+    shutil.copytree(world / "data", d)
+    labels, images = d / "t10k-labels-idx1-ubyte", d / "train-images-idx3-ubyte"
+    if how == "empty":
+        for f in d.iterdir():
+            f.unlink()
+    elif how == "one-missing":
+        labels.unlink()
+    elif how == "truncated":
+        images.write_bytes(images.read_bytes()[:5000])
+    elif how == "not-gzip":
+        labels.unlink()
+        Path(f"{labels}.gz").write_bytes(b"this is not gzip")
+    elif how == "wrong-magic":
+        labels.write_bytes(b"\x00\x00\x08\x03" + labels.read_bytes()[4:])
+    elif how == "count-mismatch":
+        labels.write_bytes(idx_bytes(torch.zeros(129, dtype=torch.uint8).numpy()))
+    elif how == "gz-truncated":
+        images.unlink()
+        Path(f"{images}.gz").write_bytes(gzip.compress((world / "data" / images.name).read_bytes())[:3000])
+    return d
+
+
+def ckpt(world: Path) -> str:
+    return str(world / "run" / "checkpoints" / "step-3.pt")
+
+
+# (case id, command, argv builder: (world, tmp) -> list, words the error line must contain)
+CASES = [
+    # flags and their ranges
+    ("batch-size-zero", "train", lambda w, t: ["--batch-size", "0"], "--batch-size must be >= 1"),
+    ("hidden-size-negative", "train", lambda w, t: ["--hidden-size", "-5"], "--hidden-size must be >= 1"),
+    ("num-layers-zero", "train", lambda w, t: ["--num-layers", "0"], "--num-layers must be >= 1"),
+    ("dropout-above-one", "train", lambda w, t: ["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    ("dropout-negative", "train", lambda w, t: ["--dropout", "-0.1"], "--dropout must be in [0, 1)"),
+    ("dropout-one-layer", "train", lambda w, t: ["--dropout", "0.3", "--num-layers", "1"], "--num-layers >= 2"),
+    ("unknown-cell", "train", lambda w, t: ["--cell", "transformer"], "invalid choice: 'transformer'"),
+    ("unknown-preset", "train", lambda w, t: ["--preset", "seed-gru"], "invalid choice: 'seed-gru'"),
+    ("unknown-precision", "train", lambda w, t: ["--precision", "fp8"], "invalid choice: 'fp8'"),
+    ("fp16-without-cuda", "train", lambda w, t: ["--precision", "fp16", "--device", "cpu",
+                                                 "--data-dir", str(w / "data"), "--out-dir", str(t / "o")],
+     "--precision fp16 needs CUDA"),
+    ("lr-zero", "train", lambda w, t: ["--lr", "0"], "--lr must be > 0"),
+    ("lr-not-a-number", "train", lambda w, t: ["--lr", "fast"], "invalid float value: 'fast'"),
+    ("epochs-zero", "train", lambda w, t: ["--epochs", "0"], "--epochs must be >= 1"),
+    ("momentum-with-adam", "train", lambda w, t: ["--momentum", "0.9"], "--momentum applies to --optimizer sgd"),
+    ("max-steps-negative", "train", lambda w, t: ["--max-steps", "-1"], "--max-steps must be >= 0"),
+    ("dist-timeout-zero", "train", lambda w, t: ["--dist-timeout", "0"], "--dist-timeout must be > 0"),
+    ("overwrite-without-resume-none", "train", lambda w, t: ["--overwrite"], "--overwrite goes with --resume none"),
+    ("misspelt-flag", "train", lambda w, t: ["--hiden-size", "3"], "unrecognized arguments: --hiden-size"),
+    ("keep-last-zero", "train", lambda w, t: ["--keep-last", "0"], "--keep-last must be >= 1"),
+    ("batch-larger-than-data", "train", lambda w, t: ["--data-dir", str(w / "data"), "--batch-size", "1000",
+                                                      "--out-dir", str(t / "o")], "larger than the training set"),
+    # data directories
+    ("data-dir-missing", "train", lambda w, t: ["--data-dir", str(t / "nowhere"), "--out-dir", str(t / "o")],
+     "train-images-idx3-ubyte: missing"),
+    *[(f"data-{how}", "train",
+       (lambda how: lambda w, t: ["--data-dir", str(broken_data(w, t, how)), "--out-dir", str(t / "o")])(how),
+       words)
+      for how, words in [("empty", "train-images-idx3-ubyte: missing"),
+                         ("one-missing", "t10k-labels-idx1-ubyte: missing"),
+                         ("truncated", "truncated IDX file"), ("not-gzip", "corrupt gzip"),
+                         ("gz-truncated", "corrupt gzip"), ("wrong-magic", "magic number"),
+                         ("count-mismatch", "130 images but")]],
+    # output directories
+    ("out-dir-is-a-file", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(w / "a-file")],
+     "is a file, not a directory"),
+    ("out-dir-not-writable", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", "/proc/dist_rnn"],
+     "cannot write there"),
+    # checkpoints
+    ("resume-missing-file", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(t / "o"),
+                                                   "--resume", str(t / "nope.pt")], "no such checkpoint file"),
+    ("resume-truncated", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(t / "o"),
+                                                "--resume", str(w / "truncated" / "checkpoints" / "step-3.pt")],
+     "truncated or altered"),
+    ("resume-all-broken", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(w / "truncated"),
+                                                 "--hidden-size", "16"], "no valid checkpoint"),
+    ("resume-other-model", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(w / "run"),
+                                                  "--hidden-size", "32"], "hidden_size 16 -> 32"),
+    ("resume-not-a-checkpoint", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(t / "o"),
+                                                       "--resume", str(w / "not-a-checkpoint.pt")],
+     "not a readable checkpoint"),
+    ("resume-none-over-a-run", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(w / "run"),
+                                                      "--resume", "none"], "already holds checkpoints"),
+    # dist_rnn.evaluate
+    ("evaluate-no-checkpoint-flag", "evaluate", lambda w, t: [], "--checkpoint is required"),
+    ("evaluate-missing-file", "evaluate", lambda w, t: ["--checkpoint", str(t / "nope.pt")], "no such checkpoint"),
+    ("evaluate-not-a-checkpoint", "evaluate", lambda w, t: ["--checkpoint", str(w / "not-a-checkpoint.pt")],
+     "not a readable checkpoint"),
+    ("evaluate-batch-zero", "evaluate", lambda w, t: ["--checkpoint", ckpt(w), "--batch-size", "0"],
+     "--batch-size must be >= 1"),
+    ("evaluate-data-missing", "evaluate", lambda w, t: ["--checkpoint", ckpt(w), "--data-dir", str(t / "none")],
+     "t10k-images-idx3-ubyte: missing"),
+    # dist_rnn.data
+    ("data-no-command", "data", lambda w, t: [], "required: command"),
+    ("data-prepare-empty", "data", lambda w, t: ["prepare", "--no-download", "--data-dir", str(t / "empty")],
+     "train-images-idx3-ubyte: missing"),
+]
+
+
+def snapshot(*roots: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots if root.exists() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case,command,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, command, argv, words, world, tmp_path, capsys):
+    args = argv(world, tmp_path)
+    capsys.readouterr()
+    before = snapshot(world, tmp_path)
+    try:
+        code = MAINS[command](args)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code not in (0, None), f"exit status {code}"
+    assert err.count("\n") == 1 and "Traceback" not in err, f"not one line:\n{err}"
+    assert words in err, err
+    assert snapshot(world, tmp_path) == before, "files changed"
+    assert not (tmp_path / "o").exists()  # a refused run leaves no out-dir behind
+
+
+def test_catalogue_size():
+    assert len(CASES) + len(SCRIPT_CASES) >= 25
+
+
+# Subprocess cases: torchrun and the shell scripts.
+SCRIPT_CASES = [
+    ("multi-node-without-NNODES", ["bash", "launch/multi_node.sh"], "set NNODES"),
+    ("local-cluster-bad-nodes", ["bash", "slurm/local-cluster.sh", "start", "--nodes", "zero"],
+     "--nodes must be a positive number"),
+    ("local-cluster-no-command", ["bash", "slurm/local-cluster.sh"], "usage:"),
+]
+
+
+@pytest.mark.parametrize("case,cmd,words", SCRIPT_CASES, ids=[c[0] for c in SCRIPT_CASES])
+def test_bad_input_scripts(case, cmd, words):
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
+    """torchrun prints its own ChildFailedError report; each worker's own stderr (captured with
+    --redirects) holds the clean line, from rank 0 only."""
+    logs = tmp_path / "logs"
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}",
+                           "-m", "dist_rnn.train", "--data-dir", str(world / "data"), "--batch-size", "99",
+                           "--out-dir", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    errs = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
+    assert set(errs) == {"0", "1"}, errs
+    assert errs["0"] == "dist_rnn.train: error: --batch-size 99 (global) does not divide over 2 processes\n"
+    assert errs["1"] == "" and not (tmp_path / "o").exists()
