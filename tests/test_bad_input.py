@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +66,10 @@ def broken_data(world: Path, tmp: Path, how: str) -> Path:
     return d
 
 
+def bad_data_args(how: str):
+    return lambda w, t: ["--data-dir", str(broken_data(w, t, how)), "--out-dir", str(t / "o")]
+
+
 def ckpt(world: Path) -> str:
     return str(world / "run" / "checkpoints" / "step-3.pt")
 
@@ -100,9 +103,7 @@ CASES = [
     # data directories
     ("data-dir-missing", "train", lambda w, t: ["--data-dir", str(t / "nowhere"), "--out-dir", str(t / "o")],
      "train-images-idx3-ubyte: missing"),
-    *[(f"data-{how}", "train",
-       (lambda how: lambda w, t: ["--data-dir", str(broken_data(w, t, how)), "--out-dir", str(t / "o")])(how),
-       words)
+    *[(f"data-{how}", "train", bad_data_args(how), words)
       for how, words in [("empty", "train-images-idx3-ubyte: missing"),
                          ("one-missing", "t10k-labels-idx1-ubyte: missing"),
                          ("truncated", "truncated IDX file"), ("not-gzip", "corrupt gzip"),
