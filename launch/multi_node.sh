@@ -13,12 +13,18 @@
 # MASTER_ADDR  rendezvous host (required);  MASTER_PORT  its port (default 29500)
 # RUN_ID       the same on every node, unique per job (default: dist_rnn)
 # NPROC        processes per node (default: the number of visible GPUs, at least 1)
+# MAX_RESTARTS times torchrun restarts the workers after one dies (default 3; torchrun's own default
+#              is 0). Each restart resumes from the newest checkpoint (--resume auto).
 # PYTHON       interpreter whose torch to use (default: python3)
 set -euo pipefail
 : "${NNODES:?set NNODES to the number of nodes}"
 : "${MASTER_ADDR:?set MASTER_ADDR to the rendezvous host}"
 PYTHON=${PYTHON:-python3}
 NPROC=${NPROC:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+# Restarts need a fresh store per attempt: restart counts differ between nodes, so per-attempt key
+# prefixes cannot work there (pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NPROC" \
+  --max-restarts="${MAX_RESTARTS:-3}" \
   --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}" --rdzv-id="${RUN_ID:-dist_rnn}" \
   -m dist_rnn.train "$@"

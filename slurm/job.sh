@@ -16,7 +16,8 @@
 #
 # Environment: PYTHON (interpreter with dist_rnn installed; default python3, from the submitting
 # shell's PATH, which sbatch passes on), NPROC (processes per node; default: the node's GPUs, else 1),
-# MASTER_PORT (rendezvous port; default derived from the job id), DIST_RNN_DATA (the data directory).
+# MASTER_PORT (rendezvous port; default derived from the job id), MAX_RESTARTS (torchrun restarts
+# after a worker dies, default 3), DIST_RNN_DATA (the data directory).
 set -uo pipefail
 
 echo "SLURM_JOB_ID=${SLURM_JOB_ID} SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}"
@@ -42,6 +43,7 @@ echo "nodes=$NNODES processes/node=$NPROC rendezvous=$HEAD_NODE:$MASTER_PORT pyt
 srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 \
   bash -c 'exec "$0" -m torch.distributed.run --nnodes="$1" --nproc_per_node="$2" \
              --rdzv-backend=c10d --rdzv-endpoint="$3" --rdzv-id="$SLURM_JOB_ID" \
+             --max-restarts="${MAX_RESTARTS:-3}" \
              --rdzv-conf="is_host=$([ "$SLURM_NODEID" = 0 ] && echo 1 || echo 0)" \
              -m dist_rnn.train --resume auto "${@:4}"' \
   "$PYTHON" "$NNODES" "$NPROC" "$HEAD_NODE:$MASTER_PORT" "$@" &

@@ -1,6 +1,7 @@
 """Resume: stop mid-epoch, continue, and end exactly where an uninterrupted run ends."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,19 +48,30 @@ def test_stop_at_30_resume_to_60_is_bitwise_identical(data, tmp_path, nproc, ext
     assert losses(tmp_path / "part") == losses(tmp_path / "full")  # the log reads as one run, too
 
 
+SGD_96 = ["--optimizer", "sgd", "--lr", "0.1", "--batch-size", "96"]  # 96 divides over 1, 2 and 3
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(data, tmp_path_factory):
+    """An uninterrupted 60-step run and one stopped at step 30, both by 2 processes."""
+    root = tmp_path_factory.mktemp("x2")
+    train(data, root / "full", 60, 2, SGD_96)
+    train(data, root / "part", 30, 2, SGD_96)
+    return root
+
+
 @pytest.mark.parametrize("new_nproc", [None, 3])
-def test_resume_on_another_world_size(data, tmp_path, new_nproc):
+def test_resume_on_another_world_size(data, two_process_runs, tmp_path, new_nproc):
     """Saved by 2 processes, resumed by 1 or 3 with the same global batch: the same global samples
     follow in the same order, so the run tracks the uninterrupted one up to float rounding (SGD)."""
-    extra = ["--optimizer", "sgd", "--lr", "0.1", "--batch-size", "96"]
-    train(data, tmp_path / "full", 60, 2, extra)
-    train(data, tmp_path / "part", 30, 2, extra)
-    resumed = train(data, tmp_path / "part", 60, new_nproc, extra)
+    full, part = two_process_runs / "full", tmp_path / "part"
+    shutil.copytree(two_process_runs / "part", part)
+    resumed = train(data, part, 60, new_nproc, SGD_96)
     assert resumed["world_size"] == (new_nproc or 1) and resumed["resumed_from_step"] == 30
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    a, b = weights(full), weights(part)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
-    full_losses, part_losses = losses(tmp_path / "full"), losses(tmp_path / "part")
+    full_losses, part_losses = losses(full), losses(part)
     assert list(part_losses) == [10, 20, 30, 40, 50, 60]
     assert [part_losses[s] for s in (40, 50, 60)] == pytest.approx([full_losses[s] for s in (40, 50, 60)], abs=1e-4)
 
