@@ -1,0 +1,218 @@
+"""`python -m dist_rnn.bench`: dist_rnn's training loop against the original scripts' pipeline, measured
+in one run on this machine, plus a world-size sweep and the costs around training.
+
+(a) samples/s of the original pipeline (torchvision MNIST + ToTensor + DataLoader(batch 100,
+    shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`), the
+    two alternated --repeats times, --steps each: medians and their ratio;
+(b) 1 process x 2 threads against `torchrun --nproc_per_node=2` (1 thread each), global batch 100;
+(c) time from `python -m dist_rnn.train` to its first step done, evaluation samples/s,
+    checkpoint save and load time, peak memory per process.
+Prints a table and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.config import ArgumentParser, TrainConfig, add_dataclass_flags, option, validate
+from dist_rnn.data import SPLIT_FILES, find_file, load_mnist, resolve_data_dir
+from dist_rnn.distributed import DistEnv
+from dist_rnn.errors import UserError, run_cli
+from dist_rnn.evaluate import evaluate
+from dist_rnn.model import RNNClassifier
+from dist_rnn.train import run
+
+
+@dataclass
+class BenchConfig:
+    """Options of `python -m dist_rnn.bench`."""
+
+    data_dir: Optional[str] = option(None, "MNIST directory (default: $DIST_RNN_DATA, else ./data)")
+    steps: int = option(400, "optimizer steps per measurement")
+    repeats: int = option(3, "alternations of original / dist_rnn (medians are reported)")
+    sweep: bool = option(True, "also run the 1-process vs 2-process world-size sweep (torchrun)")
+    out: Optional[str] = option("bench.json", "write all figures as JSON here")
+
+
+def torchvision_root(data_dir: Path, cache: Path) -> Path:
+    """The four files, uncompressed, in torchvision's <root>/MNIST/raw layout (its own loader
+    reads nothing else without trying to download)."""
+    raw = cache / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for names in SPLIT_FILES.values():
+        for name in names:
+            source = find_file(data_dir, name)
+            if source is None:
+                raise UserError(f"{data_dir / name}: missing")
+            if not (raw / name).exists():
+                opener = gzip.open if source.suffix == ".gz" else open
+                with opener(source, "rb") as fh:
+                    (raw / name).write_bytes(fh.read())
+    return cache
+
+
+def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
+    """The original LSTM script's loop (its hyperparameters, its data path), timed over `steps`."""
+    import torchvision
+    from torchvision import transforms
+
+    torch.manual_seed(seed)
+    dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.ToTensor(),
+                                         download=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True)
+    model = RNNClassifier(28, 128, 2, 10, "lstm", False, 0.0, "last")  # LSTM(28,128,2) + Linear on out[:,-1]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    done, start = 0, time.perf_counter()
+    while done < steps:
+        for i, (images, labels) in enumerate(loader):
+            images = images.reshape(-1, 28, 28)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if (i + 1) % 100 == 0:
+                loss.item()  # the original prints the loss every 100 steps
+            if done == steps:
+                break
+    return steps * 100 / (time.perf_counter() - start)
+
+
+def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, limit_test: Optional[int] = 1000) -> dict[str, Any]:
+    """dist_rnn's own loop, in this process, with the seed-lstm preset's hyperparameters."""
+    c = TrainConfig(preset="seed-lstm", cell="lstm", hidden_size=128, num_layers=2, readout="last", lr=0.01,
+                    batch_size=100, epochs=10, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
+                    limit_test=limit_test, resume="none", overwrite=True, log_every=10 ** 9)
+    validate(c)
+    env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's own log would bury the table
+        results = run(c, env)
+    events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    results["checkpoint_save_s"] = next(e["seconds"] for e in events if e["event"] == "checkpoint")
+    return results
+
+
+def torchrun_samples_per_s(data_dir: Path, out_dir: Path, nproc: int, steps: int) -> float:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "dist_rnn.train", "--preset", "seed-lstm", "--data-dir", str(data_dir), "--out-dir", str(out_dir),
+           "--max-steps", str(steps), "--limit-test", "1000", "--resume", "none", "--overwrite"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"torchrun x{nproc} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads((out_dir / "results.json").read_text())["train_samples_per_s"]
+
+
+def seconds_to_first_step(data_dir: Path, out_dir: Path) -> float:
+    """Wall time of `python -m dist_rnn.train --max-steps 1` up to its first step (read from its log)."""
+    start = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", "--preset", "seed-lstm", "--data-dir",
+                             str(data_dir), "--out-dir", str(out_dir), "--max-steps", "1", "--log-every", "1",
+                             "--limit-test", "100", "--resume", "none", "--overwrite"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = None
+    for line in proc.stdout:
+        if first is None and line.startswith("Epoch [1/2], Step [1/"):
+            first = time.time() - start
+    proc.wait()
+    if first is None:
+        raise UserError("the first-step run printed no step")
+    return first
+
+
+def bench(c: BenchConfig) -> dict[str, Any]:
+    data_dir = resolve_data_dir(c.data_dir)
+    load_mnist(data_dir)  # fail early, in one line, on missing or broken files
+    work = Path(tempfile.mkdtemp(prefix="dist_rnn-bench-"))
+    root = torchvision_root(data_dir, work / "torchvision")
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    original, ours, runs = [], [], []
+    for i in range(c.repeats):
+        original.append(original_samples_per_s(root, c.steps))
+        runs.append(dist_rnn_run(data_dir, work / f"run-{i}", c.steps))
+        ours.append(runs[-1]["train_samples_per_s"])
+        say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s, dist_rnn {ours[-1]:.0f} samples/s")
+    figures: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
+        "steps": c.steps, "repeats": c.repeats,
+        "original_samples_per_s": original, "dist_rnn_samples_per_s": ours,
+        "original_median": statistics.median(original), "dist_rnn_median": statistics.median(ours),
+    }
+    figures["ratio_dist_rnn_vs_original"] = figures["dist_rnn_median"] / figures["original_median"]
+
+    # (c) costs around training
+    full = dist_rnn_run(data_dir, work / "eval", 1, limit_test=None)
+    model = RNNClassifier(28, 128, 2, 10, "lstm", False, 0.0, "last")
+    _, test = load_mnist(data_dir)
+    start = time.perf_counter()
+    evaluate(model, test, DistEnv(0, 0, 1, torch.device("cpu")), 1000, "fp32")
+    figures["eval_samples_per_s"] = len(test) / (time.perf_counter() - start)
+    figures["checkpoint_save_s"] = statistics.median(r["checkpoint_save_s"] for r in runs)
+    start = time.perf_counter()
+    load_checkpoint(Path(full["checkpoint"]))
+    figures["checkpoint_load_s"] = time.perf_counter() - start
+    figures["checkpoint_bytes"] = Path(full["checkpoint"]).stat().st_size
+    figures["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["seconds_to_first_step"] = statistics.median(
+        seconds_to_first_step(data_dir, work / f"first-{i}") for i in range(3))
+    say(f"time to first step {figures['seconds_to_first_step']:.2f} s, eval {figures['eval_samples_per_s']:.0f} "
+        f"samples/s, checkpoint {figures['checkpoint_bytes'] / 1e6:.1f} MB saved in "
+        f"{figures['checkpoint_save_s'] * 1000:.0f} ms, loaded in {figures['checkpoint_load_s'] * 1000:.0f} ms")
+
+    if c.sweep:  # (b) 1 x 2 threads vs 2 x 1 thread, global batch 100
+        one = [torchrun_samples_per_s(data_dir, work / f"w1-{i}", 1, c.steps) for i in range(c.repeats)]
+        two = [torchrun_samples_per_s(data_dir, work / f"w2-{i}", 2, c.steps) for i in range(c.repeats)]
+        figures.update(world1_samples_per_s=one, world2_samples_per_s=two,
+                       ratio_2x1thread_vs_1x2threads=statistics.median(two) / statistics.median(one))
+
+    rows = [("original pipeline, samples/s (median)", f"{figures['original_median']:.0f}"),
+            ("dist_rnn loop, samples/s (median)", f"{figures['dist_rnn_median']:.0f}"),
+            ("ratio dist_rnn / original", f"{figures['ratio_dist_rnn_vs_original']:.2f}x")]
+    if c.sweep:
+        rows += [("1 process x 2 threads, samples/s", f"{statistics.median(figures['world1_samples_per_s']):.0f}"),
+                 ("2 processes x 1 thread, samples/s", f"{statistics.median(figures['world2_samples_per_s']):.0f}"),
+                 ("ratio 2x1 / 1x2", f"{figures['ratio_2x1thread_vs_1x2threads']:.2f}x")]
+    rows += [("time to first step, s", f"{figures['seconds_to_first_step']:.2f}"),
+             ("evaluation, samples/s", f"{figures['eval_samples_per_s']:.0f}"),
+             ("checkpoint save / load, ms", f"{figures['checkpoint_save_s'] * 1000:.0f} / "
+                                            f"{figures['checkpoint_load_s'] * 1000:.0f}"),
+             ("peak memory of this process, MB", f"{figures['peak_rss_mb_this_process']:.0f}")]
+    width = max(len(r[0]) for r in rows)
+    say("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
+    say(f"({figures['machine']}; {c.repeats} alternations of {c.steps} steps)")
+    if c.out:
+        Path(c.out).write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def parse(argv: Optional[list[str]] = None) -> BenchConfig:
+    parser = ArgumentParser(prog="python -m dist_rnn.bench", description=__doc__.split("\n\n")[0])
+    add_dataclass_flags(parser, BenchConfig)
+    c = BenchConfig(**vars(parser.parse_args(argv)))
+    if c.steps < 1 or c.repeats < 1:
+        raise UserError("--steps and --repeats must be >= 1")
+    return c
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_cli("dist_rnn.bench", lambda: bench(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
