@@ -33,8 +33,9 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
     """Run main(); a UserError becomes one line on stderr, from global rank 0 only, and exit status 2.
 
     Every rank meets the same bad input, so every rank raises; one line is enough. A graceful stop
-    exits 128 + the signal's number, as the shell reports a process ended by that signal; a lost
-    peer exits 3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
+    exits 128 + the signal's number, as the shell reports a process ended by that signal, except
+    on SIGUSR1 ("checkpoint and exit", what the SLURM scripts send), which exits 0; a lost peer
+    exits 3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
     """
     debug = os.environ.get("DIST_RNN_DEBUG") == "1"
     try:
@@ -45,8 +46,8 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except Stopped as e:
-        return 128 + e.signum
+    except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must
+        return 0 if e.signum == signal.SIGUSR1 else 128 + e.signum  # not restart the workers)
     except PeerLost as e:  # every surviving rank says it: rank 0 may be the one that is gone
         if debug:
             raise

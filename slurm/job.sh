@@ -9,10 +9,10 @@
 #     job continues from its newest checkpoint (arguments of sbatch after the script come last and
 #     override anything, e.g. `sbatch slurm/train.sbatch --preset seed-bilstm --out-dir runs/x`);
 #  3. on USR1 (what `#SBATCH --signal=B:USR1@120` sends before the time limit, and what
-#     `scancel --batch --signal=USR1` sends to preempt) or TERM: sends SIGTERM to the job step's
-#     processes (torchrun and its workers); the workers agree on a step, rank 0 checkpoints it,
-#     all exit; once the step has ended the job requeues itself (`scontrol requeue`), which starts
-#     it again later, and it resumes from that checkpoint.
+#     `scancel --batch --signal=USR1` sends to preempt) or TERM: sends USR1 to the job step's
+#     processes (torchrun ignores it; the workers agree on a step, rank 0 checkpoints it, all exit
+#     0); once the step has ended the job requeues itself (`scontrol requeue`), which starts it
+#     again later, and it resumes from that checkpoint.
 #
 # Environment: PYTHON (interpreter with dist_rnn installed; default python3, from the submitting
 # shell's PATH, which sbatch passes on), NPROC (processes per node; default: the node's GPUs, else 1),
@@ -41,7 +41,7 @@ echo "nodes=$NNODES processes/node=$NPROC rendezvous=$HEAD_NODE:$MASTER_PORT pyt
 # One task per node; each runs torchrun. Only the first node hosts the rendezvous store
 # (is_host), which does not depend on how node names resolve.
 srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 \
-  bash -c 'exec "$0" -m torch.distributed.run --nnodes="$1" --nproc_per_node="$2" \
+  bash -c 'trap "" USR1; exec "$0" -m torch.distributed.run --nnodes="$1" --nproc_per_node="$2" \
              --rdzv-backend=c10d --rdzv-endpoint="$3" --rdzv-id="$SLURM_JOB_ID" \
              --max-restarts="${MAX_RESTARTS:-3}" \
              --rdzv-conf="is_host=$([ "$SLURM_NODEID" = 0 ] && echo 1 || echo 0)" \
@@ -51,12 +51,15 @@ child=$!
 
 preempted=0
 on_signal() {
+  [ "$preempted" = 1 ] && return  # once is enough
   preempted=1
   echo "$(date '+%F %T') received $1: asking the job step to checkpoint and stop"
-  # Signal the job's steps (not this shell): every process of the step gets SIGTERM, torchrun
-  # included, which passes it on to its workers. (SIGTERM to srun itself would make srun kill
-  # the step instead.)
-  scancel --signal=TERM "$SLURM_JOB_ID"
+  # USR1 to every process of the job's steps: torchrun ignores it (set above, kept across exec),
+  # the workers take it as "checkpoint and exit": they agree on a step, rank 0 saves it, all exit
+  # 0, and torchrun ends normally. Not SIGTERM: SLURM treats a SIGTERM'd step as cancelled, and
+  # torchrun would stop waiting for its workers, so the step's end could kill them mid-save
+  # (seen in CI once); not srun, which kills the step when signalled.
+  scancel --signal=USR1 "$SLURM_JOB_ID"
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM

@@ -94,9 +94,9 @@ def test_preemption_checkpoints_requeues_and_resumes(tmp_path, data):
     assert "SLURM_RESTART_COUNT=0" in log and f"SLURM_JOB_ID={job} SLURM_RESTART_COUNT=1" in log, log
     assert "received USR1" in log and "requeueing job" in log
     stops = [json.loads(line) for line in metrics.read_text().splitlines() if '"stop"' in line]
-    assert len(stops) == 1 and stops[0]["signal"] == "SIGTERM"
+    assert len(stops) == 1 and stops[0]["signal"] == "SIGUSR1"
     stopped_at = stops[0]["step"]
-    assert f"stopped by SIGTERM at step {stopped_at} " in log and f"resumed from step {stopped_at} " in log
+    assert f"stopped by SIGUSR1 at step {stopped_at} " in log and f"resumed from step {stopped_at} " in log
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 150 and results["resumed_from_step"] == stopped_at > 0
 
