@@ -26,7 +26,7 @@ from torch import nn
 from dist_rnn import __version__, distributed
 from dist_rnn.config import RESUME_MUST_MATCH, TrainConfig
 from dist_rnn.distributed import DistEnv, unwrap
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -206,11 +206,6 @@ def check_compatible(snapshot: dict[str, Any], c: TrainConfig, path: str) -> Non
                         "order must be the same to resume; use another --out-dir or --resume none)")
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint without running any code from it; any failure is a one-line UserError."""
     path = Path(path)
@@ -222,9 +217,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(f"{path}: refused, not a plain-data checkpoint (weights_only load failed: "
-                        f"{_first_line(e)})") from None
+                        f"{first_line(e)})") from None
     except Exception as e:  # zip or format errors come as RuntimeError, EOFError, ...
-        raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
         raise UserError(f"{path}: not a dist_rnn checkpoint (needs model, config and step)")
     return state

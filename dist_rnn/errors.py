@@ -18,15 +18,20 @@ class Stopped(Exception):
         self.signum = signum
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class PeerLost(Exception):
     """A collective failed: another process died, hangs, or ran a different number of steps."""
 
     def __init__(self, rank: int, timeout_s: float, cause: BaseException):
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(
             f"rank {rank}: lost the other processes in a collective (one died, hangs, or ran a different "
             f"number of steps; collectives wait at most --dist-timeout {timeout_s:g} s); the backend said: "
-            f"{first[:300]}")
+            f"{first_line(cause)[:300]}")
 
 
 def run_cli(prog: str, main: Callable[[], None]) -> int:

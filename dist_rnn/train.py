@@ -176,6 +176,10 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
             log.event("checkpoint", step=pos.step, **info)
             log.info(f"saved {info['path']} ({info['bytes'] / 1e6:.1f} MB in {info['seconds']:.2f} s)")
 
+    def score() -> dict[str, Any]:
+        """Exact test-set evaluation of the current weights, tagged with the step."""
+        return {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+
     steps_per_epoch = batches.steps_per_epoch
     total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
     log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}, "
@@ -219,7 +223,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
             if stopped is not None:
                 break  # the epoch's evaluation runs after the resume, when its last batch is done
 
-            last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+            last_eval = score()
             log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}] test accuracy {last_eval['test_accuracy']:.4f} "
                      f"({last_eval['test_correct']}/{last_eval['test_samples']}), "
                      f"test loss {last_eval['test_loss']:.4f}")
@@ -241,7 +245,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         raise Stopped(stopped)
 
     if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
-        last_eval = {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+        last_eval = score()
         log.event("eval", epoch=pos.epoch, **last_eval)
     save()  # the end of the run (a no-op when the epoch's end already saved this step)
 

@@ -85,5 +85,12 @@ def check_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 
 
+def events(out_dir: Path, kind: str) -> list:
+    """The `kind` events a run has logged to metrics.jsonl so far (none while it does not exist)."""
+    path = out_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
 def read_results(out_dir: Path) -> dict:
     return json.loads((out_dir / "results.json").read_text())

@@ -1,14 +1,13 @@
 """Real torchrun runs on CPU with gloo: DDP training, same trajectory as one process, exact evaluation,
 the launch/ scripts (one node, and two "nodes" meeting through a c10d rendezvous on loopback)."""
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, check_ok, free_port, read_results, run_train, write_mnist
+from conftest import REPO, check_ok, events, free_port, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import load_checkpoint
 
 
@@ -39,8 +38,7 @@ def final_weights(out: Path) -> dict:
 
 
 def losses(out: Path) -> list:
-    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [e["loss"] for e in events if e["event"] == "train"]
+    return [e["loss"] for e in events(out, "train")]
 
 
 @pytest.mark.parametrize("optimizer,lr,steps,tolerance", [("sgd", "0.1", 50, 1e-5), ("adam", "0.003", 10, 1e-4)])

@@ -1,6 +1,5 @@
 """Faults under torchrun: a killed worker (elastic restart), a hung worker (timeout), a full disk."""
 
-import json
 import os
 import signal
 import subprocess
@@ -9,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TORCHRUN, check_ok, read_results, run_train, write_mnist
+from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints, problem
-
-
-def events(out: Path, kind: str) -> list:
-    path = out / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [e for e in map(json.loads, lines) if e["event"] == kind]
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str) -> None:

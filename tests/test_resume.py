@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import check_ok, read_results, run_train, write_mnist
+from conftest import check_ok, events, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 
@@ -28,8 +28,7 @@ def weights(out: Path) -> dict:
 
 
 def losses(out: Path) -> dict:
-    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+    return {e["step"]: e["loss"] for e in events(out, "train")}
 
 
 @pytest.mark.parametrize("nproc,extra", [

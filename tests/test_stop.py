@@ -1,23 +1,14 @@
 """Graceful stop: SIGTERM stops every rank at the same step, after a checkpoint of that step."""
 
-import json
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TORCHRUN, check_ok, read_results, run_train, write_mnist
+from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints
-
-
-def events(out: Path, kind: str) -> list:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == kind]
 
 
 @pytest.mark.parametrize("nproc", [None, 2])
