@@ -2,8 +2,9 @@
 in one run on this machine, plus a world-size sweep and the costs around training.
 
 (a) samples/s of the original pipeline (torchvision MNIST + ToTensor + DataLoader(batch 100,
-    shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`), the
-    two alternated --repeats times, --steps each: medians and their ratio;
+    shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`) in fp32
+    and with --precision bf16, alternated --repeats times, --steps each: medians and ratios; and the
+    original's data path timed alone, which bounds what feeding from memory can win;
 (b) 1 process x 2 threads against `torchrun --nproc_per_node=2` (1 thread each), global batch 100;
 (c) time from `python -m dist_rnn.train` to its first step done, evaluation samples/s,
     checkpoint save and load time, peak memory per process.
@@ -99,10 +100,25 @@ def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
     return steps * 100 / (time.perf_counter() - start)
 
 
-def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int) -> dict[str, Any]:
+def original_loader_seconds_per_batch(root: Path, batches: int) -> float:
+    """The original's data path alone (PIL decode + ToTensor + collate of 100 images): the most any
+    in-memory pipeline can save per step."""
+    import torchvision
+    from torchvision import transforms
+
+    dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.ToTensor(),
+                                         download=False)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True))
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return (time.perf_counter() - start) / batches
+
+
+def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, precision: str = "fp32") -> dict[str, Any]:
     """dist_rnn's own loop, in this process, with the seed-lstm preset's hyperparameters."""
     c = dataclasses.replace(SEED_LSTM, epochs=10, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
-                            limit_test=1000, resume="none", overwrite=True, log_every=10 ** 9)
+                            limit_test=1000, resume="none", overwrite=True, log_every=10 ** 9, precision=precision)
     validate(c)
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own log would bury the table
@@ -145,19 +161,31 @@ def bench(c: BenchConfig) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="dist_rnn-bench-"))
     root = torchvision_root(data_dir, work / "torchvision")
     say = lambda text: print(text, flush=True)  # noqa: E731
-    original, ours, runs = [], [], []
+    original, ours, ours_bf16, runs = [], [], [], []
     for i in range(c.repeats):
         original.append(original_samples_per_s(root, c.steps))
         runs.append(dist_rnn_run(data_dir, work / f"run-{i}", c.steps))
         ours.append(runs[-1]["train_samples_per_s"])
-        say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s, dist_rnn {ours[-1]:.0f} samples/s")
+        ours_bf16.append(dist_rnn_run(data_dir, work / f"bf16-{i}", c.steps, "bf16")["train_samples_per_s"])
+        say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s, dist_rnn {ours[-1]:.0f} samples/s, "
+            f"dist_rnn --precision bf16 {ours_bf16[-1]:.0f} samples/s")
     figures: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
         "steps": c.steps, "repeats": c.repeats,
-        "original_samples_per_s": original, "dist_rnn_samples_per_s": ours,
+        "original_samples_per_s": original, "dist_rnn_samples_per_s": ours, "dist_rnn_bf16_samples_per_s": ours_bf16,
         "original_median": statistics.median(original), "dist_rnn_median": statistics.median(ours),
+        "dist_rnn_bf16_median": statistics.median(ours_bf16),
     }
     figures["ratio_dist_rnn_vs_original"] = figures["dist_rnn_median"] / figures["original_median"]
+    # Neighbours in time share the machine's mood: the median of the per-alternation ratios is the
+    # figure least moved by this machine's slow swings.
+    figures["ratio_median_of_alternations"] = statistics.median(o / b for o, b in zip(ours, original))
+    figures["ratio_dist_rnn_bf16_vs_original"] = figures["dist_rnn_bf16_median"] / figures["original_median"]
+    # The share of the original's step spent in its data path bounds what an in-memory loop can win.
+    loader_s = statistics.median(original_loader_seconds_per_batch(root, c.steps) for _ in range(c.repeats))
+    figures["original_loader_ms_per_batch"] = loader_s * 1000
+    figures["original_loader_share_of_step"] = loader_s / (100 / figures["original_median"])
+    figures["ratio_bound_without_data_path"] = 1 / (1 - figures["original_loader_share_of_step"])
 
     # (c) costs around training
     model = build_model(SEED_LSTM, input_size=28)
@@ -185,7 +213,13 @@ def bench(c: BenchConfig) -> dict[str, Any]:
 
     rows = [("original pipeline, samples/s (median)", f"{figures['original_median']:.0f}"),
             ("dist_rnn loop, samples/s (median)", f"{figures['dist_rnn_median']:.0f}"),
-            ("ratio dist_rnn / original", f"{figures['ratio_dist_rnn_vs_original']:.2f}x")]
+            ("ratio dist_rnn / original", f"{figures['ratio_dist_rnn_vs_original']:.2f}x"),
+            ("median of the per-alternation ratios", f"{figures['ratio_median_of_alternations']:.2f}x"),
+            ("original's data path per batch, ms (share of its step)",
+             f"{figures['original_loader_ms_per_batch']:.1f} ({figures['original_loader_share_of_step']:.0%})"),
+            ("best ratio a free data path allows", f"{figures['ratio_bound_without_data_path']:.2f}x"),
+            ("dist_rnn --precision bf16, samples/s (median)", f"{figures['dist_rnn_bf16_median']:.0f}"),
+            ("ratio dist_rnn bf16 / original fp32", f"{figures['ratio_dist_rnn_bf16_vs_original']:.2f}x")]
     if c.sweep:
         rows += [("1 process x 2 threads, samples/s", f"{statistics.median(figures['world1_samples_per_s']):.0f}"),
                  ("2 processes x 1 thread, samples/s", f"{statistics.median(figures['world2_samples_per_s']):.0f}"),

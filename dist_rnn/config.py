@@ -57,6 +57,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "autocast precision; fp16 (with GradScaler) needs CUDA, bf16 works on CPU and CUDA")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
+                          "available / processes on this node")
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
     dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes: a peer that "
                                  "died or hangs makes the others fail after this, instead of hanging")
@@ -164,8 +166,9 @@ def validate(c: TrainConfig) -> None:
     for name in ["limit_train", "limit_test", "save_every"]:
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    if c.max_steps is not None and c.max_steps < 0:
-        raise UserError(f"--max-steps must be >= 0, got {c.max_steps}")
+    for name in ["max_steps", "threads"]:
+        if getattr(c, name) is not None and getattr(c, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
     if not c.dist_timeout > 0:
         raise UserError(f"--dist-timeout must be > 0 seconds, got {c.dist_timeout}")
     if not c.lr > 0:

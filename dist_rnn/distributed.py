@@ -56,11 +56,12 @@ def _resolve_device(choice: str, local_rank: int) -> torch.device:
 
 
 def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], object]) -> int:
-    """What every dist_rnn command does: parse its config, join the process group (when launched by
-    torchrun), run, leave; bad input becomes one line and exit status 2 (see run_cli)."""
+    """What every dist_rnn command does: parse its config, set this rank's CPU threads, join the process
+    group (when launched by torchrun), run, leave; bad input becomes one line and exit status 2 (see run_cli)."""
 
     def command() -> None:
         config = parse()
+        torch.set_num_threads(threads_per_rank(config.threads))
         with process_group(config.device, config.dist_timeout) as env:
             try:
                 body(config, env)
@@ -80,6 +81,25 @@ def is_peer_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(
         sign in text for sign in ("gloo", "nccl", "timeout", "timed out", "connection", "pair closure",
                                   "broken pipe"))
+
+
+def threads_per_rank(requested: int, environ: Optional[dict] = None) -> int:
+    """Intra-op CPU threads for this process: --threads when given (> 0), else an OMP_NUM_THREADS the
+    user set, else the cores this process may use divided by the processes on this node.
+
+    torchrun sets OMP_NUM_THREADS=1 for its workers when it starts several per node and the user set
+    nothing; a worker cannot tell that default from a user's choice, so under torchrun with several
+    local processes a value of 1 counts as unset (pass --threads 1 to insist on one thread).
+    """
+    if requested > 0:
+        return requested
+    environ = os.environ if environ is None else environ
+    local_world = int(environ.get("LOCAL_WORLD_SIZE", 1))
+    omp = environ.get("OMP_NUM_THREADS", "")
+    launcher_default = omp == "1" and local_world > 1 and "TORCHELASTIC_RUN_ID" in environ
+    if omp.isdigit() and int(omp) > 0 and not launcher_default:
+        return int(omp)
+    return max(1, len(os.sched_getaffinity(0)) // local_world)
 
 
 @contextlib.contextmanager

@@ -65,6 +65,8 @@ class EvalConfig:
     precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision (fp16 needs CUDA)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
     dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes")
+    threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
+                          "available / processes on this node")
     out: Optional[str] = option(None, "also write the result as JSON to this file")
 
 
@@ -79,6 +81,8 @@ def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
         parser.error("--checkpoint is required")
     if c.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {c.batch_size}")
+    if c.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {c.threads}")
     return c
 
 

@@ -182,7 +182,8 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     steps_per_epoch = batches.steps_per_epoch
     total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
-    log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}, "
+    log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type} "
+             f"({torch.get_num_threads()} CPU threads each), "
              f"global batch {c.batch_size} ({batches.local_batch} per process), {steps_per_epoch} steps/epoch, "
              f"{total_steps} steps, {len(train_set)} train / {len(test_set)} test samples -> {out_dir}")
     if snapshot:

@@ -17,4 +17,6 @@ def test_bench_runs_and_writes_json(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["original_median"] > 0 and figures["dist_rnn_median"] > 0
     assert figures["ratio_dist_rnn_vs_original"] == figures["dist_rnn_median"] / figures["original_median"]
+    assert figures["ratio_dist_rnn_bf16_vs_original"] == figures["dist_rnn_bf16_median"] / figures["original_median"]
+    assert 0 < figures["original_loader_share_of_step"] < 1
     assert "ratio dist_rnn / original" in proc.stdout and figures["seconds_to_first_step"] > 0

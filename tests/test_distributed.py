@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO, check_ok, events, free_port, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.distributed import threads_per_rank
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,25 @@ def test_torchrun_two_processes(mnist_dir, tmp_path):
     results = read_results(out)
     assert results["world_size"] == 2 and results["test_samples"] == 130 and results["steps"] == 12
     assert "2 process(es)" in proc.stdout and "(50 per process)" in proc.stdout
+    # torchrun exported OMP_NUM_THREADS=1; each rank takes its share of the cores instead
+    assert f"({max(1, len(os.sched_getaffinity(0)) // 2)} CPU threads each)" in proc.stdout
     # only global rank 0 prints: each line once
     assert proc.stdout.count("Epoch [1/2], Step [3/6]") == 1
     assert proc.stdout.count("Epoch [2/2] test accuracy") == 1
     checkpoint = load_checkpoint(results["checkpoint"])
     assert not any(k.startswith("module.") for k in checkpoint["model"])
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "results.json"]
+
+
+def test_threads_per_rank_policy():
+    cores = len(os.sched_getaffinity(0))
+    torchrun = {"TORCHELASTIC_RUN_ID": "x", "LOCAL_WORLD_SIZE": "2"}
+    assert threads_per_rank(3, {"OMP_NUM_THREADS": "5"}) == 3  # --threads wins
+    assert threads_per_rank(0, {"OMP_NUM_THREADS": "5"}) == 5  # then the user's OMP_NUM_THREADS
+    assert threads_per_rank(0, {}) == cores  # one process: every core
+    assert threads_per_rank(0, {**torchrun, "OMP_NUM_THREADS": "1"}) == max(1, cores // 2)  # torchrun's default
+    assert threads_per_rank(0, {**torchrun, "OMP_NUM_THREADS": "3"}) == 3
+    assert threads_per_rank(0, {"LOCAL_WORLD_SIZE": str(4 * cores)}) == 1
 
 
 def final_weights(out: Path) -> dict:
