@@ -2,18 +2,21 @@
 
 The CLI is built from the fields below (type, default, help, choices), so the flags can never drift
 from the config: `--hidden-size` is `TrainConfig.hidden_size`. Precedence is
-defaults < preset < explicit flags.
+defaults < preset < config file (--config) < explicit flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, Optional
 
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, first_line
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -26,6 +29,8 @@ class TrainConfig:
     """Everything a training run depends on; `config.json` in the run directory is this, resolved."""
 
     # -- what to run
+    config: Optional[str] = option(None, "YAML or JSON file with any of these options (its keys are the option "
+                                   "names, e.g. hidden_size); explicit flags override it; a run's config.json works")
     preset: Optional[str] = option(None, "start from a named preset (explicit flags override it)")
     name: Optional[str] = option(None, "run name, used in the default --out-dir")
     # -- data
@@ -65,6 +70,12 @@ class TrainConfig:
     # -- output
     log_every: int = option(100, "print and record the training loss every N steps")
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
+    wandb: bool = option(False, "log to Weights & Biases (rank 0 only; offline when no API key; $WANDB_MODE "
+                         "is respected); a resumed run continues the same wandb run")
+    wandb_project: str = option("dist_rnn", "wandb project")
+    wandb_name: Optional[str] = option(None, "wandb run name (default: --name, else the out-dir's name)")
+    wandb_tags: Optional[str] = option(None, "comma-separated wandb tags")
+    tensorboard: bool = option(False, "write TensorBoard event files to <out-dir>/tensorboard (rank 0 only)")
     # -- checkpoints
     save_every: Optional[int] = option(None, "also checkpoint every N optimizer steps (always: each epoch end "
                                      "and the end of the run)")
@@ -148,13 +159,75 @@ def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentPar
 
 
 def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
-    """Parse flags into a TrainConfig: defaults, then the preset, then explicit flags; then validate."""
+    """Parse flags into a TrainConfig: defaults, then the preset, then the config file, then explicit
+    flags; then validate."""
     explicit = vars(build_parser().parse_args(argv))
-    preset = explicit.get("preset")
-    values = {**PRESETS.get(preset, {}), **explicit} if preset else explicit
-    config = TrainConfig(**values)
+    from_file = read_config_file(explicit["config"], TrainConfig) if explicit.get("config") else {}
+    values = {**from_file, **explicit}
+    if "precision" not in values and os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        values["precision"] = precision_from_accelerate(os.environ["ACCELERATE_MIXED_PRECISION"])
+    preset = values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    config = TrainConfig(**{**PRESETS.get(preset, {}), **values})
     validate(config)
     return config
+
+
+def precision_from_accelerate(value: str) -> str:
+    """`accelerate launch --mixed_precision X` exports ACCELERATE_MIXED_PRECISION=X to its workers."""
+    mapping = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+    if value not in mapping:
+        raise UserError(f"ACCELERATE_MIXED_PRECISION={value}: dist_rnn supports no, bf16 and fp16")
+    return mapping[value]
+
+
+def read_config_file(path: str, cls: type) -> dict[str, Any]:
+    """The options in a YAML (.yaml/.yml) or JSON file, each checked against the field of `cls` it
+    names; an unknown key or a wrong type is a one-line error naming the key."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: one line with the position
+        raise UserError(f"--config {path}: not valid {file.suffix[1:] or 'JSON'}: {first_line(e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option names to values")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise UserError(f"--config {path}: unknown key {key!r}")
+        values[key] = _checked(cls, fields[key], value, f"--config {path}: key {key!r}")
+    values.pop("config", None)  # a run's config.json names the file it came from: no recursion
+    return values
+
+
+def _checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
+    """`value` as the type of field `f` (an int is accepted for a float), or a UserError."""
+    tp, choices = _field_type(cls, f)
+    optional = f.default is None or typing.get_origin(typing.get_type_hints(cls)[f.name]) is typing.Union
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{where} may not be null")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise UserError(f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    if choices and value not in choices:
+        raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
 
 
 def validate(c: TrainConfig) -> None:

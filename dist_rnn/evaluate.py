@@ -86,20 +86,31 @@ def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
     return c
 
 
+def trained_config(snapshot: dict[str, Any], path: str) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (one line if this version cannot read it)."""
+    try:
+        return TrainConfig(**snapshot["config"])
+    except TypeError as e:
+        raise UserError(f"{path}: its config does not fit this dist_rnn version ({e})") from None
+
+
+def trained_model(snapshot: dict[str, Any], config: TrainConfig, input_size: int) -> nn.Module:
+    """The model a checkpoint describes, with its weights, in eval mode."""
+    model = build_model(config, input_size=input_size)
+    load_weights(model, snapshot)
+    return model.eval()
+
+
 def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     """Rebuild the model a checkpoint describes and score it; rank 0 prints (and writes --out)."""
     check_precision(c.precision, env.device)
     snapshot = load_checkpoint(Path(c.checkpoint))
-    try:
-        config = TrainConfig(**snapshot["config"])
-    except TypeError as e:
-        raise UserError(f"{c.checkpoint}: its config does not fit this dist_rnn version ({e})") from None
+    config = trained_config(snapshot, c.checkpoint)
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
-    model = build_model(config, input_size=test.images.shape[2]).to(env.device)
-    load_weights(model, snapshot)
+    model = trained_model(snapshot, config, input_size=test.images.shape[2]).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": snapshot["step"], "world_size": env.world_size,
               **evaluate(model, test, env, c.batch_size, c.precision)}
     if env.is_main:

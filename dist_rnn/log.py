@@ -1,4 +1,5 @@
-"""What a run reports: console lines and a progress bar, metrics.jsonl, config.json, results.json.
+"""What a run reports: console lines and a progress bar, metrics.jsonl, config.json, results.json,
+and the same train/eval events to the trackers (wandb, TensorBoard) when asked for.
 
 Only global rank 0 reports; on every other rank each method returns at once, so callers never
 need `if rank == 0`.
@@ -10,9 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from dist_rnn.errors import first_line
 from dist_rnn.files import atomic_write, atomic_write_json
+
+TRACKED_EVENTS = ("train", "eval")  # what wandb / TensorBoard receive (checkpoint events stay in metrics.jsonl)
 
 
 class RunLog:
@@ -21,6 +25,21 @@ class RunLog:
     def __init__(self, out_dir: Path, active: bool):
         self.out_dir, self.active = Path(out_dir), active
         self._bar = None  # nothing is written before start(): a refused run leaves no trace
+        self._trackers: list[Any] = []
+
+    def open_trackers(self, start: Callable[[], list[Any]]) -> None:
+        """Start the trackers (wandb, TensorBoard) on the main process; `start` returns them."""
+        if self.active:
+            self._trackers = start()
+
+    def _to_trackers(self, call: Callable[[Any], None]) -> None:
+        """Call each tracker; one that fails is dropped with a warning, and the run goes on."""
+        for tracker in list(self._trackers):
+            try:
+                call(tracker)
+            except Exception as e:  # noqa: BLE001 - a tracker must never stop training
+                self._trackers.remove(tracker)
+                self.info(f"warning: {tracker.name} failed ({first_line(e)}); training goes on without it")
 
     def start(self, keep_until_step: Optional[int]) -> None:
         """Begin metrics.jsonl: anew for a fresh run; for a resumed one, keep the events up to the
@@ -59,10 +78,22 @@ class RunLog:
         if self._bar is not None:
             self._bar.update(1)
 
+    def show(self, **figures: str) -> None:
+        """Put the latest figures (loss, samples/s) next to the bar; tqdm adds the ETA itself."""
+        if self._bar is not None:
+            self._bar.set_postfix(figures)
+
+    def summary(self, results: dict[str, Any]) -> None:
+        """The run's final figures, as the trackers' summary."""
+        self._to_trackers(lambda t: t.summary(results))
+
     def close(self) -> None:
+        """Remove the bar and finish the trackers (their files are complete after this)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._to_trackers(lambda t: t.close())
+        self._trackers = []
 
     def event(self, kind: str, **fields: Any) -> None:
         """Append one JSON object to metrics.jsonl (flushed, so a crash loses at most this line)."""
@@ -71,6 +102,8 @@ class RunLog:
         record = {"event": kind, "time": round(time.time(), 3), **fields}
         with open(self.out_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if kind in TRACKED_EVENTS:
+            self._to_trackers(lambda t: t.log(kind, fields["step"], fields))
 
     def write_json(self, name: str, obj: Any) -> Optional[Path]:
         """Write out_dir/name atomically (config.json, results.json)."""

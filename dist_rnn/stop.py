@@ -50,6 +50,7 @@ class StopRequest:
         return int(flag.item()) or None
 
     def close(self) -> None:
-        """Put the previous handlers back."""
+        """Put the previous handlers back (once; later calls do nothing)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}

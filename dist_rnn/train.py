@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_rnn import __version__, checkpoint, distributed
+from dist_rnn import __version__, checkpoint, distributed, tracking
 from dist_rnn.amp import autocast, check_precision, grad_scaler
 from dist_rnn.config import TrainConfig, parse_config, to_dict
 from dist_rnn.data import Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
@@ -159,6 +159,9 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
             checkpoint.remove_all(out_dir)
         log.start(keep_until_step=pos.step if snapshot else None)
     log.write_json("config.json", to_dict(c))
+    # The wandb run continues across resumes: its id travels in the checkpoints (rank 0 saves them).
+    run_id = (snapshot or {}).get("wandb_run_id") or tracking.new_run_id()
+    log.open_trackers(lambda: tracking.open_trackers(c, out_dir, run_id, log.info))
 
     last_eval, last_saved_step = None, pos.step if snapshot else None
 
@@ -170,7 +173,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         info = checkpoint.save_checkpoint(
             env, out_dir, c.keep_last, model=model, optimizer=optimizer, scaler=scaler, step=pos.step,
             epoch=pos.epoch, batch_in_epoch=pos.batch_in_epoch, config=to_dict(c),
-            extra={"train_seconds": pos.train_seconds})
+            extra={"train_seconds": pos.train_seconds, "wandb_run_id": run_id})
         last_saved_step = pos.step
         if info:
             log.event("checkpoint", step=pos.step, **info)
@@ -213,6 +216,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
                              f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
                     log.event("train", step=pos.step, epoch=pos.epoch + 1, loss=loss_value,
                               lr=optimizer.param_groups[0]["lr"], samples_per_s=rate)
+                    log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
                     interval_start, interval_steps = time.perf_counter(), 0
                 if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
                     save()  # mid-epoch; the epoch's end is saved below, after its evaluation
@@ -232,47 +236,49 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
             if pos.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
                 pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
             save()
+        stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
+
+        if stopped is not None:
+            save()
+            name = signal.Signals(stopped).name
+            log.event("stop", step=pos.step, signal=name)
+            log.info(f"stopped by {name} at step {pos.step} of {total_steps}, checkpoint saved: "
+                     "run the same command again to resume")
+            distributed.barrier(env)
+            raise Stopped(stopped)
+
+        if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
+            last_eval = score()
+            log.event("eval", epoch=pos.epoch, **last_eval)
+        save()  # the end of the run (a no-op when the epoch's end already saved this step)
+
+        results = {
+            "test_accuracy": last_eval["test_accuracy"],
+            "test_samples": last_eval["test_samples"],
+            "test_loss": last_eval["test_loss"],
+            "world_size": env.world_size,
+            "global_batch_size": c.batch_size,
+            "epochs": c.epochs,
+            "steps": pos.step,
+            "train_seconds": pos.train_seconds,
+            "train_samples_per_s": pos.step * c.batch_size / pos.train_seconds if pos.train_seconds else None,
+            "precision": c.precision,
+            "device": env.device.type,
+            "checkpoint": str(checkpoint.checkpoint_dir(out_dir) / f"step-{pos.step}.pt"),
+            "resumed_from_step": pos.resumed_from_step,
+            "dist_rnn_version": __version__,
+        }
+        log.write_json("results.json", results)
+        log.summary(results)
+        log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
+                 f"{pos.step} steps ({pos.train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
+        # Leave together: a rank that tears down its process group while rank 0 is still writing
+        # can abort inside gloo ("terminate called without an active exception", seen here).
+        distributed.barrier(env)
+        return results
     finally:
         stop.close()
-        log.close()
-
-    if stopped is not None:
-        save()
-        name = signal.Signals(stopped).name
-        log.event("stop", step=pos.step, signal=name)
-        log.info(f"stopped by {name} at step {pos.step} of {total_steps}, checkpoint saved: "
-                 "run the same command again to resume")
-        distributed.barrier(env)
-        raise Stopped(stopped)
-
-    if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
-        last_eval = score()
-        log.event("eval", epoch=pos.epoch, **last_eval)
-    save()  # the end of the run (a no-op when the epoch's end already saved this step)
-
-    results = {
-        "test_accuracy": last_eval["test_accuracy"],
-        "test_samples": last_eval["test_samples"],
-        "test_loss": last_eval["test_loss"],
-        "world_size": env.world_size,
-        "global_batch_size": c.batch_size,
-        "epochs": c.epochs,
-        "steps": pos.step,
-        "train_seconds": pos.train_seconds,
-        "train_samples_per_s": pos.step * c.batch_size / pos.train_seconds if pos.train_seconds else None,
-        "precision": c.precision,
-        "device": env.device.type,
-        "checkpoint": str(checkpoint.checkpoint_dir(out_dir) / f"step-{pos.step}.pt"),
-        "resumed_from_step": pos.resumed_from_step,
-        "dist_rnn_version": __version__,
-    }
-    log.write_json("results.json", results)
-    log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
-             f"{pos.step} steps ({pos.train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
-    # Leave together: a rank that tears down its process group while rank 0 is still writing
-    # can abort inside gloo ("terminate called without an active exception", seen here).
-    distributed.barrier(env)
-    return results
+        log.close()  # the bar, and the trackers' files completed
 
 
 def main(argv: Optional[list[str]] = None) -> int:

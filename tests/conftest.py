@@ -64,6 +64,18 @@ def real_mnist_dir() -> Optional[Path]:
     return None
 
 
+@pytest.fixture(scope="session")
+def seed_lstm_run(tmp_path_factory) -> Path:
+    """The `seed-lstm` preset trained on the real files (about a minute), once per test session:
+    the reproduction test checks it, the predict test classifies with its checkpoint."""
+    data = real_mnist_dir()
+    if data is None:
+        pytest.skip("real MNIST files not present (set DIST_RNN_DATA)")
+    out = tmp_path_factory.mktemp("seed-lstm") / "run"
+    check_ok(run_train(["--preset", "seed-lstm", "--data-dir", str(data), "--out-dir", str(out)], timeout=600))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

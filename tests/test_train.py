@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import check_ok, read_results, real_mnist_dir, run_train
+from conftest import check_ok, read_results, run_train
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.config import TrainConfig
 from dist_rnn.data import load_mnist
@@ -58,12 +58,8 @@ def test_max_steps_stops_mid_epoch_and_console(mnist_dir, tmp_path):
     assert (out / "checkpoints" / "step-4.pt").exists()
 
 
-@pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present")
-def test_reproduces_seed_lstm(tmp_path):
+def test_reproduces_seed_lstm(seed_lstm_run):
     """The original LSTM script's hyperparameters reach about 97% in 2 epochs (>= 96% required)."""
-    out = tmp_path / "seed-lstm"
-    check_ok(run_train(["--preset", "seed-lstm", "--data-dir", str(real_mnist_dir()), "--out-dir", str(out)],
-                       timeout=600))
-    results = read_results(out)
+    results = read_results(seed_lstm_run)
     assert results["test_samples"] == 10000 and results["steps"] == 1200
     assert results["test_accuracy"] >= 0.96, results

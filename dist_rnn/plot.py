@@ -1,0 +1,105 @@
+"""`python -m dist_rnn.plot RUN_DIR [RUN_DIR ...] -o curves.png`: training loss and test accuracy
+against the optimizer step, read from each run's metrics.jsonl, several runs overlaid and labelled."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from dist_rnn.config import ArgumentParser, add_dataclass_flags, option
+from dist_rnn.errors import UserError, run_cli
+from dist_rnn.files import atomic_write
+
+
+@dataclass
+class PlotConfig:
+    """Options of `python -m dist_rnn.plot` (the run directories are positional)."""
+
+    output: str = option("curves.png", "image to write (.png, .pdf or .svg)")
+    title: Optional[str] = option(None, "figure title")
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of one run's metrics.jsonl (a line cut short by a crash is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (is it a dist_rnn run directory?)")
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def run_label(run_dir: Path) -> str:
+    """The run's --name when it has one, else its directory name."""
+    try:
+        name = json.loads((run_dir / "config.json").read_text()).get("name")
+    except (OSError, ValueError):
+        name = None
+    return name or run_dir.name
+
+
+def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -> dict[str, Any]:
+    """Draw loss (left) and test accuracy (right) per step; returns what was drawn, per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed (clusters, CI)
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    drawn = {}
+    for run_dir in run_dirs:
+        events = read_events(run_dir)
+        train = [(e["step"], e["loss"]) for e in events if e.get("event") == "train"]
+        evals = [(e["step"], e["test_accuracy"]) for e in events if e.get("event") == "eval"]
+        if not train and not evals:
+            raise UserError(f"{run_dir}: metrics.jsonl has no train or eval events yet")
+        label = run_label(run_dir)
+        line = loss_ax.plot(*zip(*train), label=label)[0] if train else None
+        if evals:
+            acc_ax.plot(*zip(*evals), marker="o", label=label, color=line.get_color() if line else None)
+        drawn[label] = {"train_points": len(train), "eval_points": len(evals),
+                        "final_accuracy": evals[-1][1] if evals else None}
+    loss_ax.set(xlabel="optimizer step", ylabel="training loss (global batch)", yscale="log", title="loss")
+    acc_ax.set(xlabel="optimizer step", ylabel="test accuracy", title="test accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fmt = output.suffix.lstrip(".") or "png"
+    atomic_write(output, lambda fh: fig.savefig(fh, format=fmt, dpi=120))
+    plt.close(fig)
+    return drawn
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = ArgumentParser(prog="python -m dist_rnn.plot", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
+    add_dataclass_flags(parser, PlotConfig)
+    parser.add_argument("-o", dest="output", default="curves.png", help="short for --output")
+
+    def command() -> None:
+        args = vars(parser.parse_args(argv))
+        runs = [Path(r) for r in args.pop("runs")]
+        c = PlotConfig(**args)
+        if Path(c.output).suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UserError(f"--output {c.output}: use a .png, .pdf or .svg name")
+        drawn = plot_runs(runs, Path(c.output), c.title)
+        for label, what in drawn.items():
+            final = f", final test accuracy {what['final_accuracy']:.4f}" if what["final_accuracy"] is not None else ""
+            print(f"{label}: {what['train_points']} loss points, {what['eval_points']} accuracy points{final}")
+        print(f"wrote {c.output}")
+
+    return run_cli("dist_rnn.plot", command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""`python -m dist_rnn.predict --checkpoint C IMAGE [IMAGE ...]`: classify image files with a
+trained dist_rnn model: the digit and its probability per file (--json for machine-readable output).
+
+Any size, grayscale or colour: each image is made to look like an MNIST digit first (light digit on
+a dark background, fitted into a 20x20 box and centred by its centre of mass in 28x28, the way MNIST
+itself was made), so a photo or a drawing of a dark digit on white paper works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+
+from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.config import ArgumentParser, add_dataclass_flags, option
+from dist_rnn.data import as_sequences
+from dist_rnn.distributed import _resolve_device
+from dist_rnn.errors import UserError, first_line, run_cli
+from dist_rnn.evaluate import trained_config, trained_model
+
+SIDE, BOX = 28, 20  # MNIST: 28x28 images, digits fitted into 20x20
+
+
+@dataclass
+class PredictConfig:
+    """Options of `python -m dist_rnn.predict` (the image files are positional)."""
+
+    checkpoint: Optional[str] = option(None, "checkpoint file (required), e.g. runs/x/checkpoints/step-1200.pt")
+    json: bool = option(False, "print a JSON list (file, digit, probability, all 10 probabilities) instead of lines")
+    device: Literal["auto", "cpu", "cuda"] = option("cpu", "where to run the model")
+
+
+def to_mnist(image: Any) -> np.ndarray:
+    """A PIL image as a 28x28 uint8 MNIST-style digit: grayscale, light on dark, fitted and centred."""
+    from PIL import Image
+
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    if border(gray).mean() > 127:  # dark digit on a light background: MNIST digits are light on dark
+        gray = 255 - gray
+    gray = np.clip(gray - np.median(border(gray)), 0, 255)  # the background (paper, shadows) to 0
+    ink = gray > 0.2 * gray.max() if gray.max() > 0 else np.zeros_like(gray, dtype=bool)
+    if not ink.any():
+        return np.zeros((SIDE, SIDE), dtype=np.uint8)  # a blank image: nothing to centre
+    rows, cols = np.nonzero(ink)
+    digit = gray[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = BOX / max(digit.shape)
+    size = (max(1, round(digit.shape[1] * scale)), max(1, round(digit.shape[0] * scale)))  # (width, height)
+    digit = np.asarray(Image.fromarray(digit).resize(size, Image.LANCZOS), dtype=np.float32).clip(0, 255)
+    # Centre of mass at the image centre, as MNIST did, kept inside the frame.
+    total = digit.sum() or 1.0
+    cy = (digit.sum(axis=1) * np.arange(digit.shape[0])).sum() / total
+    cx = (digit.sum(axis=0) * np.arange(digit.shape[1])).sum() / total
+    top = int(np.clip(round(SIDE / 2 - cy), 0, SIDE - digit.shape[0]))
+    left = int(np.clip(round(SIDE / 2 - cx), 0, SIDE - digit.shape[1]))
+    out = np.zeros((SIDE, SIDE), dtype=np.float32)
+    out[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return (out * (255 / out.max())).round().astype(np.uint8)
+
+
+def border(gray: np.ndarray) -> np.ndarray:
+    """The pixels along the edges of an image: its background, for a digit in the middle."""
+    return np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+
+
+def read_image(path: str) -> np.ndarray:
+    """One image file as an MNIST-style digit (one line naming the file when it cannot be read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return to_mnist(image)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: not an image this can read ({first_line(e)})") from None
+
+
+def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
+    """Classify each file; returns one record per file, in order."""
+    snapshot = load_checkpoint(Path(c.checkpoint))
+    config = trained_config(snapshot, c.checkpoint)
+    device = _resolve_device(c.device, 0)
+    digits = torch.from_numpy(np.stack([read_image(path) for path in images]))
+    model = trained_model(snapshot, config, input_size=SIDE).to(device)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(as_sequences(digits.to(device))).float(), dim=1).cpu()
+    return [{"file": path, "digit": int(p.argmax()), "probability": round(float(p.max()), 6),
+             "probabilities": [round(float(v), 6) for v in p]} for path, p in zip(images, probabilities)]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = ArgumentParser(prog="python -m dist_rnn.predict", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...; any size)")
+    add_dataclass_flags(parser, PredictConfig)
+
+    def command() -> None:
+        args = vars(parser.parse_args(argv))
+        images = args.pop("images")
+        c = PredictConfig(**args)
+        if c.checkpoint is None:
+            parser.error("--checkpoint is required")
+        records = predict(c, images)
+        if c.json:
+            print(json.dumps(records, indent=2))
+        else:
+            for r in records:
+                print(f"{r['file']}: {r['digit']} (probability {r['probability']:.3f})")
+
+    return run_cli("dist_rnn.predict", command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
