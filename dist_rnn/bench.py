@@ -53,6 +53,7 @@ class BenchConfig:
     steps: int = option(400, "optimizer steps per measurement")
     repeats: int = option(3, "alternations of original / dist_rnn (medians are reported)")
     sweep: bool = option(True, "also run the 1-process vs 2-process world-size sweep (torchrun)")
+    sweep_steps: int = option(300, "optimizer steps per torchrun run of the sweep")
     out: Optional[str] = option("bench.json", "write all figures as JSON here")
 
 
@@ -206,8 +207,8 @@ def bench(c: BenchConfig) -> dict[str, Any]:
         f"{figures['checkpoint_save_s'] * 1000:.0f} ms, loaded in {figures['checkpoint_load_s'] * 1000:.0f} ms")
 
     if c.sweep:  # (b) 1 x 2 threads vs 2 x 1 thread, global batch 100
-        one = [torchrun_samples_per_s(data_dir, work / f"w1-{i}", 1, c.steps) for i in range(c.repeats)]
-        two = [torchrun_samples_per_s(data_dir, work / f"w2-{i}", 2, c.steps) for i in range(c.repeats)]
+        one = [torchrun_samples_per_s(data_dir, work / f"w1-{i}", 1, c.sweep_steps) for i in range(c.repeats)]
+        two = [torchrun_samples_per_s(data_dir, work / f"w2-{i}", 2, c.sweep_steps) for i in range(c.repeats)]
         figures.update(world1_samples_per_s=one, world2_samples_per_s=two,
                        ratio_2x1thread_vs_1x2threads=statistics.median(two) / statistics.median(one))
 
@@ -241,8 +242,8 @@ def parse(argv: Optional[list[str]] = None) -> BenchConfig:
     parser = ArgumentParser(prog="python -m dist_rnn.bench", description=__doc__.split("\n\n")[0])
     add_dataclass_flags(parser, BenchConfig)
     c = BenchConfig(**vars(parser.parse_args(argv)))
-    if c.steps < 1 or c.repeats < 1:
-        raise UserError("--steps and --repeats must be >= 1")
+    if min(c.steps, c.repeats, c.sweep_steps) < 1:
+        raise UserError("--steps, --sweep-steps and --repeats must be >= 1")
     return c
 
 
