@@ -40,12 +40,18 @@ class TrainConfig:
     download: bool = option(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
     limit_train: Optional[int] = option(None, "use only the first N training images (small runs)")
     limit_test: Optional[int] = option(None, "use only the first N test images (small runs)")
+    sequence: Literal["row", "column", "pixel", "permuted"] = option(
+        "row", "how an image becomes a sequence: 'row' (28 steps of 28 pixels), 'column' (the transposed "
+        "image), 'pixel' (784 steps of 1 pixel), 'permuted' (784 steps, pixels in a fixed random order)")
+    permutation_seed: int = option(0, "seed of the pixel order of --sequence permuted (the order is also saved "
+                                   "in each checkpoint)")
     # -- model
     cell: Literal["rnn", "gru", "lstm"] = option("lstm", "recurrent cell")
     hidden_size: int = option(128, "hidden units per direction and layer")
     num_layers: int = option(2, "stacked recurrent layers")
     bidirectional: bool = option(False, "run a second recurrent net backwards over the sequence")
     dropout: float = option(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)")
+    head_dropout: float = option(0.0, "dropout on the readout features, before the classifier")
     readout: Literal["last", "final"] = option(
         "final", "'final': final hidden state of each direction (correct many-to-one); "
         "'last': out[:, -1, :] as the original scripts (the backward half has seen one row only)")
@@ -55,6 +61,8 @@ class TrainConfig:
                                       "(0: evaluate the initial model)")
     batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE")
     eval_batch_size: int = option(1000, "per-process batch size for evaluation")
+    loss: Literal["ce", "mse"] = option("ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax "
+                                        "outputs and one-hot targets (the slow-learning loss, for comparison)")
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
     lr: float = option(0.003, "learning rate")
     momentum: float = option(0.0, "momentum (sgd only)")
@@ -69,6 +77,8 @@ class TrainConfig:
                                  "died or hangs makes the others fail after this, instead of hanging")
     # -- output
     log_every: int = option(100, "print and record the training loss every N steps")
+    eval_every: Optional[int] = option(None, "also score the test set every N steps (learning curves; its time "
+                                       "is not counted as training); always after each epoch")
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
     wandb: bool = option(False, "log to Weights & Biases (rank 0 only; offline when no API key; $WANDB_MODE "
                          "is respected); a resumed run continues the same wandb run")
@@ -97,7 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
-RESUME_MUST_MATCH = ("cell", "hidden_size", "num_layers", "bidirectional", "readout",
+RESUME_MUST_MATCH = ("cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence", "permutation_seed",
                      "batch_size", "seed", "limit_train")
 
 
@@ -236,7 +246,7 @@ def validate(c: TrainConfig) -> None:
     for name in positive:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ["limit_train", "limit_test", "save_every"]:
+    for name in ["limit_train", "limit_test", "save_every", "eval_every"]:
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
     for name in ["max_steps", "threads"]:
@@ -246,8 +256,9 @@ def validate(c: TrainConfig) -> None:
         raise UserError(f"--dist-timeout must be > 0 seconds, got {c.dist_timeout}")
     if not c.lr > 0:
         raise UserError(f"--lr must be > 0, got {c.lr}")
-    if not 0 <= c.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {c.dropout}")
+    for name in ["dropout", "head_dropout"]:
+        if not 0 <= getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(c, name)}")
     if c.dropout and c.num_layers == 1:
         raise UserError("--dropout acts only between stacked layers: it needs --num-layers >= 2")
     if c.momentum < 0:

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from dist_rnn.config import ArgumentParser
+from dist_rnn.config import ArgumentParser, TrainConfig
 from dist_rnn.errors import UserError, run_cli
 
 SPLIT_FILES = {
@@ -134,6 +134,56 @@ def download_mnist(data_dir: Path) -> None:
             MNIST(root=str(data_dir), train=train, download=True)
     except Exception as e:  # network errors come in many types; all mean the same to the user
         raise UserError(f"downloading MNIST into {data_dir} failed: {e}") from None
+
+
+SEQUENCES = ("row", "column", "pixel", "permuted")
+
+
+class SequenceView:
+    """How an image becomes a sequence: `row` (28 steps of 28 pixels, the default), `column` (the
+    transposed image), `pixel` (784 steps of 1 pixel) or `permuted` (784 steps of 1 pixel, in one
+    fixed random order drawn from `permutation_seed`). Call it on uint8 (B, H, W) images."""
+
+    def __init__(self, kind: str, height: int = 28, width: int = 28, permutation_seed: int = 0,
+                 permutation: Optional[list[int]] = None):
+        if kind not in SEQUENCES:
+            raise ValueError(f"sequence must be one of {SEQUENCES}, got {kind!r}")
+        self.kind, self.height, self.width = kind, height, width
+        self.permutation: Optional[torch.Tensor] = None
+        if kind == "permuted":
+            order = torch.randperm(height * width, generator=torch.Generator().manual_seed(permutation_seed))
+            self.permutation = torch.tensor(permutation) if permutation is not None else order
+
+    @classmethod
+    def from_config(cls, c: TrainConfig, snapshot: Optional[dict] = None) -> "SequenceView":
+        """The view a run trains with; from a checkpoint, its saved pixel order (the one it learned)."""
+        saved = (snapshot or {}).get("sequence_permutation")
+        return cls(c.sequence, permutation_seed=c.permutation_seed, permutation=saved)
+
+    @property
+    def input_size(self) -> int:
+        """Features per step: what the RNN's first layer reads."""
+        return {"row": self.width, "column": self.height}.get(self.kind, 1)
+
+    @property
+    def steps(self) -> int:
+        return {"row": self.height, "column": self.width}.get(self.kind, self.height * self.width)
+
+    def to(self, device: torch.device) -> "SequenceView":
+        if self.permutation is not None:
+            self.permutation = self.permutation.to(device)
+        return self
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = as_sequences(images)
+        if self.kind == "column":
+            return x.transpose(1, 2).contiguous()
+        if self.kind == "row":
+            return x
+        x = x.reshape(len(x), -1)
+        if self.permutation is not None:
+            x = x[:, self.permutation]
+        return x.unsqueeze(-1)
 
 
 def as_sequences(images: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import load_checkpoint, load_weights
 from dist_rnn.config import ArgumentParser, TrainConfig, add_dataclass_flags, option
-from dist_rnn.data import Split, as_sequences, eval_shard, load_split, resolve_data_dir
+from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
@@ -26,8 +26,10 @@ from dist_rnn.model import build_model
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, precision: str) -> dict[str, Any]:
-    """Accuracy and mean loss over the whole test split, each sample counted exactly once.
+def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, precision: str,
+             view: Optional[SequenceView] = None) -> dict[str, Any]:
+    """Accuracy and mean (cross-entropy) loss over the whole test split, each sample counted exactly
+    once; images become sequences through `view` (default: rows).
 
     Runs the unwrapped module: evaluation needs no gradient sync, and going through DDP's forward
     on one rank only would leave the others behind. DistributedSampler would pad the shards to equal
@@ -41,7 +43,7 @@ def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, preci
     # correct, count, loss sum: one all-reduce; float64 counts stay exact far beyond 10k samples
     totals = torch.zeros(3, dtype=torch.float64, device=env.device)
     for start in range(0, len(labels), batch_size):
-        x, y = as_sequences(images[start:start + batch_size]), labels[start:start + batch_size]
+        x, y = (view or as_sequences)(images[start:start + batch_size]), labels[start:start + batch_size]
         with autocast(precision, env.device):
             logits = module(x)
         totals[0] += (logits.argmax(dim=1) == y).sum()
@@ -110,9 +112,10 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
-    model = trained_model(snapshot, config, input_size=test.images.shape[2]).to(env.device)
+    view = SequenceView.from_config(config, snapshot).to(env.device)
+    model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": snapshot["step"], "world_size": env.world_size,
-              **evaluate(model, test, env, c.batch_size, c.precision)}
+              **evaluate(model, test, env, c.batch_size, c.precision, view)}
     if env.is_main:
         print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "
               f"samples), test loss {result['test_loss']:.4f}, checkpoint step {result['step']}", flush=True)

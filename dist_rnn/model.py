@@ -25,7 +25,7 @@ class RNNClassifier(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int = 128, num_layers: int = 2,
                  num_classes: int = 10, cell: str = "lstm", bidirectional: bool = False,
-                 dropout: float = 0.0, readout: str = "final"):
+                 dropout: float = 0.0, readout: str = "final", head_dropout: float = 0.0):
         super().__init__()
         if readout not in ("last", "final"):
             raise ValueError(f"readout must be 'last' or 'final', got {readout!r}")
@@ -34,9 +34,15 @@ class RNNClassifier(nn.Module):
         # batch_first=True only changes the layout of the input and output tensors, not the maths.
         self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                                bidirectional=bidirectional, dropout=dropout)
+        # nn.LSTM's dropout acts between stacked layers only; this one acts on what the classifier reads.
+        self.head_dropout = nn.Dropout(head_dropout)
         self.fc = nn.Linear(hidden_size * self.num_directions, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head_dropout(self.features(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads: (B, dirs * H), forward direction's half first."""
         out, state = self.rnn(x)  # out: (B, T, dirs * H)
         if self.readout == "last":
             features = out[:, -1, :]
@@ -44,10 +50,10 @@ class RNNClassifier(nn.Module):
             h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
             # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
             features = torch.cat(list(h_n[-self.num_directions:]), dim=1)
-        return self.fc(features)
+        return features
 
 
 def build_model(c: "TrainConfig", input_size: int, num_classes: int = 10) -> RNNClassifier:
     """The classifier a TrainConfig describes (for training, and to rebuild one from a checkpoint)."""
     return RNNClassifier(input_size, c.hidden_size, c.num_layers, num_classes, c.cell,
-                         c.bidirectional, c.dropout, c.readout)
+                         c.bidirectional, c.dropout, c.readout, c.head_dropout)

@@ -19,7 +19,7 @@ import torch
 
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.config import ArgumentParser, add_dataclass_flags, option
-from dist_rnn.data import as_sequences
+from dist_rnn.data import SequenceView
 from dist_rnn.distributed import _resolve_device
 from dist_rnn.errors import UserError, first_line, run_cli
 from dist_rnn.evaluate import trained_config, trained_model
@@ -87,9 +87,10 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     config = trained_config(snapshot, c.checkpoint)
     device = _resolve_device(c.device, 0)
     digits = torch.from_numpy(np.stack([read_image(path) for path in images]))
-    model = trained_model(snapshot, config, input_size=SIDE).to(device)
+    view = SequenceView.from_config(config, snapshot).to(device)  # rows, columns or the saved pixel order
+    model = trained_model(snapshot, config, input_size=view.input_size).to(device)
     with torch.no_grad():
-        probabilities = torch.softmax(model(as_sequences(digits.to(device))).float(), dim=1).cpu()
+        probabilities = torch.softmax(model(view(digits.to(device))).float(), dim=1).cpu()
     return [{"file": path, "digit": int(p.argmax()), "probability": round(float(p.max()), 6),
              "probabilities": [round(float(v), 6) for v in p]} for path, p in zip(images, probabilities)]
 

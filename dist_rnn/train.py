@@ -24,7 +24,7 @@ from torch import nn
 from dist_rnn import __version__, checkpoint, distributed, tracking
 from dist_rnn.amp import autocast, check_precision, grad_scaler
 from dist_rnn.config import TrainConfig, parse_config, to_dict
-from dist_rnn.data import Split, ShardedBatches, as_sequences, download_mnist, load_mnist, resolve_data_dir
+from dist_rnn.data import SequenceView, Split, ShardedBatches, download_mnist, load_mnist, resolve_data_dir
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped
 from dist_rnn.evaluate import evaluate
@@ -58,6 +58,13 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
                                device=env.device.type)
 
 
+def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Cross-entropy, or (to compare, see docs/experiments.md) MSE between softmax outputs and one-hot targets."""
+    if kind == "mse":
+        return F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
+    return F.cross_entropy(logits, y)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                x: torch.Tensor, y: torch.Tensor, c: TrainConfig, device: torch.device) -> torch.Tensor:
     """One optimizer step on this rank's part of the global batch; returns its (detached) mean loss.
@@ -66,7 +73,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     samples, so the update is the one a single process would make on the whole global batch.
     """
     with autocast(c.precision, device):
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_function(model(x), y, c.loss)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if c.grad_clip is not None:
@@ -145,8 +152,9 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     batches = ShardedBatches(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
     distributed.on_main(env, lambda: ensure_writable_dir(out_dir))  # before any training time is spent
 
+    view = SequenceView.from_config(c, snapshot).to(env.device)  # rows, columns or pixels
     torch.manual_seed(c.seed)  # the same initial weights on every rank
-    model = build_model(c, input_size=train_set.images.shape[2]).to(env.device)
+    model = build_model(c, input_size=view.input_size).to(env.device)
     torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
     optimizer = build_optimizer(c, model)
     scaler = grad_scaler(c.precision, env.device)
@@ -173,7 +181,8 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         info = checkpoint.save_checkpoint(
             env, out_dir, c.keep_last, model=model, optimizer=optimizer, scaler=scaler, step=pos.step,
             epoch=pos.epoch, batch_in_epoch=pos.batch_in_epoch, config=to_dict(c),
-            extra={"train_seconds": pos.train_seconds, "wandb_run_id": run_id})
+            extra={"train_seconds": pos.train_seconds, "wandb_run_id": run_id,
+                   "sequence_permutation": None if view.permutation is None else view.permutation.tolist()})
         last_saved_step = pos.step
         if info:
             log.event("checkpoint", step=pos.step, **info)
@@ -181,7 +190,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     def score() -> dict[str, Any]:
         """Exact test-set evaluation of the current weights, tagged with the step."""
-        return {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision)}
+        return {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision, view)}
 
     steps_per_epoch = batches.steps_per_epoch
     total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
@@ -203,7 +212,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
             interval_steps = 0
             while pos.batch_in_epoch < steps_per_epoch and pos.step < total_steps:
                 idx = indices[pos.batch_in_epoch]
-                loss = train_step(ddp_model, optimizer, scaler, as_sequences(train_set.images[idx]),
+                loss = train_step(ddp_model, optimizer, scaler, view(train_set.images[idx]),
                                   train_set.labels[idx], c, env.device)
                 pos.step += 1
                 pos.batch_in_epoch += 1
@@ -218,6 +227,12 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
                               lr=optimizer.param_groups[0]["lr"], samples_per_s=rate)
                     log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
                     interval_start, interval_steps = time.perf_counter(), 0
+                if c.eval_every and pos.step % c.eval_every == 0 and pos.batch_in_epoch < steps_per_epoch:
+                    paused = time.perf_counter()
+                    log.event("eval", epoch=pos.epoch + 1, **score())  # a learning-curve point
+                    # scoring is not training: move the clocks past it
+                    epoch_start += time.perf_counter() - paused
+                    interval_start += time.perf_counter() - paused
                 if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
                     save()  # mid-epoch; the epoch's end is saved below, after its evaluation
                 stopped = stop.agreed()  # every rank gets the same answer, so all stop at this step

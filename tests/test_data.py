@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import idx_bytes, real_mnist_dir, synthetic_split, write_mnist
-from dist_rnn.data import ShardedBatches, as_sequences, eval_shard, load_mnist, resolve_data_dir
+from dist_rnn.data import SequenceView, ShardedBatches, as_sequences, eval_shard, load_mnist, resolve_data_dir
 from dist_rnn.errors import UserError
 
 
@@ -117,3 +117,23 @@ def test_batch_must_divide_and_fit():
 def test_eval_shards_cover_exactly_once(n, world_size):
     covered = [i for r in range(world_size) for i in range(n)[eval_shard(n, r, world_size)]]
     assert covered == list(range(n))
+
+
+def test_sequence_views():
+    images = (torch.arange(3 * 28 * 28) % 251).to(torch.uint8).reshape(3, 28, 28)
+    rows = SequenceView("row")(images)
+    torch.testing.assert_close(rows, as_sequences(images))
+    columns = SequenceView("column")(images)
+    assert columns.shape == (3, 28, 28) and torch.equal(columns[:, 5, :], rows[:, :, 5])  # step t = column t
+    pixels = SequenceView("pixel")(images)
+    assert pixels.shape == (3, 784, 1) and torch.equal(pixels[:, 28 * 4 + 9, 0], rows[:, 4, 9])  # row-major
+    view = SequenceView("permuted", permutation_seed=5)
+    permuted = view(images)
+    assert permuted.shape == (3, 784, 1) and torch.equal(permuted[:, :, 0], pixels[:, view.permutation, 0])
+    assert sorted(view.permutation.tolist()) == list(range(784)) and view.permutation.tolist() != list(range(784))
+    assert torch.equal(SequenceView("permuted", permutation_seed=5).permutation, view.permutation)  # seeded
+    assert not torch.equal(SequenceView("permuted", permutation_seed=6).permutation, view.permutation)
+    saved = SequenceView("permuted", permutation_seed=6, permutation=view.permutation.tolist())
+    assert torch.equal(saved.permutation, view.permutation)  # a checkpoint's order wins over the seed
+    assert [(v.input_size, v.steps) for v in (SequenceView(k) for k in ("row", "column", "pixel"))] == \
+        [(28, 28), (28, 28), (1, 784)]

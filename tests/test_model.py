@@ -48,3 +48,16 @@ def test_bidirectional_last_readout_is_the_flawed_one():
 def test_bad_readout_rejected():
     with pytest.raises(ValueError):
         RNNClassifier(28, readout="middle")
+
+
+def test_head_dropout_acts_on_the_readout_in_training_only():
+    torch.manual_seed(0)
+    model = RNNClassifier(28, 16, 1, head_dropout=0.5)
+    x = torch.rand(4, 28, 28)
+    features = model.features(x)
+    assert features.shape == (4, 16)
+    model.eval()
+    torch.testing.assert_close(model(x), model.fc(features))  # eval: no dropout
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    assert not torch.allclose(model(x), model(x))  # training: a fresh mask each call

@@ -1,14 +1,16 @@
 """Single-process training end to end: outputs, checkpoint, and the reproduction of the original script."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import check_ok, read_results, run_train
+from conftest import REPO, check_ok, events, read_results, run_train
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.config import TrainConfig
-from dist_rnn.data import load_mnist
+from dist_rnn.data import SequenceView, load_mnist
 from dist_rnn.distributed import DistEnv
 from dist_rnn.evaluate import evaluate
 from dist_rnn.model import build_model
@@ -63,3 +65,23 @@ def test_reproduces_seed_lstm(seed_lstm_run):
     results = read_results(seed_lstm_run)
     assert results["test_samples"] == 10000 and results["steps"] == 1200
     assert results["test_accuracy"] >= 0.96, results
+
+
+def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
+    """--sequence permuted trains on 784 x 1 sequences in the seeded order, which the checkpoint keeps,
+    so `dist_rnn.evaluate` scores in the same order; --eval-every adds learning-curve points."""
+    out = tmp_path / "run"
+    check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--hidden-size", "8", "--num-layers", "1",
+                        "--epochs", "1", "--sequence", "permuted", "--permutation-seed", "5", "--loss", "mse",
+                        "--eval-every", "2", "--head-dropout", "0.2"]))
+    results = read_results(out)
+    snapshot = load_checkpoint(results["checkpoint"])
+    assert snapshot["sequence_permutation"] == SequenceView("permuted", permutation_seed=5).permutation.tolist()
+    assert snapshot["model"]["rnn.weight_ih_l0"].shape == (32, 1)  # one pixel per step
+    evals = [e["step"] for e in events(out, "eval")]
+    assert evals == [2, 4, 6]
+    scored = tmp_path / "scored.json"
+    check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", results["checkpoint"],
+                             "--data-dir", str(mnist_dir), "--out", str(scored)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120))
+    assert json.loads(scored.read_text())["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
