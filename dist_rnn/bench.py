@@ -6,7 +6,7 @@ in one run on this machine, plus a world-size sweep and the costs around trainin
     and with --precision bf16, alternated --repeats times, --steps each: medians and ratios; and the
     original's data path timed alone, which bounds what feeding from memory can win;
 (b) 1 process x 2 threads against `torchrun --nproc_per_node=2` (1 thread each), global batch 100;
-(c) time from `python -m dist_rnn.train` to its first step done, evaluation samples/s,
+(c) time from `python -m dist_rnn.train` to its first step done (median of --repeats), evaluation samples/s,
     checkpoint save and load time, peak memory per process.
 Prints a table and writes JSON (--out).
 """
@@ -201,7 +201,7 @@ def bench(c: BenchConfig) -> dict[str, Any]:
     figures["checkpoint_bytes"] = Path(runs[-1]["checkpoint"]).stat().st_size
     figures["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["seconds_to_first_step"] = statistics.median(
-        seconds_to_first_step(data_dir, work / f"first-{i}") for i in range(3))
+        seconds_to_first_step(data_dir, work / f"first-{i}") for i in range(c.repeats))
     say(f"time to first step {figures['seconds_to_first_step']:.2f} s, eval {figures['eval_samples_per_s']:.0f} "
         f"samples/s, checkpoint {figures['checkpoint_bytes'] / 1e6:.1f} MB saved in "
         f"{figures['checkpoint_save_s'] * 1000:.0f} ms, loaded in {figures['checkpoint_load_s'] * 1000:.0f} ms")
