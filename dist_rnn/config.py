@@ -54,7 +54,7 @@ class TrainConfig:
     head_dropout: float = option(0.0, "dropout on the readout features, before the classifier")
     readout: Literal["last", "final"] = option(
         "final", "'final': final hidden state of each direction (correct many-to-one); "
-        "'last': out[:, -1, :] as the original scripts (the backward half has seen one row only)")
+        "'last': out[:, -1, :] as the original scripts (the top backward half has taken one step only)")
     # -- optimisation
     epochs: int = option(2, "passes over the training set")
     max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total "

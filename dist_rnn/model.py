@@ -18,7 +18,9 @@ class RNNClassifier(nn.Module):
 
     readout="last" is the original scripts' `out[:, -1, :]`: the top layer's output at the last
     time step. For a unidirectional net that equals the final hidden state; for a bidirectional net
-    its backward half is the backward RNN's *first* step, which has read only the last row.
+    its backward half is the top backward RNN after its *first* step: with one layer it has read only
+    the last row; with more, its input at that step already holds the layer below's forward state
+    (which has read every row), so the flaw is partly hidden (measured in docs/experiments.md).
     readout="final" concatenates the final hidden state of each direction (forward after the last
     step, backward after the first): the correct many-to-one readout.
     """

@@ -29,20 +29,23 @@ def test_unidirectional_readouts_agree(cell):
     torch.testing.assert_close(model(x), last)
 
 
-def test_bidirectional_last_readout_is_the_flawed_one():
-    """out[:, -1, H:] is the backward RNN after ONE step (the last row); 'final' takes it after all 28."""
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_bidirectional_last_readout_is_the_flawed_one(num_layers):
+    """out[:, -1, H:] is the top backward direction after ONE step; 'final' takes it after all 28. With one
+    layer that step has read the last row only; with two, its input at that step already holds the first
+    layer's forward state, which has read every row."""
     torch.manual_seed(0)
-    model = RNNClassifier(28, 16, 2, bidirectional=True, readout="final")
+    model = RNNClassifier(28, 16, num_layers, bidirectional=True, readout="final")
     x = torch.rand(3, 28, 28)
     out, (h_n, _) = model.rnn(x)
     torch.testing.assert_close(out[:, -1, :16], h_n[-2])  # forward half: the same in both readouts
     torch.testing.assert_close(out[:, 0, 16:], h_n[-1])   # backward final state sits at t = 0
     assert not torch.allclose(out[:, -1, 16:], h_n[-1])   # ...not at t = -1
-    # The backward half of 'last' depends on the last row only: changing row 0 leaves it unchanged.
     x2 = x.clone()
-    x2[:, 0] += 1
+    x2[:, 26] += 1  # the second-to-last row
     out2, _ = model.rnn(x2)
-    torch.testing.assert_close(out2[:, -1, 16:], out[:, -1, 16:])
+    sees_row_26 = not torch.allclose(out2[:, -1, 16:], out[:, -1, 16:])
+    assert sees_row_26 == (num_layers > 1)
 
 
 def test_bad_readout_rejected():

@@ -1,0 +1,77 @@
+"""dist_rnn.experiments: records are cached with what produced them, reused, and the report is
+regenerated from the cache alone (the committed docs/experiments.md included)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, real_mnist_dir
+from dist_rnn import experiments
+from dist_rnn.experiments import ExperimentsConfig, Lab, half_probes
+
+
+def run_experiments(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dist_rnn.experiments", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_training_record_is_cached_with_its_provenance(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "PROBE_SAMPLES", 200)
+    c = ExperimentsConfig(data_dir=str(mnist_dir), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
+                          seeds=1)
+    lab = Lab(c, ["bidirectional"])
+    args = ("--hidden-size", "8", "--num-layers", "1", "--epochs", "1", "--bidirectional", "--readout", "final")
+    record = lab.train("bidirectional", "tiny", args, 0, lambda m, cfg, v: half_probes(m, cfg, v, lab))
+    assert record["command"][:3] == ["python", "-m", "dist_rnn.train"] and "--seed" in record["command"]
+    assert record["machine"]["cores"] >= 1 and record["started"] and record["seconds"] > 0
+    assert record["results"]["steps"] == 6 and [e["step"] for e in record["evals"]] == [6]
+    analysis = record["analysis"]
+    assert sum(map(sum, analysis["confusion"])) == 130 and 0 <= analysis["probe_backward_half"] <= 1
+    assert analysis["test_accuracy"] == pytest.approx(record["results"]["test_accuracy"])
+    cached = list((tmp_path / "cache").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text()) == record
+    # The same run again comes from the cache: no new run directory is made
+    for run_dir in (tmp_path / "runs").iterdir():
+        for f in run_dir.rglob("*"):
+            f.unlink() if f.is_file() else None
+    assert Lab(c, ["bidirectional"]).train("bidirectional", "tiny", args, 0) == record
+    assert not any(f.is_file() for f in (tmp_path / "runs").rglob("*"))
+    # --report-only never trains: a run that is not cached is simply missing
+    only = Lab(ExperimentsConfig(**{**c.__dict__, "report_only": True}), ["bidirectional"])
+    assert only.train("bidirectional", "other", args, 1) is None
+
+
+def test_one_measurement_suite_and_report_only(tmp_path, capsys):
+    report = tmp_path / "experiments.md"
+    args = ["--seeds", "1", "--cache-dir", str(tmp_path / "cache"), "--report", str(report), "--runs-dir",
+            str(tmp_path / "runs"), "--data-dir", str(tmp_path / "no-data-needed")]
+    proc = run_experiments(["batch_first", *args])
+    assert proc.returncode == 0, proc.stderr
+    text = report.read_text()
+    section = text.split("## What does `batch_first` change?")[1].split("\n## ")[0]
+    assert "**Answer.**" in section and "max |output difference|" in section
+    assert "*Not measured yet: run `python -m dist_rnn.experiments easy`.*" in text  # nothing else was run
+    record = json.loads(next((tmp_path / "cache").glob("measure-batch-first-check-s0-*.json")).read_text())
+    assert record["values"]["max_abs_output_difference"] < 1e-5
+    assert record["code"] == "dist_rnn.experiments.batch_first_check()"
+    # In this process from here on (each new process would import torch again).
+    assert experiments.main(["--report-only", *args]) == 0
+    assert report.read_text() == text  # the report is a function of the cache
+    assert experiments.main(["nonsense", *args]) == 2
+    assert capsys.readouterr().err.strip().startswith("dist_rnn.experiments: error: unknown suite 'nonsense'")
+
+
+@pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present (the report draws test digits)")
+def test_committed_report_is_regenerated_exactly_from_the_committed_cache(tmp_path):
+    committed = REPO / "docs" / "experiments.md"
+    report = tmp_path / "experiments.md"
+    proc = run_experiments(["--report-only", "--data-dir", str(real_mnist_dir()), "--report", str(report)])
+    assert proc.returncode == 0, proc.stderr
+    assert report.read_text() == committed.read_text()
+    figures = sorted(p.name for p in (tmp_path / "experiments").glob("*.png"))
+    assert len(figures) >= 4 and all((REPO / "docs" / "experiments" / name).exists() for name in figures)
+    assert all(f"(experiments/{name})" in committed.read_text() for name in figures)
+    assert Path(REPO / "docs" / "experiments" / "cache").is_dir()
