@@ -490,7 +490,7 @@ def suite_easy(lab: Lab, report: Report) -> None:
         f"{steps_text(lstm)} steps (seeds), about "
         f"{statistics.mean(steps_to(r, 0.9) or 1200 for r in lstm) * 100 / 60000:.2f} epochs, and ends at "
         f"{pct(accuracies(lstm))}: reading 28 rows in order is enough to carry the shape of a digit in a "
-        f"128-unit state. What it gets wrong is what people get wrong: its weakest classes are {worst[0]} "
+        f"128-unit state. Its errors concentrate on a few shapes: its weakest classes are {worst[0]} "
         f"({per_class[worst[0]]:.1%} right) and {worst[1]} ({per_class[worst[1]]:.1%}), the most frequent confusion "
         f"is a true {pair[0]} read as {pair[1]} ({shown[pair]} times). Some of the misclassified digits above are hard "
         f"to read even for a person; others are plain mistakes.")
