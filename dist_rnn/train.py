@@ -218,7 +218,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 pos.batch_in_epoch += 1
                 interval_steps += 1
                 log.advance()
-                if pos.step % c.log_every == 0:  # the only sync with the device inside the epoch
+                if pos.step % c.log_every == 0:  # the only sync with the device inside the epoch (but scoring)
                     loss_value = global_mean(loss, env)
                     rate = interval_steps * c.batch_size / (time.perf_counter() - interval_start)
                     log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}], Step [{pos.batch_in_epoch}/{steps_per_epoch}], "
@@ -228,11 +228,11 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
                     log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
                     interval_start, interval_steps = time.perf_counter(), 0
                 if c.eval_every and pos.step % c.eval_every == 0 and pos.batch_in_epoch < steps_per_epoch:
+                    synchronize(env.device)  # queued training work is training time
                     paused = time.perf_counter()
                     log.event("eval", epoch=pos.epoch + 1, **score())  # a learning-curve point
-                    # scoring is not training: move the clocks past it
-                    epoch_start += time.perf_counter() - paused
-                    interval_start += time.perf_counter() - paused
+                    spent = time.perf_counter() - paused  # scoring is not training: move the clocks past it
+                    epoch_start, interval_start = epoch_start + spent, interval_start + spent
                 if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
                     save()  # mid-epoch; the epoch's end is saved below, after its evaluation
                 stopped = stop.agreed()  # every rank gets the same answer, so all stop at this step
