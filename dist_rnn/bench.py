@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.config import PRESETS, ArgumentParser, TrainConfig, add_dataclass_flags, option, validate
+from dist_rnn.config import PRESETS, ArgumentParser, describe, TrainConfig, add_dataclass_flags, option, validate
 from dist_rnn.data import SPLIT_FILES, find_file, load_mnist, resolve_data_dir
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import UserError, run_cli
@@ -74,15 +74,20 @@ def torchvision_root(data_dir: Path, cache: Path) -> Path:
     return cache
 
 
-def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
-    """The original LSTM script's loop (its hyperparameters, its data path), timed over `steps`."""
+def original_loader(root: Path) -> torch.utils.data.DataLoader:
+    """The original scripts' data path: torchvision's MNIST (PIL images) + ToTensor + DataLoader(100, shuffle)."""
     import torchvision
     from torchvision import transforms
 
-    torch.manual_seed(seed)
     dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.ToTensor(),
                                          download=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True)
+    return torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True)
+
+
+def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
+    """The original LSTM script's loop (its hyperparameters, its data path), timed over `steps`."""
+    torch.manual_seed(seed)
+    loader = original_loader(root)
     model = build_model(SEED_LSTM, input_size=28)  # LSTM(28, 128, 2) + Linear on out[:, -1]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     done, start = 0, time.perf_counter()
@@ -104,12 +109,7 @@ def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
 def original_loader_seconds_per_batch(root: Path, batches: int) -> float:
     """The original's data path alone (PIL decode + ToTensor + collate of 100 images): the most any
     in-memory pipeline can save per step."""
-    import torchvision
-    from torchvision import transforms
-
-    dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.ToTensor(),
-                                         download=False)
-    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True))
+    loader = iter(original_loader(root))
     start = time.perf_counter()
     for _ in range(batches):
         next(loader)
@@ -157,9 +157,15 @@ def seconds_to_first_step(data_dir: Path, out_dir: Path) -> float:
 
 
 def bench(c: BenchConfig) -> dict[str, Any]:
+    """Every measurement, in a scratch directory (runs, checkpoints, torchvision's copy of the files)
+    that is removed afterwards, whatever happens."""
     data_dir = resolve_data_dir(c.data_dir)
     load_mnist(data_dir)  # fail early, in one line, on missing or broken files
-    work = Path(tempfile.mkdtemp(prefix="dist_rnn-bench-"))
+    with tempfile.TemporaryDirectory(prefix="dist_rnn-bench-") as work:
+        return measure(c, data_dir, Path(work))
+
+
+def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
     root = torchvision_root(data_dir, work / "torchvision")
     say = lambda text: print(text, flush=True)  # noqa: E731
     original, ours, ours_bf16, runs = [], [], [], []
@@ -239,7 +245,7 @@ def bench(c: BenchConfig) -> dict[str, Any]:
 
 
 def parse(argv: Optional[list[str]] = None) -> BenchConfig:
-    parser = ArgumentParser(prog="python -m dist_rnn.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m dist_rnn.bench", description=describe(__doc__))
     add_dataclass_flags(parser, BenchConfig)
     c = BenchConfig(**vars(parser.parse_args(argv)))
     if min(c.steps, c.repeats, c.sweep_steps) < 1:

@@ -122,6 +122,13 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]
     return tp, None
 
 
+def describe(doc: str) -> str:
+    """A command's --help description: the first paragraph of its module docstring, without the
+    leading "`python -m dist_rnn.x ...`: "."""
+    first = doc.split("\n\n")[0]
+    return first.split(": ", 1)[1] if first.startswith("`") else first
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse prints the whole usage first)."""
 

@@ -10,9 +10,10 @@ hand. A cached record is reused; --rerun repeats it, --report-only trains nothin
 from __future__ import annotations
 
 import datetime
-import os
+import functools
 import hashlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -31,11 +32,12 @@ from torch import nn
 
 from dist_rnn import __version__
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.config import ArgumentParser, TrainConfig, add_dataclass_flags, option
+from dist_rnn.config import ArgumentParser, describe, TrainConfig, add_dataclass_flags, option
 from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir
 from dist_rnn.errors import UserError, first_line, run_cli
 from dist_rnn.evaluate import trained_config, trained_model
 from dist_rnn.files import atomic_write, atomic_write_json
+from dist_rnn.plot import pyplot
 
 SUITES = ("easy", "anatomy", "batch_first", "dropout", "bidirectional", "cells", "views", "loss")
 PROBE_SAMPLES = 10_000  # training images used for train accuracy and for the readout probes
@@ -60,10 +62,15 @@ class ExperimentsConfig:
     report_only: bool = option(False, "train nothing: regenerate the report from the cache")
 
 
+@functools.lru_cache(maxsize=None)
 def machine() -> dict[str, Any]:
-    """What a record was measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    """What a record was measured on (the same for every record of one invocation: asked once)."""
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
@@ -90,13 +97,12 @@ class Lab:
             self._data = load_mnist(self.data_dir)
         return self._data
 
-    def _path(self, name: str, spec: Any) -> Path:
+    def _path(self, kind: str, name: str, spec: Any) -> Path:
         """Where the record of `spec` (a run's arguments and seed) is cached: one file per spec, whatever
         the suite calls it, so suites that need the same run share it."""
         key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-        kind = name.split("-", 1)[0]
         existing = sorted(self.cache.glob(f"{kind}-*-{key}.json"))
-        return existing[0] if existing else self.cache / f"{name}-{key}.json"
+        return existing[0] if existing else self.cache / f"{kind}-{name}-{key}.json"
 
     def _record(self, suite: str, path: Path, make: Callable[[], dict[str, Any]]) -> Optional[dict[str, Any]]:
         """The record cached at `path`; else, when `suite` may run now, `make()` it and cache it; else None."""
@@ -111,10 +117,11 @@ class Lab:
         return record
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
-              analyse: Callable[[nn.Module, TrainConfig, SequenceView], dict[str, Any]] = None) -> Optional[dict]:
+              analyse: Optional[Callable[[TrainConfig, torch.Tensor, torch.Tensor], dict[str, Any]]] = None
+              ) -> Optional[dict]:
         """One training run of `python -m dist_rnn.train ARGS --seed SEED`, with an optional analysis
         of its final checkpoint (None: not cached, and not to be run now)."""
-        path = self._path(f"train-{name}-s{seed}", [list(args), seed])
+        path = self._path("train", f"{name}-s{seed}", [list(args), seed])
 
         def make() -> dict[str, Any]:
             out_dir = Path(self.c.runs_dir) / path.stem
@@ -140,25 +147,28 @@ class Lab:
         return self._record(suite, path, make)
 
     def _analyse(self, checkpoint: str, analyse: Optional[Callable]) -> dict[str, Any]:
-        """Scores every run needs (train and test accuracy, confusion), plus the suite's own analysis."""
+        """Scores every run needs (train and test accuracy, confusion), plus the suite's own analysis of
+        the readout features (computed once: the predictions are the classifier applied to them)."""
         snapshot = load_checkpoint(Path(checkpoint))
         config = trained_config(snapshot, checkpoint)
         view = SequenceView.from_config(config, snapshot)
         model = trained_model(snapshot, config, input_size=view.input_size)
         train, test = self.data
-        test_pred = predictions(model, view, test.images)
+        train_features = readout_features(model, view, train.images[:PROBE_SAMPLES])
+        test_features = readout_features(model, view, test.images)
+        with torch.no_grad():  # eval mode: the head's dropout is the identity, so this is model(x)
+            train_pred, test_pred = (model.fc(f).argmax(1).numpy() for f in (train_features, test_features))
         confusion = np.zeros((10, 10), dtype=int)
         np.add.at(confusion, (test.labels.numpy(), test_pred), 1)
         wrong = np.nonzero(test_pred != test.labels.numpy())[0]
         analysis = {
-            "train_accuracy": float((predictions(model, view, train.images[:PROBE_SAMPLES])
-                                     == train.labels[:PROBE_SAMPLES].numpy()).mean()),
+            "train_accuracy": float((train_pred == train.labels[:PROBE_SAMPLES].numpy()).mean()),
             "test_accuracy": float((test_pred == test.labels.numpy()).mean()),
             "confusion": confusion.tolist(),
             "misclassified": [[int(i), int(test.labels[i]), int(test_pred[i])] for i in wrong[:40]],
         }
         if analyse:
-            analysis.update(analyse(model, config, view))
+            analysis.update(analyse(config, train_features, test_features))
         return analysis
 
     def measure(self, suite: str, name: str, seed: int, fn: Callable[..., dict[str, Any]],
@@ -176,26 +186,25 @@ class Lab:
                     "machine": machine(), "started": started, "seconds": round(time.perf_counter() - start, 1),
                     "values": values}
 
-        return self._record(suite, self._path(f"measure-{name}-s{seed}", [name, seed]), make)
+        return self._record(suite, self._path("measure", f"{name}-s{seed}", [name, seed]), make)
 
     def seeds(self) -> range:
         return range(self.c.seeds)
 
 
-def predictions(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([model(view(images[i:i + batch])).argmax(1) for i in range(0, len(images), batch)]).numpy()
-
-
-def features(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+def readout_features(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """What the classifier reads for each image, in batches."""
     with torch.no_grad():
         return torch.cat([model.features(view(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
 def fit_linear(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                epochs: int = 300, lr: float = 0.01) -> float:
-    """Test accuracy of a softmax-regression probe trained full-batch on the given features."""
-    probe = nn.Linear(x_train.shape[1], 10)
+    """Test accuracy of a softmax-regression probe trained full-batch on the given features (its
+    initial weights seeded, so a rerun gives the same figure)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        probe = nn.Linear(x_train.shape[1], 10)
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     for _ in range(epochs):
@@ -292,7 +301,7 @@ def dropout_check(seed: int) -> dict[str, Any]:
     stacked = nn.LSTM(28, 128, 2, batch_first=True, dropout=0.5).train()
     # The same network as two 1-layer LSTMs with an ordinary F.dropout between them.
     lower, upper = nn.LSTM(28, 128, 1, batch_first=True), nn.LSTM(128, 128, 1, batch_first=True)
-    lower.load_state_dict({k.replace("_l0", "_l0"): v for k, v in stacked.state_dict().items() if "_l0" in k})
+    lower.load_state_dict({k: v for k, v in stacked.state_dict().items() if "_l0" in k})
     upper.load_state_dict({k.replace("_l1", "_l0"): v for k, v in stacked.state_dict().items() if "_l1" in k})
     with torch.no_grad():
         torch.manual_seed(seed + 1)
@@ -336,11 +345,9 @@ def loss_gradients(seed: int) -> dict[str, Any]:
 # Suite analyses of trained models
 
 
-def half_probes(model: nn.Module, config: TrainConfig, view: SequenceView, lab: "Lab") -> dict[str, Any]:
+def half_probes(lab: "Lab", config: TrainConfig, x_train: torch.Tensor, x_test: torch.Tensor) -> dict[str, Any]:
     """Accuracy of a linear probe on each direction's half of a bidirectional readout."""
     train, test = lab.data
-    x_train = features(model, view, train.images[:PROBE_SAMPLES])
-    x_test = features(model, view, test.images)
     h = config.hidden_size
     y_train, y_test = train.labels[:PROBE_SAMPLES], test.labels
     return {"probe_forward_half": fit_linear(x_train[:, :h], y_train, x_test[:, :h], y_test),
@@ -348,15 +355,14 @@ def half_probes(model: nn.Module, config: TrainConfig, view: SequenceView, lab: 
             "probe_both": fit_linear(x_train, y_train, x_test, y_test)}
 
 
-def lstm_like_hidden(cell: str, target_params: int, layers: int = 2, inputs: int = 28) -> int:
-    """The hidden size that gives a `cell` net about `target_params` parameters (classifier included)."""
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}[cell]
-
-    def count(h: int) -> int:
-        first = gates * (h * inputs + h * h + 2 * h)
-        return first + (layers - 1) * gates * (2 * h * h + 2 * h) + h * 10 + 10
-
-    return min(range(8, 1024), key=lambda h: abs(count(h) - target_params))
+def lstm_like_hidden(cell: str, target_params: int) -> int:
+    """The hidden size that gives a 2-layer `cell` classifier the parameter count closest to `target_params`
+    (the count grows with the hidden size: bisect for the first size that reaches it)."""
+    low, high = 1, 1024
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if parameters(cell, mid) < target_params else (low, mid)
+    return min((low - 1, low), key=lambda h: abs(parameters(cell, h) - target_params))
 
 
 def parameters(cell: str, hidden: int, layers: int = 2, inputs: int = 28, bidirectional: bool = False) -> int:
@@ -406,26 +412,15 @@ class Report:
         self.add("\n".join(lines))
 
     def figure(self, name: str, fig: Any, caption: str) -> None:
-        import matplotlib.pyplot as plt
-
         path = self.figures / f"{name}.png"
         fig.tight_layout()
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
-        plt.close(fig)
+        pyplot().close(fig)
         self.written.append(path)
         self.add(f"![{caption}](experiments/{name}.png)\n\n*{caption}*")
 
     def write(self) -> None:
         atomic_write(self.path, lambda fh: fh.write("\n".join(self.parts).encode()))
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def missing(report: Report, suite: str) -> None:
@@ -436,6 +431,11 @@ def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Option
     """The run `args` at every seed (the cached ones, and the others trained now when allowed)."""
     records = [lab.train(suite, name, args, seed, analyse) for seed in lab.seeds()]
     return [r for r in records if r]
+
+
+def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:
+    """The steps a run was scored at, and its test accuracy there (for plotting)."""
+    return [e["step"] for e in record["evals"]], [e["test_accuracy"] for e in record["evals"]]
 
 
 def steps_to(record: dict, accuracy: float) -> Optional[int]:
@@ -470,7 +470,7 @@ def suite_easy(lab: Lab, report: Report) -> None:
     ])
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for r in lstm:
-        ax.plot([e["step"] for e in r["evals"]], [e["test_accuracy"] for e in r["evals"]], marker=".",
+        ax.plot(*accuracy_curve(r), marker=".",
                 label=f"LSTM seed {r['seed']}")
     for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP")):
         ax.axhline(statistics.mean(b["test_accuracy"] for b in base[kind]), ls="--", lw=1, color="gray")
@@ -635,7 +635,7 @@ def suite_dropout(lab: Lab, report: Report) -> None:
 
 def suite_bidirectional(lab: Lab, report: Report) -> None:
     report.add("## How is a bidirectional RNN used, and is 98 % for the BiLSTM good?")
-    probes = lambda model, config, view: half_probes(model, config, view, lab)  # noqa: E731
+    probes = functools.partial(half_probes, lab)
     one_layer = ("--num-layers", "1")
     found = {"LSTM (`seed-lstm`)": runs(lab, "bidirectional", "lstm", LSTM),
              "BiLSTM, `out[:, -1, :]` (`seed-bilstm`)": runs(lab, "bidirectional", "bilstm-last", BILSTM, probes),
@@ -778,7 +778,7 @@ def suite_views(lab: Lab, report: Report) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for v in views:
         r = results[v][0]
-        ax.plot([e["step"] for e in r["evals"]], [e["test_accuracy"] for e in r["evals"]], marker=".", label=v)
+        ax.plot(*accuracy_curve(r), marker=".", label=v)
     ax.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -829,7 +829,7 @@ def suite_loss(lab: Lab, report: Report) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for records, name in ((ce, "cross-entropy"), (mse, "MSE on softmax")):
         for r in records:
-            left.plot([e["step"] for e in r["evals"]], [e["test_accuracy"] for e in r["evals"]],
+            left.plot(*accuracy_curve(r),
                       color="C0" if name == "cross-entropy" else "C1", alpha=0.8,
                       label=name if r["seed"] == 0 else None)
     left.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1), title="training (all seeds)")
@@ -921,7 +921,7 @@ mean ± half the range over seeds, on the full 10,000-image test set.""")
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m dist_rnn.experiments",
-                            description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+                            description=describe(__doc__))
     parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
     add_dataclass_flags(parser, ExperimentsConfig)
 

@@ -47,12 +47,10 @@ class RNNClassifier(nn.Module):
         """What the classifier reads: (B, dirs * H), forward direction's half first."""
         out, state = self.rnn(x)  # out: (B, T, dirs * H)
         if self.readout == "last":
-            features = out[:, -1, :]
-        else:
-            h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
-            # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
-            features = torch.cat(list(h_n[-self.num_directions:]), dim=1)
-        return features
+            return out[:, -1, :]
+        h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
+        # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
+        return torch.cat(list(h_n[-self.num_directions:]), dim=1)
 
 
 def build_model(c: "TrainConfig", input_size: int, num_classes: int = 10) -> RNNClassifier:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from dist_rnn.config import ArgumentParser, add_dataclass_flags, option
+from dist_rnn.config import ArgumentParser, describe, add_dataclass_flags, option
 from dist_rnn.errors import UserError, run_cli
 from dist_rnn.files import atomic_write
 
@@ -45,12 +45,19 @@ def run_label(run_dir: Path) -> str:
     return name or run_dir.name
 
 
-def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -> dict[str, Any]:
-    """Draw loss (left) and test accuracy (right) per step; returns what was drawn, per run."""
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files only (no display needed: clusters, CI)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: no display needed (clusters, CI)
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -> dict[str, Any]:
+    """Draw loss (left) and test accuracy (right) per step; returns what was drawn, per run."""
+    plt = pyplot()
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = {}
@@ -81,7 +88,7 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m dist_rnn.plot", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = ArgumentParser(prog="python -m dist_rnn.plot", description=describe(__doc__))
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
     add_dataclass_flags(parser, PlotConfig)
     parser.add_argument("-o", dest="output", default="curves.png", help="short for --output")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.config import ArgumentParser, add_dataclass_flags, option
+from dist_rnn.config import ArgumentParser, describe, add_dataclass_flags, option
 from dist_rnn.data import SequenceView
 from dist_rnn.distributed import _resolve_device
 from dist_rnn.errors import UserError, first_line, run_cli
@@ -96,7 +96,7 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m dist_rnn.predict", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser = ArgumentParser(prog="python -m dist_rnn.predict", description=describe(__doc__))
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...; any size)")
     add_dataclass_flags(parser, PredictConfig)
 

@@ -1,6 +1,7 @@
 """dist_rnn.experiments: records are cached with what produced them, reused, and the report is
 regenerated from the cache alone (the committed docs/experiments.md included)."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def test_training_record_is_cached_with_its_provenance(mnist_dir, tmp_path, monk
                           seeds=1)
     lab = Lab(c, ["bidirectional"])
     args = ("--hidden-size", "8", "--num-layers", "1", "--epochs", "1", "--bidirectional", "--readout", "final")
-    record = lab.train("bidirectional", "tiny", args, 0, lambda m, cfg, v: half_probes(m, cfg, v, lab))
+    record = lab.train("bidirectional", "tiny", args, 0, functools.partial(half_probes, lab))
     assert record["command"][:3] == ["python", "-m", "dist_rnn.train"] and "--seed" in record["command"]
     assert record["machine"]["cores"] >= 1 and record["started"] and record["seconds"] > 0
     assert record["results"]["steps"] == 6 and [e["step"] for e in record["evals"]] == [6]
