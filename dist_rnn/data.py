@@ -150,15 +150,19 @@ class SequenceView:
             raise ValueError(f"sequence must be one of {SEQUENCES}, got {kind!r}")
         self.kind, self.height, self.width = kind, height, width
         self.permutation: Optional[torch.Tensor] = None
-        if kind == "permuted":
-            order = torch.randperm(height * width, generator=torch.Generator().manual_seed(permutation_seed))
-            self.permutation = torch.tensor(permutation) if permutation is not None else order
+        if kind == "permuted" and permutation is not None:
+            self.permutation = torch.tensor(permutation)
+        elif kind == "permuted":
+            self.permutation = torch.randperm(height * width,
+                                              generator=torch.Generator().manual_seed(permutation_seed))
 
     @classmethod
-    def from_config(cls, c: TrainConfig, snapshot: Optional[dict] = None) -> "SequenceView":
-        """The view a run trains with; from a checkpoint, its saved pixel order (the one it learned)."""
+    def from_config(cls, c: TrainConfig, images: torch.Tensor, snapshot: Optional[dict] = None) -> "SequenceView":
+        """The view a run trains with, for images like `images` (N, H, W); from a checkpoint, its
+        saved pixel order (the one it learned)."""
+        height, width = images.shape[1:]
         saved = (snapshot or {}).get("sequence_permutation")
-        return cls(c.sequence, permutation_seed=c.permutation_seed, permutation=saved)
+        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=saved)
 
     @property
     def input_size(self) -> int:

@@ -112,7 +112,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
-    view = SequenceView.from_config(config, snapshot).to(env.device)
+    view = SequenceView.from_config(config, test.images, snapshot).to(env.device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": snapshot["step"], "world_size": env.world_size,
               **evaluate(model, test, env, c.batch_size, c.precision, view)}

@@ -151,9 +151,9 @@ class Lab:
         the readout features (computed once: the predictions are the classifier applied to them)."""
         snapshot = load_checkpoint(Path(checkpoint))
         config = trained_config(snapshot, checkpoint)
-        view = SequenceView.from_config(config, snapshot)
-        model = trained_model(snapshot, config, input_size=view.input_size)
         train, test = self.data
+        view = SequenceView.from_config(config, test.images, snapshot)
+        model = trained_model(snapshot, config, input_size=view.input_size)
         train_features = readout_features(model, view, train.images[:PROBE_SAMPLES])
         test_features = readout_features(model, view, test.images)
         with torch.no_grad():  # eval mode: the head's dropout is the identity, so this is model(x)

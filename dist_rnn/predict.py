@@ -87,7 +87,7 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     config = trained_config(snapshot, c.checkpoint)
     device = _resolve_device(c.device, 0)
     digits = torch.from_numpy(np.stack([read_image(path) for path in images]))
-    view = SequenceView.from_config(config, snapshot).to(device)  # rows, columns or the saved pixel order
+    view = SequenceView.from_config(config, digits, snapshot).to(device)  # rows, columns or the saved pixel order
     model = trained_model(snapshot, config, input_size=view.input_size).to(device)
     with torch.no_grad():
         probabilities = torch.softmax(model(view(digits.to(device))).float(), dim=1).cpu()

@@ -152,7 +152,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     batches = ShardedBatches(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
     distributed.on_main(env, lambda: ensure_writable_dir(out_dir))  # before any training time is spent
 
-    view = SequenceView.from_config(c, snapshot).to(env.device)  # rows, columns or pixels
+    view = SequenceView.from_config(c, train_set.images, snapshot).to(env.device)  # rows, columns or pixels
     torch.manual_seed(c.seed)  # the same initial weights on every rank
     model = build_model(c, input_size=view.input_size).to(env.device)
     torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
