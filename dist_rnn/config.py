@@ -70,6 +70,12 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "autocast precision; fp16 (with GradScaler) needs CUDA, bf16 works on CPU and CUDA")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    backend: Literal["auto", "nccl", "gloo"] = option(
+        "auto", "process-group backend under torchrun; 'auto': nccl on CUDA, gloo on CPU; 'gloo' on CUDA lets "
+        "several processes share one GPU (local rank modulo the GPU count), for debugging")
+    deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning, "
+                                 "torch.use_deterministic_algorithms): bitwise-repeatable runs and resumes on "
+                                 "GPU, at some speed cost (see the README)")
     threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
                           "available / processes on this node")
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
@@ -130,10 +136,11 @@ def describe(doc: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (argparse prints the whole usage first)."""
+    """argparse, but a usage error is a UserError: one line (argparse prints the whole usage first),
+    printed once per node under torchrun (argparse would print it from every process)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        raise UserError(f"{message} (see --help)")
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,

@@ -247,8 +247,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                      help="target directory (default: $DIST_RNN_DATA, else ./data)")
     cmd.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                      help="download the files with torchvision when they are missing (default: yes)")
-    args = parser.parse_args(argv)
-    return run_cli("dist_rnn.data", lambda: print(prepare(resolve_data_dir(args.data_dir), args.download)))
+
+    def command() -> None:
+        args = parser.parse_args(argv)
+        print(prepare(resolve_data_dir(args.data_dir), args.download))
+
+    return run_cli("dist_rnn.data", command)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,19 @@ from typing import Callable
 
 
 class UserError(Exception):
-    """Bad input (flags, files, environment): reported as one line and exit status 2, no traceback."""
+    """Bad input (flags, files, environment): reported as one line and exit status 2, no traceback.
+
+    Every process of a node meets the same bad input and raises the same error, so one process per
+    node (local rank 0) prints it.
+    """
+
+
+class RankError(UserError):
+    """Bad input that only this rank met (its node lacks a file that rank 0 has, say): it prints it,
+    naming its rank, since no other process will."""
+
+    def __init__(self, rank: int, message: str):
+        super().__init__(f"rank {rank}: {message}")
 
 
 class Stopped(Exception):
@@ -35,12 +47,13 @@ class PeerLost(Exception):
 
 
 def run_cli(prog: str, main: Callable[[], None]) -> int:
-    """Run main(); a UserError becomes one line on stderr, from global rank 0 only, and exit status 2.
+    """Run main(); a UserError becomes one line on stderr and exit status 2.
 
-    Every rank meets the same bad input, so every rank raises; one line is enough. A graceful stop
-    exits 128 + the signal's number, as the shell reports a process ended by that signal, except
-    on SIGUSR1 ("checkpoint and exit", what the SLURM scripts send), which exits 0; a lost peer
-    exits 3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
+    A UserError is printed by local rank 0 only (every process of its node met it alike), a
+    RankError by the rank that met it. A graceful stop exits 128 + the signal's number, as the shell
+    reports a process ended by that signal, except on SIGUSR1 ("checkpoint and exit", what the
+    SLURM scripts send), which exits 0; a lost peer exits 3. DIST_RNN_DEBUG=1 shows the traceback
+    of any of them instead.
     """
     debug = os.environ.get("DIST_RNN_DEBUG") == "1"
     try:
@@ -48,7 +61,7 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
     except UserError as e:
         if debug:
             raise
-        if int(os.environ.get("RANK", 0)) == 0:
+        if isinstance(e, RankError) or int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must

@@ -66,6 +66,9 @@ class EvalConfig:
     limit_test: Optional[int] = option(None, "score only the first N test images")
     precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision (fp16 needs CUDA)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    backend: Literal["auto", "nccl", "gloo"] = option("auto", "process-group backend under torchrun; 'auto': "
+                                                       "nccl on CUDA, gloo on CPU; 'gloo' lets processes share a GPU")
+    deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning)")
     dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes")
     threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
                           "available / processes on this node")
@@ -106,7 +109,7 @@ def trained_model(snapshot: dict[str, Any], config: TrainConfig, input_size: int
 def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     """Rebuild the model a checkpoint describes and score it; rank 0 prints (and writes --out)."""
     check_precision(c.precision, env.device)
-    snapshot = load_checkpoint(Path(c.checkpoint))
+    snapshot = distributed.main_first(env, lambda: load_checkpoint(Path(c.checkpoint)))
     config = trained_config(snapshot, c.checkpoint)
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None

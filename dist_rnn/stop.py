@@ -31,7 +31,7 @@ class StopRequest:
         # The check is a tiny CPU all-reduce: over gloo, even when training uses NCCL, so asking
         # never waits for the GPU. new_group() is collective: every rank creates it here.
         self._group = None
-        if env.is_distributed and dist.get_backend() != "gloo":
+        if env.is_distributed and env.backend != "gloo":
             self._group = dist.new_group(backend="gloo")
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 

@@ -115,9 +115,13 @@ def resume_snapshot(c: TrainConfig, env: DistEnv, log: RunLog) -> Optional[dict[
     path = distributed.on_main(env, lambda: checkpoint.choose_resume(c, log.info))
     if path is None:
         return None
-    snapshot = checkpoint.load_checkpoint(Path(path))
-    checkpoint.check_compatible(snapshot, c, path)
-    return snapshot
+
+    def load() -> dict[str, Any]:
+        snapshot = checkpoint.load_checkpoint(Path(path))
+        checkpoint.check_compatible(snapshot, c, path)
+        return snapshot
+
+    return distributed.main_first(env, load)  # a rank that cannot read it says so itself
 
 
 def restore(snapshot: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -194,7 +198,8 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
     steps_per_epoch = batches.steps_per_epoch
     total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
-    log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type} "
+    backend = f", {env.backend}" if env.is_distributed else ""
+    log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}{backend} "
              f"({torch.get_num_threads()} CPU threads each), "
              f"global batch {c.batch_size} ({batches.local_batch} per process), {steps_per_epoch} steps/epoch, "
              f"{total_steps} steps, {len(train_set)} train / {len(test_set)} test samples -> {out_dir}")
@@ -287,8 +292,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
         log.summary(results)
         log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
                  f"{pos.step} steps ({pos.train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
-        # Leave together: a rank that tears down its process group while rank 0 is still writing
-        # can abort inside gloo ("terminate called without an active exception", seen here).
+        # Leave together: rank 0 may still be writing; the others wait for it before teardown.
         distributed.barrier(env)
         return results
     finally:

@@ -30,7 +30,7 @@ def world(tmp_path_factory):
     data = write_mnist(root / "data", n_train=600, n_test=130)
     run = root / "run"
     assert train_cli.main(["--data-dir", str(data), "--out-dir", str(run), "--max-steps", "3",
-                           "--hidden-size", "16"]) == 0
+                           "--hidden-size", "16", "--device", "cpu"]) == 0
     (root / "a-file").write_text("not a directory\n")
     (root / "not-a-checkpoint.pt").write_text("hello\n")
     truncated = root / "truncated" / "checkpoints"
@@ -153,6 +153,8 @@ def snapshot(*roots: Path) -> dict:
 @pytest.mark.parametrize("case,command,argv,words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, command, argv, words, world, tmp_path, capsys):
     args = argv(world, tmp_path)
+    if command != "data":
+        args = ["--device", "cpu", *args]  # a case's own --device comes later and wins
     capsys.readouterr()
     before = snapshot(world, tmp_path)
     try:
@@ -192,7 +194,7 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
     logs = tmp_path / "logs"
     proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}",
                            "-m", "dist_rnn.train", "--data-dir", str(world / "data"), "--batch-size", "99",
-                           "--out-dir", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True)
+                           "--out-dir", str(tmp_path / "o"), "--device", "cpu"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
     errs = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
     assert set(errs) == {"0", "1"}, errs

@@ -6,10 +6,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, check_ok, events, free_port, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.distributed import threads_per_rank
+from dist_rnn.distributed import resolve_device, threads_per_rank
+from dist_rnn.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,51 @@ def test_error_under_torchrun_is_printed_once(tmp_path):
     assert output.count("dist_rnn.train: error:") == 1 and "train-images-idx3-ubyte: missing" in output
 
 
+def test_usage_error_under_torchrun_is_printed_once(tmp_path):
+    """argparse's errors used to be printed by every process; now one line per node."""
+    proc = run_train(["--hiden-size", "3", "--out-dir", str(tmp_path / "run")], nproc=2)
+    assert proc.returncode != 0
+    assert (proc.stdout + proc.stderr).count("dist_rnn.train: error: unrecognized arguments: --hiden-size") == 1
+
+
+def test_device_and_backend_choice():
+    """--device / --backend: the same answer on every rank of a node; NCCL refuses more processes
+    than GPUs in one line that says what to do; gloo shares GPUs (local rank modulo the count)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_device("auto", "auto", 0, 1, cuda_devices=0) == (cpu, "gloo")
+    assert resolve_device("auto", "auto", 0, 1, cuda_devices=1) == (cuda, "nccl")
+    assert resolve_device("cuda", "gloo", 1, 2, cuda_devices=1) == (cuda, "gloo")
+    assert resolve_device("cuda", "gloo", 3, 4, cuda_devices=2) == (torch.device("cuda", 1), "gloo")
+    assert resolve_device("auto", "auto", 1, 2, cuda_devices=2) == (torch.device("cuda", 1), "nccl")
+    refusal = ("torchrun started 2 processes on this node but it has 1 GPU: use --nproc_per_node 1, "
+               "or --backend gloo to share GPUs while debugging")
+    for local_rank in (0, 1):  # rank 0 refuses too, so the line is printed (by local rank 0)
+        with pytest.raises(UserError) as e:
+            resolve_device("auto", "auto", local_rank, 2, cuda_devices=1)
+        assert str(e.value) == refusal
+    with pytest.raises(UserError, match="--backend nccl needs CUDA devices"):
+        resolve_device("cpu", "nccl", 0, 1, cuda_devices=1)
+    with pytest.raises(UserError, match="no CUDA device is available"):
+        resolve_device("cuda", "auto", 0, 1, cuda_devices=0)
+
+
+def test_error_only_one_node_meets_is_printed_by_that_node(mnist_dir, tmp_path):
+    """Two torchrun 'nodes' on loopback; only the second one's --data-dir is wrong. Its node prints
+    the cause (before, only rank 0 printed errors, and rank 0 had its files)."""
+    common = ["--out-dir", str(tmp_path / "run"), "--max-steps", "3", "--device", "cpu"]
+    env = {"NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "RUN_ID": "bad-node", "OMP_NUM_THREADS": "1", "MAX_RESTARTS": "0"}
+    good = run_script("multi_node.sh", ["--data-dir", str(mnist_dir), *common], env)
+    bad = run_script("multi_node.sh", ["--data-dir", str(tmp_path / "nowhere"), *common], env)
+    outputs = [node.communicate(timeout=300)[0] for node in (good, bad)]
+    assert good.returncode != 0 and bad.returncode != 0
+    missing = [sum(line.startswith("dist_rnn.train: error: ") and "train-images-idx3-ubyte: missing" in line
+                   for line in o.splitlines()) for o in outputs]
+    assert missing[1] == 1, outputs[1]  # the node that lacks the files says so, once
+    # whichever rank the rendezvous gave it, the line names the rank when it is not its own node's rank 0
+    assert "rank 1: " in outputs[1] or "rank 0: " in outputs[0], outputs
+
+
 def run_script(script: str, args: list, extra_env: dict) -> subprocess.Popen:
     env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(os.sys.executable))), **extra_env}
     return subprocess.Popen(["bash", str(REPO / "launch" / script), *args], cwd=REPO, env=env,
@@ -98,8 +145,8 @@ def run_script(script: str, args: list, extra_env: dict) -> subprocess.Popen:
 
 def test_launch_single_node(mnist_dir, tmp_path):
     out = tmp_path / "run"
-    proc = run_script("single_node.sh", ["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "3"],
-                      {"NPROC": "2"})
+    proc = run_script("single_node.sh", ["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "3",
+                                        "--device", "cpu"], {"NPROC": "2"})
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert read_results(out)["world_size"] == 2
@@ -110,7 +157,7 @@ def test_launch_multi_node_on_loopback(mnist_dir, tmp_path):
     out = tmp_path / "run"
     env = {"NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "RUN_ID": "test", "OMP_NUM_THREADS": "1"}  # two 'nodes' share this machine's cores
-    args = ["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "3"]
+    args = ["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "3", "--device", "cpu"]
     nodes = [run_script("multi_node.sh", args, env) for _ in range(2)]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
