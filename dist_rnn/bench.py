@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.config import PRESETS, ArgumentParser, describe, TrainConfig, add_dataclass_flags, option, validate
 from dist_rnn.data import SPLIT_FILES, find_file, load_mnist, resolve_data_dir
-from dist_rnn.distributed import DistEnv
+from dist_rnn.distributed import DistEnv, resolve_device
 from dist_rnn.errors import UserError, run_cli
 from dist_rnn.evaluate import evaluate
 from dist_rnn.model import build_model
@@ -54,6 +54,8 @@ class BenchConfig:
     repeats: int = option(3, "alternations of original / dist_rnn (medians are reported)")
     sweep: bool = option(True, "also run the 1-process vs 2-process world-size sweep (torchrun)")
     sweep_steps: int = option(300, "optimizer steps per torchrun run of the sweep")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where both loops train and evaluate; 'auto': CUDA "
+                                                     "when available (the world-size sweep is CPU-only)")
     out: Optional[str] = option("bench.json", "write all figures as JSON here")
 
 
@@ -84,16 +86,16 @@ def original_loader(root: Path) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True)
 
 
-def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
+def original_samples_per_s(root: Path, steps: int, device: torch.device, seed: int = 0) -> float:
     """The original LSTM script's loop (its hyperparameters, its data path), timed over `steps`."""
     torch.manual_seed(seed)
     loader = original_loader(root)
-    model = build_model(SEED_LSTM, input_size=28)  # LSTM(28, 128, 2) + Linear on out[:, -1]
+    model = build_model(SEED_LSTM, input_size=28).to(device)  # LSTM(28, 128, 2) + Linear on out[:, -1]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     done, start = 0, time.perf_counter()
     while done < steps:
         for i, (images, labels) in enumerate(loader):
-            images = images.reshape(-1, 28, 28)
+            images, labels = images.reshape(-1, 28, 28).to(device), labels.to(device)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -103,6 +105,7 @@ def original_samples_per_s(root: Path, steps: int, seed: int = 0) -> float:
                 loss.item()  # the original prints the loss every 100 steps
             if done == steps:
                 break
+    loss.item()  # the queued GPU work belongs to the timing
     return steps * 100 / (time.perf_counter() - start)
 
 
@@ -116,12 +119,14 @@ def original_loader_seconds_per_batch(root: Path, batches: int) -> float:
     return (time.perf_counter() - start) / batches
 
 
-def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, precision: str = "fp32") -> dict[str, Any]:
+def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, device: torch.device,
+                 precision: str = "fp32") -> dict[str, Any]:
     """dist_rnn's own loop, in this process, with the seed-lstm preset's hyperparameters."""
     c = dataclasses.replace(SEED_LSTM, epochs=10, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
-                            limit_test=1000, resume="none", overwrite=True, log_every=10 ** 9, precision=precision)
+                            limit_test=1000, resume="none", overwrite=True, log_every=10 ** 9, precision=precision,
+                            device=device.type)
     validate(c)
-    env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own log would bury the table
         results = run(c, env)
     events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -132,19 +137,20 @@ def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, precision: str = "fp
 def torchrun_samples_per_s(data_dir: Path, out_dir: Path, nproc: int, steps: int) -> float:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "dist_rnn.train", "--preset", "seed-lstm", "--data-dir", str(data_dir), "--out-dir", str(out_dir),
-           "--max-steps", str(steps), "--limit-test", "1000", "--resume", "none", "--overwrite"]
+           "--max-steps", str(steps), "--limit-test", "1000", "--resume", "none", "--overwrite", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"torchrun x{nproc} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads((out_dir / "results.json").read_text())["train_samples_per_s"]
 
 
-def seconds_to_first_step(data_dir: Path, out_dir: Path) -> float:
+def seconds_to_first_step(data_dir: Path, out_dir: Path, device: torch.device) -> float:
     """Wall time of `python -m dist_rnn.train --max-steps 1` up to its first step (read from its log)."""
     start = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", "--preset", "seed-lstm", "--data-dir",
                              str(data_dir), "--out-dir", str(out_dir), "--max-steps", "1", "--log-every", "1",
-                             "--limit-test", "100", "--resume", "none", "--overwrite"],
+                             "--limit-test", "100", "--resume", "none", "--overwrite",
+                             "--device", device.type],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = None
     for line in proc.stdout:
@@ -167,17 +173,21 @@ def bench(c: BenchConfig) -> dict[str, Any]:
 
 def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
     root = torchvision_root(data_dir, work / "torchvision")
+    gpus = torch.cuda.device_count() if c.device != "cpu" else 0
+    device = resolve_device(c.device, "auto", 0, 1, gpus)[0]
     say = lambda text: print(text, flush=True)  # noqa: E731
     original, ours, ours_bf16, runs = [], [], [], []
     for i in range(c.repeats):
-        original.append(original_samples_per_s(root, c.steps))
-        runs.append(dist_rnn_run(data_dir, work / f"run-{i}", c.steps))
+        original.append(original_samples_per_s(root, c.steps, device))
+        runs.append(dist_rnn_run(data_dir, work / f"run-{i}", c.steps, device))
         ours.append(runs[-1]["train_samples_per_s"])
-        ours_bf16.append(dist_rnn_run(data_dir, work / f"bf16-{i}", c.steps, "bf16")["train_samples_per_s"])
+        ours_bf16.append(dist_rnn_run(data_dir, work / f"bf16-{i}", c.steps, device, "bf16")["train_samples_per_s"])
         say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s, dist_rnn {ours[-1]:.0f} samples/s, "
             f"dist_rnn --precision bf16 {ours_bf16[-1]:.0f} samples/s")
     figures: dict[str, Any] = {
-        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}",
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
+                   + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "device": device.type,
         "steps": c.steps, "repeats": c.repeats,
         "original_samples_per_s": original, "dist_rnn_samples_per_s": ours, "dist_rnn_bf16_samples_per_s": ours_bf16,
         "original_median": statistics.median(original), "dist_rnn_median": statistics.median(ours),
@@ -195,10 +205,11 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
     figures["ratio_bound_without_data_path"] = 1 / (1 - figures["original_loader_share_of_step"])
 
     # (c) costs around training
-    model = build_model(SEED_LSTM, input_size=28)
+    model = build_model(SEED_LSTM, input_size=28).to(device)
     _, test = load_mnist(data_dir)
+    test = test.to(device)
     start = time.perf_counter()
-    evaluate(model, test, DistEnv(0, 0, 1, torch.device("cpu")), 1000, "fp32")
+    evaluate(model, test, DistEnv(0, 0, 1, device), 1000, "fp32")  # ends in .tolist(): the GPU has finished
     figures["eval_samples_per_s"] = len(test) / (time.perf_counter() - start)
     figures["checkpoint_save_s"] = statistics.median(r["checkpoint_save_s"] for r in runs)
     start = time.perf_counter()
@@ -207,12 +218,13 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
     figures["checkpoint_bytes"] = Path(runs[-1]["checkpoint"]).stat().st_size
     figures["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures["seconds_to_first_step"] = statistics.median(
-        seconds_to_first_step(data_dir, work / f"first-{i}") for i in range(c.repeats))
+        seconds_to_first_step(data_dir, work / f"first-{i}", device) for i in range(c.repeats))
     say(f"time to first step {figures['seconds_to_first_step']:.2f} s, eval {figures['eval_samples_per_s']:.0f} "
         f"samples/s, checkpoint {figures['checkpoint_bytes'] / 1e6:.1f} MB saved in "
         f"{figures['checkpoint_save_s'] * 1000:.0f} ms, loaded in {figures['checkpoint_load_s'] * 1000:.0f} ms")
 
-    if c.sweep:  # (b) 1 x 2 threads vs 2 x 1 thread, global batch 100
+    sweep = c.sweep and device.type == "cpu"  # it weighs CPU threads against processes
+    if sweep:  # (b) 1 x 2 threads vs 2 x 1 thread, global batch 100
         one = [torchrun_samples_per_s(data_dir, work / f"w1-{i}", 1, c.sweep_steps) for i in range(c.repeats)]
         two = [torchrun_samples_per_s(data_dir, work / f"w2-{i}", 2, c.sweep_steps) for i in range(c.repeats)]
         figures.update(world1_samples_per_s=one, world2_samples_per_s=two,
@@ -227,7 +239,7 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
             ("best ratio a free data path allows", f"{figures['ratio_bound_without_data_path']:.2f}x"),
             ("dist_rnn --precision bf16, samples/s (median)", f"{figures['dist_rnn_bf16_median']:.0f}"),
             ("ratio dist_rnn bf16 / original fp32", f"{figures['ratio_dist_rnn_bf16_vs_original']:.2f}x")]
-    if c.sweep:
+    if sweep:
         rows += [("1 process x 2 threads, samples/s", f"{statistics.median(figures['world1_samples_per_s']):.0f}"),
                  ("2 processes x 1 thread, samples/s", f"{statistics.median(figures['world2_samples_per_s']):.0f}"),
                  ("ratio 2x1 / 1x2", f"{figures['ratio_2x1thread_vs_1x2threads']:.2f}x")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import socket
@@ -13,11 +14,27 @@ from typing import Optional
 
 import numpy as np
 import pytest
+import torch
 
 from dist_rnn.data import SPLIT_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (tools/gpu-check.sh runs these on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def needs(module: str) -> pytest.MarkDecorator:
+    """Skip a test where an optional package is not installed (a GPU image may lack wandb)."""
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -83,8 +100,12 @@ def free_port() -> int:
 
 
 def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
-              env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run `python -m dist_rnn.train ARGS`, or under real torchrun with nproc processes."""
+              env: Optional[dict] = None, device: str = "cpu") -> subprocess.CompletedProcess:
+    """Run `python -m dist_rnn.train ARGS --device DEVICE`, or under real torchrun with nproc processes.
+
+    The device is explicit: tests of the distribution logic run gloo on CPU on every machine (on a
+    GPU machine 'auto' would give each rank a GPU of its own); GPU tests pass device="cuda"."""
+    args = [*args, "--device", device]
     if nproc is None:
         cmd = [sys.executable, "-m", "dist_rnn.train", *args]
     else:

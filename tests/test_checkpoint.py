@@ -110,9 +110,10 @@ def test_malicious_checkpoint_runs_no_code(tmp_path, mnist_dir):
     torch.save({"model": Payload(marker), "config": {}, "step": 1}, bad)
     with pytest.raises(UserError, match="refused"):
         load_checkpoint(bad)
-    for cmd in ([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--data-dir", str(mnist_dir)],
+    for cmd in ([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--data-dir", str(mnist_dir),
+                 "--device", "cpu"],
                 [sys.executable, "-m", "dist_rnn.train", "--resume", str(bad), "--data-dir", str(mnist_dir),
-                 "--out-dir", str(tmp_path / "run")]):
+                 "--out-dir", str(tmp_path / "run"), "--device", "cpu"]):
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and "refused" in proc.stderr, proc.stderr
@@ -132,7 +133,8 @@ def test_evaluate_command(mnist_dir, tmp_path):
     expected = read_results(out)
     for nproc in (None, 3):
         json_out = tmp_path / f"eval-{nproc}.json"
-        module = ["-m", "dist_rnn.evaluate", "--checkpoint", expected["checkpoint"], "--out", str(json_out)]
+        module = ["-m", "dist_rnn.evaluate", "--checkpoint", expected["checkpoint"], "--out", str(json_out),
+                  "--device", "cpu"]
         if nproc:
             cmd = [TORCHRUN,
                    "--standalone", f"--nproc_per_node={nproc}", *module]
@@ -150,6 +152,6 @@ def test_evaluate_command(mnist_dir, tmp_path):
 def test_evaluate_bad_file(tmp_path, content, words):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, check_ok, events, read_results, real_mnist_dir, run_train
+from conftest import REPO, check_ok, events, needs, read_results, real_mnist_dir, run_train
 from dist_rnn.config import parse_config
 from dist_rnn.errors import UserError
 from dist_rnn.predict import to_mnist
 
-TINY = ["--hidden-size", "16", "--num-layers", "1", "--epochs", "1", "--log-every", "2"]
+TINY = ["--hidden-size", "16", "--num-layers", "1", "--epochs", "1", "--log-every", "2", "--device", "cpu"]
 BIN = Path(sys.executable).parent
 
 
@@ -38,6 +38,7 @@ def wandb_run_dirs(out: Path) -> list[Path]:
     return sorted((out / "wandb").glob("offline-run-*"))
 
 
+@needs("wandb")
 def test_wandb_resume_continues_one_run(mnist_dir, tmp_path):
     out = tmp_path / "run"
     common = ["--data-dir", str(mnist_dir), "--out-dir", str(out), *TINY, "--epochs", "2", "--wandb",
@@ -57,6 +58,8 @@ def test_wandb_resume_continues_one_run(mnist_dir, tmp_path):
     assert len(ids) == 1, ids  # ... and the second continued the first's id
 
 
+@needs("wandb")
+@needs("tensorboard")
 def test_tracker_failure_never_stops_training_and_tensorboard_records(mnist_dir, tmp_path):
     out = tmp_path / "run"
     proc = run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), *TINY, "--wandb", "--tensorboard"],

@@ -83,7 +83,7 @@ def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
     assert evals == [2, 4, 6]
     scored = tmp_path / "scored.json"
     check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", results["checkpoint"],
-                             "--data-dir", str(mnist_dir), "--out", str(scored)], cwd=REPO, capture_output=True,
+                             "--data-dir", str(mnist_dir), "--out", str(scored), "--device", "cpu"], cwd=REPO, capture_output=True,
                             text=True, timeout=120))
     assert json.loads(scored.read_text())["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
 

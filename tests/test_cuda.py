@@ -1,0 +1,154 @@
+"""GPU tests (marker `cuda`, skipped where torch sees no GPU, as in CI): the presets on CUDA in fp32,
+bf16 and fp16, evaluation, checkpoints crossing between GPU and CPU, SIGTERM and resume on a GPU,
+two ranks sharing one GPU through gloo, NCCL's one-GPU-per-process refusal, and bitwise resume
+with --deterministic. tools/gpu-check.sh runs them on a GPU machine."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TORCHRUN, check_ok, events, read_results, real_mnist_dir, run_train, write_mnist
+from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.cuda
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """5000 training images: 50 steps per epoch at batch 100."""
+    return write_mnist(tmp_path_factory.mktemp("data"), n_train=5000, n_test=1001)
+
+
+def train(data: Path, out: Path, steps: int, device: str = "cuda", nproc=None, extra=()) -> dict:
+    check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), "--max-steps", str(steps),
+                        "--hidden-size", "48", "--log-every", "5", "--save-every", "10", *extra],
+                       nproc=nproc, device=device))
+    return read_results(out)
+
+
+def score(checkpoint: str, device: str, tmp_path: Path, *extra: str) -> dict:
+    """`python -m dist_rnn.evaluate` of a checkpoint on `device`."""
+    out = tmp_path / f"scored-{device}-{time.monotonic_ns()}.json"
+    check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", checkpoint, "--device", device,
+                             "--out", str(out), *extra], cwd=REPO, capture_output=True, text=True, timeout=300))
+    return json.loads(out.read_text())
+
+
+def weights(results: dict) -> dict:
+    return load_checkpoint(Path(results["checkpoint"]))["model"]
+
+
+@pytest.mark.parametrize("preset,precision,floor", [
+    ("seed-lstm", "fp32", 0.96), ("seed-bilstm", "fp32", 0.97), ("seed-bilstm", "bf16", 0.97),
+    ("seed-bilstm", "fp16", 0.97)])
+def test_presets_reach_their_accuracy_on_cuda_and_evaluate_agrees(tmp_path, preset, precision, floor):
+    mnist = real_mnist_dir()
+    if mnist is None:
+        pytest.skip("real MNIST files not present (set DIST_RNN_DATA)")
+    out = tmp_path / "run"
+    check_ok(run_train(["--preset", preset, "--precision", precision, "--data-dir", str(mnist), "--out-dir", str(out)],
+                       device="cuda", timeout=900))
+    results = read_results(out)
+    assert (results["device"], results["precision"], results["test_samples"]) == ("cuda", precision, 10000)
+    assert results["test_accuracy"] >= floor, results
+    scored = score(results["checkpoint"], "cuda", tmp_path, "--precision", precision)
+    assert scored["test_samples"] == 10000
+    assert scored["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)  # 1 image at most
+
+
+def test_fp16_unscales_before_clipping(data, tmp_path):
+    """fp16 with --grad-clip: GradScaler scales the loss, the gradients are unscaled before clipping,
+    and the scaler's state travels in the checkpoint."""
+    results = train(data, tmp_path / "run", 60, extra=["--precision", "fp16", "--grad-clip", "1.0", "--lr", "0.01"])
+    losses = [e["loss"] for e in events(tmp_path / "run", "train")]
+    assert all(map(lambda v: v == v and v < 10, losses)), losses  # finite
+    assert losses[-1] < losses[0] * 0.5 and results["test_accuracy"] > 0.5, losses
+    snapshot = load_checkpoint(Path(results["checkpoint"]))
+    assert snapshot["scaler"] and snapshot["scaler"]["scale"] > 0
+
+
+def test_checkpoints_cross_between_gpu_and_cpu(data, tmp_path):
+    """Trained on one device, scored and resumed on the other."""
+    for trained_on, other in (("cuda", "cpu"), ("cpu", "cuda")):
+        out = tmp_path / f"{trained_on}-then-{other}"
+        results = train(data, out, 30, device=trained_on)
+        scored = score(results["checkpoint"], other, tmp_path)
+        assert scored["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=2 / 1001)
+        assert scored["test_loss"] == pytest.approx(results["test_loss"], rel=1e-3)
+        resumed = train(data, out, 40, device=other)
+        assert (resumed["device"], resumed["steps"], resumed["resumed_from_step"]) == (other, 40, 30)
+
+
+def test_sigterm_on_gpu_checkpoints_and_resume_finishes(data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data-dir", str(data), "--out-dir", str(out), "--max-steps", "3000", "--epochs", "60",
+            "--hidden-size", "48", "--log-every", "5", "--device", "cuda"]
+    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not events(out, "train"):
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    step = events(out, "stop")[0]["step"]
+    assert 0 < step < 3000 and list_checkpoints(out)[0][0] == step, output
+    check_ok(run_train(args, device="cuda", timeout=600))
+    results = read_results(out)
+    assert (results["resumed_from_step"], results["steps"]) == (step, 3000)
+
+
+def test_two_ranks_share_one_gpu_through_gloo(data, tmp_path):
+    """--backend gloo: two processes on GPU 0 (local rank modulo the GPU count) follow the
+    one-process trajectory up to float rounding (SGD, as on CPU)."""
+    sgd = ["--optimizer", "sgd", "--lr", "0.1", "--hidden-size", "64"]
+    one = train(data, tmp_path / "one", 30, extra=sgd)
+    two = train(data, tmp_path / "two", 30, nproc=2, extra=[*sgd, "--backend", "gloo"])
+    assert (two["world_size"], two["device"]) == (2, "cuda")
+    a, b = weights(one), weights(two)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-3, f"max parameter difference {worst:.3g}"  # cuDNN may round in TF32
+
+
+def test_nccl_refuses_more_processes_than_gpus_in_one_line(data, tmp_path):
+    gpus = torch.cuda.device_count()
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(tmp_path / "run"), "--max-steps", "2"],
+                     nproc=gpus + 1, device="cuda")
+    assert proc.returncode != 0
+    gpu_words = f"{gpus} GPU" + ("s" if gpus > 1 else "")
+    line = (f"dist_rnn.train: error: torchrun started {gpus + 1} processes on this node but it has {gpu_words}: "
+            f"use --nproc_per_node {gpus}, or --backend gloo to share GPUs while debugging")
+    assert (proc.stdout + proc.stderr).count(line) == 1, proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_deterministic_stop_and_resume_is_bitwise_on_gpu(data, tmp_path, nproc):
+    """--deterministic: 30 + 30 steps end bitwise where 60 uninterrupted steps end (with dropout, so
+    the CUDA RNG state is restored too); two ranks share the GPU through gloo."""
+    extra = ["--deterministic", "--dropout", "0.3"] + (["--backend", "gloo"] if nproc else [])
+    full = train(data, tmp_path / "full", 60, nproc=nproc, extra=extra)
+    train(data, tmp_path / "part", 30, nproc=nproc, extra=extra)
+    resumed = train(data, tmp_path / "part", 60, nproc=nproc, extra=extra)
+    assert (resumed["steps"], resumed["resumed_from_step"], resumed["device"]) == (60, 30, "cuda")
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+
+
+def test_bench_on_gpu(tmp_path):
+    data = write_mnist(tmp_path / "data", n_train=2000, n_test=200)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.bench", "--data-dir", str(data), "--steps", "20",
+                           "--repeats", "1", "--out", str(out), "--device", "cuda"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["device"] == "cuda" and figures["dist_rnn_median"] > 0 and "world1_samples_per_s" not in figures
