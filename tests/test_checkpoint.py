@@ -3,14 +3,16 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TORCHRUN, check_ok, read_results, run_train
+from conftest import REPO, TORCHRUN, check_ok, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import (latest_valid, list_checkpoints, load_checkpoint, metadata_path, prune,
                                  rng_state, set_rng_state, write_checkpoint)
 from dist_rnn.errors import UserError
@@ -155,3 +157,31 @@ def test_evaluate_bad_file(tmp_path, content, words):
     proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+OLD_RUN = REPO / "tests" / "fixtures" / "a3bc583-run"  # written by dist_rnn at a3bc583 (see its README)
+OLD_ARGS = ["--hidden-size", "8", "--num-layers", "1", "--sequence", "permuted", "--permutation-seed", "3",
+            "--batch-size", "50", "--epochs", "2", "--log-every", "1"]
+
+
+def test_checkpoint_of_an_older_version_resumes_and_evaluates(tmp_path):
+    """The step-2 checkpoint of a3bc583's run, resumed to step 3, ends bitwise on that run's step-3
+    weights; its step-3 checkpoint scores what that run reported."""
+    data = write_mnist(tmp_path / "data", n_train=200, n_test=50)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("step-2.pt", "step-2.json"):
+        shutil.copy(OLD_RUN / "checkpoints" / name, run / "checkpoints" / name)
+    check_ok(run_train(["--data-dir", str(data), "--out-dir", str(run), "--max-steps", "3", *OLD_ARGS]))
+    results = read_results(run)
+    assert (results["steps"], results["resumed_from_step"]) == (3, 2)
+    old = load_checkpoint(OLD_RUN / "checkpoints" / "step-3.pt")["model"]
+    new = load_checkpoint(Path(results["checkpoint"]))["model"]
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    scored = tmp_path / "scored.json"
+    check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint",
+                             str(OLD_RUN / "checkpoints" / "step-3.pt"), "--data-dir", str(data), "--out", str(scored),
+                             "--device", "cpu"], cwd=REPO, capture_output=True, text=True))
+    expected = json.loads((OLD_RUN / "results.json").read_text())
+    assert json.loads(scored.read_text())["test_accuracy"] == expected["test_accuracy"]
+    assert json.loads(scored.read_text())["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)
