@@ -8,8 +8,10 @@ DDP wrapper; every helper here is then a no-op, so the train loop has one path f
 
 import atexit
 import contextlib
+import copy
 import datetime
 import os
+import pickle
 import sys
 import traceback
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dist_rnn.errors import PeerLost, RankError, UserError, run_cli
+from dist_rnn.errors import PeerLost, UserError, first_line, run_cli
 
 T = TypeVar("T")
 C = TypeVar("C")  # a command's config dataclass (it has .device and .dist_timeout fields)
@@ -70,6 +72,16 @@ def resolve_device(choice: str, backend: str, local_rank: int, local_world_size:
         raise UserError(f"torchrun started {local_world_size} processes on this node but it has {gpus}: "
                         f"use --nproc_per_node {cuda_devices}, or --backend gloo to share GPUs while debugging")
     return torch.device("cuda", local_rank % cuda_devices), backend
+
+
+def visible_gpus(choice: str) -> int:
+    """The CUDA devices --device may use (none asked for with --device cpu, where CUDA stays unloaded)."""
+    return torch.cuda.device_count() if choice != "cpu" else 0
+
+
+def single_process_device(choice: str) -> torch.device:
+    """--device for a command that always runs as one process (bench, predict)."""
+    return resolve_device(choice, "auto", 0, 1, visible_gpus(choice))[0]
 
 
 def make_deterministic() -> None:
@@ -190,8 +202,7 @@ def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    cuda_devices = torch.cuda.device_count() if device_choice != "cpu" else 0
-    device, backend = resolve_device(device_choice, backend, local_rank, local_world_size, cuda_devices)
+    device, backend = resolve_device(device_choice, backend, local_rank, local_world_size, visible_gpus(device_choice))
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before the process group / DDP, so NCCL binds the right GPU
     if world_size == 1:
@@ -310,21 +321,39 @@ def all_gather_objects(obj: T, env: DistEnv) -> list[T]:
 
 
 def on_main(env: DistEnv, fn: Callable[[], T]) -> T:
-    """Run fn on rank 0 only and hand its result (or its UserError) to every rank.
+    """Run fn on rank 0 only and hand its result, or the exception it raised, to every rank.
 
     For decisions that must be the same everywhere, such as which checkpoint to resume from:
-    each rank deciding for itself could see a different directory listing.
+    each rank deciding for itself could see a different directory listing. An exception reaches
+    the other ranks as itself (same type and message), not as a lost peer.
     """
     outcome: tuple = (None, None)
+    error: Optional[BaseException] = None
     if env.is_main:
         try:
             outcome = (fn(), None)
-        except UserError as e:
-            outcome = (None, str(e))
-    result, error = broadcast_from_main(outcome, env)
-    if error is not None:  # every rank raises it; local rank 0 of each node prints it (run_cli)
-        raise UserError(error if env.is_main else f"rank 0: {error}")
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, whatever it is
+            error = e
+            outcome = (None, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {first_line(e)}"))
+    result, relayed = broadcast_from_main(outcome, env)
+    if error is not None:
+        raise error
+    if isinstance(relayed, UserError):  # every rank raises it; local rank 0 of each node prints it (run_cli)
+        raise UserError(f"rank 0: {relayed}")
+    if relayed is not None:
+        raise relayed
     return result
+
+
+def _picklable(error: BaseException) -> bool:
+    """Whether an exception survives the trip (pickled, rebuilt from its args) that
+    broadcast_object_list gives it; deepcopy rebuilds it the same way."""
+    try:
+        pickle.dumps(error)
+        copy.deepcopy(error)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: send a plain copy instead
+        return False
 
 
 def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
@@ -332,8 +361,9 @@ def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
 
     A UserError on rank 0 reaches every rank (through on_main), so the others fail with it instead
     of waiting forever for a rank that has gone. Only the error travels, never fn's result. When
-    rank 0 succeeded and another rank fails (its node lacks the files, say), that error is its own:
-    it is marked so that this rank prints it, with its rank.
+    rank 0 succeeded and other ranks fail (their node lacks the files, say), the ranks compare
+    outcomes and all raise the first failing rank's error, naming it: one line per node, and no
+    rank is left waiting in the next collective.
     """
     kept: dict[str, T] = {}
 
@@ -341,9 +371,14 @@ def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
         kept["result"] = fn()
 
     on_main(env, first)
-    if env.is_main:
-        return kept["result"]
-    try:
-        return fn()
-    except UserError as e:
-        raise RankError(env.rank, str(e)) from None
+    error = None
+    if not env.is_main:
+        try:
+            kept["result"] = fn()
+        except UserError as e:
+            error = str(e)
+    failures = [(rank, e) for rank, e in enumerate(all_gather_objects(error, env)) if e is not None]
+    if failures:
+        rank, message = failures[0]
+        raise UserError(f"rank {rank}: {message}")
+    return kept["result"]

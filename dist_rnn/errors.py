@@ -14,14 +14,6 @@ class UserError(Exception):
     """
 
 
-class RankError(UserError):
-    """Bad input that only this rank met (its node lacks a file that rank 0 has, say): it prints it,
-    naming its rank, since no other process will."""
-
-    def __init__(self, rank: int, message: str):
-        super().__init__(f"rank {rank}: {message}")
-
-
 class Stopped(Exception):
     """The run stopped early on a signal, after checkpointing; rerunning the command resumes it."""
 
@@ -49,8 +41,8 @@ class PeerLost(Exception):
 def run_cli(prog: str, main: Callable[[], None]) -> int:
     """Run main(); a UserError becomes one line on stderr and exit status 2.
 
-    A UserError is printed by local rank 0 only (every process of its node met it alike), a
-    RankError by the rank that met it. A graceful stop exits 128 + the signal's number, as the shell
+    A UserError is printed by local rank 0 only: every process of its node raises the same one
+    (errors one rank meets are shared first, see distributed.main_first). A graceful stop exits 128 + the signal's number, as the shell
     reports a process ended by that signal, except on SIGUSR1 ("checkpoint and exit", what the
     SLURM scripts send), which exits 0; a lost peer exits 3. DIST_RNN_DEBUG=1 shows the traceback
     of any of them instead.
@@ -61,7 +53,7 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
     except UserError as e:
         if debug:
             raise
-        if isinstance(e, RankError) or int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must

@@ -157,10 +157,7 @@ def test_bad_input(case, command, argv, words, world, tmp_path, capsys):
         args = ["--device", "cpu", *args]  # a case's own --device comes later and wins
     capsys.readouterr()
     before = snapshot(world, tmp_path)
-    try:
-        code = MAINS[command](args)
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
+    code = MAINS[command](args)  # argparse's own errors are UserErrors too
     err = capsys.readouterr().err
     assert code not in (0, None), f"exit status {code}"
     assert err.count("\n") == 1 and "Traceback" not in err, f"not one line:\n{err}"
@@ -192,7 +189,7 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
     """torchrun prints its own ChildFailedError report; each worker's own stderr (captured with
     --redirects) holds the clean line, from rank 0 only."""
     logs = tmp_path / "logs"
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}",
+    proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}",
                            "-m", "dist_rnn.train", "--data-dir", str(world / "data"), "--batch-size", "99",
                            "--out-dir", str(tmp_path / "o"), "--device", "cpu"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0

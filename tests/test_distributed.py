@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, check_ok, events, free_port, read_results, run_train, write_mnist
+from conftest import REPO, TORCHRUN, check_ok, events, free_port, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.distributed import resolve_device, threads_per_rank
 from dist_rnn.errors import UserError
@@ -120,9 +120,10 @@ def test_device_and_backend_choice():
         resolve_device("cuda", "auto", 0, 1, cuda_devices=0)
 
 
-def test_error_only_one_node_meets_is_printed_by_that_node(mnist_dir, tmp_path):
-    """Two torchrun 'nodes' on loopback; only the second one's --data-dir is wrong. Its node prints
-    the cause (before, only rank 0 printed errors, and rank 0 had its files)."""
+def test_error_only_one_node_meets_is_printed_by_every_node(mnist_dir, tmp_path):
+    """Two torchrun 'nodes' on loopback; only the second one's --data-dir is wrong. Every rank stops
+    with that node's error, naming its rank, and each node prints it once (before, only rank 0
+    printed errors, and rank 0 had its files: the failing node said nothing)."""
     common = ["--out-dir", str(tmp_path / "run"), "--max-steps", "3", "--device", "cpu"]
     env = {"NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "RUN_ID": "bad-node", "OMP_NUM_THREADS": "1", "MAX_RESTARTS": "0"}
@@ -130,11 +131,15 @@ def test_error_only_one_node_meets_is_printed_by_that_node(mnist_dir, tmp_path):
     bad = run_script("multi_node.sh", ["--data-dir", str(tmp_path / "nowhere"), *common], env)
     outputs = [node.communicate(timeout=300)[0] for node in (good, bad)]
     assert good.returncode != 0 and bad.returncode != 0
-    missing = [sum(line.startswith("dist_rnn.train: error: ") and "train-images-idx3-ubyte: missing" in line
-                   for line in o.splitlines()) for o in outputs]
-    assert missing[1] == 1, outputs[1]  # the node that lacks the files says so, once
-    # whichever rank the rendezvous gave it, the line names the rank when it is not its own node's rank 0
-    assert "rank 1: " in outputs[1] or "rank 0: " in outputs[0], outputs
+    lines = [[line for line in o.splitlines() if line.startswith("dist_rnn.train: error: ")
+              and "nowhere/train-images-idx3-ubyte: missing" in line] for o in outputs]
+    assert [len(found) for found in lines] == [1, 1], outputs
+    good_line, bad_line = lines[0][0], lines[1][0]
+    # The rendezvous gives the bad node rank 1 (both lines name it) or rank 0 (its own line is plain,
+    # the other node's says "rank 0").
+    assert (good_line == bad_line and "error: rank 1: " in bad_line) or \
+        ("error: rank" not in bad_line and "error: rank 0: " in good_line), lines
+    assert "lost the other processes" not in outputs[0]  # the good node was told, not left waiting
 
 
 def run_script(script: str, args: list, extra_env: dict) -> subprocess.Popen:
@@ -164,3 +169,28 @@ def test_launch_multi_node_on_loopback(mnist_dir, tmp_path):
     results = read_results(out)
     assert results["world_size"] == 2 and results["steps"] == 3 and results["test_samples"] == 130
     assert sum(o.count("test accuracy") for o in outputs) == 2  # epoch line + final line, rank 0 only
+
+
+def test_an_exception_on_rank_0_reaches_the_others_as_itself(tmp_path):
+    """on_main: a bug on rank 0 (not only bad input) reaches rank 1 with its type and message, so
+    rank 1 reports it instead of a lost peer; a UserError arrives naming rank 0."""
+    script = tmp_path / "relay.py"
+    script.write_text(
+        "import sys\n"
+        "from dist_rnn import distributed\n"
+        "from dist_rnn.errors import UserError\n"
+        "def boom(kind):\n"
+        "    raise ValueError('bad value 7') if kind == 'bug' else UserError('no such file')\n"
+        "with distributed.process_group('cpu') as env:\n"
+        "    for kind in ('bug', 'user'):\n"
+        "        try:\n"
+        "            distributed.on_main(env, lambda: boom(kind))\n"
+        "        except Exception as e:\n"
+        "            with open(sys.argv[1] + f'/rank-{env.rank}.txt', 'a') as fh:  # one file each: no interleaving\n"
+        "                fh.write(f'rank {env.rank} {kind}: {type(e).__name__}: {e}\\n')\n")
+    proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    check_ok(proc)
+    lines = [line for rank in (0, 1) for line in (tmp_path / f"rank-{rank}.txt").read_text().splitlines()]
+    assert lines == ["rank 0 bug: ValueError: bad value 7", "rank 0 user: UserError: no such file",
+                     "rank 1 bug: ValueError: bad value 7", "rank 1 user: UserError: rank 0: no such file"], proc.stdout

@@ -5,7 +5,6 @@ import fcntl
 import json
 import os
 import pty
-import shutil
 import struct
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, check_ok, events, needs, read_results, real_mnist_dir, run_train
+from conftest import REPO, TORCHRUN, check_ok, events, needs, read_results, real_mnist_dir, run_train
 from dist_rnn.config import parse_config
 from dist_rnn.errors import UserError
 from dist_rnn.predict import to_mnist
@@ -44,7 +43,7 @@ def test_wandb_resume_continues_one_run(mnist_dir, tmp_path):
     common = ["--data-dir", str(mnist_dir), "--out-dir", str(out), *TINY, "--epochs", "2", "--wandb",
               "--wandb-tags", "a,b"]
     # No WANDB_MODE and no API key: offline, said in one line.
-    first = subprocess.run([shutil.which("torchrun", path=str(BIN)), "--standalone", "--nproc_per_node=2",
+    first = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2",
                             "-m", "dist_rnn.train", *common, "--max-steps", "4"], cwd=REPO, capture_output=True,
                            text=True, timeout=300, env=offline_env(tmp_path, mode=None))
     check_ok(first)
@@ -58,7 +57,6 @@ def test_wandb_resume_continues_one_run(mnist_dir, tmp_path):
     assert len(ids) == 1, ids  # ... and the second continued the first's id
 
 
-@needs("wandb")
 @needs("tensorboard")
 def test_tracker_failure_never_stops_training_and_tensorboard_records(mnist_dir, tmp_path):
     out = tmp_path / "run"
@@ -116,6 +114,7 @@ def test_bad_config_file_is_one_line(tmp_path):
     assert proc.stderr.strip() == f"dist_rnn.train: error: --config {path}: key 'epochs' must be int, got str 'two'"
 
 
+@needs("accelerate")
 def test_accelerate_launch_two_processes(mnist_dir, tmp_path):
     """launch/accelerate.sh (accelerate launch with launch/accelerate_config.yaml); MIXED_PRECISION=bf16
     reaches dist_rnn as ACCELERATE_MIXED_PRECISION and becomes --precision bf16."""

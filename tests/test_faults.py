@@ -28,7 +28,7 @@ def workers(torchrun: subprocess.Popen) -> list:
 
 def start_torchrun(args: list, extra: list = ()) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}  # plain torchrun
-    return subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node=2", *extra, "-m", "dist_rnn.train", *args,
+    return subprocess.Popen([*TORCHRUN, "--standalone", "--nproc_per_node=2", *extra, "-m", "dist_rnn.train", *args,
                              "--device", "cpu"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 

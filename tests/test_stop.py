@@ -17,7 +17,7 @@ def test_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, nproc):
     out = tmp_path / "run"
     args = ["-m", "dist_rnn.train", "--data-dir", str(data), "--out-dir", str(out), "--max-steps", "500",
             "--epochs", "10", "--hidden-size", "48", "--log-every", "5", "--device", "cpu"]
-    cmd = [sys.executable, *args] if nproc is None else [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *args]
+    cmd = [sys.executable, *args] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not events(out, "train"):

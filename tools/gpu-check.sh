@@ -2,8 +2,9 @@
 # The GPU check: on a machine with a CUDA GPU, run the GPU tests (pytest -m cuda), train both
 # presets on the GPU, run the benchmark on the GPU, and print one summary. About 4-5 minutes on
 # one H100/H200. It installs nothing: it needs torch (CUDA build), torchvision, tqdm, pyyaml,
-# matplotlib, pillow and pytest (pytest-xdist, where present, runs the tests 4 at a time); wandb
-# and accelerate may be missing (their tests are skipped).
+# matplotlib, pillow and pytest (pytest-xdist, where present, runs the tests 4 at a time); wandb,
+# accelerate and tensorboard may be missing (their tests are skipped). The whole suite on a GPU
+# machine: `python -m pytest -n 8` (the CPU tests say --device cpu and run there as everywhere).
 #
 #   tools/gpu-check.sh [MNIST_DIR]      # default: $DIST_RNN_DATA, else ../shared/data/mnist
 #
@@ -17,6 +18,7 @@ export PYTHONUNBUFFERED=1
 OUT=${GPU_CHECK_OUT:-gpu-check}
 DATA=${1:-${DIST_RNN_DATA:-../shared/data/mnist}}
 mkdir -p "$OUT"
+rm -rf "$OUT/bench.json" "$OUT/seed-lstm" "$OUT/seed-bilstm" "$OUT"/*.log  # no figures from an earlier check
 
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "gpu-check: no CUDA device visible to torch: nothing to check" >&2
@@ -45,7 +47,6 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it with its output in $OUT/NAME.
 
 if [ -n "${DIST_RNN_DATA:-}" ]; then
   for preset in seed-lstm seed-bilstm; do
-    rm -rf "$OUT/$preset"
     step "$preset" 300 "$PYTHON" -m dist_rnn.train --preset "$preset" --device cuda --data-dir "$DIST_RNN_DATA" \
       --out-dir "$OUT/$preset"
   done
@@ -54,7 +55,7 @@ if [ -n "${DIST_RNN_DATA:-}" ]; then
 fi
 parallel=()
 "$PYTHON" -c 'import xdist' 2>/dev/null && parallel=(-n 4)
-step cuda-tests 420 "$PYTHON" -m pytest -m cuda -p no:cacheprovider -q "${parallel[@]}" tests/
+step cuda-tests 540 "$PYTHON" -m pytest -m cuda -p no:cacheprovider -q "${parallel[@]}" tests/
 
 "$PYTHON" - "$OUT" "$(( $(date +%s) - start ))" "$status" <<'EOF' || status=1
 import json, re, sys
