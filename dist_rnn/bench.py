@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import io
 import json
 import os
@@ -34,8 +33,8 @@ import torch.nn.functional as F
 
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.config import PRESETS, ArgumentParser, describe, TrainConfig, add_dataclass_flags, option, validate
-from dist_rnn.data import SPLIT_FILES, find_file, load_mnist, resolve_data_dir
-from dist_rnn.distributed import DistEnv, resolve_device
+from dist_rnn.data import load_mnist, resolve_data_dir, torchvision_root
+from dist_rnn.distributed import DistEnv, single_process_device
 from dist_rnn.errors import UserError, run_cli
 from dist_rnn.evaluate import evaluate
 from dist_rnn.model import build_model
@@ -57,23 +56,6 @@ class BenchConfig:
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where both loops train and evaluate; 'auto': CUDA "
                                                      "when available (the world-size sweep is CPU-only)")
     out: Optional[str] = option("bench.json", "write all figures as JSON here")
-
-
-def torchvision_root(data_dir: Path, cache: Path) -> Path:
-    """The four files, uncompressed, in torchvision's <root>/MNIST/raw layout (its own loader
-    reads nothing else without trying to download)."""
-    raw = cache / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for names in SPLIT_FILES.values():
-        for name in names:
-            source = find_file(data_dir, name)
-            if source is None:
-                raise UserError(f"{data_dir / name}: missing")
-            if not (raw / name).exists():
-                opener = gzip.open if source.suffix == ".gz" else open
-                with opener(source, "rb") as fh:
-                    (raw / name).write_bytes(fh.read())
-    return cache
 
 
 def original_loader(root: Path) -> torch.utils.data.DataLoader:
@@ -145,21 +127,19 @@ def torchrun_samples_per_s(data_dir: Path, out_dir: Path, nproc: int, steps: int
 
 
 def seconds_to_first_step(data_dir: Path, out_dir: Path, device: torch.device) -> float:
-    """Wall time of `python -m dist_rnn.train --max-steps 1` up to its first step (read from its log)."""
+    """Wall time from starting `python -m dist_rnn.train --max-steps 1` to its first step done, as
+    stamped on the run's first `train` event in metrics.jsonl (--log-every 1)."""
     start = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", "--preset", "seed-lstm", "--data-dir",
-                             str(data_dir), "--out-dir", str(out_dir), "--max-steps", "1", "--log-every", "1",
-                             "--limit-test", "100", "--resume", "none", "--overwrite",
-                             "--device", device.type],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first = None
-    for line in proc.stdout:
-        if first is None and line.startswith("Epoch [1/2], Step [1/"):
-            first = time.time() - start
-    proc.wait()
-    if first is None:
-        raise UserError("the first-step run printed no step")
-    return first
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.train", "--preset", "seed-lstm", "--data-dir",
+                           str(data_dir), "--out-dir", str(out_dir), "--max-steps", "1", "--log-every", "1",
+                           "--limit-test", "100", "--resume", "none", "--overwrite", "--device", device.type],
+                          capture_output=True, text=True)
+    metrics = out_dir / "metrics.jsonl"
+    events = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    first = next((e for e in events if e["event"] == "train" and e["step"] == 1), None)
+    if proc.returncode != 0 or first is None:
+        raise UserError(f"the first-step run failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return first["time"] - start
 
 
 def bench(c: BenchConfig) -> dict[str, Any]:
@@ -171,11 +151,30 @@ def bench(c: BenchConfig) -> dict[str, Any]:
         return measure(c, data_dir, Path(work))
 
 
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
+    """(a) speed against the original, (c) the costs around training, (b) the sweep; then the table."""
     root = torchvision_root(data_dir, work / "torchvision")
-    gpus = torch.cuda.device_count() if c.device != "cpu" else 0
-    device = resolve_device(c.device, "auto", 0, 1, gpus)[0]
-    say = lambda text: print(text, flush=True)  # noqa: E731
+    device = single_process_device(c.device)
+    figures, runs = speed(c, root, data_dir, work, device)
+    figures.update(costs(c, data_dir, work, device, runs))
+    if c.sweep and device.type == "cpu":  # (b) weighs CPU threads against processes
+        one = [torchrun_samples_per_s(data_dir, work / f"w1-{i}", 1, c.sweep_steps) for i in range(c.repeats)]
+        two = [torchrun_samples_per_s(data_dir, work / f"w2-{i}", 2, c.sweep_steps) for i in range(c.repeats)]
+        figures.update(world1_samples_per_s=one, world2_samples_per_s=two,
+                       ratio_2x1thread_vs_1x2threads=statistics.median(two) / statistics.median(one))
+    print_table(figures)
+    if c.out:
+        Path(c.out).write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
+          device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(a) The original pipeline and dist_rnn's loop (fp32, bf16), alternated --repeats times."""
     original, ours, ours_bf16, runs = [], [], [], []
     for i in range(c.repeats):
         original.append(original_samples_per_s(root, c.steps, device))
@@ -203,8 +202,13 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
     figures["original_loader_ms_per_batch"] = loader_s * 1000
     figures["original_loader_share_of_step"] = loader_s / (100 / figures["original_median"])
     figures["ratio_bound_without_data_path"] = 1 / (1 - figures["original_loader_share_of_step"])
+    return figures, runs
 
-    # (c) costs around training
+
+def costs(c: BenchConfig, data_dir: Path, work: Path, device: torch.device,
+          runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """(c) Evaluation speed, checkpoint save/load, peak memory, time to the first step."""
+    figures: dict[str, Any] = {}
     model = build_model(SEED_LSTM, input_size=28).to(device)
     _, test = load_mnist(data_dir)
     test = test.to(device)
@@ -222,14 +226,10 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
     say(f"time to first step {figures['seconds_to_first_step']:.2f} s, eval {figures['eval_samples_per_s']:.0f} "
         f"samples/s, checkpoint {figures['checkpoint_bytes'] / 1e6:.1f} MB saved in "
         f"{figures['checkpoint_save_s'] * 1000:.0f} ms, loaded in {figures['checkpoint_load_s'] * 1000:.0f} ms")
+    return figures
 
-    sweep = c.sweep and device.type == "cpu"  # it weighs CPU threads against processes
-    if sweep:  # (b) 1 x 2 threads vs 2 x 1 thread, global batch 100
-        one = [torchrun_samples_per_s(data_dir, work / f"w1-{i}", 1, c.sweep_steps) for i in range(c.repeats)]
-        two = [torchrun_samples_per_s(data_dir, work / f"w2-{i}", 2, c.sweep_steps) for i in range(c.repeats)]
-        figures.update(world1_samples_per_s=one, world2_samples_per_s=two,
-                       ratio_2x1thread_vs_1x2threads=statistics.median(two) / statistics.median(one))
 
+def print_table(figures: dict[str, Any]) -> None:
     rows = [("original pipeline, samples/s (median)", f"{figures['original_median']:.0f}"),
             ("dist_rnn loop, samples/s (median)", f"{figures['dist_rnn_median']:.0f}"),
             ("ratio dist_rnn / original", f"{figures['ratio_dist_rnn_vs_original']:.2f}x"),
@@ -239,7 +239,7 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
             ("best ratio a free data path allows", f"{figures['ratio_bound_without_data_path']:.2f}x"),
             ("dist_rnn --precision bf16, samples/s (median)", f"{figures['dist_rnn_bf16_median']:.0f}"),
             ("ratio dist_rnn bf16 / original fp32", f"{figures['ratio_dist_rnn_bf16_vs_original']:.2f}x")]
-    if sweep:
+    if "world1_samples_per_s" in figures:
         rows += [("1 process x 2 threads, samples/s", f"{statistics.median(figures['world1_samples_per_s']):.0f}"),
                  ("2 processes x 1 thread, samples/s", f"{statistics.median(figures['world2_samples_per_s']):.0f}"),
                  ("ratio 2x1 / 1x2", f"{figures['ratio_2x1thread_vs_1x2threads']:.2f}x")]
@@ -250,10 +250,7 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
              ("peak memory of this process, MB", f"{figures['peak_rss_mb_this_process']:.0f}")]
     width = max(len(r[0]) for r in rows)
     say("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
-    say(f"({figures['machine']}; {c.repeats} alternations of {c.steps} steps)")
-    if c.out:
-        Path(c.out).write_text(json.dumps(figures, indent=2) + "\n")
-    return figures
+    say(f"({figures['machine']}; {figures['repeats']} alternations of {figures['steps']} steps)")
 
 
 def parse(argv: Optional[list[str]] = None) -> BenchConfig:

@@ -5,10 +5,15 @@ A checkpoint is two files in <out-dir>/checkpoints/: `step-<N>.pt` (the state, a
 object) and, written after it, `step-<N>.json` (its size and SHA-256). A checkpoint counts only
 when both exist and agree; a crash between the two leaves a file that is ignored, never one that
 is half-read. Loading never runs code: weights_only=True refuses any other pickle.
+
+The format is written in one place, `snapshot()`, and read back through `TrainState.from_checkpoint`
+(which also reads the unversioned checkpoints of dist_rnn before format 2). `CheckpointManager`
+owns the policy: when to save, rotation, and what to resume from.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -17,6 +22,7 @@ import random
 import re
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -30,8 +36,58 @@ from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
-# What a checkpoint must hold to resume from.
-REQUIRED_KEYS = {"model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "rng", "config", "world_size"}
+FORMAT_VERSION = 2  # 1: the unversioned layout of dist_rnn up to a3bc583 (position keys at the top level)
+# What a checkpoint must hold to resume from (besides its position: `state`, or format 1's keys).
+REQUIRED_KEYS = {"model", "optimizer", "scaler", "rng", "config", "world_size"}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands and what else a resume restores, besides weights, optimizer and RNGs.
+
+    (epoch, batch_in_epoch) is the position of the NEXT batch to train: a run resumed from here
+    starts with batch `batch_in_epoch` of epoch `epoch`'s sample order (the sampler's state).
+    """
+
+    step: int = 0                         # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_seconds: float = 0.0            # summed over every attempt of the run
+    tracker_run_id: Optional[str] = None  # the wandb run a resume continues
+    pixel_order: Optional[list[int]] = None  # --sequence permuted: the order the model learned
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    @classmethod
+    def from_checkpoint(cls, snapshot: dict[str, Any]) -> "TrainState":
+        """The state a checkpoint holds, in format 2 or in format 1 (its keys at the top level)."""
+        if snapshot.get("format_version", 1) >= 2:
+            return cls.from_dict(snapshot["state"])
+        return cls(step=snapshot["step"], epoch=snapshot.get("epoch", 0),
+                   batch_in_epoch=snapshot.get("batch_in_epoch", 0),
+                   train_seconds=snapshot.get("train_seconds", 0.0),
+                   tracker_run_id=snapshot.get("wandb_run_id"), pixel_order=snapshot.get("sequence_permutation"))
+
+
+def snapshot(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+             rng: list[dict[str, Any]], config: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """The checkpoint format: a plain dict `torch.load(weights_only=True)` reads back."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "state": state.to_dict(),
+        "model": unwrap(model).state_dict(),  # no `module.` prefix: loads into a bare model
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),  # empty unless fp16
+        "rng": rng,  # one entry per rank, in rank order
+        "config": config,
+        "world_size": world_size,
+        "dist_rnn_version": __version__,
+    }
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -77,40 +133,68 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# -- the policy
+
+class CheckpointManager:
+    """A run's checkpoints: when to save, writing (rank 0, atomic, rotated), what to resume from."""
+
+    def __init__(self, out_dir: Path, keep_last: int, save_every: Optional[int]):
+        self.out_dir, self.keep_last, self.save_every = Path(out_dir), keep_last, save_every
+        self.last_saved_step: Optional[int] = None
+
+    def should_save(self, step: int, boundary: str) -> bool:
+        """The save policy. boundary: "step" (after an optimizer step inside an epoch: every
+        --save-every steps), or "epoch" / "stop" / "end" (always). Never the same step twice."""
+        if step == self.last_saved_step:
+            return False
+        if boundary == "step":
+            return bool(self.save_every) and step % self.save_every == 0
+        if boundary not in ("epoch", "stop", "end"):
+            raise ValueError(f"unknown boundary {boundary!r}")
+        return True
+
+    def save(self, env: DistEnv, state: TrainState, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, config: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Collective (every rank calls it): gather each rank's RNG state, rank 0 writes, all wait.
+        Returns, on rank 0, where and how fast it was written."""
+        rng = distributed.all_gather_objects(rng_state(env.device), env)
+
+        def write() -> dict[str, Any]:
+            info = write_checkpoint(self.out_dir, state.step,
+                                    snapshot(state, model, optimizer, scaler, rng, config, env.world_size))
+            prune(self.out_dir, self.keep_last)
+            return info
+
+        # Rank 0 writes; a failure (a full disk, say) reaches every rank as the same one-line error,
+        # and waiting for its answer is the barrier: nobody runs ahead of a checkpoint that may be needed.
+        info = distributed.on_main(env, write)
+        self.last_saved_step = state.step
+        return info if env.is_main else None
+
+    def choose_resume(self, c: TrainConfig, warn: Callable[[str], None]) -> Optional[str]:
+        """Apply --resume: the checkpoint path to continue from, or None for a fresh start."""
+        if c.resume == "none":
+            if list_checkpoints(self.out_dir) and not c.overwrite:
+                raise UserError(f"{checkpoint_dir(self.out_dir)} already holds checkpoints: use --resume auto to "
+                                "continue that run, or --resume none --overwrite to delete them and start again")
+            return None
+        if c.resume == "auto":
+            path = latest_valid(self.out_dir, warn)
+            return str(path) if path else None
+        return c.resume
+
+    def load_for_resume(self, path: str, c: TrainConfig) -> dict[str, Any]:
+        """Load a checkpoint and check that this run may continue from it."""
+        loaded = load_checkpoint(Path(path))
+        check_compatible(loaded, c, path)
+        self.last_saved_step = TrainState.from_checkpoint(loaded).step  # already on disk
+        return loaded
+
+    def remove_all(self) -> None:
+        prune(self.out_dir, 0)
+
+
 # -- writing
-
-def save_checkpoint(env: DistEnv, out_dir: Path, keep_last: int, *, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int, epoch: int,
-                    batch_in_epoch: int, config: dict[str, Any], extra: Optional[dict[str, Any]] = None,
-                    ) -> Optional[dict[str, Any]]:
-    """Collective (every rank calls it): gather each rank's RNG state, rank 0 writes, all wait.
-
-    (epoch, batch_in_epoch) is the position of the NEXT batch to train: a run resumed from here
-    starts with batch `batch_in_epoch` of epoch `epoch`'s order. Returns, on rank 0, where and how
-    fast it was written.
-    """
-    rng = distributed.all_gather_objects(rng_state(env.device), env)  # one entry per rank
-
-    def write() -> dict[str, Any]:
-        state = {
-            "model": unwrap(model).state_dict(),  # no `module.` prefix: loads into a bare model
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "samples_in_epoch": batch_in_epoch * config["batch_size"],
-            "sampler": {"seed": config["seed"], "epoch": epoch},
-            "rng": rng, "config": config, "world_size": env.world_size, "dist_rnn_version": __version__,
-            **(extra or {}),
-        }
-        info = write_checkpoint(out_dir, step, state)
-        prune(out_dir, keep_last)
-        return info
-
-    # Rank 0 writes; a failure (a full disk, say) reaches every rank as the same one-line error,
-    # and waiting for its answer is the barrier: nobody runs ahead of a checkpoint that may be needed.
-    info = distributed.on_main(env, write)
-    return info if env.is_main else None
-
 
 def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any]) -> dict[str, Any]:
     """Write step-<N>.pt atomically, then its metadata: only then does the checkpoint count."""
@@ -137,10 +221,6 @@ def prune(out_dir: Path, keep_last: int) -> None:
     for _, path in list_checkpoints(out_dir)[keep_last:]:
         metadata_path(path).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
-
-
-def remove_all(out_dir: Path) -> None:
-    prune(out_dir, 0)
 
 
 # -- reading
@@ -179,24 +259,12 @@ def latest_valid(out_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
     return None
 
 
-def choose_resume(c: TrainConfig, warn: Callable[[str], None]) -> Optional[str]:
-    """Apply --resume: the checkpoint path to continue from, or None for a fresh start."""
-    out_dir = Path(c.out_dir)
-    if c.resume == "none":
-        if list_checkpoints(out_dir) and not c.overwrite:
-            raise UserError(f"{checkpoint_dir(out_dir)} already holds checkpoints: use --resume auto to "
-                            "continue that run, or --resume none --overwrite to delete them and start again")
-        return None
-    if c.resume == "auto":
-        path = latest_valid(out_dir, warn)
-        return str(path) if path else None
-    return c.resume
-
-
 def check_compatible(snapshot: dict[str, Any], c: TrainConfig, path: str) -> None:
     """Refuse to resume into a different model or a different sample order, naming the fields."""
     saved = snapshot["config"]
     missing = REQUIRED_KEYS - snapshot.keys()
+    if "state" not in snapshot and not {"epoch", "batch_in_epoch"} <= snapshot.keys():
+        missing = missing | {"state"}
     if missing:
         raise UserError(f"{path}: cannot resume from it, it lacks {', '.join(sorted(missing))}")
     differ = [f"{name} {saved.get(name)!r} -> {getattr(c, name)!r}"
@@ -220,8 +288,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                         f"{first_line(e)})") from None
     except Exception as e:  # zip or format errors come as RuntimeError, EOFError, ...
         raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
-    if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
-        raise UserError(f"{path}: not a dist_rnn checkpoint (needs model, config and step)")
+    if not isinstance(state, dict) or not {"model", "config"} <= state.keys() or not ("state" in state or "step" in state):
+        raise UserError(f"{path}: not a dist_rnn checkpoint (needs model, config and its state)")
     return state
 
 

@@ -40,6 +40,11 @@ class TrainConfig:
     download: bool = option(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
     limit_train: Optional[int] = option(None, "use only the first N training images (small runs)")
     limit_test: Optional[int] = option(None, "use only the first N test images (small runs)")
+    loader: Literal["memory", "dataloader"] = option(
+        "memory", "'memory': the training images live on the device as uint8 and each step gathers its batch "
+        "there (fast); 'dataloader': torchvision's MNIST dataset through a DataLoader with the same sampler "
+        "(the pipeline for data that does not fit in memory; same batches, slower)")
+    num_workers: int = option(2, "DataLoader worker processes per rank (--loader dataloader only)")
     sequence: Literal["row", "column", "pixel", "permuted"] = option(
         "row", "how an image becomes a sequence: 'row' (28 steps of 28 pixels), 'column' (the transposed "
         "image), 'pixel' (784 steps of 1 pixel), 'permuted' (784 steps, pixels in a fixed random order)")
@@ -75,7 +80,8 @@ class TrainConfig:
         "several processes share one GPU (local rank modulo the GPU count), for debugging")
     deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning, "
                                  "torch.use_deterministic_algorithms): bitwise-repeatable runs and resumes on "
-                                 "GPU, at some speed cost (see the README)")
+                                 "GPU (not with --dropout, whose cuDNN masks no checkpoint holds), at some speed "
+                                 "cost (see the README)")
     threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
                           "available / processes on this node")
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
@@ -263,7 +269,7 @@ def validate(c: TrainConfig) -> None:
     for name in ["limit_train", "limit_test", "save_every", "eval_every"]:
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ["max_steps", "threads"]:
+    for name in ["max_steps", "threads", "num_workers"]:
         if getattr(c, name) is not None and getattr(c, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
     if not c.dist_timeout > 0:

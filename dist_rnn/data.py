@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
+from torch.utils.data.distributed import DistributedSampler
 
 from dist_rnn.config import ArgumentParser, TrainConfig
 from dist_rnn.errors import UserError, run_cli
@@ -157,12 +159,12 @@ class SequenceView:
                                               generator=torch.Generator().manual_seed(permutation_seed))
 
     @classmethod
-    def from_config(cls, c: TrainConfig, images: torch.Tensor, snapshot: Optional[dict] = None) -> "SequenceView":
-        """The view a run trains with, for images like `images` (N, H, W); from a checkpoint, its
-        saved pixel order (the one it learned)."""
+    def from_config(cls, c: TrainConfig, images: torch.Tensor, pixel_order: Optional[list[int]] = None,
+                    ) -> "SequenceView":
+        """The view a run trains with, for images like `images` (N, H, W); with a checkpoint's
+        saved pixel order (the one its model learned) when there is one."""
         height, width = images.shape[1:]
-        saved = (snapshot or {}).get("sequence_permutation")
-        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=saved)
+        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=pixel_order)
 
     @property
     def input_size(self) -> int:
@@ -195,14 +197,20 @@ def as_sequences(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
-class ShardedBatches:
-    """The global batches of each epoch, split across ranks, with no DataLoader.
+class GlobalBatchSampler(DistributedSampler):
+    """DistributedSampler whose global batches are the same at every world size.
 
     Epoch e shuffles all N indices with a generator seeded `seed + e` (DistributedSampler's
     convention, the same on every rank), cuts them into N // global_batch global batches (the
-    incomplete tail is dropped so every step has the same size), and rank r of W takes rows
+    incomplete tail is dropped so every step has the same shape), and rank r of W takes rows
     [r*b, (r+1)*b) of each, b = global_batch / W. So global batch k holds the same samples at every
-    world size, and the mean of the rank losses is the global-batch loss: the same trajectory.
+    world size, and the mean of the rank losses is the global-batch loss: the same trajectory. The
+    stock sampler deals indices round-robin instead, so its batches change with W.
+
+    Iterating yields this rank's sample indices from the current position (`batch_in_epoch` of
+    `epoch`, see state_dict), so a DataLoader(batch_size=local_batch, sampler=...) resumes
+    mid-epoch; `epoch_indices()` is the same order as one (steps, local_batch) tensor, for feeding
+    batches from memory without a DataLoader.
     """
 
     def __init__(self, n: int, global_batch: int, rank: int, world_size: int, seed: int):
@@ -211,15 +219,100 @@ class ShardedBatches:
                             f"{world_size} processes")
         if n < global_batch:
             raise UserError(f"--batch-size {global_batch} is larger than the training set ({n} samples)")
-        self.n, self.global_batch, self.rank, self.world_size, self.seed = n, global_batch, rank, world_size, seed
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.n, self.global_batch = n, global_batch
         self.local_batch = global_batch // world_size
         self.steps_per_epoch = n // global_batch
+        self.batch_in_epoch = 0
 
-    def epoch(self, epoch: int) -> torch.Tensor:
-        """Index tensor (steps_per_epoch, local_batch): row k is this rank's part of global batch k."""
-        g = torch.Generator().manual_seed(self.seed + epoch)
+    def epoch_indices(self) -> torch.Tensor:
+        """This epoch's indices for this rank, (steps_per_epoch, local_batch): row k is its part of global batch k."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(self.n, generator=g)[: self.steps_per_epoch * self.global_batch]
-        return perm.view(self.steps_per_epoch, self.world_size, self.local_batch)[:, self.rank]
+        return perm.view(self.steps_per_epoch, self.num_replicas, self.local_batch)[:, self.rank]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.batch_in_epoch:].reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.batch_in_epoch) * self.local_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """A new epoch starts at its first batch."""
+        super().set_epoch(epoch)
+        self.batch_in_epoch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+
+
+class MemoryFeeder:
+    """The default: the training images live on the device as uint8 (55 MB for MNIST), and each step
+    gathers its batch there with one index, in the sampler's order."""
+
+    def __init__(self, train: Split, device: torch.device):
+        self.train, self.device = train.to(device), device
+
+    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images uint8 (b, H, W), labels (b,)) from the sampler's position to its epoch's end."""
+        indices = sampler.epoch_indices().to(self.device)
+        for k in range(sampler.batch_in_epoch, sampler.steps_per_epoch):
+            yield self.train.images[indices[k]], self.train.labels[indices[k]]
+
+
+class DataLoaderFeeder:
+    """--loader dataloader: torchvision's MNIST dataset, read from the same files, through a standard
+    DataLoader(sampler=..., num_workers=..., pin_memory=...): the pipeline for data that does not fit
+    in memory. Same sampler, so the same batches as MemoryFeeder."""
+
+    def __init__(self, data_dir: Path, n: int, device: torch.device, num_workers: int):
+        import torchvision
+        from torchvision import transforms
+
+        root, self._unpacked = Path(data_dir), None
+        if not all((root / "MNIST" / "raw" / name).is_file() for names in SPLIT_FILES.values() for name in names):
+            # torchvision reads only uncompressed files in <root>/MNIST/raw: unpack them for this run
+            self._unpacked = tempfile.TemporaryDirectory(prefix="dist_rnn-mnist-")
+            root = torchvision_root(root, Path(self._unpacked.name))
+        dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.PILToTensor(),
+                                             download=False)  # uint8 (1, H, W), as the IDX file holds it
+        self.dataset = torch.utils.data.Subset(dataset, range(n))
+        self.device, self.num_workers = device, num_workers
+
+    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=sampler.local_batch, sampler=sampler,
+                                             drop_last=True, num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        for images, labels in loader:
+            yield images.squeeze(1).to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def feeder(kind: str, train: Split, device: torch.device, data_dir: str, num_workers: int,
+           ) -> "MemoryFeeder | DataLoaderFeeder":
+    """The batch feeder --loader names."""
+    if kind == "dataloader":
+        return DataLoaderFeeder(Path(data_dir), len(train), device, num_workers)
+    return MemoryFeeder(train, device)
+
+
+def torchvision_root(data_dir: Path, cache: Path) -> Path:
+    """The four files, uncompressed, in torchvision's <root>/MNIST/raw layout under `cache` (its own
+    loader reads nothing else without trying to download); returns the root."""
+    raw = cache / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for names in SPLIT_FILES.values():
+        for name in names:
+            source = find_file(data_dir, name)
+            if source is None:
+                raise UserError(f"{data_dir / name}: missing")
+            if not (raw / name).exists():
+                opener = gzip.open if source.suffix == ".gz" else open
+                with opener(source, "rb") as fh:
+                    (raw / name).write_bytes(fh.read())
+    return cache
 
 
 def eval_shard(n: int, rank: int, world_size: int) -> slice:

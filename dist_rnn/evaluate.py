@@ -16,7 +16,7 @@ from torch import nn
 
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
-from dist_rnn.checkpoint import load_checkpoint, load_weights
+from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
 from dist_rnn.config import ArgumentParser, TrainConfig, add_dataclass_flags, option
 from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
@@ -115,9 +115,10 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
-    view = SequenceView.from_config(config, test.images, snapshot).to(env.device)
+    state = TrainState.from_checkpoint(snapshot)
+    view = SequenceView.from_config(config, test.images, state.pixel_order).to(env.device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
-    result = {"checkpoint": str(c.checkpoint), "step": snapshot["step"], "world_size": env.world_size,
+    result = {"checkpoint": str(c.checkpoint), "step": state.step, "world_size": env.world_size,
               **evaluate(model, test, env, c.batch_size, c.precision, view)}
     if env.is_main:
         print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "

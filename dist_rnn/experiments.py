@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn import __version__
-from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.config import ArgumentParser, describe, TrainConfig, add_dataclass_flags, option
 from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir
 from dist_rnn.errors import UserError, first_line, run_cli
@@ -152,7 +152,7 @@ class Lab:
         snapshot = load_checkpoint(Path(checkpoint))
         config = trained_config(snapshot, checkpoint)
         train, test = self.data
-        view = SequenceView.from_config(config, test.images, snapshot)
+        view = SequenceView.from_config(config, test.images, TrainState.from_checkpoint(snapshot).pixel_order)
         model = trained_model(snapshot, config, input_size=view.input_size)
         train_features = readout_features(model, view, train.images[:PROBE_SAMPLES])
         test_features = readout_features(model, view, test.images)

@@ -17,10 +17,10 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 
-from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.config import ArgumentParser, describe, add_dataclass_flags, option
 from dist_rnn.data import SequenceView
-from dist_rnn.distributed import resolve_device
+from dist_rnn.distributed import single_process_device
 from dist_rnn.errors import UserError, first_line, run_cli
 from dist_rnn.evaluate import trained_config, trained_model
 
@@ -85,9 +85,10 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     """Classify each file; returns one record per file, in order."""
     snapshot = load_checkpoint(Path(c.checkpoint))
     config = trained_config(snapshot, c.checkpoint)
-    device, _ = resolve_device(c.device, "auto", 0, 1, torch.cuda.device_count() if c.device != "cpu" else 0)
+    device = single_process_device(c.device)
     digits = torch.from_numpy(np.stack([read_image(path) for path in images]))
-    view = SequenceView.from_config(config, digits, snapshot).to(device)  # rows, columns or the saved pixel order
+    pixel_order = TrainState.from_checkpoint(snapshot).pixel_order  # --sequence permuted: the order it learned
+    view = SequenceView.from_config(config, digits, pixel_order).to(device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(device)
     with torch.no_grad():
         probabilities = torch.softmax(model(view(digits.to(device))).float(), dim=1).cpu()

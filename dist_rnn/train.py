@@ -3,28 +3,31 @@
     python -m dist_rnn.train ...                          # one process: CPU or one GPU
     torchrun --nproc_per_node=N -m dist_rnn.train ...     # DDP over N processes (and nodes)
 
-The loop below is the whole algorithm; data, model, distribution, evaluation, checkpoints and
-reporting live in their own modules.
+`Trainer` builds everything a run needs once (data, sampler, model, optimizer, resume), and its
+`train()` is the whole algorithm; data, model, distribution, evaluation, checkpoints and reporting
+live in their own modules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dist_rnn import __version__, checkpoint, distributed, tracking
+from dist_rnn import __version__, distributed, tracking
 from dist_rnn.amp import autocast, check_precision, grad_scaler
+from dist_rnn.checkpoint import CheckpointManager, TrainState, checkpoint_dir, load_weights, set_rng_state
 from dist_rnn.config import TrainConfig, parse_config, to_dict
-from dist_rnn.data import SequenceView, Split, ShardedBatches, download_mnist, load_mnist, resolve_data_dir
+from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
+                           resolve_data_dir)
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped
 from dist_rnn.evaluate import evaluate
@@ -65,23 +68,11 @@ def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Ten
     return F.cross_entropy(logits, y)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               x: torch.Tensor, y: torch.Tensor, c: TrainConfig, device: torch.device) -> torch.Tensor:
-    """One optimizer step on this rank's part of the global batch; returns its (detached) mean loss.
-
-    DDP averages the gradients over ranks during backward(), and every rank holds the same number of
-    samples, so the update is the one a single process would make on the whole global batch.
-    """
-    with autocast(c.precision, device):
-        loss = loss_function(model(x), y, c.loss)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if c.grad_clip is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-        nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
+def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Cross-entropy, or (to compare, see docs/experiments.md) MSE between softmax outputs and one-hot targets."""
+    if kind == "mse":
+        return F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
+    return F.cross_entropy(logits, y)
 
 
 def global_mean(value: torch.Tensor, env: DistEnv) -> float:
@@ -95,209 +86,254 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@dataclass
-class Position:
-    """Where training stands: optimizer steps done, and the next batch (epoch, batch_in_epoch) to train."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    train_seconds: float = 0.0  # summed over every attempt of the run
-    resumed_from_step: Optional[int] = None
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings are true."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def resume_snapshot(c: TrainConfig, env: DistEnv, log: RunLog) -> Optional[dict[str, Any]]:
-    """The checkpoint to continue from (None: fresh start), checked against this run's config.
+class Clock:
+    """Training time of one epoch segment, and samples/s since the last report; evaluations in
+    between are not training, so `paused()` moves both clocks past them."""
 
-    Rank 0 chooses (every rank must resume from the same file); every rank then loads it. Nothing
-    is written before this returns, so a refused resume leaves the run directory as it was.
-    """
-    path = distributed.on_main(env, lambda: checkpoint.choose_resume(c, log.info))
-    if path is None:
-        return None
+    def __init__(self, device: torch.device):
+        self.device = device
+        synchronize(device)
+        self.start = self.interval_start = time.perf_counter()
+        self.interval_steps = 0
 
-    def load() -> dict[str, Any]:
-        snapshot = checkpoint.load_checkpoint(Path(path))
-        checkpoint.check_compatible(snapshot, c, path)
-        return snapshot
+    def rate(self, batch_size: int) -> float:
+        """Samples/s since the last call (or the start); restarts the interval."""
+        now = time.perf_counter()
+        rate = self.interval_steps * batch_size / (now - self.interval_start)
+        self.interval_start, self.interval_steps = now, 0
+        return rate
 
-    return distributed.main_first(env, load)  # a rank that cannot read it says so itself
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        synchronize(self.device)  # queued training work is training time
+        paused = time.perf_counter()
+        yield
+        spent = time.perf_counter() - paused
+        self.start, self.interval_start = self.start + spent, self.interval_start + spent
+
+    def seconds(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter() - self.start
 
 
-def restore(snapshot: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scaler: torch.amp.GradScaler, c: TrainConfig) -> Position:
-    """Load weights, optimizer, scaler and RNG state, before the model is wrapped in DDP."""
-    checkpoint.load_weights(model, snapshot)
-    optimizer.load_state_dict(snapshot["optimizer"])
-    for group in optimizer.param_groups:
-        group["lr"] = c.lr  # the command line's rate wins (it is the same when the command is)
-    if snapshot["scaler"]:  # empty when saved by a run without fp16
-        scaler.load_state_dict(snapshot["scaler"])
-    rng = snapshot["rng"]
-    if env.rank < len(rng):
-        checkpoint.set_rng_state(rng[env.rank], env.device)
-    # else: a rank the saved run did not have keeps its fresh seed (seed + rank): only its dropout
-    # masks can differ from an uninterrupted run
-    return Position(snapshot["step"], snapshot["epoch"], snapshot["batch_in_epoch"],
-                    snapshot.get("train_seconds", 0.0), resumed_from_step=snapshot["step"])
+class Trainer:
+    """One training run: construction builds everything and restores a checkpoint if there is one
+    to continue; train() runs it; step() is one optimizer step on fixed-shape tensors."""
+
+    def __init__(self, c: TrainConfig, env: DistEnv):
+        check_precision(c.precision, env.device)
+        self.c = c = resolve_config(c, env)
+        self.env, self.out_dir = env, Path(c.out_dir)
+        self.log = RunLog(self.out_dir, active=env.is_main)
+        self.checkpoints = CheckpointManager(self.out_dir, c.keep_last, c.save_every)
+        snapshot = self._resume_snapshot()  # nothing is written before this: a refusal leaves no trace
+        # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
+        train_set, test_set = distributed.main_first(env, lambda: prepare_data(c))
+        self.test_set = test_set.to(env.device)
+        self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
+        self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers)
+        distributed.on_main(env, lambda: ensure_writable_dir(self.out_dir))  # before any training time is spent
+
+        self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState(tracker_run_id=tracking.new_run_id())
+        self.resumed_from_step = self.state.step if snapshot else None
+        self.view = SequenceView.from_config(c, train_set.images, self.state.pixel_order)  # rows, columns, pixels
+        self.state.pixel_order = None if self.view.permutation is None else self.view.permutation.tolist()
+        self.view.to(env.device)
+        torch.manual_seed(c.seed)  # the same initial weights on every rank
+        self.model = build_model(c, input_size=self.view.input_size).to(env.device)
+        torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
+        self.optimizer = build_optimizer(c, self.model)
+        self.scaler = grad_scaler(c.precision, env.device)
+        if snapshot:
+            self._restore(snapshot)
+        self.ddp_model = distributed.wrap(self.model, env)  # after loading: DDP starts from the restored weights
+        planned = c.epochs * self.sampler.steps_per_epoch
+        self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
+        self._open_run_dir(resumed=snapshot is not None)
+
+    def _resume_snapshot(self) -> Optional[dict[str, Any]]:
+        """The checkpoint to continue from (None: fresh start), checked against this run's config.
+        Rank 0 chooses (every rank must resume from the same file); every rank then loads it."""
+        path = distributed.on_main(self.env, lambda: self.checkpoints.choose_resume(self.c, self.log.info))
+        if path is None:
+            return None
+        # Rank 0 first: a rank that cannot read it says so itself.
+        return distributed.main_first(self.env, lambda: self.checkpoints.load_for_resume(path, self.c))
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        """Weights, optimizer, scaler and this rank's RNG state, before the model is wrapped in DDP."""
+        load_weights(self.model, snapshot)
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.c.lr  # the command line's rate wins (it is the same when the command is)
+        if snapshot["scaler"]:  # empty when saved by a run without fp16
+            self.scaler.load_state_dict(snapshot["scaler"])
+        rng = snapshot["rng"]
+        if self.env.rank < len(rng):
+            set_rng_state(rng[self.env.rank], self.env.device)
+        # else: a rank the saved run did not have keeps its fresh seed (seed + rank): only its dropout
+        # masks can differ from an uninterrupted run
+        self.resumed_note = (f"resumed from step {self.state.step} (epoch {self.state.epoch + 1}, batch "
+                               f"{self.state.batch_in_epoch}/{self.sampler.steps_per_epoch}, saved by "
+                               f"{snapshot['world_size']} process(es))")
+
+    def _open_run_dir(self, resumed: bool) -> None:
+        """Every check has passed: from here on the run directory may change."""
+        if self.env.is_main:
+            if self.c.overwrite:
+                self.checkpoints.remove_all()
+            self.log.start(keep_until_step=self.state.step if resumed else None)
+        self.log.write_json("config.json", to_dict(self.c))
+        # The wandb run continues across resumes: its id travels in the checkpoints (rank 0 saves them).
+        self.log.open_trackers(lambda: tracking.open_trackers(self.c, self.out_dir, self.state.tracker_run_id,
+                                                              self.log.info))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on this rank's part of the global batch; returns its (detached) mean loss.
+
+        DDP averages the gradients over ranks during backward(), and every rank holds the same number
+        of samples, so the update is the one a single process would make on the whole global batch.
+        """
+        with autocast(self.c.precision, self.env.device):
+            loss = loss_function(self.ddp_model(x), y, self.c.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.c.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def train(self) -> dict[str, Any]:
+        """The algorithm: steps over the sampler's global batches, the loss reported every
+        --log-every steps, the test set scored at each epoch's end, checkpoints by the manager's
+        policy; a signal stops every rank at the same step, after a checkpoint."""
+        s, steps_per_epoch = self.state, self.sampler.steps_per_epoch
+        self._announce()
+        stop = StopRequest(self.env)  # SIGTERM / SIGINT / SIGUSR1: checkpoint and leave at a step boundary
+        stopped, last_eval = None, None
+        try:
+            while s.step < self.total_steps and stopped is None:
+                self.sampler.load_state_dict({"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch})
+                clock = Clock(self.env.device)
+                for images, labels in self.feeder.batches(self.sampler):  # the same order at any world size
+                    loss = self.step(self.view(images), labels)
+                    s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
+                    clock.interval_steps += 1
+                    self.log.advance()
+                    if s.step % self.c.log_every == 0:  # the only sync with the device inside the epoch (but scoring)
+                        self._report(loss, clock)
+                    inside = s.batch_in_epoch < steps_per_epoch  # the epoch's end is scored and saved below
+                    if inside and self.c.eval_every and s.step % self.c.eval_every == 0:
+                        with clock.paused():
+                            self.log.event("eval", epoch=s.epoch + 1, **self.score())  # a learning-curve point
+                    if inside:
+                        self.save("step")
+                    stopped = stop.agreed()  # every rank gets the same answer, so all stop at this step
+                    if stopped is not None or s.step >= self.total_steps:
+                        break
+                s.train_seconds += clock.seconds()
+                if stopped is not None:
+                    break  # the epoch's evaluation runs after the resume, when its last batch is done
+                last_eval = self._score_epoch()
+                if s.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
+                    s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+                self.save("epoch")
+            stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
+            if stopped is not None:
+                self._stop(stopped)
+            return self._finish(last_eval)
+        finally:
+            stop.close()
+            self.log.close()  # the bar, and the trackers' files completed
+
+    def score(self) -> dict[str, Any]:
+        """Exact test-set evaluation of the current weights, tagged with the step."""
+        return {"step": self.state.step, **evaluate(self.ddp_model, self.test_set, self.env,
+                                                    self.c.eval_batch_size, self.c.precision, self.view)}
+
+    def save(self, boundary: str) -> None:
+        """Checkpoint the current state if the policy says so at this boundary (collective)."""
+        if not self.checkpoints.should_save(self.state.step, boundary):
+            return
+        info = self.checkpoints.save(self.env, self.state, model=self.model, optimizer=self.optimizer,
+                                     scaler=self.scaler, config=to_dict(self.c))
+        if info:
+            self.log.event("checkpoint", step=self.state.step, **info)
+            self.log.info(f"saved {info['path']} ({info['bytes'] / 1e6:.1f} MB in {info['seconds']:.2f} s)")
+
+    def _announce(self) -> None:
+        env, c, batches = self.env, self.c, self.sampler
+        backend = f", {env.backend}" if env.is_distributed else ""
+        self.log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}{backend} "
+                      f"({torch.get_num_threads()} CPU threads each), global batch {c.batch_size} "
+                      f"({batches.local_batch} per process), {batches.steps_per_epoch} steps/epoch, "
+                      f"{self.total_steps} steps, {batches.n} train / {len(self.test_set)} test samples "
+                      f"-> {self.out_dir}")
+        if self.resumed_from_step is not None:
+            self.log.info(self.resumed_note)
+        self.log.start_progress(self.total_steps, done=self.state.step)
+
+    def _report(self, loss: torch.Tensor, clock: Clock) -> None:
+        """The training loss (mean over ranks) and speed, to the console, metrics.jsonl and trackers."""
+        s, c = self.state, self.c
+        loss_value, rate = global_mean(loss, self.env), clock.rate(c.batch_size)
+        self.log.info(f"Epoch [{s.epoch + 1}/{c.epochs}], Step [{s.batch_in_epoch}/{self.sampler.steps_per_epoch}], "
+                      f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
+        self.log.event("train", step=s.step, epoch=s.epoch + 1, loss=loss_value,
+                       lr=self.optimizer.param_groups[0]["lr"], samples_per_s=rate)
+        self.log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
+
+    def _score_epoch(self) -> dict[str, Any]:
+        result = self.score()
+        self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] test accuracy {result['test_accuracy']:.4f} "
+                      f"({result['test_correct']}/{result['test_samples']}), test loss {result['test_loss']:.4f}")
+        self.log.event("eval", epoch=self.state.epoch + 1, **result)
+        return result
+
+    def _stop(self, signum: int) -> None:
+        """Checkpoint the step every rank stopped at, say how to continue, and leave together."""
+        self.save("stop")
+        name = signal.Signals(signum).name
+        self.log.event("stop", step=self.state.step, signal=name)
+        self.log.info(f"stopped by {name} at step {self.state.step} of {self.total_steps}, checkpoint saved: "
+                      "run the same command again to resume")
+        distributed.barrier(self.env)
+        raise Stopped(signum)
+
+    def _finish(self, last_eval: Optional[dict[str, Any]]) -> dict[str, Any]:
+        s, c = self.state, self.c
+        if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
+            last_eval = self.score()
+            self.log.event("eval", epoch=s.epoch, **last_eval)
+        self.save("end")  # a no-op when the epoch's end already saved this step
+        results = {
+            "test_accuracy": last_eval["test_accuracy"], "test_samples": last_eval["test_samples"],
+            "test_loss": last_eval["test_loss"], "world_size": self.env.world_size, "global_batch_size": c.batch_size,
+            "epochs": c.epochs, "steps": s.step, "train_seconds": s.train_seconds,
+            "train_samples_per_s": s.step * c.batch_size / s.train_seconds if s.train_seconds else None,
+            "precision": c.precision, "device": self.env.device.type,
+            "checkpoint": str(checkpoint_dir(self.out_dir) / f"step-{s.step}.pt"),
+            "resumed_from_step": self.resumed_from_step, "dist_rnn_version": __version__,
+        }
+        self.log.write_json("results.json", results)
+        self.log.summary(results)
+        self.log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
+                      f"{s.step} steps ({s.train_seconds:.1f} s training); results in {self.out_dir / 'results.json'}")
+        distributed.barrier(self.env)  # leave together: rank 0 may still be writing
+        return results
 
 
 def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     """Train and evaluate as configured; returns the results (also written by rank 0)."""
-    check_precision(c.precision, env.device)
-    c = resolve_config(c, env)
-    out_dir = Path(c.out_dir)
-    log = RunLog(out_dir, active=env.is_main)
-    snapshot = resume_snapshot(c, env, log)
-
-    # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
-    train_set, test_set = distributed.main_first(env, lambda: prepare_data(c))
-    train_set, test_set = train_set.to(env.device), test_set.to(env.device)
-    batches = ShardedBatches(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
-    distributed.on_main(env, lambda: ensure_writable_dir(out_dir))  # before any training time is spent
-
-    view = SequenceView.from_config(c, train_set.images, snapshot).to(env.device)  # rows, columns or pixels
-    torch.manual_seed(c.seed)  # the same initial weights on every rank
-    model = build_model(c, input_size=view.input_size).to(env.device)
-    torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
-    optimizer = build_optimizer(c, model)
-    scaler = grad_scaler(c.precision, env.device)
-    pos = restore(snapshot, env, model, optimizer, scaler, c) if snapshot else Position()
-    ddp_model = distributed.wrap(model, env)  # after loading: DDP starts from the restored weights
-
-    # Every check has passed: from here on the run directory may change.
-    if env.is_main:
-        if c.overwrite:
-            checkpoint.remove_all(out_dir)
-        log.start(keep_until_step=pos.step if snapshot else None)
-    log.write_json("config.json", to_dict(c))
-    # The wandb run continues across resumes: its id travels in the checkpoints (rank 0 saves them).
-    run_id = (snapshot or {}).get("wandb_run_id") or tracking.new_run_id()
-    log.open_trackers(lambda: tracking.open_trackers(c, out_dir, run_id, log.info))
-
-    last_eval, last_saved_step = None, pos.step if snapshot else None
-
-    def save() -> None:
-        """Checkpoint the current position, once per step (collective: every rank calls it)."""
-        nonlocal last_saved_step
-        if last_saved_step == pos.step:
-            return
-        info = checkpoint.save_checkpoint(
-            env, out_dir, c.keep_last, model=model, optimizer=optimizer, scaler=scaler, step=pos.step,
-            epoch=pos.epoch, batch_in_epoch=pos.batch_in_epoch, config=to_dict(c),
-            extra={"train_seconds": pos.train_seconds, "wandb_run_id": run_id,
-                   "sequence_permutation": None if view.permutation is None else view.permutation.tolist()})
-        last_saved_step = pos.step
-        if info:
-            log.event("checkpoint", step=pos.step, **info)
-            log.info(f"saved {info['path']} ({info['bytes'] / 1e6:.1f} MB in {info['seconds']:.2f} s)")
-
-    def score() -> dict[str, Any]:
-        """Exact test-set evaluation of the current weights, tagged with the step."""
-        return {"step": pos.step, **evaluate(ddp_model, test_set, env, c.eval_batch_size, c.precision, view)}
-
-    steps_per_epoch = batches.steps_per_epoch
-    total_steps = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
-    backend = f", {env.backend}" if env.is_distributed else ""
-    log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}{backend} "
-             f"({torch.get_num_threads()} CPU threads each), "
-             f"global batch {c.batch_size} ({batches.local_batch} per process), {steps_per_epoch} steps/epoch, "
-             f"{total_steps} steps, {len(train_set)} train / {len(test_set)} test samples -> {out_dir}")
-    if snapshot:
-        log.info(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, batch {pos.batch_in_epoch}/"
-                 f"{steps_per_epoch}, saved by {snapshot['world_size']} process(es))")
-    log.start_progress(total_steps, done=pos.step)
-    stop = StopRequest(env)  # SIGTERM / SIGINT / SIGUSR1: checkpoint and leave at a step boundary
-    stopped: Optional[int] = None
-    try:
-        while pos.step < total_steps and stopped is None:
-            indices = batches.epoch(pos.epoch).to(env.device)  # the same order at any world size
-            synchronize(env.device)
-            epoch_start = interval_start = time.perf_counter()
-            interval_steps = 0
-            while pos.batch_in_epoch < steps_per_epoch and pos.step < total_steps:
-                idx = indices[pos.batch_in_epoch]
-                loss = train_step(ddp_model, optimizer, scaler, view(train_set.images[idx]),
-                                  train_set.labels[idx], c, env.device)
-                pos.step += 1
-                pos.batch_in_epoch += 1
-                interval_steps += 1
-                log.advance()
-                if pos.step % c.log_every == 0:  # the only sync with the device inside the epoch (but scoring)
-                    loss_value = global_mean(loss, env)
-                    rate = interval_steps * c.batch_size / (time.perf_counter() - interval_start)
-                    log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}], Step [{pos.batch_in_epoch}/{steps_per_epoch}], "
-                             f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
-                    log.event("train", step=pos.step, epoch=pos.epoch + 1, loss=loss_value,
-                              lr=optimizer.param_groups[0]["lr"], samples_per_s=rate)
-                    log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if c.eval_every and pos.step % c.eval_every == 0 and pos.batch_in_epoch < steps_per_epoch:
-                    synchronize(env.device)  # queued training work is training time
-                    paused = time.perf_counter()
-                    log.event("eval", epoch=pos.epoch + 1, **score())  # a learning-curve point
-                    spent = time.perf_counter() - paused  # scoring is not training: move the clocks past it
-                    epoch_start, interval_start = epoch_start + spent, interval_start + spent
-                if c.save_every and pos.step % c.save_every == 0 and pos.batch_in_epoch < steps_per_epoch:
-                    save()  # mid-epoch; the epoch's end is saved below, after its evaluation
-                stopped = stop.agreed()  # every rank gets the same answer, so all stop at this step
-                if stopped is not None:
-                    break
-            synchronize(env.device)
-            pos.train_seconds += time.perf_counter() - epoch_start
-            if stopped is not None:
-                break  # the epoch's evaluation runs after the resume, when its last batch is done
-
-            last_eval = score()
-            log.info(f"Epoch [{pos.epoch + 1}/{c.epochs}] test accuracy {last_eval['test_accuracy']:.4f} "
-                     f"({last_eval['test_correct']}/{last_eval['test_samples']}), "
-                     f"test loss {last_eval['test_loss']:.4f}")
-            log.event("eval", epoch=pos.epoch + 1, **last_eval)
-            if pos.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
-                pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-            save()
-        stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
-
-        if stopped is not None:
-            save()
-            name = signal.Signals(stopped).name
-            log.event("stop", step=pos.step, signal=name)
-            log.info(f"stopped by {name} at step {pos.step} of {total_steps}, checkpoint saved: "
-                     "run the same command again to resume")
-            distributed.barrier(env)
-            raise Stopped(stopped)
-
-        if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
-            last_eval = score()
-            log.event("eval", epoch=pos.epoch, **last_eval)
-        save()  # the end of the run (a no-op when the epoch's end already saved this step)
-
-        results = {
-            "test_accuracy": last_eval["test_accuracy"],
-            "test_samples": last_eval["test_samples"],
-            "test_loss": last_eval["test_loss"],
-            "world_size": env.world_size,
-            "global_batch_size": c.batch_size,
-            "epochs": c.epochs,
-            "steps": pos.step,
-            "train_seconds": pos.train_seconds,
-            "train_samples_per_s": pos.step * c.batch_size / pos.train_seconds if pos.train_seconds else None,
-            "precision": c.precision,
-            "device": env.device.type,
-            "checkpoint": str(checkpoint.checkpoint_dir(out_dir) / f"step-{pos.step}.pt"),
-            "resumed_from_step": pos.resumed_from_step,
-            "dist_rnn_version": __version__,
-        }
-        log.write_json("results.json", results)
-        log.summary(results)
-        log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
-                 f"{pos.step} steps ({pos.train_seconds:.1f} s training); results in {out_dir / 'results.json'}")
-        # Leave together: rank 0 may still be writing; the others wait for it before teardown.
-        distributed.barrier(env)
-        return results
-    finally:
-        stop.close()
-        log.close()  # the bar, and the trackers' files completed
+    return Trainer(c, env).train()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

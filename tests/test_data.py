@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import idx_bytes, real_mnist_dir, synthetic_split, write_mnist
-from dist_rnn.data import SequenceView, ShardedBatches, as_sequences, eval_shard, load_mnist, resolve_data_dir
+from dist_rnn.data import GlobalBatchSampler, SequenceView, as_sequences, eval_shard, load_mnist, resolve_data_dir
 from dist_rnn.errors import UserError
 
 
@@ -95,22 +95,41 @@ def test_real_files():
 @pytest.mark.parametrize("world_size", [2, 4, 5])
 def test_global_batches_are_the_same_at_every_world_size(world_size):
     n, batch = 1003, 100
-    single = ShardedBatches(n, batch, rank=0, world_size=1, seed=7)
-    shards = [ShardedBatches(n, batch, rank=r, world_size=world_size, seed=7) for r in range(world_size)]
+    single = GlobalBatchSampler(n, batch, rank=0, world_size=1, seed=7)
+    shards = [GlobalBatchSampler(n, batch, rank=r, world_size=world_size, seed=7) for r in range(world_size)]
     for epoch in range(2):
-        reference = single.epoch(epoch)
-        parts = [s.epoch(epoch) for s in shards]
+        for sampler in (single, *shards):
+            sampler.set_epoch(epoch)
+        reference = single.epoch_indices()
+        parts = [s.epoch_indices() for s in shards]
         assert reference.shape == (10, 100) and parts[0].shape == (10, batch // world_size)
         # global batch k at world size W, concatenated in rank order, is batch k of one process
         assert torch.equal(torch.cat(parts, dim=1), reference)
-    assert not torch.equal(single.epoch(0), single.epoch(1))  # reshuffled every epoch
+        # iterating is the same order, one index at a time, as a DataLoader reads it
+        assert list(shards[-1]) == parts[-1].reshape(-1).tolist() and len(shards[-1]) == 10 * (batch // world_size)
+    single.set_epoch(0)
+    first = single.epoch_indices()
+    single.set_epoch(1)
+    assert not torch.equal(first, single.epoch_indices())  # reshuffled every epoch
+
+
+def test_sampler_is_a_distributed_sampler_that_resumes_inside_an_epoch():
+    sampler = GlobalBatchSampler(1000, 100, rank=1, world_size=2, seed=3)
+    assert isinstance(sampler, torch.utils.data.distributed.DistributedSampler)
+    sampler.set_epoch(4)
+    whole = list(sampler)
+    sampler.load_state_dict({"epoch": 4, "batch_in_epoch": 6})
+    assert sampler.state_dict() == {"epoch": 4, "batch_in_epoch": 6}
+    assert list(sampler) == whole[6 * 50:] and len(sampler) == 4 * 50  # batches 6..9 of 50 each
+    sampler.set_epoch(5)
+    assert sampler.state_dict() == {"epoch": 5, "batch_in_epoch": 0} and len(sampler) == 500
 
 
 def test_batch_must_divide_and_fit():
     with pytest.raises(UserError, match="does not divide over 3"):
-        ShardedBatches(1000, 100, rank=0, world_size=3, seed=0)
+        GlobalBatchSampler(1000, 100, rank=0, world_size=3, seed=0)
     with pytest.raises(UserError, match="larger than the training set"):
-        ShardedBatches(50, 100, rank=0, world_size=1, seed=0)
+        GlobalBatchSampler(50, 100, rank=0, world_size=1, seed=0)
 
 
 @pytest.mark.parametrize("n,world_size", [(10000, 3), (1001, 2), (7, 4), (3, 4)])

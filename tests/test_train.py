@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, check_ok, events, idx_bytes, read_results, run_train
-from dist_rnn.checkpoint import load_checkpoint
+from conftest import REPO, check_ok, events, idx_bytes, read_results, run_train, write_mnist
+from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.config import TrainConfig
 from dist_rnn.data import SPLIT_FILES, SequenceView, load_mnist
 from dist_rnn.distributed import DistEnv
@@ -39,7 +39,7 @@ def test_short_run_outputs(mnist_dir, tmp_path):
 
     # The final checkpoint holds the unwrapped weights: loading them scores the same accuracy.
     checkpoint = load_checkpoint(results["checkpoint"])
-    assert results["checkpoint"].endswith("checkpoints/step-18.pt") and checkpoint["step"] == 18
+    assert results["checkpoint"].endswith("checkpoints/step-18.pt") and TrainState.from_checkpoint(checkpoint).step == 18
     assert not any(k.startswith("module.") for k in checkpoint["model"])
     model = build_model(TrainConfig(**checkpoint["config"]), input_size=28)
     model.load_state_dict(checkpoint["model"])
@@ -77,7 +77,8 @@ def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
                         "--eval-every", "2", "--head-dropout", "0.2"]))
     results = read_results(out)
     snapshot = load_checkpoint(results["checkpoint"])
-    assert snapshot["sequence_permutation"] == SequenceView("permuted", permutation_seed=5).permutation.tolist()
+    saved_order = TrainState.from_checkpoint(snapshot).pixel_order
+    assert saved_order == SequenceView("permuted", permutation_seed=5).permutation.tolist()
     assert snapshot["model"]["rnn.weight_ih_l0"].shape == (32, 1)  # one pixel per step
     evals = [e["step"] for e in events(out, "eval")]
     assert evals == [2, 4, 6]
@@ -102,3 +103,23 @@ def test_images_of_another_size(tmp_path):
     results = read_results(out)
     assert results["test_samples"] == 50
     assert load_checkpoint(results["checkpoint"])["model"]["rnn.weight_ih_l0"].shape == (32, 20)
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_both_feeders_give_the_same_batches(tmp_path, nproc):
+    """--loader dataloader (torchvision's MNIST through a DataLoader with the same sampler, 2 workers)
+    trains on the same batches as the default in-memory feeder: the same parameters after 30 steps,
+    stopped and resumed mid-epoch (the sampler's position) and across an epoch's end."""
+    data = write_mnist(tmp_path / "data", n_train=2000, n_test=100)
+    args = ["--data-dir", str(data), "--hidden-size", "16", "--num-layers", "1", "--log-every", "5", "--epochs", "2"]
+    weights = {}
+    for loader in ("memory", "dataloader"):
+        out = tmp_path / loader
+        check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "15", "--loader", loader], nproc=nproc))
+        check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "30", "--loader", loader], nproc=nproc))
+        results = read_results(out)
+        assert (results["steps"], results["resumed_from_step"]) == (30, 15)  # 20 steps/epoch
+        weights[loader] = load_checkpoint(results["checkpoint"])["model"]
+        losses = [e["loss"] for e in events(out, "train")]
+        assert losses[0] > losses[-1]  # it trained
+    assert all(torch.equal(weights["memory"][k], weights["dataloader"][k]) for k in weights["memory"])
