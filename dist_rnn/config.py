@@ -19,13 +19,41 @@ from typing import Any, Literal, NoReturn, Optional
 from dist_rnn.errors import UserError, first_line
 
 
-def option(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field whose help text feeds the generated CLI."""
-    return field(default=default, metadata={"help": help, **extra})
+def option(default: Any, help: str, *, min: Optional[float] = None, above: Optional[float] = None,
+           below: Optional[float] = None) -> Any:
+    """A dataclass field whose help text feeds the generated CLI, with its limits: value >= min,
+    value > above, value < below (checked once, for every command, by `validate`)."""
+    limits = {k: v for k, v in (("min", min), ("above", above), ("below", below)) if v is not None}
+    return field(default=default, metadata={"help": help, **limits})
+
+
+DEFAULT_DIST_TIMEOUT_S = 600.0
 
 
 @dataclass
-class TrainConfig:
+class RuntimeOptions:
+    """Where and how a command runs: every command that trains or scores takes these."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = option(
+        "fp32", "autocast precision; fp16 needs CUDA (training scales its loss with a GradScaler), bf16 works "
+        "on CPU and CUDA")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
+    backend: Literal["auto", "nccl", "gloo"] = option(
+        "auto", "process-group backend under torchrun; 'auto': nccl on CUDA, gloo on CPU; 'gloo' on CUDA lets "
+        "several processes share one GPU (local rank modulo the GPU count), for debugging")
+    deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning, "
+                                 "torch.use_deterministic_algorithms): bitwise-repeatable runs and resumes on "
+                                 "GPU (not with --dropout, whose cuDNN masks no checkpoint holds), at some speed "
+                                 "cost (see the README)")
+    threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
+                          "available / processes on this node", min=0)
+    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, "seconds any collective may wait for the other processes: "
+                                 "a peer that died or hangs makes the others fail after this, instead of "
+                                 "hanging", above=0)
+
+
+@dataclass
+class TrainConfig(RuntimeOptions):
     """Everything a training run depends on; `config.json` in the run directory is this, resolved."""
 
     # -- what to run
@@ -38,13 +66,13 @@ class TrainConfig:
         None, "directory with the four MNIST IDX files (plain or .gz, flat or MNIST/raw/); "
         "default: $DIST_RNN_DATA, else ./data")
     download: bool = option(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
-    limit_train: Optional[int] = option(None, "use only the first N training images (small runs)")
-    limit_test: Optional[int] = option(None, "use only the first N test images (small runs)")
+    limit_train: Optional[int] = option(None, "use only the first N training images (small runs)", min=1)
+    limit_test: Optional[int] = option(None, "use only the first N test images (small runs)", min=1)
     loader: Literal["memory", "dataloader"] = option(
         "memory", "'memory': the training images live on the device as uint8 and each step gathers its batch "
         "there (fast); 'dataloader': torchvision's MNIST dataset through a DataLoader with the same sampler "
         "(the pipeline for data that does not fit in memory; same batches, slower)")
-    num_workers: int = option(2, "DataLoader worker processes per rank (--loader dataloader only)")
+    num_workers: int = option(2, "DataLoader worker processes per rank (--loader dataloader only)", min=0)
     sequence: Literal["row", "column", "pixel", "permuted"] = option(
         "row", "how an image becomes a sequence: 'row' (28 steps of 28 pixels), 'column' (the transposed "
         "image), 'pixel' (784 steps of 1 pixel), 'permuted' (784 steps, pixels in a fixed random order)")
@@ -52,45 +80,32 @@ class TrainConfig:
                                    "in each checkpoint)")
     # -- model
     cell: Literal["rnn", "gru", "lstm"] = option("lstm", "recurrent cell")
-    hidden_size: int = option(128, "hidden units per direction and layer")
-    num_layers: int = option(2, "stacked recurrent layers")
+    hidden_size: int = option(128, "hidden units per direction and layer", min=1)
+    num_layers: int = option(2, "stacked recurrent layers", min=1)
     bidirectional: bool = option(False, "run a second recurrent net backwards over the sequence")
-    dropout: float = option(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)")
-    head_dropout: float = option(0.0, "dropout on the readout features, before the classifier")
+    dropout: float = option(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)", min=0, below=1)
+    head_dropout: float = option(0.0, "dropout on the readout features, before the classifier", min=0, below=1)
     readout: Literal["last", "final"] = option(
         "final", "'final': final hidden state of each direction (correct many-to-one); "
         "'last': out[:, -1, :] as the original scripts (the top backward half has taken one step only)")
     # -- optimisation
-    epochs: int = option(2, "passes over the training set")
+    epochs: int = option(2, "passes over the training set", min=1)
     max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total "
-                                      "(0: evaluate the initial model)")
-    batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / WORLD_SIZE")
-    eval_batch_size: int = option(1000, "per-process batch size for evaluation")
+                                      "(0: evaluate the initial model)", min=0)
+    batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / "
+                             "WORLD_SIZE", min=1)
+    eval_batch_size: int = option(1000, "per-process batch size for evaluation", min=1)
     loss: Literal["ce", "mse"] = option("ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax "
                                         "outputs and one-hot targets (the slow-learning loss, for comparison)")
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
-    lr: float = option(0.003, "learning rate")
-    momentum: float = option(0.0, "momentum (sgd only)")
-    grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value")
-    precision: Literal["fp32", "bf16", "fp16"] = option(
-        "fp32", "autocast precision; fp16 (with GradScaler) needs CUDA, bf16 works on CPU and CUDA")
-    device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
-    backend: Literal["auto", "nccl", "gloo"] = option(
-        "auto", "process-group backend under torchrun; 'auto': nccl on CUDA, gloo on CPU; 'gloo' on CUDA lets "
-        "several processes share one GPU (local rank modulo the GPU count), for debugging")
-    deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning, "
-                                 "torch.use_deterministic_algorithms): bitwise-repeatable runs and resumes on "
-                                 "GPU (not with --dropout, whose cuDNN masks no checkpoint holds), at some speed "
-                                 "cost (see the README)")
-    threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
-                          "available / processes on this node")
+    lr: float = option(0.003, "learning rate", above=0)
+    momentum: float = option(0.0, "momentum (sgd only)", min=0)
+    grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value", above=0)
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
-    dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes: a peer that "
-                                 "died or hangs makes the others fail after this, instead of hanging")
     # -- output
-    log_every: int = option(100, "print and record the training loss every N steps")
+    log_every: int = option(100, "print and record the training loss every N steps", min=1)
     eval_every: Optional[int] = option(None, "also score the test set every N steps (learning curves; its time "
-                                       "is not counted as training); always after each epoch")
+                                       "is not counted as training); always after each epoch", min=1)
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
     wandb: bool = option(False, "log to Weights & Biases (rank 0 only; offline when no API key; $WANDB_MODE "
                          "is respected); a resumed run continues the same wandb run")
@@ -100,8 +115,9 @@ class TrainConfig:
     tensorboard: bool = option(False, "write TensorBoard event files to <out-dir>/tensorboard (rank 0 only)")
     # -- checkpoints
     save_every: Optional[int] = option(None, "also checkpoint every N optimizer steps (always: each epoch end "
-                                     "and the end of the run)")
-    keep_last: int = option(3, "keep the K newest checkpoints; older ones are deleted once a new one is complete")
+                                     "and the end of the run)", min=1)
+    keep_last: int = option(3, "keep the K newest checkpoints; older ones are deleted once a new one is "
+                            "complete", min=1)
     resume: str = option("auto", "'auto': continue from the newest valid checkpoint in <out-dir>/checkpoints "
                        "(fresh start if none); 'none': fresh start; or the path of a checkpoint file")
     overwrite: bool = option(False, "with --resume none: delete the checkpoints and results already in --out-dir")
@@ -260,33 +276,29 @@ def _checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     return value
 
 
+def check_limits(c: Any) -> None:
+    """Every field's declared limits (option's min / above / below), one line naming the flag."""
+    for f in dataclasses.fields(c):
+        value, limits = getattr(c, f.name), f.metadata
+        if value is None or isinstance(value, bool) or not {"min", "above", "below"} & limits.keys():
+            continue
+        flag, low, high = "--" + f.name.replace("_", "-"), limits.get("min"), limits.get("below")
+        if high is not None and not (low if low is not None else float("-inf")) <= value < high:
+            raise UserError(f"{flag} must be in [{low:g}, {high:g}), got {value}")
+        if low is not None and value < low:
+            raise UserError(f"{flag} must be >= {low:g}, got {value}")
+        if "above" in limits and not value > limits["above"]:
+            raise UserError(f"{flag} must be > {limits['above']:g}, got {value}")
+
+
 def validate(c: TrainConfig) -> None:
-    """Reject settings that cannot work, with one line naming the flag."""
-    positive = ["hidden_size", "num_layers", "epochs", "batch_size", "eval_batch_size", "log_every", "keep_last"]
-    for name in positive:
-        if getattr(c, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ["limit_train", "limit_test", "save_every", "eval_every"]:
-        if getattr(c, name) is not None and getattr(c, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-    for name in ["max_steps", "threads", "num_workers"]:
-        if getattr(c, name) is not None and getattr(c, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
-    if not c.dist_timeout > 0:
-        raise UserError(f"--dist-timeout must be > 0 seconds, got {c.dist_timeout}")
-    if not c.lr > 0:
-        raise UserError(f"--lr must be > 0, got {c.lr}")
-    for name in ["dropout", "head_dropout"]:
-        if not 0 <= getattr(c, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(c, name)}")
+    """Reject settings that cannot work, with one line naming the flag: the declared limits, then
+    the combinations."""
+    check_limits(c)
     if c.dropout and c.num_layers == 1:
         raise UserError("--dropout acts only between stacked layers: it needs --num-layers >= 2")
-    if c.momentum < 0:
-        raise UserError(f"--momentum must be >= 0, got {c.momentum}")
     if c.momentum and c.optimizer != "sgd":
         raise UserError("--momentum applies to --optimizer sgd only")
-    if c.grad_clip is not None and not c.grad_clip > 0:
-        raise UserError(f"--grad-clip must be > 0, got {c.grad_clip}")
     if c.overwrite and c.resume != "none":
         raise UserError("--overwrite goes with --resume none (it deletes what --resume would continue)")
 

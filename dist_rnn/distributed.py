@@ -21,11 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dist_rnn.config import DEFAULT_DIST_TIMEOUT_S
 from dist_rnn.errors import PeerLost, UserError, first_line, run_cli
 
 T = TypeVar("T")
 C = TypeVar("C")  # a command's config dataclass (it has .device and .dist_timeout fields)
-DEFAULT_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def threads_per_rank(requested: int, environ: Optional[dict] = None) -> int:
 
 @contextlib.contextmanager
 def process_group(device_choice: str, backend: str = "auto",
-                  timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[DistEnv]:
+                  timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> Iterator[DistEnv]:
     """setup() on entry, teardown() on exit, whatever happens in between."""
     env = setup(device_choice, backend, timeout_s)
     try:
@@ -192,7 +192,7 @@ def process_group(device_choice: str, backend: str = "auto",
         teardown(env)
 
 
-def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
+def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> DistEnv:
     """Read RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE (set by torchrun) and join the process
     group if WORLD_SIZE > 1.
 

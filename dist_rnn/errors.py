@@ -42,10 +42,10 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
     """Run main(); a UserError becomes one line on stderr and exit status 2.
 
     A UserError is printed by local rank 0 only: every process of its node raises the same one
-    (errors one rank meets are shared first, see distributed.main_first). A graceful stop exits 128 + the signal's number, as the shell
-    reports a process ended by that signal, except on SIGUSR1 ("checkpoint and exit", what the
-    SLURM scripts send), which exits 0; a lost peer exits 3. DIST_RNN_DEBUG=1 shows the traceback
-    of any of them instead.
+    (errors one rank meets are shared first, see distributed.main_first). A graceful stop exits
+    128 + the signal's number, as the shell reports a process ended by that signal, except on
+    SIGUSR1 ("checkpoint and exit", what the SLURM scripts send), which exits 0; a lost peer exits
+    3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
     """
     debug = os.environ.get("DIST_RNN_DEBUG") == "1"
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import nn
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
-from dist_rnn.config import ArgumentParser, TrainConfig, add_dataclass_flags, option
+from dist_rnn.config import ArgumentParser, RuntimeOptions, TrainConfig, add_dataclass_flags, check_limits, option
 from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
@@ -56,22 +56,14 @@ def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, preci
 
 
 @dataclass
-class EvalConfig:
-    """Options of `python -m dist_rnn.evaluate`."""
+class EvalConfig(RuntimeOptions):
+    """Options of `python -m dist_rnn.evaluate`: the runtime options and these."""
 
     checkpoint: Optional[str] = option(None, "checkpoint file to evaluate (required)")
     data_dir: Optional[str] = option(None, "directory with the MNIST test files; default: the checkpoint's "
                                      "own --data-dir where it exists, else $DIST_RNN_DATA, else ./data")
-    batch_size: int = option(1000, "per-process evaluation batch size")
-    limit_test: Optional[int] = option(None, "score only the first N test images")
-    precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "autocast precision (fp16 needs CUDA)")
-    device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
-    backend: Literal["auto", "nccl", "gloo"] = option("auto", "process-group backend under torchrun; 'auto': "
-                                                       "nccl on CUDA, gloo on CPU; 'gloo' lets processes share a GPU")
-    deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning)")
-    dist_timeout: float = option(600.0, "seconds any collective may wait for the other processes")
-    threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
-                          "available / processes on this node")
+    batch_size: int = option(1000, "per-process evaluation batch size", min=1)
+    limit_test: Optional[int] = option(None, "score only the first N test images", min=1)
     out: Optional[str] = option(None, "also write the result as JSON to this file")
 
 
@@ -84,10 +76,7 @@ def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
     c = EvalConfig(**vars(parser.parse_args(argv)))
     if c.checkpoint is None:
         parser.error("--checkpoint is required")
-    if c.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {c.batch_size}")
-    if c.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {c.threads}")
+    check_limits(c)
     return c
 
 

@@ -140,7 +140,8 @@ class Trainer:
         self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers)
         distributed.on_main(env, lambda: ensure_writable_dir(self.out_dir))  # before any training time is spent
 
-        self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState(tracker_run_id=tracking.new_run_id())
+        fresh = TrainState(tracker_run_id=tracking.new_run_id())
+        self.state = TrainState.from_checkpoint(snapshot) if snapshot else fresh
         self.resumed_from_step = self.state.step if snapshot else None
         self.view = SequenceView.from_config(c, train_set.images, self.state.pixel_order)  # rows, columns, pixels
         self.state.pixel_order = None if self.view.permutation is None else self.view.permutation.tolist()

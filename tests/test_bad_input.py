@@ -191,7 +191,8 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
     logs = tmp_path / "logs"
     proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}",
                            "-m", "dist_rnn.train", "--data-dir", str(world / "data"), "--batch-size", "99",
-                           "--out-dir", str(tmp_path / "o"), "--device", "cpu"], cwd=REPO, capture_output=True, text=True)
+                           "--out-dir", str(tmp_path / "o"), "--device", "cpu"], cwd=REPO, capture_output=True,
+                          text=True)
     assert proc.returncode != 0
     errs = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
     assert set(errs) == {"0", "1"}, errs

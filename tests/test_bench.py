@@ -11,8 +11,8 @@ def test_bench_runs_and_writes_json(tmp_path):
     data = write_mnist(tmp_path / "data", n_train=1000, n_test=100)
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "dist_rnn.bench", "--data-dir", str(data), "--steps", "5",
-                           "--repeats", "1", "--no-sweep", "--out", str(out), "--device", "cpu"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                           "--repeats", "1", "--no-sweep", "--out", str(out), "--device", "cpu"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(out.read_text())
     assert figures["original_median"] > 0 and figures["dist_rnn_median"] > 0

@@ -89,8 +89,8 @@ def test_sigterm_on_gpu_checkpoints_and_resume_finishes(data, tmp_path):
     out = tmp_path / "run"
     args = ["--data-dir", str(data), "--out-dir", str(out), "--max-steps", "3000", "--epochs", "60",
             "--hidden-size", "48", "--log-every", "5"]
-    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args, "--device", "cuda"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args, "--device", "cuda"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not events(out, "train"):
         assert time.monotonic() < deadline and proc.poll() is None, "training did not start"

@@ -83,7 +83,8 @@ def test_train_cpu_sbatch(tmp_path, data):
 def test_preemption_checkpoints_requeues_and_resumes(tmp_path, data):
     out = tmp_path / "run"
     job = sbatch("train-cpu.sbatch", ["--max-steps", "150", "--log-every", "10", "--limit-train", "20000",
-                                      "--limit-test", "500", "--data-dir", str(data), "--out-dir", str(out), "--device", "cpu"],
+                                      "--limit-test", "500", "--data-dir", str(data), "--out-dir", str(out),
+                                      "--device", "cpu"],
                  tmp_path, cpu_options())
     metrics = out / "metrics.jsonl"
     wait_until(lambda: metrics.exists() and '"train"' in metrics.read_text(), 120, "the first logged step")
@@ -106,7 +107,8 @@ def test_multinode_sbatch_on_two_nodes(tmp_path):
         pytest.skip("the local cluster has one node (slurm/local-cluster.sh start --nodes 2)")
     data = write_mnist(tmp_path / "data", n_train=2000, n_test=1001)
     out = tmp_path / "run"
-    job = sbatch("multinode.sbatch", ["--max-steps", "10", "--data-dir", str(data), "--out-dir", str(out), "--device", "cpu"],
+    job = sbatch("multinode.sbatch", ["--max-steps", "10", "--data-dir", str(data), "--out-dir", str(out),
+                                      "--device", "cpu"],
                  tmp_path, ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"])
     wait_until(lambda: job_gone(job), 300, f"job {job}")
     log = log_of(tmp_path, job)

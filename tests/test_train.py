@@ -39,7 +39,8 @@ def test_short_run_outputs(mnist_dir, tmp_path):
 
     # The final checkpoint holds the unwrapped weights: loading them scores the same accuracy.
     checkpoint = load_checkpoint(results["checkpoint"])
-    assert results["checkpoint"].endswith("checkpoints/step-18.pt") and TrainState.from_checkpoint(checkpoint).step == 18
+    assert results["checkpoint"].endswith("checkpoints/step-18.pt")
+    assert TrainState.from_checkpoint(checkpoint).step == 18
     assert not any(k.startswith("module.") for k in checkpoint["model"])
     model = build_model(TrainConfig(**checkpoint["config"]), input_size=28)
     model.load_state_dict(checkpoint["model"])
@@ -84,8 +85,8 @@ def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
     assert evals == [2, 4, 6]
     scored = tmp_path / "scored.json"
     check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", results["checkpoint"],
-                             "--data-dir", str(mnist_dir), "--out", str(scored), "--device", "cpu"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120))
+                             "--data-dir", str(mnist_dir), "--out", str(scored), "--device", "cpu"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120))
     assert json.loads(scored.read_text())["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
 
 
