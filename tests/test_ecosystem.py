@@ -199,8 +199,7 @@ def test_predict_real_digits(seed_lstm_run, tmp_path):
 
 def test_console_scripts():
     """Each installed command answers --help (started together: each one imports torch)."""
-    names = ["dist-rnn-train", "dist-rnn-eval", "dist-rnn-bench", "dist-rnn-plot", "dist-rnn-predict", "dist-rnn-data",
-             "dist-rnn-experiments"]
+    names = ["dist-rnn-train", "dist-rnn-eval", "dist-rnn-bench", "dist-rnn-plot", "dist-rnn-predict", "dist-rnn-data"]
     procs = {name: subprocess.Popen([str(BIN / name), "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True) for name in names}
     for name, proc in procs.items():

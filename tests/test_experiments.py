@@ -1,4 +1,4 @@
-"""dist_rnn.experiments: records are cached with what produced them, reused, and the report is
+"""The lab (experiments/): records are cached with what produced them, reused, and the report is
 regenerated from the cache alone (the committed docs/experiments.md included)."""
 
 import functools
@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, real_mnist_dir
-from dist_rnn import experiments
-from dist_rnn.experiments import ExperimentsConfig, Lab, half_probes
+from experiments import lab as experiments_lab, run
+from experiments.bidirectional import half_probes
+from experiments.lab import ExperimentsConfig, Lab
 
 
 def run_experiments(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dist_rnn.experiments", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
 
 
 def test_training_record_is_cached_with_its_provenance(mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(experiments, "PROBE_SAMPLES", 200)
+    monkeypatch.setattr(experiments_lab, "PROBE_SAMPLES", 200)
     c = ExperimentsConfig(data_dir=str(mnist_dir), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
                           seeds=1)
     lab = Lab(c, ["bidirectional"])
@@ -29,6 +30,8 @@ def test_training_record_is_cached_with_its_provenance(mnist_dir, tmp_path, monk
     record = lab.train("bidirectional", "tiny", args, 0, functools.partial(half_probes, lab))
     assert record["command"][:3] == ["python", "-m", "dist_rnn.train"] and "--seed" in record["command"]
     assert record["machine"]["cores"] >= 1 and record["started"] and record["seconds"] > 0
+    # provenance: the commit the code ran from, and whether the tree held changes no commit has
+    assert record["machine"]["commit"] and isinstance(record["machine"]["dirty"], bool)
     assert record["results"]["steps"] == 6 and [e["step"] for e in record["evals"]] == [6]
     analysis = record["analysis"]
     assert sum(map(sum, analysis["confusion"])) == 130 and 0 <= analysis["probe_backward_half"] <= 1
@@ -55,15 +58,15 @@ def test_one_measurement_suite_and_report_only(tmp_path, capsys):
     text = report.read_text()
     section = text.split("## What does `batch_first` change?")[1].split("\n## ")[0]
     assert "**Answer.**" in section and "max |output difference|" in section
-    assert "*Not measured yet: run `python -m dist_rnn.experiments easy`.*" in text  # nothing else was run
+    assert "*Not measured yet: run `python -m experiments easy`.*" in text  # nothing else was run
     record = json.loads(next((tmp_path / "cache").glob("measure-batch-first-check-s0-*.json")).read_text())
     assert record["values"]["max_abs_output_difference"] < 1e-5
-    assert record["code"] == "dist_rnn.experiments.batch_first_check()"
+    assert record["code"] == "experiments.batch_first.batch_first_check()"
     # In this process from here on (each new process would import torch again).
-    assert experiments.main(["--report-only", *args]) == 0
+    assert run.main(["--report-only", *args]) == 0
     assert report.read_text() == text  # the report is a function of the cache
-    assert experiments.main(["nonsense", *args]) == 2
-    assert capsys.readouterr().err.strip().startswith("dist_rnn.experiments: error: unknown suite 'nonsense'")
+    assert run.main(["nonsense", *args]) == 2
+    assert capsys.readouterr().err.strip().startswith("experiments: error: unknown suite 'nonsense'")
 
 
 @pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present (the report draws test digits)")

@@ -1,0 +1,1 @@
+"""The lab behind docs/experiments.md: `python -m experiments --help` (see run.py)."""

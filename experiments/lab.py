@@ -1,0 +1,312 @@
+"""The lab: runs and measurements cached as JSON records with their provenance (command or
+code, seed, machine, commit and whether the tree was dirty, start time, duration), and the
+report they are rendered into. The suites (one module each) go through `Lab`."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dist_rnn import __version__
+from dist_rnn.checkpoint import TrainState, load_checkpoint
+from dist_rnn.config import TrainConfig, option
+from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir
+from dist_rnn.errors import UserError
+from dist_rnn.evaluate import trained_config, trained_model
+from dist_rnn.files import atomic_write, atomic_write_json
+from dist_rnn.plot import pyplot
+
+PROBE_SAMPLES = 10_000  # training images used for train accuracy and for the readout probes
+
+LSTM = ("--preset", "seed-lstm")  # 2-layer LSTM, hidden 128, batch 100, 2 epochs, Adam 0.01
+
+BILSTM = ("--preset", "seed-bilstm")  # the same, bidirectional, Adam 0.003, readout out[:, -1]
+
+
+@dataclass
+class ExperimentsConfig:
+    """Options of `python -m experiments` (the suites are positional)."""
+
+    data_dir: Optional[str] = option(None, "MNIST directory (default: $DIST_RNN_DATA, else ./data)")
+    seeds: int = option(2, "seeds per configuration (0, 1, ...): tables give the mean and the spread")
+    cache_dir: str = option("docs/experiments/cache", "one JSON record per run or measurement")
+    report: str = option("docs/experiments.md", "the report to regenerate; figures go beside it in experiments/")
+    runs_dir: str = option("runs/experiments", "run directories (checkpoints) of the training runs")
+    rerun: bool = option(False, "repeat the selected suites' runs even when cached")
+    report_only: bool = option(False, "train nothing: regenerate the report from the cache")
+
+
+@functools.lru_cache(maxsize=None)
+def machine() -> dict[str, Any]:
+    """What a record was measured on (the same for every record of one invocation: asked once)."""
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    commit = git("rev-parse", "--short", "HEAD")
+    # The tree the code ran from: changes to tracked files that no commit holds make it "dirty".
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else None, "dist_rnn": __version__, "commit": commit, "dirty": dirty}
+
+
+def git(*args: str) -> str:
+    """A git command's output in this checkout ('' where git or the checkout is missing)."""
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return ""
+
+
+def provenance(record: dict[str, Any]) -> str:
+    """'abc1234', 'abc1234 + changes' (a dirty tree) or 'abc1234 ?' (made before records said)."""
+    m = record["machine"]
+    state = {True: " + changes", False: ""}.get(m.get("dirty"), " ?")
+    return f"{m.get('commit') or 'no commit'}{state}"
+
+
+class Lab:
+    """Runs and caches records; every suite goes through train() and measure()."""
+
+    def __init__(self, c: ExperimentsConfig, suites: list[str]):
+        self.c, self.suites = c, suites
+        self.cache = Path(c.cache_dir)
+        self.data_dir = resolve_data_dir(c.data_dir)
+        self._data: Optional[tuple[Split, Split]] = None
+        self.used: list[dict[str, Any]] = []  # records the report used, in order (its appendix)
+
+    @property
+    def data(self) -> tuple[Split, Split]:
+        if self._data is None:
+            self._data = load_mnist(self.data_dir)
+        return self._data
+
+    def _path(self, kind: str, name: str, spec: Any) -> Path:
+        """Where the record of `spec` (a run's arguments and seed) is cached: one file per spec, whatever
+        the suite calls it, so suites that need the same run share it."""
+        key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+        existing = sorted(self.cache.glob(f"{kind}-*-{key}.json"))
+        return existing[0] if existing else self.cache / f"{kind}-{name}-{key}.json"
+
+    def _record(self, suite: str, path: Path, make: Callable[[], dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """The record cached at `path`; else, when `suite` may run now, `make()` it and cache it; else None."""
+        if path.exists() and not (self.c.rerun and suite in self.suites):
+            record = json.loads(path.read_text())
+        elif self.c.report_only or suite not in self.suites:
+            return None
+        else:
+            record = make()
+            atomic_write_json(path, record)
+        self.used.append(record)
+        return record
+
+    def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
+              analyse: Optional[Callable[[TrainConfig, torch.Tensor, torch.Tensor], dict[str, Any]]] = None
+              ) -> Optional[dict]:
+        """One training run of `python -m dist_rnn.train ARGS --seed SEED`, with an optional analysis
+        of its final checkpoint (None: not cached, and not to be run now)."""
+        path = self._path("train", f"{name}-s{seed}", [list(args), seed])
+
+        def make() -> dict[str, Any]:
+            out_dir = Path(self.c.runs_dir) / path.stem
+            command = [sys.executable, "-m", "dist_rnn.train", *args, "--seed", str(seed), "--data-dir",
+                       str(self.data_dir), "--out-dir", str(out_dir), "--resume", "none", "--overwrite",
+                       "--log-every", "25"]
+            print(f"[{suite}] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
+            started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise UserError(f"[{suite}] {name} seed {seed} failed: "
+                                f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            results = json.loads((out_dir / "results.json").read_text())
+            events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+            return {"kind": "train", "suite": suite, "name": name, "seed": seed,
+                    "command": ["python", *command[1:]], "machine": machine(), "started": started,
+                    "seconds": round(time.perf_counter() - start, 1), "results": results,
+                    "curve": [{k: e[k] for k in ("step", "loss")} for e in events if e["event"] == "train"],
+                    "evals": [{k: e[k] for k in ("step", "test_accuracy", "test_loss")}
+                              for e in events if e["event"] == "eval"],
+                    "analysis": self._analyse(results["checkpoint"], analyse)}
+
+        return self._record(suite, path, make)
+
+    def _analyse(self, checkpoint: str, analyse: Optional[Callable]) -> dict[str, Any]:
+        """Scores every run needs (train and test accuracy, confusion), plus the suite's own analysis of
+        the readout features (computed once: the predictions are the classifier applied to them)."""
+        snapshot = load_checkpoint(Path(checkpoint))
+        config = trained_config(snapshot, checkpoint)
+        train, test = self.data
+        view = SequenceView.from_config(config, test.images, TrainState.from_checkpoint(snapshot).pixel_order)
+        model = trained_model(snapshot, config, input_size=view.input_size)
+        train_features = readout_features(model, view, train.images[:PROBE_SAMPLES])
+        test_features = readout_features(model, view, test.images)
+        with torch.no_grad():  # eval mode: the head's dropout is the identity, so this is model(x)
+            train_pred, test_pred = (model.fc(f).argmax(1).numpy() for f in (train_features, test_features))
+        confusion = np.zeros((10, 10), dtype=int)
+        np.add.at(confusion, (test.labels.numpy(), test_pred), 1)
+        wrong = np.nonzero(test_pred != test.labels.numpy())[0]
+        analysis = {
+            "train_accuracy": float((train_pred == train.labels[:PROBE_SAMPLES].numpy()).mean()),
+            "test_accuracy": float((test_pred == test.labels.numpy()).mean()),
+            "confusion": confusion.tolist(),
+            "misclassified": [[int(i), int(test.labels[i]), int(test_pred[i])] for i in wrong[:40]],
+        }
+        if analyse:
+            analysis.update(analyse(config, train_features, test_features))
+        return analysis
+
+    def measure(self, suite: str, name: str, seed: int, fn: Callable[..., dict[str, Any]],
+                *args: Any) -> Optional[dict]:
+        """One in-process measurement `fn(*args, seed)` (the record names its code), cached like a run."""
+
+        def make() -> dict[str, Any]:
+            print(f"[{suite}] {name} seed {seed}", flush=True)
+            started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+            torch.manual_seed(seed)
+            values = fn(*args, seed)
+            named = [a for a in args if isinstance(a, str)]  # the Lab argument is not worth naming
+            return {"kind": "measure", "suite": suite, "name": name, "seed": seed,
+                    "code": f"{fn.__module__}.{fn.__name__}({', '.join(map(repr, named))})",
+                    "machine": machine(), "started": started, "seconds": round(time.perf_counter() - start, 1),
+                    "values": values}
+
+        return self._record(suite, self._path("measure", f"{name}-s{seed}", [name, seed]), make)
+
+    def seeds(self) -> range:
+        return range(self.c.seeds)
+
+
+def readout_features(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """What the classifier reads for each image, in batches."""
+    with torch.no_grad():
+        return torch.cat([model.features(view(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+def fit_linear(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+               epochs: int = 300, lr: float = 0.01) -> float:
+    """Test accuracy of a softmax-regression probe trained full-batch on the given features (its
+    initial weights seeded, so a rerun gives the same figure)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        probe = nn.Linear(x_train.shape[1], 10)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        F.cross_entropy(probe((x_train - mean) / std), y_train).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((probe((x_test - mean) / std).argmax(1) == y_test).float().mean())
+
+
+def mean_spread(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """'97.41 ± 0.12': the mean and half the range over seeds (in percent by default)."""
+    values = [v * scale for v in values]
+    if not values:
+        return "n/a"
+    return f"{statistics.mean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+
+
+def pct(values: list[float]) -> str:
+    """For prose: '97.41 % (± 0.12)'."""
+    mean, spread = mean_spread(values).split(" ± ")
+    return f"{mean} % (± {spread})"
+
+
+def accuracies(records: list[dict]) -> list[float]:
+    return [r["results"]["test_accuracy"] for r in records]
+
+
+class Report:
+    """Markdown and figures of docs/experiments.md."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.figures = path.parent / "experiments"
+        self.figures.mkdir(parents=True, exist_ok=True)
+        self.parts: list[str] = []
+        self.written: list[Path] = []
+
+    def add(self, text: str, at_start: bool = False) -> None:
+        self.parts.insert(0 if at_start else len(self.parts), text.strip("\n") + "\n")
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+        self.add("\n".join(lines))
+
+    def figure(self, name: str, fig: Any, caption: str) -> None:
+        path = self.figures / f"{name}.png"
+        fig.tight_layout()
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+        pyplot().close(fig)
+        self.written.append(path)
+        self.add(f"![{caption}](experiments/{name}.png)\n\n*{caption}*")
+
+    def write(self) -> None:
+        atomic_write(self.path, lambda fh: fh.write("\n".join(self.parts).encode()))
+
+
+def missing(report: Report, suite: str) -> None:
+    report.add(f"*Not measured yet: run `python -m experiments {suite}`.*")
+
+
+def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None) -> list[dict]:
+    """The run `args` at every seed (the cached ones, and the others trained now when allowed)."""
+    records = [lab.train(suite, name, args, seed, analyse) for seed in lab.seeds()]
+    return [r for r in records if r]
+
+
+def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:
+    """The steps a run was scored at, and its test accuracy there (for plotting)."""
+    return [e["step"] for e in record["evals"]], [e["test_accuracy"] for e in record["evals"]]
+
+
+def steps_to(record: dict, accuracy: float) -> Optional[int]:
+    """The first scored step at which the test accuracy reached `accuracy` (None: never)."""
+    return next((e["step"] for e in record["evals"] if e["test_accuracy"] >= accuracy), None)
+
+
+def steps_text(records: list[dict], accuracy: float = 0.9) -> str:
+    """'150 / 200': steps to `accuracy` for each seed ('never' where the run did not get there)."""
+    return " / ".join(str(steps_to(r, accuracy) or "never") for r in records)
+
+
+def at_step(record: dict, step: int) -> float:
+    """Test accuracy at the first score at or after `step`."""
+    return next(e["test_accuracy"] for e in record["evals"] if e["step"] >= step)
+
+
+def parameters(cell: str, hidden: int, layers: int = 2, inputs: int = 28, bidirectional: bool = False) -> int:
+    from dist_rnn.model import RNNClassifier
+
+    return sum(p.numel() for p in RNNClassifier(inputs, hidden, layers, 10, cell, bidirectional).parameters())
+
+
+def lstm_like_hidden(cell: str, target_params: int) -> int:
+    """The hidden size that gives a 2-layer `cell` classifier the parameter count closest to `target_params`
+    (the count grows with the hidden size: bisect for the first size that reaches it)."""
+    low, high = 1, 1024
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if parameters(cell, mid) < target_params else (low, mid)
+    return min((low - 1, low), key=lambda h: abs(parameters(cell, h) - target_params))
