@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.config import PRESETS, ArgumentParser, describe, TrainConfig, add_dataclass_flags, option, validate
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.config import PRESETS, TrainConfig, option, validate
 from dist_rnn.data import load_mnist, resolve_data_dir, torchvision_root
 from dist_rnn.distributed import DistEnv, single_process_device
-from dist_rnn.errors import UserError, run_cli
+from dist_rnn.errors import UserError
 from dist_rnn.evaluate import evaluate
 from dist_rnn.model import build_model
 from dist_rnn.train import run

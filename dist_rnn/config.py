@@ -1,20 +1,19 @@
-"""Run configuration: one typed dataclass, named presets, and a CLI generated from the dataclass.
+"""Run configuration: typed dataclasses (the runtime options every command shares, and a training
+run's), named presets, each field's limits, and config files.
 
-The CLI is built from the fields below (type, default, help, choices), so the flags can never drift
-from the config: `--hidden-size` is `TrainConfig.hidden_size`. Precedence is
+dist_rnn/cli.py builds the flags from these fields (type, default, help, choices), so the flags can
+never drift from the config: `--hidden-size` is `TrainConfig.hidden_size`. Precedence is
 defaults < preset < config file (--config) < explicit flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import typing
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, Optional
+from typing import Any, Literal, Optional
 
 from dist_rnn.errors import UserError, first_line
 
@@ -139,7 +138,7 @@ RESUME_MUST_MATCH = ("cell", "hidden_size", "num_layers", "bidirectional", "read
                      "batch_size", "seed", "limit_train")
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
+def field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
     """Return (python type, choices) of a field, unwrapping Optional[...] and Literal[...]."""
     tp = typing.get_type_hints(cls)[f.name]
     if typing.get_origin(tp) is typing.Union:  # Optional[X]
@@ -148,76 +147,6 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]
         choices = typing.get_args(tp)
         return type(choices[0]), choices
     return tp, None
-
-
-def describe(doc: str) -> str:
-    """A command's --help description: the first paragraph of its module docstring, without the
-    leading "`python -m dist_rnn.x ...`: "."""
-    first = doc.split("\n\n")[0]
-    return first.split(": ", 1)[1] if first.startswith("`") else first
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a UserError: one line (argparse prints the whole usage first),
-    printed once per node under torchrun (argparse would print it from every process)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message} (see --help)")
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
-                        choices: Optional[dict[str, tuple]] = None) -> None:
-    """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`), typed and documented
-    from the field; a flag left out stays absent from the parsed namespace."""
-    for f in dataclasses.fields(cls):
-        tp, field_choices = _field_type(cls, f)
-        field_choices = (choices or {}).get(f.name, field_choices)
-        kwargs: dict[str, Any] = dict(help=f.metadata["help"], default=argparse.SUPPRESS)
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = tp
-            kwargs["metavar"] = "{" + ",".join(field_choices) + "}" if field_choices else f.name.upper()
-            if field_choices:
-                kwargs["choices"] = field_choices
-        # Show the dataclass default in --help without making argparse fill it in.
-        if f.default is not None:
-            kwargs["help"] += f" (default: {f.default})"
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
-
-
-def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentParser:
-    """The train CLI: one flag per TrainConfig field."""
-    parser = ArgumentParser(
-        prog=prog,
-        description="Train an RNN classifier on MNIST read as a sequence of rows. Runs the same under "
-        "`python -m dist_rnn.train` (one process) and `torchrun --nproc_per_node=N -m dist_rnn.train` (DDP).",
-        epilog="Examples:\n"
-        "  python -m dist_rnn.train --preset seed-bilstm --data-dir ../shared/data/mnist\n"
-        "  torchrun --standalone --nproc_per_node=4 -m dist_rnn.train --preset seed-lstm\n"
-        "  python -m dist_rnn.train --cell gru --limit-train 2000 --limit-test 500 --epochs 1\n"
-        "  python -m dist_rnn.train --out-dir runs/a --save-every 100   # rerun the same to resume\n"
-        "Outputs (config.json, metrics.jsonl, results.json, checkpoints/) go to --out-dir.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_dataclass_flags(parser, TrainConfig, choices={"preset": tuple(PRESETS)})
-    return parser
-
-
-def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
-    """Parse flags into a TrainConfig: defaults, then the preset, then the config file, then explicit
-    flags; then validate."""
-    explicit = vars(build_parser().parse_args(argv))
-    from_file = read_config_file(explicit["config"], TrainConfig) if explicit.get("config") else {}
-    values = {**from_file, **explicit}
-    if "precision" not in values and os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        values["precision"] = precision_from_accelerate(os.environ["ACCELERATE_MIXED_PRECISION"])
-    preset = values.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    config = TrainConfig(**{**PRESETS.get(preset, {}), **values})
-    validate(config)
-    return config
 
 
 def precision_from_accelerate(value: str) -> str:
@@ -261,7 +190,7 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
 
 def _checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     """`value` as the type of field `f` (an int is accepted for a float), or a UserError."""
-    tp, choices = _field_type(cls, f)
+    tp, choices = field_type(cls, f)
     optional = f.default is None or typing.get_origin(typing.get_type_hints(cls)[f.name]) is typing.Union
     if value is None:
         if optional:

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from dist_rnn.config import ArgumentParser, TrainConfig
-from dist_rnn.errors import UserError, run_cli
+from dist_rnn.cli import ArgumentParser, run_cli
+from dist_rnn.config import TrainConfig
+from dist_rnn.errors import UserError
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -6,26 +6,22 @@ DDP wrapper; every helper here is then a no-op, so the train loop has one path f
 
 # No `from __future__ import annotations` here: DDP checks the comm hook's annotations as real types.
 
-import atexit
 import contextlib
 import copy
 import datetime
 import os
 import pickle
-import sys
-import traceback
 from dataclasses import dataclass
-from typing import Callable, Iterator, NoReturn, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from dist_rnn.config import DEFAULT_DIST_TIMEOUT_S
-from dist_rnn.errors import PeerLost, UserError, first_line, run_cli
+from dist_rnn.errors import UserError, first_line
 
 T = TypeVar("T")
-C = TypeVar("C")  # a command's config dataclass (it has .device and .dist_timeout fields)
 
 
 @dataclass(frozen=True)
@@ -95,61 +91,6 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = False
-
-
-def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], object]) -> int:
-    """What every dist_rnn command does: parse its config, set this rank's CPU threads (and
-    determinism), join the process group (when launched by torchrun), run, leave; bad input becomes
-    one line and exit status 2 (see run_cli)."""
-
-    joined = False  # whether this process joined a process group
-
-    def command() -> None:
-        nonlocal joined
-        config = parse()
-        torch.set_num_threads(threads_per_rank(config.threads))
-        if config.deterministic:
-            make_deterministic()
-        with process_group(config.device, config.backend, config.dist_timeout) as env:
-            joined = env.is_distributed
-            try:
-                body(config, env)
-            except Exception as e:
-                if env.is_distributed and is_peer_failure(e):
-                    raise PeerLost(env.rank, config.dist_timeout, e) from None
-                raise
-
-    try:
-        code = run_cli(prog, command)
-    except BaseException as e:  # a bug, or Ctrl-C twice: its traceback, then the same safe exit
-        if not joined:
-            raise
-        traceback.print_exc()
-        code = 130 if isinstance(e, KeyboardInterrupt) else 1
-    if joined:
-        exit_without_finalizing(code)
-    return code
-
-
-def exit_without_finalizing(code: int) -> NoReturn:
-    """End a process that was part of a process group: run the exit handlers (wandb, logging),
-    flush, and leave without finalizing the interpreter.
-
-    Why: DDP keeps its process group alive past destroy_process_group (torch 2.x holds a
-    reference), so gloo's worker threads outlive the teardown. A finished collective is freed on
-    such a thread, sometimes only after the main thread has returned; when that is after the
-    interpreter began finalizing, freeing the tensors Python created for it (broadcast_object_list's,
-    say) takes the GIL from a dying interpreter, which ends the thread inside a C++ destructor:
-    std::terminate, "terminate called without an active exception", SIGABRT, a finished run
-    exiting -6. A core dump of one showed exactly that (pt_gloo_runloop: ~AsyncBarrierWork ->
-    ~AsyncBroadcastWork -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit, the main
-    thread in Py_FinalizeEx); it hit 4 of 140 short 2-process runs, and 0 of 120 after this.
-    Without finalization there is nothing for those threads to race.
-    """
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def is_peer_failure(error: BaseException) -> bool:

@@ -17,7 +17,8 @@ from torch import nn
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
-from dist_rnn.config import ArgumentParser, RuntimeOptions, TrainConfig, add_dataclass_flags, check_limits, option
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, run_command
+from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, option
 from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
@@ -119,7 +120,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `python -m dist_rnn.evaluate`."""
-    return distributed.run_command("dist_rnn.evaluate", lambda: parse_eval_config(argv), evaluate_checkpoint)
+    return run_command("dist_rnn.evaluate", lambda: parse_eval_config(argv), evaluate_checkpoint)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from dist_rnn.config import ArgumentParser, describe, add_dataclass_flags, option
-from dist_rnn.errors import UserError, run_cli
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.config import option
+from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write
 
 

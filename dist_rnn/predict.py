@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from dist_rnn.checkpoint import TrainState, load_checkpoint
-from dist_rnn.config import ArgumentParser, describe, add_dataclass_flags, option
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.config import option
 from dist_rnn.data import SequenceView
 from dist_rnn.distributed import single_process_device
-from dist_rnn.errors import UserError, first_line, run_cli
+from dist_rnn.errors import UserError, first_line
 from dist_rnn.evaluate import trained_config, trained_model
 
 SIDE, BOX = 28, 20  # MNIST: 28x28 images, digits fitted into 20x20

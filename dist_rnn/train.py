@@ -25,7 +25,8 @@ from torch import nn
 from dist_rnn import __version__, distributed, tracking
 from dist_rnn.amp import autocast, check_precision, grad_scaler
 from dist_rnn.checkpoint import CheckpointManager, TrainState, checkpoint_dir, load_weights, set_rng_state
-from dist_rnn.config import TrainConfig, parse_config, to_dict
+from dist_rnn.cli import parse_config, run_command
+from dist_rnn.config import TrainConfig, to_dict
 from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
                            resolve_data_dir)
 from dist_rnn.distributed import DistEnv
@@ -68,22 +69,9 @@ def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Ten
     return F.cross_entropy(logits, y)
 
 
-def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Cross-entropy, or (to compare, see docs/experiments.md) MSE between softmax outputs and one-hot targets."""
-    if kind == "mse":
-        return F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
-    return F.cross_entropy(logits, y)
-
-
 def global_mean(value: torch.Tensor, env: DistEnv) -> float:
     """Mean of a per-rank scalar over ranks: with equal local batches, the global-batch mean."""
     return distributed.all_reduce_sum(value.float().clone(), env).item() / env.world_size
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock timings are true."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def synchronize(device: torch.device) -> None:
@@ -339,7 +327,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `python -m dist_rnn.train` (and of torchrun's workers)."""
-    return distributed.run_command("dist_rnn.train", lambda: parse_config(argv), run)
+    return run_command("dist_rnn.train", lambda: parse_config(argv), run)
 
 
 if __name__ == "__main__":

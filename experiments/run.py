@@ -17,8 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from dist_rnn.config import ArgumentParser, add_dataclass_flags, describe
-from dist_rnn.errors import UserError, first_line, run_cli
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, views
 from experiments.lab import ExperimentsConfig, Lab, Report, provenance
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from dist_rnn.config import PRESETS, TrainConfig, build_parser, parse_config
+from dist_rnn.cli import build_parser, parse_config
+from dist_rnn.config import PRESETS, TrainConfig
 from dist_rnn.errors import UserError
 
 

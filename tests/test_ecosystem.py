@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, TORCHRUN, check_ok, events, needs, read_results, real_mnist_dir, run_train
-from dist_rnn.config import parse_config
+from dist_rnn.cli import parse_config
 from dist_rnn.errors import UserError
 from dist_rnn.predict import to_mnist
 

@@ -1,0 +1,177 @@
+"""The command-line layer: parsers generated from the config dataclasses, and how every command
+runs (parse, join the process group, report bad input in one line, exit). Library modules raise
+exceptions; this layer turns them into lines and exit statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import os
+import signal
+import sys
+import traceback
+from typing import Any, Callable, NoReturn, Optional, TypeVar
+
+import torch
+
+from dist_rnn.config import (PRESETS, TrainConfig, field_type, precision_from_accelerate, read_config_file,
+                             validate)
+from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
+from dist_rnn.errors import PeerLost, Stopped, UserError
+
+C = TypeVar("C")  # a command's config dataclass (RuntimeOptions' fields, and its own)
+
+
+def describe(doc: str) -> str:
+    """A command's --help description: the first paragraph of its module docstring, without the
+    leading "`python -m dist_rnn.x ...`: "."""
+    first = doc.split("\n\n")[0]
+    return first.split(": ", 1)[1] if first.startswith("`") else first
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a UserError: one line (argparse prints the whole usage first),
+    printed once per node under torchrun (argparse would print it from every process)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
+                        choices: Optional[dict[str, tuple]] = None) -> None:
+    """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`), typed and documented
+    from the field; a flag left out stays absent from the parsed namespace."""
+    for f in dataclasses.fields(cls):
+        tp, field_choices = field_type(cls, f)
+        field_choices = (choices or {}).get(f.name, field_choices)
+        kwargs: dict[str, Any] = dict(help=f.metadata["help"], default=argparse.SUPPRESS)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = tp
+            kwargs["metavar"] = "{" + ",".join(field_choices) + "}" if field_choices else f.name.upper()
+            if field_choices:
+                kwargs["choices"] = field_choices
+        # Show the dataclass default in --help without making argparse fill it in.
+        if f.default is not None:
+            kwargs["help"] += f" (default: {f.default})"
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentParser:
+    """The train CLI: one flag per TrainConfig field."""
+    parser = ArgumentParser(
+        prog=prog,
+        description="Train an RNN classifier on MNIST read as a sequence of rows. Runs the same under "
+        "`python -m dist_rnn.train` (one process) and `torchrun --nproc_per_node=N -m dist_rnn.train` (DDP).",
+        epilog="Examples:\n"
+        "  python -m dist_rnn.train --preset seed-bilstm --data-dir ../shared/data/mnist\n"
+        "  torchrun --standalone --nproc_per_node=4 -m dist_rnn.train --preset seed-lstm\n"
+        "  python -m dist_rnn.train --cell gru --limit-train 2000 --limit-test 500 --epochs 1\n"
+        "  python -m dist_rnn.train --out-dir runs/a --save-every 100   # rerun the same to resume\n"
+        "Outputs (config.json, metrics.jsonl, results.json, checkpoints/) go to --out-dir.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_flags(parser, TrainConfig, choices={"preset": tuple(PRESETS)})
+    return parser
+
+
+def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
+    """Parse flags into a TrainConfig: defaults, then the preset, then the config file, then explicit
+    flags; then validate."""
+    explicit = vars(build_parser().parse_args(argv))
+    from_file = read_config_file(explicit["config"], TrainConfig) if explicit.get("config") else {}
+    values = {**from_file, **explicit}
+    if "precision" not in values and os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        values["precision"] = precision_from_accelerate(os.environ["ACCELERATE_MIXED_PRECISION"])
+    preset = values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    config = TrainConfig(**{**PRESETS.get(preset, {}), **values})
+    validate(config)
+    return config
+
+
+def run_cli(prog: str, main: Callable[[], None]) -> int:
+    """Run main(); a UserError becomes one line on stderr and exit status 2.
+
+    A UserError is printed by local rank 0 only: every process of its node raises the same one
+    (errors one rank meets are shared first, see distributed.main_first). A graceful stop exits
+    128 + the signal's number, as the shell reports a process ended by that signal, except on
+    SIGUSR1 ("checkpoint and exit", what the SLURM scripts send), which exits 0; a lost peer exits
+    3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
+    """
+    debug = os.environ.get("DIST_RNN_DEBUG") == "1"
+    try:
+        main()
+    except UserError as e:
+        if debug:
+            raise
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must
+        return 0 if e.signum == signal.SIGUSR1 else 128 + e.signum  # not restart the workers)
+    except PeerLost as e:  # every surviving rank says it: rank 0 may be the one that is gone
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], object]) -> int:
+    """What every dist_rnn command does: parse its config, set this rank's CPU threads (and
+    determinism), join the process group (when launched by torchrun), run, leave; bad input becomes
+    one line and exit status 2 (see run_cli)."""
+
+    joined = False  # whether this process joined a process group
+
+    def command() -> None:
+        nonlocal joined
+        config = parse()
+        torch.set_num_threads(threads_per_rank(config.threads))
+        if config.deterministic:
+            make_deterministic()
+        with process_group(config.device, config.backend, config.dist_timeout) as env:
+            joined = env.is_distributed
+            try:
+                body(config, env)
+            except Exception as e:
+                if env.is_distributed and is_peer_failure(e):
+                    raise PeerLost(env.rank, config.dist_timeout, e) from None
+                raise
+
+    try:
+        code = run_cli(prog, command)
+    except BaseException as e:  # a bug, or Ctrl-C twice: its traceback, then the same safe exit
+        if not joined:
+            raise
+        traceback.print_exc()
+        code = 130 if isinstance(e, KeyboardInterrupt) else 1
+    if joined:
+        exit_without_finalizing(code)
+    return code
+
+
+def exit_without_finalizing(code: int) -> NoReturn:
+    """End a process that was part of a process group: run the exit handlers (wandb, logging),
+    flush, and leave without finalizing the interpreter.
+
+    Why: DDP keeps its process group alive past destroy_process_group (torch 2.x holds a
+    reference), so gloo's worker threads outlive the teardown. A finished collective is freed on
+    such a thread, sometimes only after the main thread has returned; when that is after the
+    interpreter began finalizing, freeing the tensors Python created for it (broadcast_object_list's,
+    say) takes the GIL from a dying interpreter, which ends the thread inside a C++ destructor:
+    std::terminate, "terminate called without an active exception", SIGABRT, a finished run
+    exiting -6. A core dump of one showed exactly that (pt_gloo_runloop: ~AsyncBarrierWork ->
+    ~AsyncBroadcastWork -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit, the main
+    thread in Py_FinalizeEx); it hit 4 of 140 short 2-process runs, and 0 of 120 after this.
+    Without finalization there is nothing for those threads to race.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
