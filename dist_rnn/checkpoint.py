@@ -288,6 +288,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                         f"{first_line(e)})") from None
     except Exception as e:  # zip or format errors come as RuntimeError, EOFError, ...
         raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
+    if isinstance(state, dict) and state.get("format_version", 1) > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {state['format_version']} is newer than this dist_rnn "
+                        f"({__version__}) reads (up to {FORMAT_VERSION})")
     has_position = isinstance(state, dict) and ("state" in state or "step" in state)  # format 2, or 1
     if not has_position or not {"model", "config"} <= state.keys():
         raise UserError(f"{path}: not a dist_rnn checkpoint (needs model, config and its state)")

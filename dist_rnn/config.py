@@ -212,8 +212,10 @@ def check_limits(c: Any) -> None:
         if value is None or isinstance(value, bool) or not {"min", "above", "below"} & limits.keys():
             continue
         flag, low, high = "--" + f.name.replace("_", "-"), limits.get("min"), limits.get("below")
-        if high is not None and not (low if low is not None else float("-inf")) <= value < high:
+        if high is not None and low is not None and not low <= value < high:
             raise UserError(f"{flag} must be in [{low:g}, {high:g}), got {value}")
+        if high is not None and not value < high:
+            raise UserError(f"{flag} must be < {high:g}, got {value}")
         if low is not None and value < low:
             raise UserError(f"{flag} must be >= {low:g}, got {value}")
         if "above" in limits and not value > limits["above"]:

@@ -1,7 +1,10 @@
-"""MNIST as sequences: read and verify the IDX files once, keep them in memory as uint8, batch by index.
+"""MNIST as sequences: read and verify the IDX files once, the sampler that orders them, the feeders
+that batch them, and the views that turn images into sequences.
 
-No torchvision Dataset, no PIL, no DataLoader: the whole set is 55 MB of uint8, so each step gathers
-its rows with one index and converts them to float in [0, 1] (what `ToTensor()` gives the originals).
+By default (MemoryFeeder) there is no torchvision Dataset, no PIL and no DataLoader: the whole set
+is 55 MB of uint8, so each step gathers its rows with one index and converts them to float in [0, 1]
+(what `ToTensor()` gives the originals); `--loader dataloader` feeds the same batches through
+torchvision's MNIST and a DataLoader instead.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from dist_rnn.cli import ArgumentParser, run_cli
 from dist_rnn.config import TrainConfig
 from dist_rnn.errors import UserError
 
@@ -286,7 +288,10 @@ class DataLoaderFeeder:
     def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=sampler.local_batch, sampler=sampler,
                                              drop_last=True, num_workers=self.num_workers,
-                                             pin_memory=self.device.type == "cuda")
+                                             pin_memory=self.device.type == "cuda",
+                                             # its workers' base seed from a generator of its own: drawing it
+                                             # from the global one would shift every dropout mask after it
+                                             generator=torch.Generator().manual_seed(0))
         for images, labels in loader:
             yield images.squeeze(1).to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -334,6 +339,8 @@ def prepare(data_dir: Path, download: bool) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     """`python -m dist_rnn.data prepare --data-dir D`: fetch MNIST once (e.g. on a login node with
     internet) and verify it, so compute nodes without internet can train from D."""
+    from dist_rnn.cli import ArgumentParser, run_cli  # the command layer; the rest of this module is library
+
     parser = ArgumentParser(prog="python -m dist_rnn.data", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("prepare", help="download (unless --no-download) and verify the MNIST files")

@@ -1,4 +1,5 @@
-"""The one exception type that means "the user asked for something impossible", and how CLIs report it."""
+"""The exceptions a run ends with: bad input (UserError), a graceful stop, a lost peer. dist_rnn/cli.py
+turns them into one line and an exit status."""
 
 import signal
 

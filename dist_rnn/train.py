@@ -128,8 +128,8 @@ class Trainer:
         self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers)
         distributed.on_main(env, lambda: ensure_writable_dir(self.out_dir))  # before any training time is spent
 
-        fresh = TrainState(tracker_run_id=tracking.new_run_id())
-        self.state = TrainState.from_checkpoint(snapshot) if snapshot else fresh
+        self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState()
+        self.state.tracker_run_id = self.state.tracker_run_id or tracking.new_run_id()
         self.resumed_from_step = self.state.step if snapshot else None
         self.view = SequenceView.from_config(c, train_set.images, self.state.pixel_order)  # rows, columns, pixels
         self.state.pixel_order = None if self.view.permutation is None else self.view.permutation.tolist()
@@ -215,6 +215,7 @@ class Trainer:
                 for images, labels in self.feeder.batches(self.sampler):  # the same order at any world size
                     loss = self.step(self.view(images), labels)
                     s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
+                    self.sampler.batch_in_epoch = s.batch_in_epoch  # its state_dict() is the run's position
                     clock.interval_steps += 1
                     self.log.advance()
                     if s.step % self.c.log_every == 0:  # the only sync with the device inside the epoch (but scoring)

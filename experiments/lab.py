@@ -62,8 +62,10 @@ def machine() -> dict[str, Any]:
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
     commit = git("rev-parse", "--short", "HEAD")
-    # The tree the code ran from: changes to tracked files that no commit holds make it "dirty".
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    # The code the records come from: changes to dist_rnn/ or experiments/ that no commit holds make it
+    # "dirty" (the records and the report themselves do not count).
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":/dist_rnn", ":/experiments")) \
+        if commit else None
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else None, "dist_rnn": __version__, "commit": commit, "dirty": dirty}

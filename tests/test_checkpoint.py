@@ -211,3 +211,10 @@ def test_train_state_round_trip_and_the_unversioned_format():
            "train_seconds": 2.5, "wandb_run_id": "abc", "sequence_permutation": [2, 0, 1]}  # as a3bc583 wrote
     assert TrainState.from_checkpoint(old) == state
     assert TrainState.from_checkpoint({"step": 4}) == TrainState(step=4)  # older still: no clock, no tracker
+
+
+def test_a_newer_checkpoint_format_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"format_version": 99, "state": {}, "model": {}, "config": {}}, path)
+    with pytest.raises(UserError, match="checkpoint format 99 is newer than this dist_rnn"):
+        load_checkpoint(path)

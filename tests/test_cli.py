@@ -4,12 +4,13 @@ import dataclasses
 import re
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
 from conftest import REPO
 from dist_rnn.cli import build_parser, parse_config
-from dist_rnn.config import PRESETS, TrainConfig
+from dist_rnn.config import PRESETS, TrainConfig, check_limits, option
 from dist_rnn.errors import UserError
 
 
@@ -54,3 +55,21 @@ def test_help():
     proc = subprocess.run([sys.executable, "-m", "dist_rnn.train", "--help"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "GLOBAL batch size" in proc.stdout and "--preset" in proc.stdout
+
+
+def test_declared_limits():
+    """option(..., min=, above=, below=) is all a field needs for its one-line check."""
+    @dataclasses.dataclass
+    class Limited:
+        count: int = option(1, "at least one", min=1)
+        rate: float = option(0.5, "positive", above=0)
+        share: float = option(0.5, "a fraction", min=0, below=1)
+        ceiling: float = option(0.5, "under one", below=1)
+        maybe: Optional[int] = option(None, "unset or at least one", min=1)
+
+    check_limits(Limited())
+    for field, value, words in [("count", 0, "--count must be >= 1, got 0"), ("rate", 0.0, "--rate must be > 0"),
+                                ("share", -0.1, "--share must be in [0, 1)"), ("share", 1.0, "--share must be in [0, 1)"),
+                                ("ceiling", 2.0, "--ceiling must be < 1, got 2.0"), ("maybe", 0, "--maybe must be >= 1")]:
+        with pytest.raises(UserError, match=re.escape(words)):
+            check_limits(Limited(**{field: value}))

@@ -110,9 +110,11 @@ def test_images_of_another_size(tmp_path):
 def test_both_feeders_give_the_same_batches(tmp_path, nproc):
     """--loader dataloader (torchvision's MNIST through a DataLoader with the same sampler, 2 workers)
     trains on the same batches as the default in-memory feeder: the same parameters after 30 steps,
-    stopped and resumed mid-epoch (the sampler's position) and across an epoch's end."""
+    stopped and resumed mid-epoch (the sampler's position) and across an epoch's end; with dropout,
+    so a feeder that drew from the global RNG (as a DataLoader does by default) would show."""
     data = write_mnist(tmp_path / "data", n_train=2000, n_test=100)
-    args = ["--data-dir", str(data), "--hidden-size", "16", "--num-layers", "1", "--log-every", "5", "--epochs", "2"]
+    args = ["--data-dir", str(data), "--hidden-size", "16", "--num-layers", "1", "--log-every", "5", "--epochs", "2",
+            "--head-dropout", "0.3"]
     weights = {}
     for loader in ("memory", "dataloader"):
         out = tmp_path / loader
