@@ -14,7 +14,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs CUDA (on CPU use bf16 or fp32)")
+        raise UserError("`precision`=fp16 needs CUDA (on CPU use bf16 or fp32)")
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:

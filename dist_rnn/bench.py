@@ -259,7 +259,7 @@ def parse(argv: Optional[list[str]] = None) -> BenchConfig:
     add_dataclass_flags(parser, BenchConfig)
     c = BenchConfig(**vars(parser.parse_args(argv)))
     if min(c.steps, c.repeats, c.sweep_steps) < 1:
-        raise UserError("--steps, --sweep-steps and --repeats must be >= 1")
+        raise UserError("`steps`, `sweep_steps` and `repeats` must be >= 1")
     return c
 
 

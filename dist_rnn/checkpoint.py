@@ -172,11 +172,11 @@ class CheckpointManager:
         return info if env.is_main else None
 
     def choose_resume(self, c: TrainConfig, warn: Callable[[str], None]) -> Optional[str]:
-        """Apply --resume: the checkpoint path to continue from, or None for a fresh start."""
+        """Apply the `resume` option: the checkpoint path to continue from, or None for a fresh start."""
         if c.resume == "none":
             if list_checkpoints(self.out_dir) and not c.overwrite:
-                raise UserError(f"{checkpoint_dir(self.out_dir)} already holds checkpoints: use --resume auto to "
-                                "continue that run, or --resume none --overwrite to delete them and start again")
+                raise UserError(f"{checkpoint_dir(self.out_dir)} already holds checkpoints: use `resume`=auto to "
+                                "continue that run, or `resume`=none with `overwrite`=True to delete them and start again")
             return None
         if c.resume == "auto":
             path = latest_valid(self.out_dir, warn)
@@ -255,7 +255,7 @@ def latest_valid(out_dir: Path, warn: Callable[[str], None]) -> Optional[Path]:
         warn(f"warning: skipping checkpoint {path}: {reason}")
     if candidates:
         raise UserError(f"no valid checkpoint in {checkpoint_dir(out_dir)} ({len(candidates)} found, all "
-                        "broken); use --resume none --overwrite to start again")
+                        "broken); use `resume`=none with `overwrite`=True to start again")
     return None
 
 
@@ -271,7 +271,7 @@ def check_compatible(snapshot: dict[str, Any], c: TrainConfig, path: str) -> Non
               for name in RESUME_MUST_MATCH if saved.get(name) != getattr(c, name)]
     if differ:
         raise UserError(f"{path} does not match this run: {'; '.join(differ)} (the model and the sample "
-                        "order must be the same to resume; use another --out-dir or --resume none)")
+                        "order must be the same to resume; use another `out_dir` or `resume`=none)")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

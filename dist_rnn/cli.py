@@ -9,6 +9,7 @@ import argparse
 import atexit
 import dataclasses
 import os
+import re
 import signal
 import sys
 import traceback
@@ -19,7 +20,7 @@ import torch
 from dist_rnn.config import (PRESETS, TrainConfig, field_type, precision_from_accelerate, read_config_file,
                              validate)
 from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
-from dist_rnn.errors import PeerLost, Stopped, UserError
+from dist_rnn.errors import OPTION, PeerLost, Stopped, UserError
 
 C = TypeVar("C")  # a command's config dataclass (RuntimeOptions' fields, and its own)
 
@@ -29,6 +30,19 @@ def describe(doc: str) -> str:
     leading "`python -m dist_rnn.x ...`: "."""
     first = doc.split("\n\n")[0]
     return first.split(": ", 1)[1] if first.startswith("`") else first
+
+
+def as_flags(error: BaseException) -> str:
+    """An error's message as the command line words it: each option it marks becomes the flag a
+    user types (`batch_size`=99 -> --batch-size 99, `overwrite`=True -> --overwrite)."""
+
+    def flag(m: re.Match) -> str:
+        name, value = "--" + m[1].replace("_", "-"), m[2]
+        if value == "False":
+            return "--no-" + name[2:]
+        return name if value in (None, "True") else f"{name} {value}"
+
+    return OPTION.sub(flag, str(error.args[0]) if error.args else "")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -110,14 +124,14 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
         if debug:
             raise
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-            print(f"{prog}: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {as_flags(e)}", file=sys.stderr)
         return 2
     except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must
         return 0 if e.signum == signal.SIGUSR1 else 128 + e.signum  # not restart the workers)
     except PeerLost as e:  # every surviving rank says it: rank 0 may be the one that is gone
         if debug:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {as_flags(e)}", file=sys.stderr)
         return 3
     return 0
 

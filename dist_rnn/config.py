@@ -164,7 +164,7 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     try:
         text = file.read_text()
     except OSError as e:
-        raise UserError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+        raise UserError(f"`config` {path}: cannot read it ({e.strerror or e})") from None
     try:
         if file.suffix in (".yaml", ".yml"):
             import yaml
@@ -173,17 +173,17 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: one line with the position
-        raise UserError(f"--config {path}: not valid {file.suffix[1:] or 'JSON'}: {first_line(e)}") from None
+        raise UserError(f"`config` {path}: not valid {file.suffix[1:] or 'JSON'}: {first_line(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of option names to values")
+        raise UserError(f"`config` {path}: expected a mapping of option names to values")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
         if key not in fields:
-            raise UserError(f"--config {path}: unknown key {key!r}")
-        values[key] = _checked(cls, fields[key], value, f"--config {path}: key {key!r}")
+            raise UserError(f"`config` {path}: unknown key {key!r}")
+        values[key] = _checked(cls, fields[key], value, f"`config` {path}: key {key!r}")
     values.pop("config", None)  # a run's config.json names the file it came from: no recursion
     return values
 
@@ -206,12 +206,12 @@ def _checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
 
 
 def check_limits(c: Any) -> None:
-    """Every field's declared limits (option's min / above / below), one line naming the flag."""
+    """Every field's declared limits (option's min / above / below), one line naming the option."""
     for f in dataclasses.fields(c):
         value, limits = getattr(c, f.name), f.metadata
         if value is None or isinstance(value, bool) or not {"min", "above", "below"} & limits.keys():
             continue
-        flag, low, high = "--" + f.name.replace("_", "-"), limits.get("min"), limits.get("below")
+        flag, low, high = f"`{f.name}`", limits.get("min"), limits.get("below")
         if high is not None and low is not None and not low <= value < high:
             raise UserError(f"{flag} must be in [{low:g}, {high:g}), got {value}")
         if high is not None and not value < high:
@@ -223,15 +223,15 @@ def check_limits(c: Any) -> None:
 
 
 def validate(c: TrainConfig) -> None:
-    """Reject settings that cannot work, with one line naming the flag: the declared limits, then
+    """Reject settings that cannot work, with one line naming the option: the declared limits, then
     the combinations."""
     check_limits(c)
     if c.dropout and c.num_layers == 1:
-        raise UserError("--dropout acts only between stacked layers: it needs --num-layers >= 2")
+        raise UserError("`dropout` acts only between stacked layers: it needs `num_layers` >= 2")
     if c.momentum and c.optimizer != "sgd":
-        raise UserError("--momentum applies to --optimizer sgd only")
+        raise UserError("`momentum` applies to `optimizer`=sgd only")
     if c.overwrite and c.resume != "none":
-        raise UserError("--overwrite goes with --resume none (it deletes what --resume would continue)")
+        raise UserError("`overwrite` goes with `resume`=none (it deletes what `resume` would continue)")
 
 
 def to_dict(c: TrainConfig) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def load_split(data_dir: Path, split: str) -> Split:
         if path is None:
             raise UserError(
                 f"{data_dir / name}: missing (looked for {name} and {name}.gz in {data_dir} and "
-                f"{data_dir / 'MNIST' / 'raw'}); pass --data-dir, set DIST_RNN_DATA, or add --download")
+                f"{data_dir / 'MNIST' / 'raw'}); set `data_dir`, set DIST_RNN_DATA, or add `download`=True")
         paths.append(path)
     images = read_idx(paths[0], IMAGES_MAGIC)
     labels = read_idx(paths[1], LABELS_MAGIC)
@@ -218,10 +218,10 @@ class GlobalBatchSampler(DistributedSampler):
 
     def __init__(self, n: int, global_batch: int, rank: int, world_size: int, seed: int):
         if global_batch % world_size:
-            raise UserError(f"--batch-size {global_batch} (global) does not divide over "
+            raise UserError(f"`batch_size`={global_batch} (global) does not divide over "
                             f"{world_size} processes")
         if n < global_batch:
-            raise UserError(f"--batch-size {global_batch} is larger than the training set ({n} samples)")
+            raise UserError(f"`batch_size`={global_batch} is larger than the training set ({n} samples)")
         super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.n, self.global_batch = n, global_batch
         self.local_batch = global_batch // world_size

@@ -59,14 +59,14 @@ def resolve_device(choice: str, backend: str, local_rank: int, local_world_size:
         backend = "nccl" if choice == "cuda" else "gloo"
     if choice == "cpu":
         if backend == "nccl":
-            raise UserError("--backend nccl needs CUDA devices: use --backend gloo (or auto) on CPU")
+            raise UserError("`backend`=nccl needs CUDA devices: use `backend`=gloo (or auto) on CPU")
         return torch.device("cpu"), backend
     if cuda_devices == 0:
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
+        raise UserError("`device`=cuda: no CUDA device is available (use `device`=cpu)")
     if backend == "nccl" and local_world_size > cuda_devices:
         gpus = f"{cuda_devices} GPU" + ("s" if cuda_devices > 1 else "")
         raise UserError(f"torchrun started {local_world_size} processes on this node but it has {gpus}: "
-                        f"use --nproc_per_node {cuda_devices}, or --backend gloo to share GPUs while debugging")
+                        f"use --nproc_per_node {cuda_devices}, or `backend`=gloo to share GPUs while debugging")
     return torch.device("cuda", local_rank % cuda_devices), backend
 
 
@@ -280,7 +280,7 @@ def on_main(env: DistEnv, fn: Callable[[], T]) -> T:
     if error is not None:
         raise error
     if isinstance(relayed, UserError):  # every rank raises it; local rank 0 of each node prints it (run_cli)
-        raise UserError(f"rank 0: {relayed}")
+        raise relayed.from_rank(0)
     if relayed is not None:
         raise relayed
     return result
@@ -317,7 +317,7 @@ def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
         try:
             kept["result"] = fn()
         except UserError as e:
-            error = str(e)
+            error = e.args[0]  # the message with its options still marked
     failures = [(rank, e) for rank, e in enumerate(all_gather_objects(error, env)) if e is not None]
     if failures:
         rank, message = failures[0]

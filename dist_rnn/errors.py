@@ -1,15 +1,36 @@
 """The exceptions a run ends with: bad input (UserError), a graceful stop, a lost peer. dist_rnn/cli.py
-turns them into one line and an exit status."""
+turns them into one line and an exit status.
 
+Library code knows options by their config names, never by their flags: a message marks an option
+as `name` (or `name`=value). str() words it for Python callers (batch_size=99); the command line
+words it as the flag a user types (--batch-size 99, see cli.as_flags).
+"""
+
+import re
 import signal
+
+# An option named in a message: `name`, or `name`=value (the value runs to a space or , ; : ) ).
+OPTION = re.compile(r"`(\w+)`(?:=([^\s,;:)]+))?")
+
+
+def in_python_words(message: str) -> str:
+    """A message with its options as Python keywords: `batch_size`=99 -> batch_size=99."""
+    return OPTION.sub(lambda m: m[1] + (f"={m[2]}" if m[2] else ""), message)
 
 
 class UserError(Exception):
-    """Bad input (flags, files, environment): reported as one line and exit status 2, no traceback.
+    """Bad input (options, files, environment): reported as one line and exit status 2, no traceback.
 
     Every process of a node meets the same bad input and raises the same error, so one process per
-    node (local rank 0) prints it.
+    node (local rank 0) prints it. args[0] is the message with its options marked (see above).
     """
+
+    def __str__(self) -> str:
+        return in_python_words(str(self.args[0])) if self.args else ""
+
+    def from_rank(self, rank: int) -> "UserError":
+        """The same error as another rank reports it: "rank R: ...", options still marked."""
+        return UserError(f"rank {rank}: {self.args[0]}")
 
 
 class Stopped(Exception):
@@ -29,10 +50,12 @@ def first_line(error: BaseException) -> str:
 class PeerLost(Exception):
     """A collective failed: another process died, hangs, or ran a different number of steps."""
 
+    __str__ = UserError.__str__
+
     def __init__(self, rank: int, timeout_s: float, cause: BaseException):
         super().__init__(
             f"rank {rank}: lost the other processes in a collective (one died, hangs, or ran a different "
-            f"number of steps; collectives wait at most --dist-timeout {timeout_s:g} s); the backend said: "
+            f"number of steps; collectives wait at most `dist_timeout`={timeout_s:g} s); the backend said: "
             f"{first_line(cause)[:300]}")
 
 

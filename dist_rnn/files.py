@@ -10,17 +10,18 @@ from typing import IO, Any, Callable
 from dist_rnn.errors import UserError
 
 
-def ensure_writable_dir(path: Path, flag: str = "--out-dir") -> None:
-    """Create the directory if needed and prove a file can be made there; one line if not."""
+def ensure_writable_dir(path: Path, option: str = "out_dir") -> None:
+    """Create the directory if needed and prove a file can be made there; one line naming the
+    option that chose it if not."""
     if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} is a file, not a directory")
+        raise UserError(f"`{option}` {path} is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+        raise UserError(f"`{option}` {path}: cannot write there ({e.strerror or e})") from None
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:

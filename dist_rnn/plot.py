@@ -99,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         runs = [Path(r) for r in args.pop("runs")]
         c = PlotConfig(**args)
         if Path(c.output).suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise UserError(f"--output {c.output}: use a .png, .pdf or .svg name")
+            raise UserError(f"`output` {c.output}: use a .png, .pdf or .svg name")
         drawn = plot_runs(runs, Path(c.output), c.title)
         for label, what in drawn.items():
             final = f", final test accuracy {what['final_accuracy']:.4f}" if what["final_accuracy"] is not None else ""

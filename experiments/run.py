@@ -98,7 +98,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError(f"unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
         c = ExperimentsConfig(**args)
         if c.seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {c.seeds}")
+            raise UserError(f"`seeds` must be >= 1, got {c.seeds}")
         experiments(c, suites)
 
     return run_cli("experiments", command)

@@ -9,7 +9,7 @@ from typing import Optional
 import pytest
 
 from conftest import REPO
-from dist_rnn.cli import build_parser, parse_config
+from dist_rnn.cli import as_flags, build_parser, parse_config
 from dist_rnn.config import PRESETS, TrainConfig, check_limits, option
 from dist_rnn.errors import UserError
 
@@ -47,8 +47,21 @@ def test_presets_are_the_original_scripts():
     (["--max-steps", "-1"], "--max-steps must be >= 0"),
 ])
 def test_invalid_values(args, words):
-    with pytest.raises(UserError, match=re.escape(words)):
+    with pytest.raises(UserError) as e:
         parse_config(args)
+    assert words in as_flags(e.value)
+
+
+def test_library_names_options_the_cli_names_flags():
+    """Library code marks the options a message is about; Python callers read config names, the
+    command line reads the flags they would type."""
+    error = UserError("`batch_size`=99 (global) does not divide; use `resume`=none with `overwrite`=True, "
+                      "`deterministic`=False, or another `out_dir` (`python -m x` stays as it is)")
+    assert str(error) == ("batch_size=99 (global) does not divide; use resume=none with overwrite=True, "
+                          "deterministic=False, or another out_dir (`python -m x` stays as it is)")
+    assert as_flags(error) == ("--batch-size 99 (global) does not divide; use --resume none with --overwrite, "
+                               "--no-deterministic, or another --out-dir (`python -m x` stays as it is)")
+    assert as_flags(error.from_rank(0)).startswith("rank 0: --batch-size 99 ")
 
 
 def test_help():
@@ -68,8 +81,8 @@ def test_declared_limits():
         maybe: Optional[int] = option(None, "unset or at least one", min=1)
 
     check_limits(Limited())
-    for field, value, words in [("count", 0, "--count must be >= 1, got 0"), ("rate", 0.0, "--rate must be > 0"),
-                                ("share", -0.1, "--share must be in [0, 1)"), ("share", 1.0, "--share must be in [0, 1)"),
-                                ("ceiling", 2.0, "--ceiling must be < 1, got 2.0"), ("maybe", 0, "--maybe must be >= 1")]:
+    for field, value, words in [("count", 0, "count must be >= 1, got 0"), ("rate", 0.0, "rate must be > 0"),
+                                ("share", -0.1, "share must be in [0, 1)"), ("share", 1.0, "share must be in [0, 1)"),
+                                ("ceiling", 2.0, "ceiling must be < 1, got 2.0"), ("maybe", 0, "maybe must be >= 1")]:
         with pytest.raises(UserError, match=re.escape(words)):
             check_limits(Limited(**{field: value}))

@@ -10,6 +10,7 @@ import torch
 
 from conftest import REPO, TORCHRUN, check_ok, events, free_port, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.cli import as_flags
 from dist_rnn.distributed import resolve_device, threads_per_rank
 from dist_rnn.errors import UserError
 
@@ -109,12 +110,12 @@ def test_device_and_backend_choice():
     assert resolve_device("cuda", "gloo", 3, 4, cuda_devices=2) == (torch.device("cuda", 1), "gloo")
     assert resolve_device("auto", "auto", 1, 2, cuda_devices=2) == (torch.device("cuda", 1), "nccl")
     refusal = ("torchrun started 2 processes on this node but it has 1 GPU: use --nproc_per_node 1, "
-               "or --backend gloo to share GPUs while debugging")
+               "or --backend gloo to share GPUs while debugging")  # as the command line words it
     for local_rank in (0, 1):  # rank 0 refuses too, so the line is printed (by local rank 0)
         with pytest.raises(UserError) as e:
             resolve_device("auto", "auto", local_rank, 2, cuda_devices=1)
-        assert str(e.value) == refusal
-    with pytest.raises(UserError, match="--backend nccl needs CUDA devices"):
+        assert as_flags(e.value) == refusal
+    with pytest.raises(UserError, match="backend=nccl needs CUDA devices"):
         resolve_device("cpu", "nccl", 0, 1, cuda_devices=1)
     with pytest.raises(UserError, match="no CUDA device is available"):
         resolve_device("cuda", "auto", 0, 1, cuda_devices=0)
