@@ -176,7 +176,8 @@ class CheckpointManager:
         if c.resume == "none":
             if list_checkpoints(self.out_dir) and not c.overwrite:
                 raise UserError(f"{checkpoint_dir(self.out_dir)} already holds checkpoints: use `resume`=auto to "
-                                "continue that run, or `resume`=none with `overwrite`=True to delete them and start again")
+                                "continue that run, or `resume`=none with `overwrite`=True to delete them and start "
+                                "again")
             return None
         if c.resume == "auto":
             path = latest_valid(self.out_dir, warn)

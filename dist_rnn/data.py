@@ -108,7 +108,7 @@ def load_split(data_dir: Path, split: str) -> Split:
         if path is None:
             raise UserError(
                 f"{data_dir / name}: missing (looked for {name} and {name}.gz in {data_dir} and "
-                f"{data_dir / 'MNIST' / 'raw'}); set `data_dir`, set DIST_RNN_DATA, or add `download`=True")
+                f"{data_dir / 'MNIST' / 'raw'}); pass `data_dir`, set DIST_RNN_DATA, or add `download`=True")
         paths.append(path)
     images = read_idx(paths[0], IMAGES_MAGIC)
     labels = read_idx(paths[1], LABELS_MAGIC)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.lab import Lab, Report, missing
+from experiments.lab import Lab, Report
 
 
 def lstm_anatomy(seed: int) -> dict[str, Any]:
@@ -35,29 +35,10 @@ def lstm_anatomy(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    report.add("## What are `nn.LSTM`'s parameters, and how is its forward written?")
     record = lab.measure("anatomy", "lstm-anatomy", 0, lstm_anatomy)
     if not record:
-        return missing(report, "anatomy")
+        return report.missing("anatomy")
     v = record["values"]
-    report.add("`nn.LSTM(28, 128, num_layers=2)`, the presets' recurrent part: `input_size=28` pixels per step, "
-               "`hidden_size=128` units, two stacked layers. Its parameters:")
-    report.table(["parameter", "shape", "count"], [[f"`{name}`", "x".join(map(str, shape)), n]
-                                                   for name, shape, n in v["parameters"]] + [["total", "", v["total"]]])
-    report.add(
-        "Each weight matrix stacks four blocks of 128 rows, in PyTorch's order: input gate `i`, forget gate `f`, "
-        "candidate `g`, output gate `o`; `weight_ih` reads the step's input, `weight_hh` the previous hidden state, "
-        "and the two biases are simply added. The forward pass, written out from those parameters "
-        "(`experiments.anatomy.lstm_anatomy`):\n\n"
-        "```python\n"
-        "for t in range(28):                      # one row of the image per step\n"
-        "    i, f, g, o = (x[:, t] @ w_ih.T + h @ w_hh.T + b_ih + b_hh).chunk(4, dim=1)\n"
-        "    c = sigmoid(f) * c + sigmoid(i) * tanh(g)   # forget some of the cell, write some\n"
-        "    h = sigmoid(o) * tanh(c)                    # expose some of it\n"
-        "    outputs.append(h)                           # the next layer reads these\n"
-        "```")
-    report.add(
-        f"**Answer.** The {v['total']:,} parameters are two sets of four gate matrices per layer; the loop above, run "
-        f"for both layers, reproduces `nn.LSTM`'s output to within {v['max_diff_by_hand_vs_library']:.1e}. "
-        "The classifier then reads one vector per image (dist_rnn's `RNNClassifier.features`: the last step's "
-        "output, or each direction's final state) into a `Linear(128, 10)`.")
+    rows = [[f"`{name}`", "x".join(map(str, shape)), n] for name, shape, n in v["parameters"]]
+    report.section("anatomy", total=v["total"], max_diff=v["max_diff_by_hand_vs_library"],
+                   parameter_table=report.table(["parameter", "shape", "count"], rows + [["total", "", v["total"]]]))

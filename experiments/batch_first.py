@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.lab import Lab, Report, missing
+from experiments.lab import Lab, Report
 
 
 def batch_first_check(seed: int) -> dict[str, Any]:
@@ -39,27 +39,16 @@ def batch_first_check(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    report.add("## What does `batch_first` change?")
     checks = [m["values"] for m in (lab.measure("batch_first", "batch-first-check", s, batch_first_check)
                                     for s in lab.seeds()) if m]
     if not checks:
-        return missing(report, "batch_first")
+        return report.missing("batch_first")
     layouts = list(checks[0]["ms_per_forward_backward"])
-    report.add("Two `nn.LSTM(28, 128, num_layers=2)` with the same weights, one `batch_first=True` fed "
-               "(batch, time, features) and one `batch_first=False` fed the transposed (time, batch, features) "
-               "tensor; then forward + backward time of a batch of 100 (median of 5 x 10 calls, alternated):")
-    report.table(["seed", "same state_dict keys", "max |output difference|", *[f"ms: {l}" for l in layouts]], [
-        [s, c["same_state_dict_keys"], f"{c['max_abs_output_difference']:.1e}",
-         *[f"{c['ms_per_forward_backward'][l]:.1f}" for l in layouts]] for s, c in zip(lab.seeds(), checks)])
-    diffs = [c["max_abs_output_difference"] for c in checks]
     times = {l: statistics.mean(c["ms_per_forward_backward"][l] for c in checks) for l in layouts}
-    ratio = times[layouts[0]] / times[layouts[1]]
-    report.add(
-        f"**Answer.** `batch_first` is a layout flag only: it has no weights (the state dicts have the same keys "
-        f"and load into each other), and the same weights give "
-        f"{'bit-for-bit identical outputs' if max(diffs) == 0 else f'outputs equal to within {max(diffs):.1e}'} on "
-        f"transposed input. PyTorch's kernels (cuDNN, oneDNN) work time-major; with `batch_first=True` the "
-        f"input is transposed for them, which here costs {ratio:.2f}x the time of feeding (time, batch, features) "
-        f"directly ({times[layouts[0]]:.1f} vs {times[layouts[1]]:.1f} ms per forward + backward), within this "
-        f"machine's noise. In practice `batch_first=True` is the common choice, because data loaders and most "
-        f"other layers are batch-major; dist_rnn uses it (`dist_rnn/model.py`).")
+    report.section(
+        "batch_first", max_diff=max(c["max_abs_output_difference"] for c in checks),
+        ratio=times[layouts[0]] / times[layouts[1]], ms_first=times[layouts[0]], ms_second=times[layouts[1]],
+        checks_table=report.table(
+            ["seed", "same state_dict keys", "max |output difference|", *[f"ms: {l}" for l in layouts]],
+            [[s, c["same_state_dict_keys"], f"{c['max_abs_output_difference']:.1e}",
+              *[f"{c['ms_per_forward_backward'][l]:.1f}" for l in layouts]] for s, c in zip(lab.seeds(), checks)]))

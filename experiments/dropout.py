@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import LSTM, PROBE_SAMPLES, Lab, Report, accuracies, mean_spread, missing, pct, runs
+from experiments.lab import LSTM, PROBE_SAMPLES, Lab, Report, accuracies, mean_spread, pct, runs
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -44,33 +44,36 @@ def dropout_check(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    report.add("## How does dropout work inside an RNN, and does it help here?")
     check = [m["values"] for m in (lab.measure("dropout", "dropout-check", s, dropout_check) for s in lab.seeds()) if m]
     variants = [("none", LSTM), ("nn.LSTM dropout 0.2", LSTM + ("--dropout", "0.2")),
                 ("nn.LSTM dropout 0.5", LSTM + ("--dropout", "0.5")),
                 ("dropout 0.5 before the classifier", LSTM + ("--head-dropout", "0.5"))]
     results = {name: runs(lab, "dropout", f"lstm-dropout-{i}", args) for i, (name, args) in enumerate(variants)}
     if not check or not all(results.values()):
-        return missing(report, "dropout")
-    c = check[0]
-    report.add(
-        f"What `nn.LSTM(..., num_layers=2, dropout=0.5)` does, measured (seed {lab.seeds()[0]}): the same network "
-        f"built by hand as two 1-layer LSTMs with an ordinary `F.dropout(p=0.5)` on the first layer's whole "
-        f"output sequence gives the same output to within {c['max_diff_library_vs_by_hand']:.1e} (same random "
-        f"stream); the top layer's output has {c['top_layer_output_zero_fraction']:.1%} zeros (it is not dropped); "
-        f"two training-mode calls differ by up to {c['max_diff_two_training_calls']:.3f}, two eval-mode calls by "
-        f"{c['max_diff_two_eval_calls']:.1e}; and with one layer `dropout=0.5` changes nothing (two training-mode "
-        f"calls differ by {c['one_layer_max_diff_two_training_calls']:.1e}; torch warns about it).")
+        return report.missing("dropout")
     rows = []
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
         rows.append([name, mean_spread(accuracies(records)), mean_spread(train_acc),
                      mean_spread([t - a for t, a in zip(train_acc, accuracies(records))])])
-    report.add("Training with each (`seed-lstm` preset otherwise; train accuracy on the first "
-               f"{PROBE_SAMPLES:,} training images, in eval mode):")
-    report.table(["dropout", "test accuracy %", "train accuracy %", "train - test gap, points"], rows)
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    draw(report, results)
+    means = {n: statistics.mean(accuracies(rs)) for n, rs in results.items()}
+    best, worst = max(means, key=means.get), min(means, key=means.get)
+    low = min(results[worst], key=lambda r: r["results"]["test_accuracy"])
+    first, last = low["evals"][0]["test_accuracy"], low["results"]["test_accuracy"]
+    report.section(
+        "dropout", seed=lab.seeds()[0], c=check[0], probe_samples=PROBE_SAMPLES,
+        gap_none=statistics.mean(r["analysis"]["train_accuracy"] - r["results"]["test_accuracy"]
+                                 for r in results["none"]),
+        best=best, best_pct=pct(accuracies(results[best])), none_pct=pct(accuracies(results["none"])),
+        worst=worst, worst_pct=pct(accuracies(results[worst])),
+        unstable={"first": first, "last": last} if last < first else None,
+        variants_table=report.table(["dropout", "test accuracy %", "train accuracy %", "train - test gap, points"],
+                                    rows))
+
+
+def draw(report: Report, results: dict[str, list[dict]]) -> None:
+    fig, ax = pyplot().subplots(figsize=(7, 3.4))
     names = list(results)
     for offset, (label, key) in enumerate((("train", "train"), ("test", "test"))):
         values = [statistics.mean(r["analysis"][f"{key}_accuracy"] for r in results[n]) for n in names]
@@ -79,22 +82,4 @@ def suite(lab: Lab, report: Report) -> None:
     ax.set(ylabel="accuracy", ylim=(0.9, 1.0))
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
-    report.figure("dropout", fig, "Train and test accuracy of the LSTM preset with each kind of dropout "
-                  "(mean over seeds).")
-    means = {n: statistics.mean(accuracies(rs)) for n, rs in results.items()}
-    best, worst = max(means, key=means.get), min(means, key=means.get)
-    gap = {n: statistics.mean(r["analysis"]["train_accuracy"] - r["results"]["test_accuracy"] for r in rs)
-           for n, rs in results.items()}
-    low = min(results[worst], key=lambda r: r["results"]["test_accuracy"])
-    first, last = low["evals"][0]["test_accuracy"], low["results"]["test_accuracy"]
-    unstable = (f": one of its seeds fell from {first:.2%} after the first epoch to {last:.2%} after the second, "
-                "unstable at this learning rate (Adam 0.01)") if last < first else ""
-    report.add(
-        "**Answer.** RNN dropout is ordinary dropout applied to the outputs of every layer but the last, at every "
-        "time step with a fresh mask, and never to the recurrent connection from one step to the next nor to "
-        "the last layer's output (that is what a classifier head's dropout is for). It is not 'variational' "
-        "dropout (one mask per sequence). Here it cannot help much: in two epochs the model does not overfit "
-        f"(train and test accuracy differ by {gap['none'] * 100:.2f} points without dropout), so there is little "
-        f"for dropout to fix. The best variant, '{best}', scored {pct(accuracies(results[best]))} against "
-        f"{pct(accuracies(results['none']))} without, within the spread across seeds; the worst, '{worst}', "
-        f"scored {pct(accuracies(results[worst]))}{unstable}.")
+    report.draw("dropout", fig)

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM, Lab, Report, accuracies, accuracy_curve, mean_spread, missing, parameters, pct,
-                             runs, steps_text, steps_to)
+from experiments.lab import (LSTM, Lab, Report, accuracies, accuracy_curve, mean_spread, parameters, pct, runs,
+                             steps_text, steps_to)
 
 
 def baseline(kind: str, lab: "Lab", seed: int) -> dict[str, Any]:
@@ -42,29 +42,41 @@ def baseline(kind: str, lab: "Lab", seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    report.add("## Why is MNIST so easy for an RNN?")
     lstm = runs(lab, "easy", "lstm-curve", LSTM + ("--eval-every", "50"))
     base = {kind: [m["values"] for m in (lab.measure("easy", f"baseline-{kind}", s, baseline, kind, lab)
                                          for s in lab.seeds()) if m]
             for kind in ("logreg", "mlp")}
     if not lstm or not all(base.values()):
-        return missing(report, "easy")
-    plt = pyplot()
-    report.add("The `seed-lstm` preset (2-layer LSTM, hidden 128, batch 100, Adam 0.01, 2 epochs), scored on "
-               "the full test set every 50 steps, against two models that ignore the sequence entirely and "
-               "read the 784 pixels at once (same batch, 2 epochs, Adam 0.001):")
-    report.table(["model", "parameters", "test accuracy % (2 epochs)", "steps to 90 % test accuracy"], [
-        ["logistic regression (784 -> 10)", base["logreg"][0]["parameters"],
-         mean_spread([b["test_accuracy"] for b in base["logreg"]]), "-"],
-        ["MLP (784 -> 128 -> 10, ReLU)", base["mlp"][0]["parameters"],
-         mean_spread([b["test_accuracy"] for b in base["mlp"]]), "-"],
-        ["2-layer LSTM over 28 rows (`seed-lstm`)", parameters("lstm", 128),
-         mean_spread(accuracies(lstm)), steps_text(lstm)],
-    ])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+        return report.missing("easy")
+    first = lstm[0]
+    confusion = np.array(first["analysis"]["confusion"])
+    errors = confusion.copy()
+    np.fill_diagonal(errors, 0)
+    draw_curve(report, lstm, base)
+    draw_confusion(report, confusion, errors)
+    draw_misclassified(report, lab, first["analysis"]["misclassified"][:24])
+    per_class = confusion.diagonal() / confusion.sum(1)
+    worst = [int(i) for i in np.argsort(per_class)[:2]]
+    pair = np.unravel_index(np.argmax(errors), errors.shape)
+    report.section(
+        "easy", seed=first["seed"], logreg=pct([b["test_accuracy"] for b in base["logreg"]]),
+        mlp=pct([b["test_accuracy"] for b in base["mlp"]]), lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
+        epochs_to_90=statistics.mean(steps_to(r, 0.9) or 1200 for r in lstm) * 100 / 60000,
+        worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
+        models_table=report.table(
+            ["model", "parameters", "test accuracy % (2 epochs)", "steps to 90 % test accuracy"], [
+                ["logistic regression (784 -> 10)", base["logreg"][0]["parameters"],
+                 mean_spread([b["test_accuracy"] for b in base["logreg"]]), "-"],
+                ["MLP (784 -> 128 -> 10, ReLU)", base["mlp"][0]["parameters"],
+                 mean_spread([b["test_accuracy"] for b in base["mlp"]]), "-"],
+                ["2-layer LSTM over 28 rows (`seed-lstm`)", parameters("lstm", 128),
+                 mean_spread(accuracies(lstm)), steps_text(lstm)]]))
+
+
+def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[dict]]) -> None:
+    fig, ax = pyplot().subplots(figsize=(7, 3.6))
     for r in lstm:
-        ax.plot(*accuracy_curve(r), marker=".",
-                label=f"LSTM seed {r['seed']}")
+        ax.plot(*accuracy_curve(r), marker=".", label=f"LSTM seed {r['seed']}")
     for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP")):
         ax.axhline(statistics.mean(b["test_accuracy"] for b in base[kind]), ls="--", lw=1, color="gray")
         ax.text(20, statistics.mean(b["test_accuracy"] for b in base[kind]), f"{label} (2 epochs)", va="bottom",
@@ -73,41 +85,25 @@ def suite(lab: Lab, report: Report) -> None:
     ax.set(xlabel="optimizer step (600 = one epoch)", ylabel="test accuracy", ylim=(0.5, 1.0))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    report.figure("easy-curve", fig, "Test accuracy of the LSTM preset during training, with the two "
-                  "pixel-level baselines for scale.")
-    first = lstm[0]
-    confusion = np.array(first["analysis"]["confusion"])
-    fig, ax = plt.subplots(figsize=(4.6, 4))
-    shown = confusion.copy()
-    np.fill_diagonal(shown, 0)
-    ax.imshow(shown, cmap="Reds")
+    report.draw("easy-curve", fig)
+
+
+def draw_confusion(report: Report, confusion: np.ndarray, errors: np.ndarray) -> None:
+    fig, ax = pyplot().subplots(figsize=(4.6, 4))
+    ax.imshow(errors, cmap="Reds")
     for i in range(10):
         for j in range(10):
             if confusion[i, j] and i != j:
                 ax.text(j, i, confusion[i, j], ha="center", va="center", fontsize=7)
     ax.set(xlabel="predicted", ylabel="true digit", xticks=range(10), yticks=range(10))
-    report.figure("easy-confusion", fig, f"Errors of the LSTM (seed {first['seed']}) on the 10,000 test digits "
-                  "by true and predicted class (the diagonal, the correct ones, left blank).")
+    report.draw("easy-confusion", fig)
+
+
+def draw_misclassified(report: Report, lab: Lab, wrong: list[list[int]]) -> None:
     _, test = lab.data
-    wrong = first["analysis"]["misclassified"][:24]
-    fig, axes = plt.subplots(3, 8, figsize=(8, 3.4))
+    fig, axes = pyplot().subplots(3, 8, figsize=(8, 3.4))
     for ax, (index, true, pred) in zip(axes.flat, wrong):
         ax.imshow(test.images[index].numpy(), cmap="gray")
         ax.set_title(f"{true} -> {pred}", fontsize=8)
         ax.axis("off")
-    report.figure("easy-misclassified", fig, "The first 24 misclassified test digits (true -> predicted).")
-    per_class = confusion.diagonal() / confusion.sum(1)
-    worst = [int(i) for i in np.argsort(per_class)[:2]]
-    pair = np.unravel_index(np.argmax(shown), shown.shape)
-    report.add(
-        f"**Answer.** MNIST is easy for almost any model: a linear classifier on raw pixels already reaches "
-        f"{pct([b['test_accuracy'] for b in base['logreg']])} and a one-hidden-layer MLP "
-        f"{pct([b['test_accuracy'] for b in base['mlp']])} in the same two epochs, because the digits "
-        f"are size-normalised, centred and nearly separable pixel by pixel. The LSTM reaches 90 % after "
-        f"{steps_text(lstm)} steps (seeds), about "
-        f"{statistics.mean(steps_to(r, 0.9) or 1200 for r in lstm) * 100 / 60000:.2f} epochs, and ends at "
-        f"{pct(accuracies(lstm))}: reading 28 rows in order is enough to carry the shape of a digit in a "
-        f"128-unit state. Its errors concentrate on a few shapes: its weakest classes are {worst[0]} "
-        f"({per_class[worst[0]]:.1%} right) and {worst[1]} ({per_class[worst[1]]:.1%}), the most frequent confusion "
-        f"is a true {pair[0]} read as {pair[1]} ({shown[pair]} times). Some of the misclassified digits above are hard "
-        f"to read even for a person; others are plain mistakes.")
+    report.draw("easy-misclassified", fig)

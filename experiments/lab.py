@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import jinja2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -239,7 +240,10 @@ def accuracies(records: list[dict]) -> list[float]:
 
 
 class Report:
-    """Markdown and figures of docs/experiments.md."""
+    """docs/experiments.md: each section is a Markdown template in experiments/report/ (the prose),
+    rendered with the values its suite computed from the records (the numbers, tables, figures)."""
+
+    TEMPLATES = Path(__file__).parent / "report"
 
     def __init__(self, path: Path):
         self.path = path
@@ -247,29 +251,53 @@ class Report:
         self.figures.mkdir(parents=True, exist_ok=True)
         self.parts: list[str] = []
         self.written: list[Path] = []
+        self.drawn: dict[str, Any] = {}  # figures a suite drew, saved when its template places them
+        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(self.TEMPLATES),
+                                            undefined=jinja2.StrictUndefined, trim_blocks=True, autoescape=False)
+        self.templates.filters["fmt"] = format  # {{ x|fmt(".1%") }}: Python's format spec
 
-    def add(self, text: str, at_start: bool = False) -> None:
+    def section(self, name: str, at_start: bool = False, **values: Any) -> None:
+        """Render template `name`.md with `values` and add it to the report."""
+        text = self.templates.get_template(f"{name}.md").render(figure=self._figure, **values)
         self.parts.insert(0 if at_start else len(self.parts), text.strip("\n") + "\n")
+        if self.drawn:
+            unplaced = ", ".join(self.drawn)
+            self._discard_drawn()
+            raise ValueError(f"{name}.md does not place the figures {unplaced}")
 
-    def table(self, header: list[str], rows: list[list[Any]]) -> None:
+    def missing(self, suite: str, why: str = "missing", **values: Any) -> None:
+        """A suite's heading (its template's first line), then why its section is absent (template `why`)."""
+        heading = (self.TEMPLATES / f"{suite}.md").read_text().splitlines()[0]
+        self.parts.append(heading + "\n")
+        self._discard_drawn()  # a suite that failed may have drawn some
+        self.section(why, suite=suite, **values)
+
+    def _discard_drawn(self) -> None:
+        for fig in self.drawn.values():
+            pyplot().close(fig)
+        self.drawn.clear()
+
+    @staticmethod
+    def table(header: list[str], rows: list[list[Any]]) -> str:
+        """A Markdown table, for a template to place."""
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-        self.add("\n".join(lines))
+        return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
-    def figure(self, name: str, fig: Any, caption: str) -> None:
+    def draw(self, name: str, fig: Any) -> None:
+        """Keep a figure for the template that places it as {{ figure(name, caption) }}."""
+        self.drawn[name] = fig
+
+    def _figure(self, name: str, caption: str) -> str:
         path = self.figures / f"{name}.png"
+        fig = self.drawn.pop(name)
         fig.tight_layout()
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
         pyplot().close(fig)
         self.written.append(path)
-        self.add(f"![{caption}](experiments/{name}.png)\n\n*{caption}*")
+        return f"![{caption}](experiments/{name}.png)\n\n*{caption}*"
 
     def write(self) -> None:
         atomic_write(self.path, lambda fh: fh.write("\n".join(self.parts).encode()))
-
-
-def missing(report: Report, suite: str) -> None:
-    report.add(f"*Not measured yet: run `python -m experiments {suite}`.*")
 
 
 def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None) -> list[dict]:

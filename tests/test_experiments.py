@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, real_mnist_dir
+from dist_rnn.plot import pyplot
 from experiments import lab as experiments_lab, run
 from experiments.bidirectional import half_probes
-from experiments.lab import ExperimentsConfig, Lab
+from experiments.lab import ExperimentsConfig, Lab, Report
 
 
 def run_experiments(args: list[str]) -> subprocess.CompletedProcess:
@@ -80,3 +81,20 @@ def test_committed_report_is_regenerated_exactly_from_the_committed_cache(tmp_pa
     assert len(figures) >= 4 and all((REPO / "docs" / "experiments" / name).exists() for name in figures)
     assert all(f"(experiments/{name})" in committed.read_text() for name in figures)
     assert Path(REPO / "docs" / "experiments" / "cache").is_dir()
+
+
+def test_report_sections_are_templates_filled_with_the_suites_values(tmp_path):
+    """The prose lives in experiments/report/*.md; a section names every value it uses (an unknown
+    one is an error, not a blank) and places every figure its suite drew."""
+    report = Report(tmp_path / "report.md")
+    report.section("missing", suite="easy")
+    report.missing("loss", "failed", reason="ValueError: boom")
+    assert report.parts == ["*Not measured yet: run `python -m experiments easy`.*\n",
+                            "## Cross-entropy or mean squared error?\n",
+                            "*The loss section could not be written: ValueError: boom.*\n"]
+    with pytest.raises(Exception, match="suite"):
+        report.section("missing")  # {{ suite }} not given
+    report.draw("unplaced", pyplot().subplots()[0])
+    with pytest.raises(ValueError, match="does not place the figures unplaced"):
+        report.section("failed", suite="x", reason="y")
+    assert report.table(["a", "b"], [[1, 2]]) == "| a | b |\n| --- | --- |\n| 1 | 2 |"
