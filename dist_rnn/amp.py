@@ -17,11 +17,13 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise UserError("`precision`=fp16 needs CUDA (on CPU use bf16 or fp32)")
 
 
-def autocast(precision: str, device: torch.device) -> ContextManager:
-    """The context to run forward passes in: autocast to bf16/fp16, or nothing for fp32."""
+def autocast(precision: str, device: torch.device, cache: bool = True) -> ContextManager:
+    """The context to run forward passes in: autocast to bf16/fp16, or nothing for fp32. `cache=False`
+    for a region captured in a CUDA graph (PyTorch's graph notes ask for it: cached casts would
+    outlive the capture)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision], cache_enabled=cache)
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

@@ -35,7 +35,8 @@ class RuntimeOptions:
 
     precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "autocast precision; fp16 needs CUDA (training scales its loss with a GradScaler), bf16 works "
-        "on CPU and CUDA")
+        "on CPU and CUDA; on GPUs both were measured slower than fp32 for these small LSTMs (the weights are cast "
+        "again every step: see the README), on CPUs with BF16 instructions bf16 is faster")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
     backend: Literal["auto", "nccl", "gloo"] = option(
         "auto", "process-group backend under torchrun; 'auto': nccl on CUDA, gloo on CPU; 'gloo' on CUDA lets "
@@ -72,6 +73,12 @@ class TrainConfig(RuntimeOptions):
         "there (fast); 'dataloader': torchvision's MNIST dataset through a DataLoader with the same sampler "
         "(the pipeline for data that does not fit in memory; same batches, slower)")
     num_workers: int = option(2, "DataLoader worker processes per rank (--loader dataloader only)", min=0)
+    # -- speed
+    cuda_graphs: Literal["auto", "on", "off"] = option(
+        "auto", "EXPERIMENTAL: capture the training step in CUDA graphs once and replay it (the step of this small "
+        "model is bound by kernel launches on a GPU); 'auto' is off until graphed training has been measured on a "
+        "GPU to match eager training; 'on' on CPU, or with fp16 (its GradScaler waits for the host), trains eagerly "
+        "and says so")
     sequence: Literal["row", "column", "pixel", "permuted"] = option(
         "row", "how an image becomes a sequence: 'row' (28 steps of 28 pixels), 'column' (the transposed "
         "image), 'pixel' (784 steps of 1 pixel), 'permuted' (784 steps, pixels in a fixed random order)")

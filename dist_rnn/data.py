@@ -259,11 +259,18 @@ class MemoryFeeder:
     def __init__(self, train: Split, device: torch.device):
         self.train, self.device = train.to(device), device
 
-    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images uint8 (b, H, W), labels (b,)) from the sampler's position to its epoch's end."""
+    def batches(self, sampler: GlobalBatchSampler, into: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images uint8 (b, H, W), labels (b,)) from the sampler's position to its epoch's end;
+        gathered straight into the tensors `into` when given (a graphed step reads those)."""
         indices = sampler.epoch_indices().to(self.device)
         for k in range(sampler.batch_in_epoch, sampler.steps_per_epoch):
-            yield self.train.images[indices[k]], self.train.labels[indices[k]]
+            if into is None:
+                yield self.train.images[indices[k]], self.train.labels[indices[k]]
+            else:
+                torch.index_select(self.train.images, 0, indices[k], out=into[0])
+                torch.index_select(self.train.labels, 0, indices[k], out=into[1])
+                yield into
 
 
 class DataLoaderFeeder:
@@ -285,7 +292,9 @@ class DataLoaderFeeder:
         self.dataset = torch.utils.data.Subset(dataset, range(n))
         self.device, self.num_workers = device, num_workers
 
-    def batches(self, sampler: GlobalBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, sampler: GlobalBatchSampler, into: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same batches from the DataLoader; copied into `into` when given (by the graphed step)."""
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=sampler.local_batch, sampler=sampler,
                                              drop_last=True, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda",
@@ -293,7 +302,12 @@ class DataLoaderFeeder:
                                              # from the global one would shift every dropout mask after it
                                              generator=torch.Generator().manual_seed(0))
         for images, labels in loader:
-            yield images.squeeze(1).to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if into is None:
+                yield images.squeeze(1).to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            else:
+                into[0].copy_(images.squeeze(1), non_blocking=True)
+                into[1].copy_(labels, non_blocking=True)
+                yield into
 
 
 def feeder(kind: str, train: Split, device: torch.device, data_dir: str, num_workers: int,

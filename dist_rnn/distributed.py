@@ -201,6 +201,15 @@ def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
     return ddp
 
 
+def broadcast_weights(model: nn.Module, env: DistEnv) -> nn.Module:
+    """Rank 0's parameters on every rank, in place (what DDP does when it wraps a model); returns it."""
+    if env.is_distributed:
+        with torch.no_grad():
+            for p in model.parameters():
+                dist.broadcast(p, src=0)
+    return model
+
+
 # all_gather_into_tensor was renamed all_gather_single (torch 2.14 warns about the old name).
 _all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
@@ -217,18 +226,27 @@ def rank_ordered_mean_hook(state: object, bucket: dist.GradBucket) -> torch.futu
     instead of about 2x, is small for models of this size.
     """
     buffer = bucket.buffer()
-    world_size = dist.get_world_size()
-    flat = torch.empty(world_size * buffer.numel(), dtype=buffer.dtype, device=buffer.device)
-    future = _all_gather_flat(flat, buffer, async_op=True).get_future()
-    gathered = flat.view(world_size, -1)  # row r: rank r's bucket
+    gathered = torch.empty(dist.get_world_size(), buffer.numel(), dtype=buffer.dtype, device=buffer.device)
+    future = _all_gather_flat(gathered.view(-1), buffer, async_op=True).get_future()
+    return future.then(lambda _: mean_in_rank_order(gathered))  # row r of gathered: rank r's bucket
 
-    def rank_ordered_mean(_: torch.futures.Future) -> torch.Tensor:
-        total = gathered[0].clone()
-        for rank in range(1, world_size):
-            total += gathered[rank]
-        return total.div_(world_size)
 
-    return future.then(rank_ordered_mean)
+def mean_in_rank_order(gathered: torch.Tensor) -> torch.Tensor:
+    """(world_size, n) -> (n,): the rows' mean, added as row 0 + row 1 + ... for every element."""
+    total = gathered[0].clone()
+    for rank in range(1, len(gathered)):
+        total += gathered[rank]
+    return total.div_(len(gathered))
+
+
+def rank_ordered_mean_(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Replace a flat tensor by its mean over ranks, added in rank order as the DDP hook above does
+    (the graphed step's gradient mean); returns it."""
+    if env.is_distributed:
+        gathered = torch.empty(env.world_size, tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+        _all_gather_flat(gathered.view(-1), tensor)
+        tensor.copy_(mean_in_rank_order(gathered))
+    return tensor
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn import __version__, distributed, tracking
-from dist_rnn.amp import autocast, check_precision, grad_scaler
+from dist_rnn.amp import check_precision, grad_scaler
 from dist_rnn.checkpoint import CheckpointManager, TrainState, checkpoint_dir, load_weights, set_rng_state
 from dist_rnn.cli import parse_config, run_command
 from dist_rnn.config import TrainConfig, to_dict
@@ -35,12 +34,17 @@ from dist_rnn.evaluate import evaluate
 from dist_rnn.files import ensure_writable_dir
 from dist_rnn.log import RunLog
 from dist_rnn.model import build_model
+from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 
 
-def build_optimizer(c: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(c: TrainConfig, model: nn.Module, graphed: bool) -> torch.optim.Optimizer:
+    """The optimizer; a graphed step needs Adam's capturable form (its step count stays on the
+    device) and takes the fused kernel, the fastest there."""
     if c.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum)
+    if graphed:
+        return torch.optim.Adam(model.parameters(), lr=c.lr, capturable=True, fused=True)
     return torch.optim.Adam(model.parameters(), lr=c.lr)
 
 
@@ -60,13 +64,6 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     out_dir = distributed.broadcast_from_main(out_dir, env)
     return dataclasses.replace(c, out_dir=out_dir, data_dir=str(resolve_data_dir(c.data_dir)),
                                device=env.device.type)
-
-
-def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Cross-entropy, or (to compare, see docs/experiments.md) MSE between softmax outputs and one-hot targets."""
-    if kind == "mse":
-        return F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
-    return F.cross_entropy(logits, y)
 
 
 def global_mean(value: torch.Tensor, env: DistEnv) -> float:
@@ -137,11 +134,17 @@ class Trainer:
         torch.manual_seed(c.seed)  # the same initial weights on every rank
         self.model = build_model(c, input_size=self.view.input_size).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
-        self.optimizer = build_optimizer(c, self.model)
+        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision)
+        graphed = c.cuda_graphs == "on" and self.graphs_refused is None
+        self.optimizer = build_optimizer(c, self.model, graphed)
         self.scaler = grad_scaler(c.precision, env.device)
         if snapshot:
             self._restore(snapshot)
-        self.ddp_model = distributed.wrap(self.model, env)  # after loading: DDP starts from the restored weights
+        # After loading: every rank starts from the restored weights (DDP broadcasts rank 0's). The
+        # graphed step averages gradients itself, so it runs on the bare model.
+        self.ddp_model = distributed.wrap(self.model, env) if not graphed else distributed.broadcast_weights(
+            self.model, env)
+        self.train_step = self._build_step(graphed)
         planned = c.epochs * self.sampler.steps_per_epoch
         self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
         self._open_run_dir(resumed=snapshot is not None)
@@ -183,22 +186,18 @@ class Trainer:
         self.log.open_trackers(lambda: tracking.open_trackers(self.c, self.out_dir, self.state.tracker_run_id,
                                                               self.log.info))
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on this rank's part of the global batch; returns its (detached) mean loss.
-
-        DDP averages the gradients over ranks during backward(), and every rank holds the same number
-        of samples, so the update is the one a single process would make on the whole global batch.
-        """
-        with autocast(self.c.precision, self.env.device):
-            loss = loss_function(self.ddp_model(x), y, self.c.loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.c.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.c.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
+    def _build_step(self, graphed: bool) -> EagerStep:
+        """The training step over this rank's part of each global batch. Every rank holds the same
+        number of samples and the gradients are averaged over ranks (by DDP during backward, or by
+        the graphed step between its graphs), so each update is the one a single process would make
+        on the whole global batch."""
+        c, env = self.c, self.env
+        common = dict(params=list(self.model.parameters()), optimizer=self.optimizer, scaler=self.scaler,
+                      view=self.view, precision=c.precision, loss=c.loss, grad_clip=c.grad_clip)
+        if not graphed:
+            return EagerStep(self.ddp_model, device=env.device, **common)
+        return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,
+                           image_shape=tuple(self.test_set.images.shape[1:]), **common)
 
     def train(self) -> dict[str, Any]:
         """The algorithm: steps over the sampler's global batches, the loss reported every
@@ -212,21 +211,23 @@ class Trainer:
             while s.step < self.total_steps and stopped is None:
                 self.sampler.load_state_dict({"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch})
                 clock = Clock(self.env.device)
-                for images, labels in self.feeder.batches(self.sampler):  # the same order at any world size
-                    loss = self.step(self.view(images), labels)
+                # The same batches in the same order at any world size; a graphed step's are written
+                # straight into the tensors its graph reads.
+                for images, labels in self.feeder.batches(self.sampler, into=self._inputs()):
+                    self.train_step(images, labels)
                     s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
                     self.sampler.batch_in_epoch = s.batch_in_epoch  # its state_dict() is the run's position
                     clock.interval_steps += 1
                     self.log.advance()
                     if s.step % self.c.log_every == 0:  # the only sync with the device inside the epoch (but scoring)
-                        self._report(loss, clock)
+                        self._report(clock)
                     inside = s.batch_in_epoch < steps_per_epoch  # the epoch's end is scored and saved below
                     if inside and self.c.eval_every and s.step % self.c.eval_every == 0:
                         with clock.paused():
                             self.log.event("eval", epoch=s.epoch + 1, **self.score())  # a learning-curve point
                     if inside:
                         self.save("step")
-                    stopped = stop.agreed()  # every rank gets the same answer, so all stop at this step
+                    stopped = stop.agreed(s.step)  # the same answer on every rank: all stop at this step
                     if stopped is not None or s.step >= self.total_steps:
                         break
                 s.train_seconds += clock.seconds()
@@ -241,7 +242,7 @@ class Trainer:
                 self._stop(stopped)
             return self._finish(last_eval)
         finally:
-            stop.close()
+            stop.close(settle=False)  # done above, unless an error is on its way out
             self.log.close()  # the bar, and the trackers' files completed
 
     def score(self) -> dict[str, Any]:
@@ -269,12 +270,22 @@ class Trainer:
                       f"-> {self.out_dir}")
         if self.resumed_from_step is not None:
             self.log.info(self.resumed_note)
+        if self.graphs_refused:
+            self.log.info(f"warning: {self.graphs_refused}")
+        elif isinstance(self.train_step, GraphedStep):
+            self.log.info("training step captured in CUDA graphs (experimental)")
         self.log.start_progress(self.total_steps, done=self.state.step)
 
-    def _report(self, loss: torch.Tensor, clock: Clock) -> None:
-        """The training loss (mean over ranks) and speed, to the console, metrics.jsonl and trackers."""
+    def _inputs(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The tensors a graphed step reads its batch from (None: the eager step takes any)."""
+        step = self.train_step
+        return (step.images, step.labels) if isinstance(step, GraphedStep) else None
+
+    def _report(self, clock: Clock) -> None:
+        """The training loss since the last report (mean over steps and ranks) and the speed, to the
+        console, metrics.jsonl and trackers."""
         s, c = self.state, self.c
-        loss_value, rate = global_mean(loss, self.env), clock.rate(c.batch_size)
+        loss_value, rate = global_mean(self.train_step.take_mean_loss(), self.env), clock.rate(c.batch_size)
         self.log.info(f"Epoch [{s.epoch + 1}/{c.epochs}], Step [{s.batch_in_epoch}/{self.sampler.steps_per_epoch}], "
                       f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
         self.log.event("train", step=s.step, epoch=s.epoch + 1, loss=loss_value,

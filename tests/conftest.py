@@ -115,6 +115,17 @@ def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
                           env={**os.environ, **(env or {})})
 
 
+def run_step_worker(data: Path, out: Path, optimizer: str, nproc: Optional[int] = None,
+                    device: str = "cpu") -> dict:
+    """tests/static_step_worker.py (the graphed step against the eager one), with python or torchrun."""
+    script = [str(REPO / "tests" / "static_step_worker.py"), str(data), str(out), optimizer, device]
+    cmd = [sys.executable, *script] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
+                                                          *script]
+    check_ok(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}))
+    return json.loads(out.read_text())
+
+
 def check_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 

@@ -1,7 +1,8 @@
 """GPU tests (marker `cuda`, skipped where torch sees no GPU, as in CI): the presets on CUDA in fp32,
 bf16 and fp16, evaluation, checkpoints crossing between GPU and CPU, SIGTERM and resume on a GPU,
-two ranks sharing one GPU through gloo, NCCL's one-GPU-per-process refusal, and bitwise resume
-with --deterministic. tools/gpu-check.sh runs them on a GPU machine."""
+two ranks sharing one GPU through gloo, NCCL's one-GPU-per-process refusal, bitwise resume with
+--deterministic, and the training step in CUDA graphs against the eager one. tools/gpu-check.sh
+runs them on a GPU machine."""
 
 import json
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, check_ok, events, read_results, real_mnist_dir, run_train, write_mnist
+from conftest import REPO, check_ok, events, read_results, real_mnist_dir, run_step_worker, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.cuda
@@ -44,16 +45,18 @@ def weights(results: dict) -> dict:
     return load_checkpoint(Path(results["checkpoint"]))["model"]
 
 
-@pytest.mark.parametrize("preset,precision,floor", [
-    ("seed-lstm", "fp32", 0.96), ("seed-bilstm", "fp32", 0.97), ("seed-bilstm", "bf16", 0.97),
-    ("seed-bilstm", "fp16", 0.97)])
-def test_presets_reach_their_accuracy_on_cuda_and_evaluate_agrees(tmp_path, preset, precision, floor):
+@pytest.mark.parametrize("preset,precision,floor,graphs", [
+    ("seed-lstm", "fp32", 0.96, "off"), ("seed-bilstm", "fp32", 0.97, "off"), ("seed-bilstm", "bf16", 0.97, "off"),
+    ("seed-bilstm", "fp16", 0.97, "off"), ("seed-lstm", "fp32", 0.96, "on"), ("seed-bilstm", "fp32", 0.97, "on")])
+def test_presets_reach_their_accuracy_on_cuda_and_evaluate_agrees(tmp_path, preset, precision, floor, graphs):
     mnist = real_mnist_dir()
     if mnist is None:
         pytest.skip("real MNIST files not present (set DIST_RNN_DATA)")
     out = tmp_path / "run"
-    check_ok(run_train(["--preset", preset, "--precision", precision, "--data-dir", str(mnist), "--out-dir", str(out)],
-                       device="cuda", timeout=900))
+    proc = run_train(["--preset", preset, "--precision", precision, "--data-dir", str(mnist), "--out-dir", str(out),
+                      "--cuda-graphs", graphs], device="cuda", timeout=900)
+    check_ok(proc)
+    assert ("captured in CUDA graphs" in proc.stdout + proc.stderr) == (graphs == "on")
     results = read_results(out)
     assert (results["device"], results["precision"], results["test_samples"]) == ("cuda", precision, 10000)
     assert results["test_accuracy"] >= floor, results
@@ -85,10 +88,12 @@ def test_checkpoints_cross_between_gpu_and_cpu(data, tmp_path):
         assert (resumed["device"], resumed["steps"], resumed["resumed_from_step"]) == (other, 40, 30)
 
 
-def test_sigterm_on_gpu_checkpoints_and_resume_finishes(data, tmp_path):
+@pytest.mark.parametrize("graphs", ["off", "on"])
+def test_sigterm_on_gpu_checkpoints_and_resume_finishes(data, tmp_path, graphs):
+    """With the step in CUDA graphs too: dropout, saving, the stop and the resume (which captures again)."""
     out = tmp_path / "run"
     args = ["--data-dir", str(data), "--out-dir", str(out), "--max-steps", "3000", "--epochs", "60",
-            "--hidden-size", "48", "--log-every", "5"]
+            "--hidden-size", "48", "--log-every", "5", "--dropout", "0.2", "--cuda-graphs", graphs]
     proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args, "--device", "cuda"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -115,6 +120,26 @@ def test_two_ranks_share_one_gpu_through_gloo(data, tmp_path):
     a, b = weights(one), weights(two)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-3, f"max parameter difference {worst:.3g}"  # cuDNN may round in TF32
+
+
+@pytest.mark.parametrize("nproc,optimizer", [(None, "adam"), (None, "sgd"), (2, "adam")])
+def test_graphed_step_follows_the_eager_step(tmp_path, nproc, optimizer):
+    """The step captured in CUDA graphs (fused capturable Adam; with 2 ranks through gloo, the mean
+    between two graphs) against the eager step on the same batches: equal within float rounding."""
+    data = write_mnist(tmp_path / "data", n_train=500, n_test=10)
+    found = run_step_worker(data, tmp_path / "out.json", optimizer, nproc, device="cuda")
+    assert found["moved"] > 0.01 and found["max_abs_diff"] < 1e-3, found
+    assert found["graphed_losses"] == pytest.approx(found["eager_losses"], rel=1e-3)
+
+
+def test_graphed_two_ranks_follow_one_graphed_process(data, tmp_path):
+    """Two ranks sharing GPU 0 through gloo, graphed, follow one graphed process (SGD)."""
+    sgd = ["--optimizer", "sgd", "--lr", "0.1", "--hidden-size", "64", "--cuda-graphs", "on"]
+    one = train(data, tmp_path / "one", 30, extra=sgd)
+    two = train(data, tmp_path / "two", 30, nproc=2, extra=[*sgd, "--backend", "gloo"])
+    a, b = weights(one), weights(two)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-3, f"max parameter difference {worst:.3g}"
 
 
 def test_nccl_refuses_more_processes_than_gpus_in_one_line(data, tmp_path):

@@ -1,0 +1,40 @@
+"""The training step: the graphed step's logic equals the eager step's, the loss is read only at
+--log-every (the mean since the last report), and --cuda-graphs on falls back on CPU in one line."""
+
+import pytest
+
+from conftest import check_ok, events, run_step_worker, run_train, write_mnist
+
+
+@pytest.mark.parametrize("nproc,optimizer", [(None, "adam"), (2, "adam"), (2, "sgd")])
+def test_graphed_step_logic_is_the_eager_step(tmp_path, nproc, optimizer):
+    """Static buffers, one flat gradient buffer, three warm-up steps undone, and (2 ranks) the
+    rank-ordered gradient mean between the phases: bitwise the eager DDP step, 25 steps on."""
+    data = write_mnist(tmp_path / "data", n_train=500, n_test=10)
+    found = run_step_worker(data, tmp_path / "out.json", optimizer, nproc)
+    assert found["world_size"] == (nproc or 1)
+    assert found["moved"] > 0.01  # it trained
+    assert found["bitwise_equal"] and found["graphed_losses"] == found["eager_losses"], found
+
+
+def test_reported_loss_is_the_mean_since_the_last_report(tmp_path):
+    """The loss stays on the device until --log-every: a report is the mean of the steps since the
+    previous one, so five reports at --log-every 1 average to one at --log-every 5."""
+    data = write_mnist(tmp_path / "data", n_train=1000, n_test=50)
+    args = ["--data-dir", str(data), "--max-steps", "10", "--hidden-size", "16", "--resume", "none"]
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "every"), "--log-every", "1"]))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "five"), "--log-every", "5"]))
+    every = [e["loss"] for e in events(tmp_path / "every", "train")]
+    five = [e["loss"] for e in events(tmp_path / "five", "train")]
+    assert len(every) == 10 and len(five) == 2
+    for k in range(2):
+        assert five[k] == pytest.approx(sum(every[5 * k: 5 * k + 5]) / 5, rel=1e-6)
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_cuda_graphs_on_falls_back_on_cpu_in_one_line(tmp_path, nproc):
+    data = write_mnist(tmp_path / "data", n_train=400, n_test=50)
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(tmp_path / "run"), "--max-steps", "3",
+                      "--hidden-size", "8", "--cuda-graphs", "on"], nproc=nproc)
+    check_ok(proc)
+    assert (proc.stdout + proc.stderr).count("warning: CUDA graphs need a CUDA device: training eagerly") == 1
