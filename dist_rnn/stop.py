@@ -2,8 +2,11 @@
 
 Schedulers and people stop jobs with SIGTERM (kill, torchrun forwarding its own SIGTERM, SLURM at a
 time limit), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's --signal). The handler only records the signal;
-at every step boundary the ranks all-reduce "has anyone been asked to stop?", so they agree on the
+every CHECK_EVERY steps the ranks start an all-reduce of "has anyone been asked to stop?" without
+waiting for it, and read the one started CHECK_EVERY steps before (long finished): they agree on the
 step to stop at even when only one of them was signalled, and rank 0 checkpoints exactly that step.
+A blocking all-reduce at every step measured 206 us here, a third of a GPU step of the presets;
+this costs no wait at all. One process needs no agreement and looks at every step.
 Further SIGTERM/SIGUSR1 are ignored while stopping (SLURM and torchrun may each deliver one); a
 second Ctrl-C stops at once.
 """
@@ -21,6 +24,10 @@ from dist_rnn.distributed import DistEnv
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
+# Steps between two agreements. A stop comes at most 2 x this many steps after the signal (well
+# under a second of GPU training, seconds on CPU), far inside SLURM's --signal grace.
+CHECK_EVERY = 10
+
 
 class StopRequest:
     """Installs the handlers for the lifetime of a run; `agreed()` is the collective check."""
@@ -33,6 +40,7 @@ class StopRequest:
         self._group = None
         if env.is_distributed and env.backend != "gloo":
             self._group = dist.new_group(backend="gloo")
+        self._pending: Optional[tuple[dist.Work, torch.Tensor]] = None  # the agreement under way
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
@@ -41,16 +49,33 @@ class StopRequest:
         if self.received is None:
             self.received = signum
 
-    def agreed(self) -> Optional[int]:
-        """Collective: the signal any rank received (the same answer on every rank), or None."""
+    def agreed(self, step: int) -> Optional[int]:
+        """The signal any rank received, the same answer on every rank, or None. Collective at
+        every CHECK_EVERY-th step (every rank calls it with the same steps): it answers with the
+        agreement started CHECK_EVERY steps before and starts the next; None in between."""
         if not self.env.is_distributed:
             return self.received
+        if step % CHECK_EVERY:
+            return None
+        answer = self._finish_pending()
         flag = torch.tensor([self.received or 0], dtype=torch.int64)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        return answer
+
+    def _finish_pending(self) -> Optional[int]:
+        if self._pending is None:
+            return None
+        work, flag = self._pending
+        work.wait()
+        self._pending = None
         return int(flag.item()) or None
 
-    def close(self) -> None:
-        """Put the previous handlers back (once; later calls do nothing)."""
+    def close(self, settle: bool = True) -> None:
+        """Put the previous handlers back (once; later calls do nothing). With `settle`, first let the
+        agreement under way finish (every rank started it); not on the way out of an error, where a
+        peer may be gone."""
+        if settle:
+            self._finish_pending()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

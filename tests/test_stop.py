@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints
+from dist_rnn.stop import CHECK_EVERY
 
 
 @pytest.mark.parametrize("nproc", [None, 2])
@@ -30,6 +31,8 @@ def test_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, nproc):
     assert len(stop) == 1 and stop[0]["signal"] == "SIGTERM", output
     step = stop[0]["step"]
     assert 0 < step < 500 and list_checkpoints(out)[0][0] == step
+    if nproc:  # the ranks agree every CHECK_EVERY steps, not at every step
+        assert step % CHECK_EVERY == 0, step
     assert output.count(f"stopped by SIGTERM at step {step} of 500") == 1  # rank 0 only says it
     assert "Traceback" not in output.split("stopped by SIGTERM")[0]  # no worker traceback before it
     if nproc is None:
