@@ -3,7 +3,9 @@ in one run on this machine, plus a world-size sweep and the costs around trainin
 
 (a) samples/s of the original pipeline (torchvision MNIST + ToTensor + DataLoader(batch 100,
     shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`) in fp32
-    and with --precision bf16, alternated --repeats times, --steps each: medians and ratios; and the
+    and with --precision bf16 (on CUDA also with the step in CUDA graphs, and at batch 1000),
+    alternated --repeats times, --steps each: medians and ratios. dist_rnn's figure is its steady
+    speed, the first of its five reporting intervals (warm-up, graph capture) left out; and the
     original's data path timed alone, which bounds what feeding from memory can win;
 (b) 1 process x 2 threads against `torchrun --nproc_per_node=2` (1 thread each), global batch 100;
 (c) time from `python -m dist_rnn.train` to its first step done (median of --repeats), evaluation samples/s,
@@ -43,6 +45,11 @@ from dist_rnn.train import run
 
 
 SEED_LSTM = TrainConfig(preset="seed-lstm", **PRESETS["seed-lstm"])  # the original LSTM script
+
+# What (a) times besides the original: name -> (precision, --cuda-graphs, global batch).
+VARIANTS = {"dist_rnn": ("fp32", "off", 100), "dist_rnn_bf16": ("bf16", "off", 100)}
+CUDA_VARIANTS = {**VARIANTS, "dist_rnn_graphed": ("fp32", "on", 100), "dist_rnn_graphed_bf16": ("bf16", "on", 100),
+                 "dist_rnn_b1000": ("fp32", "off", 1000), "dist_rnn_graphed_b1000": ("fp32", "on", 1000)}
 
 
 @dataclass
@@ -102,18 +109,21 @@ def original_loader_seconds_per_batch(root: Path, batches: int) -> float:
     return (time.perf_counter() - start) / batches
 
 
-def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, device: torch.device,
-                 precision: str = "fp32") -> dict[str, Any]:
-    """dist_rnn's own loop, in this process, with the seed-lstm preset's hyperparameters."""
-    c = dataclasses.replace(SEED_LSTM, epochs=10, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
-                            limit_test=1000, resume="none", overwrite=True, log_every=10 ** 9, precision=precision,
-                            device=device.type)
+def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, device: torch.device, precision: str = "fp32",
+                 cuda_graphs: str = "off", batch_size: int = 100) -> dict[str, Any]:
+    """dist_rnn's own loop, in this process, with the seed-lstm preset's hyperparameters; adds
+    `steady_samples_per_s`, the median speed of its reporting intervals after the first."""
+    c = dataclasses.replace(SEED_LSTM, epochs=10 ** 6, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
+                            limit_test=1000, resume="none", overwrite=True, log_every=max(1, steps // 5),
+                            precision=precision, device=device.type, cuda_graphs=cuda_graphs, batch_size=batch_size)
     validate(c)
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own log would bury the table
         results = run(c, env)
     events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     results["checkpoint_save_s"] = next(e["seconds"] for e in events if e["event"] == "checkpoint")
+    rates = [e["samples_per_s"] for e in events if e["event"] == "train"]
+    results["steady_samples_per_s"] = statistics.median(rates[1:] or rates)
     return results
 
 
@@ -175,29 +185,33 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
 
 def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
           device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(a) The original pipeline and dist_rnn's loop (fp32, bf16), alternated --repeats times."""
-    original, ours, ours_bf16, runs = [], [], [], []
+    """(a) The original pipeline and dist_rnn's variants, alternated --repeats times."""
+    variants = CUDA_VARIANTS if device.type == "cuda" else VARIANTS
+    original: list[float] = []
+    speeds: dict[str, list[float]] = {name: [] for name in variants}
+    runs = []
     for i in range(c.repeats):
         original.append(original_samples_per_s(root, c.steps, device))
-        runs.append(dist_rnn_run(data_dir, work / f"run-{i}", c.steps, device))
-        ours.append(runs[-1]["train_samples_per_s"])
-        ours_bf16.append(dist_rnn_run(data_dir, work / f"bf16-{i}", c.steps, device, "bf16")["train_samples_per_s"])
-        say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s, dist_rnn {ours[-1]:.0f} samples/s, "
-            f"dist_rnn --precision bf16 {ours_bf16[-1]:.0f} samples/s")
+        for name, (precision, graphs, batch) in variants.items():
+            result = dist_rnn_run(data_dir, work / f"{name}-{i}", c.steps, device, precision, graphs, batch)
+            speeds[name].append(result["steady_samples_per_s"])
+            runs += [result] if name == "dist_rnn" else []
+        say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s; "
+            + ", ".join(f"{name} {values[-1]:.0f}" for name, values in speeds.items()))
     figures: dict[str, Any] = {
         "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}"
                    + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "device": device.type,
-        "steps": c.steps, "repeats": c.repeats,
-        "original_samples_per_s": original, "dist_rnn_samples_per_s": ours, "dist_rnn_bf16_samples_per_s": ours_bf16,
-        "original_median": statistics.median(original), "dist_rnn_median": statistics.median(ours),
-        "dist_rnn_bf16_median": statistics.median(ours_bf16),
+        "steps": c.steps, "repeats": c.repeats, "variants": {name: list(v) for name, v in variants.items()},
+        "original_samples_per_s": original, "original_median": statistics.median(original),
     }
-    figures["ratio_dist_rnn_vs_original"] = figures["dist_rnn_median"] / figures["original_median"]
+    for name, values in speeds.items():
+        figures[f"{name}_samples_per_s"] = values
+        figures[f"{name}_median"] = statistics.median(values)
+        figures[f"ratio_{name}_vs_original"] = figures[f"{name}_median"] / figures["original_median"]
     # Neighbours in time share the machine's mood: the median of the per-alternation ratios is the
     # figure least moved by this machine's slow swings.
-    figures["ratio_median_of_alternations"] = statistics.median(o / b for o, b in zip(ours, original))
-    figures["ratio_dist_rnn_bf16_vs_original"] = figures["dist_rnn_bf16_median"] / figures["original_median"]
+    figures["ratio_median_of_alternations"] = statistics.median(o / b for o, b in zip(speeds["dist_rnn"], original))
     # The share of the original's step spent in its data path bounds what an in-memory loop can win.
     loader_s = statistics.median(original_loader_seconds_per_batch(root, c.steps) for _ in range(c.repeats))
     figures["original_loader_ms_per_batch"] = loader_s * 1000
@@ -231,15 +245,16 @@ def costs(c: BenchConfig, data_dir: Path, work: Path, device: torch.device,
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    rows = [("original pipeline, samples/s (median)", f"{figures['original_median']:.0f}"),
-            ("dist_rnn loop, samples/s (median)", f"{figures['dist_rnn_median']:.0f}"),
-            ("ratio dist_rnn / original", f"{figures['ratio_dist_rnn_vs_original']:.2f}x"),
-            ("median of the per-alternation ratios", f"{figures['ratio_median_of_alternations']:.2f}x"),
-            ("original's data path per batch, ms (share of its step)",
-             f"{figures['original_loader_ms_per_batch']:.1f} ({figures['original_loader_share_of_step']:.0%})"),
-            ("best ratio a free data path allows", f"{figures['ratio_bound_without_data_path']:.2f}x"),
-            ("dist_rnn --precision bf16, samples/s (median)", f"{figures['dist_rnn_bf16_median']:.0f}"),
-            ("ratio dist_rnn bf16 / original fp32", f"{figures['ratio_dist_rnn_bf16_vs_original']:.2f}x")]
+    rows = [("original pipeline (batch 100, fp32), samples/s (median)", f"{figures['original_median']:.0f}")]
+    for name, (precision, graphs, batch) in figures["variants"].items():
+        label = f"dist_rnn, batch {batch}, {precision}" + (", CUDA graphs" if graphs == "on" else "")
+        rows.append((f"{label}: samples/s (median), ratio to the original",
+                     f"{figures[f'{name}_median']:.0f}  {figures[f'ratio_{name}_vs_original']:.2f}x"))
+    rows += [("median of the per-alternation ratios (dist_rnn fp32)",
+              f"{figures['ratio_median_of_alternations']:.2f}x"),
+             ("original's data path per batch, ms (share of its step)",
+              f"{figures['original_loader_ms_per_batch']:.1f} ({figures['original_loader_share_of_step']:.0%})"),
+             ("best ratio a free data path allows", f"{figures['ratio_bound_without_data_path']:.2f}x")]
     if "world1_samples_per_s" in figures:
         rows += [("1 process x 2 threads, samples/s", f"{statistics.median(figures['world1_samples_per_s']):.0f}"),
                  ("2 processes x 1 thread, samples/s", f"{statistics.median(figures['world2_samples_per_s']):.0f}"),

@@ -19,4 +19,5 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert figures["ratio_dist_rnn_vs_original"] == figures["dist_rnn_median"] / figures["original_median"]
     assert figures["ratio_dist_rnn_bf16_vs_original"] == figures["dist_rnn_bf16_median"] / figures["original_median"]
     assert 0 < figures["original_loader_share_of_step"] < 1
-    assert "ratio dist_rnn / original" in proc.stdout and figures["seconds_to_first_step"] > 0
+    assert "dist_rnn, batch 100, fp32: samples/s (median), ratio to the original" in proc.stdout
+    assert figures["seconds_to_first_step"] > 0 and figures["variants"]["dist_rnn"] == ["fp32", "off", 100]

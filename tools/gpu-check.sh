@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, run the GPU tests (pytest -m cuda), train both
-# presets on the GPU, run the benchmark on the GPU, and print one summary. About 4-5 minutes on
-# one H100/H200. It installs nothing: it needs torch (CUDA build), torchvision, tqdm, pyyaml,
+# presets on the GPU (eager, then with the step in CUDA graphs), run the benchmark on the GPU and
+# the reference probe ($GRAPH_PROBE, default ../shared/gpu/graph_probe.py: the ceiling a bare loop
+# reaches, measured in the same job), and print one summary. About 6-7 minutes on one H100/H200. It installs nothing: it needs torch (CUDA build), torchvision, tqdm, pyyaml,
 # matplotlib, pillow and pytest (pytest-xdist, where present, runs the tests 4 at a time); wandb,
 # accelerate and tensorboard may be missing (their tests are skipped). The whole suite on a GPU
 # machine: `python -m pytest -n 8` (the CPU tests say --device cpu and run there as everywhere).
@@ -18,7 +19,8 @@ export PYTHONUNBUFFERED=1
 OUT=${GPU_CHECK_OUT:-gpu-check}
 DATA=${1:-${DIST_RNN_DATA:-../shared/data/mnist}}
 mkdir -p "$OUT"
-rm -rf "$OUT/bench.json" "$OUT/seed-lstm" "$OUT/seed-bilstm" "$OUT"/*.log  # no figures from an earlier check
+rm -rf "$OUT/bench.json" "$OUT"/seed-* "$OUT"/*.log  # no figures from an earlier check
+PROBE=${GRAPH_PROBE:-../shared/gpu/graph_probe.py}
 
 if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "gpu-check: no CUDA device visible to torch: nothing to check" >&2
@@ -47,11 +49,18 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it with its output in $OUT/NAME.
 
 if [ -n "${DIST_RNN_DATA:-}" ]; then
   for preset in seed-lstm seed-bilstm; do
-    step "$preset" 300 "$PYTHON" -m dist_rnn.train --preset "$preset" --device cuda --data-dir "$DIST_RNN_DATA" \
-      --out-dir "$OUT/$preset"
+    for graphs in off on; do
+      step "$preset-graphs-$graphs" 300 "$PYTHON" -m dist_rnn.train --preset "$preset" --device cuda \
+        --data-dir "$DIST_RNN_DATA" --out-dir "$OUT/$preset-graphs-$graphs" --cuda-graphs "$graphs"
+    done
   done
-  step bench 300 "$PYTHON" -m dist_rnn.bench --device cuda --data-dir "$DIST_RNN_DATA" --steps 300 --repeats 3 \
+  step bench 420 "$PYTHON" -m dist_rnn.bench --device cuda --data-dir "$DIST_RNN_DATA" --steps 300 --repeats 3 \
     --out "$OUT/bench.json"
+  if [ -f "$PROBE" ]; then
+    for model in uni bi; do
+      step "probe-$model" 180 env MNIST="$DIST_RNN_DATA" "$PYTHON" "$PROBE" "$model" 600
+    done
+  fi
 fi
 parallel=()
 "$PYTHON" -c 'import xdist' 2>/dev/null && parallel=(-n 4)
@@ -67,18 +76,27 @@ print(f"\nGPU check: {torch.cuda.get_device_name(0)}, torch {torch.__version__},
 tests = (out / "cuda-tests.log").read_text().strip().splitlines() if (out / "cuda-tests.log").exists() else []
 print(f"  cuda tests: {tests[-1] if tests else 'no output'}")
 for preset in ("seed-lstm", "seed-bilstm"):
-    path = out / preset / "results.json"
-    if path.exists():
-        r = json.loads(path.read_text())
-        print(f"  {preset} fp32: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']}, "
-              f"{r['train_samples_per_s']:.0f} train samples/s ({r['train_seconds']:.1f} s training)")
+    for graphs in ("off", "on"):
+        path = out / f"{preset}-graphs-{graphs}" / "results.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            print(f"  {preset} fp32, CUDA graphs {graphs}: test accuracy {r['test_accuracy']:.4f} on "
+                  f"{r['test_samples']}, {r['train_samples_per_s']:.0f} train samples/s "
+                  f"({r['train_seconds']:.1f} s training)")
 bench = out / "bench.json"
 if bench.exists():
     b = json.loads(bench.read_text())
-    print(f"  bench (seed-lstm, {b['steps']} steps x {b['repeats']}): original {b['original_median']:.0f} samples/s, "
-          f"dist_rnn {b['dist_rnn_median']:.0f} ({b['ratio_dist_rnn_vs_original']:.2f}x), bf16 "
-          f"{b['dist_rnn_bf16_median']:.0f}, first step {b['seconds_to_first_step']:.2f} s, "
-          f"eval {b['eval_samples_per_s']:.0f} samples/s")
+    print(f"  bench (seed-lstm, {b['steps']} steps x {b['repeats']}, steady samples/s): original "
+          f"{b['original_median']:.0f}; " + ", ".join(f"{name} {b[name + '_median']:.0f} "
+                                                      f"({b['ratio_' + name + '_vs_original']:.2f}x)"
+                                                      for name in b["variants"])
+          + f"; first step {b['seconds_to_first_step']:.2f} s, eval {b['eval_samples_per_s']:.0f} samples/s")
+for model in ("uni", "bi"):
+    log = out / f"probe-{model}.log"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            if "samples_per_s" in line:
+                print("  probe " + " ".join(line.split()))
 print(f"  result: {'PASS' if status == 0 else 'FAIL'}")
 EOF
 exit "$status"
