@@ -275,18 +275,37 @@ def check_compatible(snapshot: dict[str, Any], c: TrainConfig, path: str) -> Non
                         "order must be the same to resume; use another `out_dir` or `resume`=none)")
 
 
+def file_kind(head: bytes) -> str:
+    """What a file that is not a checkpoint looks like, from its first bytes."""
+    kinds = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+             b"\x1f\x8b": "a gzip file", b"{": "a JSON file", b"[": "a JSON file"}
+    for magic, kind in kinds.items():
+        if head.startswith(magic):
+            return kind
+    if not head:
+        return "an empty file"
+    printable = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return "a text file" if printable else "unrecognised binary data"
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint without running any code from it; any failure is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    if path.suffix == ".json" and path.with_suffix(".pt").is_file():
+        raise UserError(f"{path}: this is the metadata file beside {path.with_suffix('.pt').name}; pass the .pt file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip archive, or a legacy pickle
+        raise UserError(f"{path}: not a checkpoint ({file_kind(head)})")
     if metadata_path(path).is_file() and (reason := problem(path)):
         raise UserError(f"{path}: {reason}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused, not a plain-data checkpoint (weights_only load failed: "
-                        f"{first_line(e)})") from None
+    except pickle.UnpicklingError:  # torch's own message suggests turning weights_only off: never
+        raise UserError(f"{path}: refused: it holds Python objects, not only tensors and plain data, and "
+                        "loading it could run code; dist_rnn's checkpoints hold none") from None
     except Exception as e:  # zip or format errors come as RuntimeError, EOFError, ...
         raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if isinstance(state, dict) and state.get("format_version", 1) > FORMAT_VERSION:

@@ -1,5 +1,7 @@
 """Checkpoint files: contents, weights_only loading, integrity metadata, rotation, refusing code."""
 
+import argparse
+import io
 import json
 import os
 import random
@@ -150,14 +152,32 @@ def test_evaluate_command(mnist_dir, tmp_path):
         assert result["world_size"] == (nproc or 1) and proc.stdout.count("test accuracy") == 1
 
 
-@pytest.mark.parametrize("content,words", [(b"", "not a readable checkpoint"),
-                                           (b"PK\x03\x04garbage", "not a readable checkpoint")])
-def test_evaluate_bad_file(tmp_path, content, words):
+def pickled_object() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": argparse.Namespace(evil=True)}, buffer)  # a Python object: weights_only refuses it
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"", "not a checkpoint (an empty file)"), (b"\x89PNG\r\n\x1a\n....", "not a checkpoint (a PNG image)"),
+    (bytes(range(200, 256)), "not a checkpoint (unrecognised binary data)"),
+    (b"PK\x03\x04garbage", "not a readable checkpoint"),
+    (pickled_object(), "refused: it holds Python objects, not only tensors and plain data")])
+def test_wrong_files_are_named_for_what_they_are(tmp_path, content, words):
+    """No advice to turn weights_only off (it would run the file's code)."""
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(bad)
+    assert words in str(e.value) and "weights_only" not in str(e.value)
+
+
+def test_evaluate_names_a_bad_file_in_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n....")
     proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and words in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.returncode == 2 and proc.stderr == f"python -m dist_rnn.evaluate: error: {bad}: not a checkpoint (a PNG image)\n"
 
 
 OLD_RUN = REPO / "tests" / "fixtures" / "a3bc583-run"  # written by dist_rnn at a3bc583 (see its README)
