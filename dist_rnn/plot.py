@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import option
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write
@@ -69,16 +69,24 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
         if not train and not evals:
             raise UserError(f"{run_dir}: metrics.jsonl has no train or eval events yet")
         label = run_label(run_dir)
-        line = loss_ax.plot(*zip(*train), label=label)[0] if train else None
+        # A marker where there are few points: a line of one point would not show.
+        line = loss_ax.plot(*zip(*train), label=label, marker="o" if len(train) < 20 else None)[0] if train else None
         if evals:
             acc_ax.plot(*zip(*evals), marker="o", label=label, color=line.get_color() if line else None)
         drawn[label] = {"train_points": len(train), "eval_points": len(evals),
                         "final_accuracy": evals[-1][1] if evals else None}
-    loss_ax.set(xlabel="optimizer step", ylabel="training loss (global batch)", yscale="log", title="loss")
+    loss_ax.set(xlabel="optimizer step", ylabel="training loss (global batch)", title="loss")
     acc_ax.set(xlabel="optimizer step", ylabel="test accuracy", title="test accuracy")
+    empty = {loss_ax: "no training loss recorded yet\n(the run is shorter than --log-every)",
+             acc_ax: "no test-set score recorded yet"}
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        else:  # say why the panel is empty instead of leaving it blank (and matplotlib warning)
+            ax.text(0.5, 0.5, empty[ax], ha="center", va="center", transform=ax.transAxes, color="gray")
+    if loss_ax.get_legend_handles_labels()[0]:
+        loss_ax.set_yscale("log")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -89,7 +97,7 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m dist_rnn.plot", description=describe(__doc__))
+    parser = ArgumentParser(prog=prog("dist_rnn.plot"), description=describe(__doc__))
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
     add_dataclass_flags(parser, PlotConfig)
     parser.add_argument("-o", dest="output", default="curves.png", help="short for --output")
@@ -106,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{label}: {what['train_points']} loss points, {what['eval_points']} accuracy points{final}")
         print(f"wrote {c.output}")
 
-    return run_cli("dist_rnn.plot", command)
+    return run_cli(prog("dist_rnn.plot"), command)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dist_rnn.checkpoint import TrainState, load_checkpoint
-from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import option
 from dist_rnn.data import SequenceView
 from dist_rnn.distributed import single_process_device
@@ -37,14 +37,34 @@ class PredictConfig:
     device: Literal["auto", "cpu", "cuda"] = option("cpu", "where to run the model")
 
 
+def foreground(image: Any) -> np.ndarray:
+    """A PIL image as float grayscale, light marks on a background brought to 0 (MNIST's polarity)."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    if border(gray).mean() > 127:  # dark digit on a light background: MNIST digits are light on dark
+        gray = 255 - gray
+    return np.clip(gray - np.median(border(gray)), 0, 255)  # the background (paper, shadows) to 0
+
+
+def ink_warning(image: Any) -> Optional[str]:
+    """Why the image does not look like one digit on a plain background (None when it does): a
+    model answers something for any input, so say when the answer cannot mean much."""
+    fg = foreground(image)
+    contrast = float(fg.max())
+    if contrast < 32:
+        return f"no digit-like ink: the image is nearly one shade (its marks differ from the background by " \
+               f"{contrast:.0f} of 255)"
+    ink = fg > 0.2 * contrast
+    covered, at_edges = float(ink.mean()), float(border(ink).mean())
+    if covered > 0.5 or at_edges > 0.2:  # a digit on paper leaves the edges clear
+        return f"no digit on a plain background: ink covers {covered:.0%} of the image and {at_edges:.0%} of its edges"
+    return None
+
+
 def to_mnist(image: Any) -> np.ndarray:
     """A PIL image as a 28x28 uint8 MNIST-style digit: grayscale, light on dark, fitted and centred."""
     from PIL import Image
 
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    if border(gray).mean() > 127:  # dark digit on a light background: MNIST digits are light on dark
-        gray = 255 - gray
-    gray = np.clip(gray - np.median(border(gray)), 0, 255)  # the background (paper, shadows) to 0
+    gray = foreground(image)
     ink = gray > 0.2 * gray.max() if gray.max() > 0 else np.zeros_like(gray, dtype=bool)
     if not ink.any():
         return np.zeros((SIDE, SIDE), dtype=np.uint8)  # a blank image: nothing to centre
@@ -69,13 +89,14 @@ def border(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
 
 
-def read_image(path: str) -> np.ndarray:
-    """One image file as an MNIST-style digit (one line naming the file when it cannot be read)."""
+def read_image(path: str) -> tuple[np.ndarray, Optional[str]]:
+    """One image file as an MNIST-style digit, and a warning when it holds no digit-like ink (one
+    line naming the file when it cannot be read)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return to_mnist(image)
+            return to_mnist(image), ink_warning(image)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:
@@ -87,18 +108,20 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     snapshot = load_checkpoint(Path(c.checkpoint))
     config = trained_config(snapshot, c.checkpoint)
     device = single_process_device(c.device)
-    digits = torch.from_numpy(np.stack([read_image(path) for path in images]))
+    read = [read_image(path) for path in images]
+    digits = torch.from_numpy(np.stack([digit for digit, _ in read]))
     pixel_order = TrainState.from_checkpoint(snapshot).pixel_order  # --sequence permuted: the order it learned
     view = SequenceView.from_config(config, digits, pixel_order).to(device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(device)
     with torch.no_grad():
         probabilities = torch.softmax(model(view(digits.to(device))).float(), dim=1).cpu()
     return [{"file": path, "digit": int(p.argmax()), "probability": round(float(p.max()), 6),
-             "probabilities": [round(float(v), 6) for v in p]} for path, p in zip(images, probabilities)]
+             "probabilities": [round(float(v), 6) for v in p], "warning": warning}
+            for path, p, (_, warning) in zip(images, probabilities, read)]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m dist_rnn.predict", description=describe(__doc__))
+    parser = ArgumentParser(prog=prog("dist_rnn.predict"), description=describe(__doc__))
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...; any size)")
     add_dataclass_flags(parser, PredictConfig)
 
@@ -114,8 +137,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             for r in records:
                 print(f"{r['file']}: {r['digit']} (probability {r['probability']:.3f})")
+        for r in records:
+            if r["warning"]:
+                print(f"warning: {r['file']}: {r['warning']}; the answer means little", file=sys.stderr)
 
-    return run_cli("dist_rnn.predict", command)
+    return run_cli(prog("dist_rnn.predict"), command)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torch import nn
 from dist_rnn import __version__, distributed, tracking
 from dist_rnn.amp import check_precision, grad_scaler
 from dist_rnn.checkpoint import CheckpointManager, TrainState, checkpoint_dir, load_weights, set_rng_state
-from dist_rnn.cli import parse_config, run_command
+from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
 from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
                            resolve_data_dir)
@@ -58,11 +58,14 @@ def prepare_data(c: TrainConfig) -> tuple[Split, Split]:
 
 
 def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
-    """Fill in what the flags left open: data dir, device actually used, and one out-dir for all ranks."""
+    """Fill in what the flags left open: data dir (absolute), device actually used, and one out-dir for
+    all ranks."""
     out_dir = c.out_dir or f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Each rank would read its own clock: take rank 0's name so every rank agrees.
     out_dir = distributed.broadcast_from_main(out_dir, env)
-    return dataclasses.replace(c, out_dir=out_dir, data_dir=str(resolve_data_dir(c.data_dir)),
+    # The data dir as an absolute path: the checkpoints record it, and evaluate/predict read it from
+    # wherever they are run.
+    return dataclasses.replace(c, out_dir=out_dir, data_dir=str(resolve_data_dir(c.data_dir).absolute()),
                                device=env.device.type)
 
 
@@ -75,6 +78,13 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings are true."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def format_seconds(seconds: float) -> str:
+    """1:02:03 / 2:03: wall time for a log line."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class Clock:
@@ -113,6 +123,7 @@ class Trainer:
 
     def __init__(self, c: TrainConfig, env: DistEnv):
         check_precision(c.precision, env.device)
+        self.out_dir_chosen = c.out_dir is not None  # else a new timestamped directory: a rerun starts afresh
         self.c = c = resolve_config(c, env)
         self.env, self.out_dir = env, Path(c.out_dir)
         self.log = RunLog(self.out_dir, active=env.is_main)
@@ -148,6 +159,7 @@ class Trainer:
         planned = c.epochs * self.sampler.steps_per_epoch
         self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
         self._open_run_dir(resumed=snapshot is not None)
+        self._started = time.perf_counter()  # again when train() begins
 
     def _resume_snapshot(self) -> Optional[dict[str, Any]]:
         """The checkpoint to continue from (None: fresh start), checked against this run's config.
@@ -240,10 +252,12 @@ class Trainer:
             stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
             if stopped is not None:
                 self._stop(stopped)
-            return self._finish(last_eval)
+            results = self._finish(last_eval)
         finally:
             stop.close(settle=False)  # done above, unless an error is on its way out
-            self.log.close()  # the bar, and the trackers' files completed
+            self.log.close()  # the bar, and the trackers' files completed (wandb prints its own lines)
+        self._summarize(results)  # last: after whatever the trackers printed
+        return results
 
     def score(self) -> dict[str, Any]:
         """Exact test-set evaluation of the current weights, tagged with the step."""
@@ -275,6 +289,11 @@ class Trainer:
         elif isinstance(self.train_step, GraphedStep):
             self.log.info("training step captured in CUDA graphs (experimental)")
         self.log.start_progress(self.total_steps, done=self.state.step)
+        self._started = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        """Seconds since this attempt's loop began (evaluations and saves included: the wall clock)."""
+        return time.perf_counter() - self._started
 
     def _inputs(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """The tensors a graphed step reads its batch from (None: the eager step takes any)."""
@@ -286,8 +305,11 @@ class Trainer:
         console, metrics.jsonl and trackers."""
         s, c = self.state, self.c
         loss_value, rate = global_mean(self.train_step.take_mean_loss(), self.env), clock.rate(c.batch_size)
+        done = s.step - (self.resumed_from_step or 0)  # by this attempt, in _elapsed()
+        eta = self._elapsed() / done * (self.total_steps - s.step)
         self.log.info(f"Epoch [{s.epoch + 1}/{c.epochs}], Step [{s.batch_in_epoch}/{self.sampler.steps_per_epoch}], "
-                      f"Loss: {loss_value:.4f}, {rate:.0f} samples/s")
+                      f"Loss: {loss_value:.4f}, {rate:.0f} samples/s, {format_seconds(self._elapsed())} elapsed, "
+                      f"ETA {format_seconds(eta)}")
         self.log.event("train", step=s.step, epoch=s.epoch + 1, loss=loss_value,
                        lr=self.optimizer.param_groups[0]["lr"], samples_per_s=rate)
         self.log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
@@ -304,8 +326,10 @@ class Trainer:
         self.save("stop")
         name = signal.Signals(signum).name
         self.log.event("stop", step=self.state.step, signal=name)
-        self.log.info(f"stopped by {name} at step {self.state.step} of {self.total_steps}, checkpoint saved: "
-                      "run the same command again to resume")
+        how = "run the same command again" if self.out_dir_chosen else \
+            f"run the same command with --out-dir {self.out_dir} (without it, a new run starts)"
+        self.log.info(f"stopped by {name} at step {self.state.step} of {self.total_steps}, checkpoint saved; "
+                      f"to resume, {how}")
         distributed.barrier(self.env)
         raise Stopped(signum)
 
@@ -326,10 +350,17 @@ class Trainer:
         }
         self.log.write_json("results.json", results)
         self.log.summary(results)
-        self.log.info(f"test accuracy {results['test_accuracy']:.4f} on {results['test_samples']} samples after "
-                      f"{s.step} steps ({s.train_seconds:.1f} s training); results in {self.out_dir / 'results.json'}")
         distributed.barrier(self.env)  # leave together: rank 0 may still be writing
         return results
+
+    def _summarize(self, r: dict[str, Any]) -> None:
+        """The run in three lines, where a user looks first: at the end of the output."""
+        rate = f"{r['train_samples_per_s']:.0f} samples/s" if r["train_samples_per_s"] else "no training"
+        self.log.info(f"done: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']} samples, test loss "
+                      f"{r['test_loss']:.4f}\n"
+                      f"      {r['steps']} steps, {r['train_seconds']:.1f} s of training ({rate}), "
+                      f"world size {r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} in all\n"
+                      f"      results: {self.out_dir / 'results.json'}; checkpoint: {r['checkpoint']}")
 
 
 def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
@@ -339,7 +370,7 @@ def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `python -m dist_rnn.train` (and of torchrun's workers)."""
-    return run_command("dist_rnn.train", lambda: parse_config(argv), run)
+    return run_command(prog("dist_rnn.train"), lambda: parse_config(argv), run)
 
 
 if __name__ == "__main__":

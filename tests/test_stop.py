@@ -1,5 +1,6 @@
 """Graceful stop: SIGTERM stops every rank at the same step, after a checkpoint of that step."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -45,3 +46,27 @@ def test_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, nproc):
                         "--hidden-size", "48", "--log-every", "5"], nproc=nproc))
     results = read_results(out)
     assert results["resumed_from_step"] == step and results["steps"] == 500
+
+
+def test_stop_without_out_dir_names_the_directory_to_resume(tmp_path):
+    """Without --out-dir every run gets a new timestamped directory, so "run the same command again"
+    would start afresh: the stop line names the --out-dir that resumes, and it does."""
+    data = write_mnist(tmp_path / "data", n_train=5000, n_test=200)
+    args = ["--data-dir", str(data), "--max-steps", "500", "--epochs", "10", "--hidden-size", "48", "--log-every",
+            "5", "--device", "cpu", "--name", "quick"]
+    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args], cwd=tmp_path, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "runs").glob("quick-*/metrics.jsonl")) or \
+            not events(next((tmp_path / "runs").glob("quick-*")), "train"):
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    run_dir = next((tmp_path / "runs").glob("quick-*")).relative_to(tmp_path)
+    assert f"to resume, run the same command with --out-dir {run_dir} (without it, a new run starts)" in output
+    check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.train", *args, "--out-dir", str(run_dir)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True))
+    assert read_results(tmp_path / run_dir)["resumed_from_step"] == events(tmp_path / run_dir, "stop")[0]["step"]
