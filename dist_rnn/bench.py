@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import PRESETS, TrainConfig, option, validate
 from dist_rnn.data import load_mnist, resolve_data_dir, torchvision_root
 from dist_rnn.distributed import DistEnv, single_process_device
@@ -270,7 +270,7 @@ def print_table(figures: dict[str, Any]) -> None:
 
 
 def parse(argv: Optional[list[str]] = None) -> BenchConfig:
-    parser = ArgumentParser(prog="python -m dist_rnn.bench", description=describe(__doc__))
+    parser = ArgumentParser(prog=prog("dist_rnn.bench"), description=describe(__doc__))
     add_dataclass_flags(parser, BenchConfig)
     c = BenchConfig(**vars(parser.parse_args(argv)))
     if min(c.steps, c.repeats, c.sweep_steps) < 1:
@@ -279,7 +279,7 @@ def parse(argv: Optional[list[str]] = None) -> BenchConfig:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return run_cli("dist_rnn.bench", lambda: bench(parse(argv)))
+    return run_cli(prog("dist_rnn.bench"), lambda: bench(parse(argv)))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,22 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
+import difflib
+import json
 import os
 import re
 import signal
 import sys
+import textwrap
+import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import torch
 
-from dist_rnn.config import (PRESETS, TrainConfig, field_type, precision_from_accelerate, read_config_file,
-                             validate)
+from dist_rnn.config import (HELP_GROUPS, PRESETS, TrainConfig, field_type, precision_from_accelerate,
+                             read_config_file, validate)
 from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
 from dist_rnn.errors import OPTION, PeerLost, Stopped, UserError
 
@@ -45,18 +50,38 @@ def as_flags(error: BaseException) -> str:
     return OPTION.sub(flag, str(error.args[0]) if error.args else "")
 
 
+def prog(module: str) -> str:
+    """How the user started a command, for its usage line and its errors: the console script's name
+    (dist-rnn-train) or `python -m dist_rnn.train` (also what torchrun's workers were given)."""
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return script if script.startswith("dist-rnn-") else f"python -m {module}"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is a UserError: one line (argparse prints the whole usage first),
-    printed once per node under torchrun (argparse would print it from every process)."""
+    printed once per node under torchrun (argparse would print it from every process); a misspelt
+    flag gets the nearest real one suggested."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            flags = [s for action in self._actions for s in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.75)
+                if word.startswith("--") and close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
         raise UserError(f"{message} (see --help)")
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
-                        choices: Optional[dict[str, tuple]] = None) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, choices: Optional[dict[str, tuple]] = None,
+                        groups: Optional[dict[str, tuple[str, ...]]] = None) -> None:
     """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`), typed and documented
-    from the field; a flag left out stays absent from the parsed namespace."""
+    from the field, in --help's section `groups` names for it; a flag left out stays absent from the
+    parsed namespace."""
+    section = {}
+    for title, names in (groups or {}).items():
+        group = parser.add_argument_group(title)
+        section.update(dict.fromkeys(names, group))
     for f in dataclasses.fields(cls):
         tp, field_choices = field_type(cls, f)
         field_choices = (choices or {}).get(f.name, field_choices)
@@ -71,15 +96,18 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
         # Show the dataclass default in --help without making argparse fill it in.
         if f.default is not None:
             kwargs["help"] += f" (default: {f.default})"
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        section.get(f.name, parser).add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
-def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """The train CLI: one flag per TrainConfig field."""
     parser = ArgumentParser(
-        prog=prog,
-        description="Train an RNN classifier on MNIST read as a sequence of rows. Runs the same under "
-        "`python -m dist_rnn.train` (one process) and `torchrun --nproc_per_node=N -m dist_rnn.train` (DDP).",
+        prog=prog("dist_rnn.train"), usage="%(prog)s [options]",
+        description=textwrap.fill(
+            "Train a recurrent classifier (RNN, GRU, LSTM, bidirectional or not) on MNIST, each image read as a "
+            "sequence (of rows by default; columns, pixels or permuted pixels with --sequence). Runs the same "
+            "under `python -m dist_rnn.train` (one process) and `torchrun --nproc_per_node=N -m dist_rnn.train` "
+            "(DDP).", 100),
         epilog="Examples:\n"
         "  python -m dist_rnn.train --preset seed-bilstm --data-dir ../shared/data/mnist\n"
         "  torchrun --standalone --nproc_per_node=4 -m dist_rnn.train --preset seed-lstm\n"
@@ -88,7 +116,7 @@ def build_parser(prog: str = "python -m dist_rnn.train") -> argparse.ArgumentPar
         "Outputs (config.json, metrics.jsonl, results.json, checkpoints/) go to --out-dir.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_dataclass_flags(parser, TrainConfig, choices={"preset": tuple(PRESETS)})
+    add_dataclass_flags(parser, TrainConfig, choices={"preset": tuple(PRESETS)}, groups=HELP_GROUPS)
     return parser
 
 
@@ -123,17 +151,35 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
     except UserError as e:
         if debug:
             raise
+        line = f"{prog}: error: {as_flags(e)}"
+        record_for_torchrun(line)
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-            print(f"{prog}: error: {as_flags(e)}", file=sys.stderr)
+            print(line, file=sys.stderr)
         return 2
     except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must
         return 0 if e.signum == signal.SIGUSR1 else 128 + e.signum  # not restart the workers)
     except PeerLost as e:  # every surviving rank says it: rank 0 may be the one that is gone
         if debug:
             raise
-        print(f"{prog}: error: {as_flags(e)}", file=sys.stderr)
+        line = f"{prog}: error: {as_flags(e)}"
+        record_for_torchrun(line)
+        print(line, file=sys.stderr)
         return 3
     return 0
+
+
+def record_for_torchrun(line: str) -> None:
+    """Leave the one-line error where torchrun looks for a failed worker's cause: the file named by
+    TORCHELASTIC_ERROR_FILE, in the JSON that torch's @record writes. torchrun's report then shows
+    this line instead of "To enable traceback see ..."."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    data = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        Path(path).write_text(json.dumps(data))
+    except OSError:  # the report is a courtesy: the line is printed anyway
+        pass
 
 
 def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], object]) -> int:

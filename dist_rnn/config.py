@@ -129,6 +129,22 @@ class TrainConfig(RuntimeOptions):
     overwrite: bool = option(False, "with --resume none: delete the checkpoints and results already in --out-dir")
 
 
+# --help's sections: every TrainConfig field in one (tests/test_cli.py checks).
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "what to run": ("config", "preset", "name"),
+    "data": ("data_dir", "download", "limit_train", "limit_test", "loader", "num_workers", "sequence",
+             "permutation_seed"),
+    "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
+    "optimisation": ("epochs", "max_steps", "batch_size", "eval_batch_size", "loss", "optimizer", "lr", "momentum",
+                     "grad_clip", "seed"),
+    "precision and speed": ("precision", "device", "cuda_graphs", "deterministic", "threads"),
+    "distribution (torchrun)": ("backend", "dist_timeout"),
+    "checkpoints and resume": ("out_dir", "save_every", "keep_last", "resume", "overwrite"),
+    "logging and tracking": ("log_every", "eval_every", "wandb", "wandb_project", "wandb_name", "wandb_tags",
+                             "tensorboard"),
+}
+
+
 # The two scripts dist_rnn started from. Only their hyperparameters are reproduced; both read the
 # output at the last time step (`out[:, -1, :]`), flaw included, hence readout="last".
 PRESETS: dict[str, dict[str, Any]] = {

@@ -353,9 +353,9 @@ def prepare(data_dir: Path, download: bool) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     """`python -m dist_rnn.data prepare --data-dir D`: fetch MNIST once (e.g. on a login node with
     internet) and verify it, so compute nodes without internet can train from D."""
-    from dist_rnn.cli import ArgumentParser, run_cli  # the command layer; the rest of this module is library
+    from dist_rnn.cli import ArgumentParser, prog, run_cli  # the command layer; the rest of this module is library
 
-    parser = ArgumentParser(prog="python -m dist_rnn.data", description=main.__doc__)
+    parser = ArgumentParser(prog=prog("dist_rnn.data"), description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cmd = commands.add_parser("prepare", help="download (unless --no-download) and verify the MNIST files")
     cmd.add_argument("--data-dir", default=None,
@@ -367,7 +367,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parser.parse_args(argv)
         print(prepare(resolve_data_dir(args.data_dir), args.download))
 
-    return run_cli("dist_rnn.data", command)
+    return run_cli(prog("dist_rnn.data"), command)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from torch import nn
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
-from dist_rnn.cli import ArgumentParser, add_dataclass_flags, run_command
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
 from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, option
 from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
@@ -70,7 +70,7 @@ class EvalConfig(RuntimeOptions):
 
 def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
     parser = ArgumentParser(
-        prog="python -m dist_rnn.evaluate",
+        prog=prog("dist_rnn.evaluate"),
         description="Score a dist_rnn checkpoint on the MNIST test set: one process, or exact counts "
         "under `torchrun --nproc_per_node=N -m dist_rnn.evaluate ...`.")
     add_dataclass_flags(parser, EvalConfig)
@@ -120,7 +120,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `python -m dist_rnn.evaluate`."""
-    return run_command("dist_rnn.evaluate", lambda: parse_eval_config(argv), evaluate_checkpoint)
+    return run_command(prog("dist_rnn.evaluate"), lambda: parse_eval_config(argv), evaluate_checkpoint)
 
 
 if __name__ == "__main__":

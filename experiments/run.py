@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, run_cli
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, views
 from experiments.lab import ExperimentsConfig, Lab, Report, provenance
@@ -76,7 +76,7 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = ArgumentParser(prog="python -m experiments",
+    parser = ArgumentParser(prog=prog("experiments"),
                             description=describe(__doc__))
     parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"suites to run (default: all): {', '.join(SUITES)}")
     add_dataclass_flags(parser, ExperimentsConfig)
@@ -92,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError(f"`seeds` must be >= 1, got {c.seeds}")
         experiments(c, suites)
 
-    return run_cli("experiments", command)
+    return run_cli(prog("experiments"), command)
 
 
 if __name__ == "__main__":

@@ -126,14 +126,16 @@ CASES = [
                                                   "--hidden-size", "32"], "hidden_size 16 -> 32"),
     ("resume-not-a-checkpoint", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(t / "o"),
                                                        "--resume", str(w / "not-a-checkpoint.pt")],
-     "not a readable checkpoint"),
+     "not-a-checkpoint.pt: not a checkpoint (a text file)"),
     ("resume-none-over-a-run", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(w / "run"),
                                                       "--resume", "none"], "already holds checkpoints"),
     # dist_rnn.evaluate
     ("evaluate-no-checkpoint-flag", "evaluate", lambda w, t: [], "--checkpoint is required"),
     ("evaluate-missing-file", "evaluate", lambda w, t: ["--checkpoint", str(t / "nope.pt")], "no such checkpoint"),
     ("evaluate-not-a-checkpoint", "evaluate", lambda w, t: ["--checkpoint", str(w / "not-a-checkpoint.pt")],
-     "not a readable checkpoint"),
+     "not a checkpoint (a text file)"),
+    ("evaluate-metadata-file", "evaluate", lambda w, t: ["--checkpoint", ckpt(w).replace(".pt", ".json")],
+     "this is the metadata file beside step-"),
     ("evaluate-batch-zero", "evaluate", lambda w, t: ["--checkpoint", ckpt(w), "--batch-size", "0"],
      "--batch-size must be >= 1"),
     ("evaluate-data-missing", "evaluate", lambda w, t: ["--checkpoint", ckpt(w), "--data-dir", str(t / "none")],
@@ -186,8 +188,8 @@ def test_bad_input_scripts(case, cmd, words):
 
 
 def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
-    """torchrun prints its own ChildFailedError report; each worker's own stderr (captured with
-    --redirects) holds the clean line, from rank 0 only."""
+    """torchrun prints its own ChildFailedError report, whose root cause is the workers' line; each
+    worker's own stderr (captured with --redirects) holds the clean line, from rank 0 only."""
     logs = tmp_path / "logs"
     proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}",
                            "-m", "dist_rnn.train", "--data-dir", str(world / "data"), "--batch-size", "99",
@@ -196,5 +198,8 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
     assert proc.returncode != 0
     errs = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
     assert set(errs) == {"0", "1"}, errs
-    assert errs["0"] == "dist_rnn.train: error: --batch-size 99 (global) does not divide over 2 processes\n"
+    line = "python -m dist_rnn.train: error: --batch-size 99 (global) does not divide over 2 processes"
+    assert errs["0"] == line + "\n"
     assert errs["1"] == "" and not (tmp_path / "o").exists()
+    # torchrun's own report names the cause (the workers' error files), not "To enable traceback see"
+    assert f"traceback : {line}" in proc.stderr and "To enable traceback" not in proc.stderr, proc.stderr

@@ -10,15 +10,25 @@ import pytest
 
 from conftest import REPO
 from dist_rnn.cli import as_flags, build_parser, parse_config
-from dist_rnn.config import PRESETS, TrainConfig, check_limits, option
+from dist_rnn.config import HELP_GROUPS, PRESETS, TrainConfig, check_limits, option
 from dist_rnn.errors import UserError
 
 
-def test_every_field_has_a_documented_flag():
+def test_every_field_has_a_documented_flag_in_one_help_section():
     help_text = build_parser().format_help()
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in help_text
         assert f.metadata["help"]
+    grouped = [name for names in HELP_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(TrainConfig))  # each once
+    for title in HELP_GROUPS:
+        assert f"\n{title}:\n" in help_text
+
+
+def test_a_misspelt_flag_gets_the_nearest_one_suggested():
+    with pytest.raises(UserError) as e:
+        parse_config(["--hiden-size", "64"])
+    assert str(e.value) == "unrecognized arguments: --hiden-size 64 (did you mean --hidden-size?) (see --help)"
 
 
 def test_defaults_preset_then_flags():

@@ -86,18 +86,25 @@ def test_exact_evaluation_counts(big_mnist, tmp_path):
     assert len(set(correct.values())) == 1, correct
 
 
+def printed_lines(proc, start: str) -> list[str]:
+    """The output lines that begin with `start` (torchrun's report quotes them again, indented)."""
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(start)]
+
+
 def test_error_under_torchrun_is_printed_once(tmp_path):
+    """Once by the workers (local rank 0), and named again by torchrun's report as the cause."""
     proc = run_train(["--data-dir", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "run")], nproc=2)
     assert proc.returncode != 0
-    output = proc.stdout + proc.stderr
-    assert output.count("dist_rnn.train: error:") == 1 and "train-images-idx3-ubyte: missing" in output
+    lines = printed_lines(proc, "python -m dist_rnn.train: error:")
+    assert len(lines) == 1 and "train-images-idx3-ubyte: missing" in lines[0]
+    assert f"traceback : {lines[0]}" in proc.stderr
 
 
 def test_usage_error_under_torchrun_is_printed_once(tmp_path):
     """argparse's errors used to be printed by every process; now one line per node."""
     proc = run_train(["--hiden-size", "3", "--out-dir", str(tmp_path / "run")], nproc=2)
     assert proc.returncode != 0
-    assert (proc.stdout + proc.stderr).count("dist_rnn.train: error: unrecognized arguments: --hiden-size") == 1
+    assert len(printed_lines(proc, "python -m dist_rnn.train: error: unrecognized arguments: --hiden-size")) == 1
 
 
 def test_device_and_backend_choice():
@@ -132,7 +139,7 @@ def test_error_only_one_node_meets_is_printed_by_every_node(mnist_dir, tmp_path)
     bad = run_script("multi_node.sh", ["--data-dir", str(tmp_path / "nowhere"), *common], env)
     outputs = [node.communicate(timeout=300)[0] for node in (good, bad)]
     assert good.returncode != 0 and bad.returncode != 0
-    lines = [[line for line in o.splitlines() if line.startswith("dist_rnn.train: error: ")
+    lines = [[line for line in o.splitlines() if line.startswith("python -m dist_rnn.train: error: ")
               and "nowhere/train-images-idx3-ubyte: missing" in line] for o in outputs]
     assert [len(found) for found in lines] == [1, 1], outputs
     good_line, bad_line = lines[0][0], lines[1][0]

@@ -67,7 +67,7 @@ def test_one_measurement_suite_and_report_only(tmp_path, capsys):
     assert run.main(["--report-only", *args]) == 0
     assert report.read_text() == text  # the report is a function of the cache
     assert run.main(["nonsense", *args]) == 2
-    assert capsys.readouterr().err.strip().startswith("experiments: error: unknown suite 'nonsense'")
+    assert capsys.readouterr().err.strip().startswith("python -m experiments: error: unknown suite 'nonsense'")
 
 
 @pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present (the report draws test digits)")
