@@ -5,7 +5,7 @@ in one run on this machine, plus a world-size sweep and the costs around trainin
     shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`) in fp32
     and with --precision bf16 (on CUDA also with the step in CUDA graphs, and at batch 1000),
     alternated --repeats times, --steps each: medians and ratios. dist_rnn's figure is its steady
-    speed, the first of its five reporting intervals (warm-up, graph capture) left out; and the
+    speed, the first of its five reporting intervals (first kernels, cuDNN plans, allocations) left out; and the
     original's data path timed alone, which bounds what feeding from memory can win;
 (b) 1 process x 2 threads against `torchrun --nproc_per_node=2` (1 thread each), global batch 100;
 (c) time from `python -m dist_rnn.train` to its first step done (median of --repeats), evaluation samples/s,

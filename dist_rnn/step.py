@@ -47,8 +47,8 @@ def graphs_refusal(choice: str, device: torch.device, precision: str) -> Optiona
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device: training eagerly"
     if precision == "fp16":
-        return "fp16's GradScaler reads its overflow check on the host every step, which a graph cannot hold: " \
-               "training eagerly (bf16 needs no scaler)"
+        return "CUDA graphs are not used with fp16's GradScaler here (its unscale, skip and rescale steps were " \
+               "not written for capture): training eagerly (bf16 needs no scaler)"
     return None
 
 
@@ -156,10 +156,17 @@ class GraphedStep(EagerStep):
             torch.cuda.current_stream(self.device).wait_stream(side)
         self._restore(before)  # capturing records kernels without running them: nothing to undo after it
         if not self.capture:
-            return eager
-        if self.env.is_distributed:
-            return [self._graph(self._backward_phase), self._mean_phase, self._graph(self._update_phase)]
-        return [self._graph(lambda: (self._backward_phase(), self._update_phase()))]
+            phases = eager
+        elif self.env.is_distributed:
+            phases = [self._graph(self._backward_phase), self._mean_phase, self._graph(self._update_phase)]
+        else:
+            phases = [self._graph(lambda: (self._backward_phase(), self._update_phase()))]
+        # The random streams last, after capture (setting CUDA's makes cuDNN re-seed its dropout state,
+        # which reads a value back to the host): dropout masks as if warm-up had never run.
+        torch.set_rng_state(before["rng"])
+        if self.capture:
+            torch.cuda.set_rng_state(before["cuda_rng"], self.device)
+        return phases
 
     def _graph(self, fn: Callable[[], object]) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()
@@ -168,8 +175,10 @@ class GraphedStep(EagerStep):
         return graph.replay
 
     def _snapshot(self) -> dict:
-        """Parameters and optimizer state before warm-up (copies)."""
-        return {"params": [p.detach().clone() for p in self.params],
+        """Parameters, optimizer state and random streams before warm-up (copies)."""
+        return {"rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.capture else None,
+                "params": [p.detach().clone() for p in self.params],
                 "state": {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
                           for p, s in self.optimizer.state.items()}}
 

@@ -13,6 +13,7 @@ second Ctrl-C stops at once.
 
 from __future__ import annotations
 
+import datetime
 import signal
 from types import FrameType
 from typing import Optional
@@ -20,6 +21,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from dist_rnn.config import DEFAULT_DIST_TIMEOUT_S
 from dist_rnn.distributed import DistEnv
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -32,14 +34,14 @@ CHECK_EVERY = 10
 class StopRequest:
     """Installs the handlers for the lifetime of a run; `agreed()` is the collective check."""
 
-    def __init__(self, env: DistEnv):
+    def __init__(self, env: DistEnv, timeout_s: float = DEFAULT_DIST_TIMEOUT_S):
         self.env = env
         self.received: Optional[int] = None
         # The check is a tiny CPU all-reduce: over gloo, even when training uses NCCL, so asking
         # never waits for the GPU. new_group() is collective: every rank creates it here.
         self._group = None
         if env.is_distributed and env.backend != "gloo":
-            self._group = dist.new_group(backend="gloo")
+            self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
         self._pending: Optional[tuple[dist.Work, torch.Tensor]] = None  # the agreement under way
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 

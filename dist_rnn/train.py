@@ -48,6 +48,19 @@ def build_optimizer(c: TrainConfig, model: nn.Module, graphed: bool) -> torch.op
     return torch.optim.Adam(model.parameters(), lr=c.lr)
 
 
+def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
+    """After load_state_dict, which brings back the saved run's param-group settings: this run's
+    implementation again (a checkpoint of an eager run resumed with CUDA graphs needs the capturable
+    Adam, and the other way round), with Adam's step counts where that implementation keeps them."""
+    modes = {key: optimizer.defaults[key] for key in ("capturable", "fused", "foreach") if key in optimizer.defaults}
+    for group in optimizer.param_groups:
+        group.update(modes)
+    on_device = bool(modes.get("capturable") or modes.get("fused"))
+    for param, state in optimizer.state.items():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].to(device=param.device if on_device else "cpu", dtype=torch.float32)
+
+
 def prepare_data(c: TrainConfig) -> tuple[Split, Split]:
     """Download if asked and needed, then read and verify the four files."""
     data_dir = Path(c.data_dir)
@@ -174,6 +187,7 @@ class Trainer:
         """Weights, optimizer, scaler and this rank's RNG state, before the model is wrapped in DDP."""
         load_weights(self.model, snapshot)
         self.optimizer.load_state_dict(snapshot["optimizer"])
+        keep_optimizer_mode(self.optimizer)
         for group in self.optimizer.param_groups:
             group["lr"] = self.c.lr  # the command line's rate wins (it is the same when the command is)
         if snapshot["scaler"]:  # empty when saved by a run without fp16
@@ -217,7 +231,7 @@ class Trainer:
         policy; a signal stops every rank at the same step, after a checkpoint."""
         s, steps_per_epoch = self.state, self.sampler.steps_per_epoch
         self._announce()
-        stop = StopRequest(self.env)  # SIGTERM / SIGINT / SIGUSR1: checkpoint and leave at a step boundary
+        stop = StopRequest(self.env, self.c.dist_timeout)  # SIGTERM / SIGINT / SIGUSR1: checkpoint, leave at a step
         stopped, last_eval = None, None
         try:
             while s.step < self.total_steps and stopped is None:
@@ -252,6 +266,9 @@ class Trainer:
             stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
             if stopped is not None:
                 self._stop(stopped)
+            if stop.received is not None:  # it came after the last agreement: nothing was left to stop
+                name = signal.Signals(stop.received).name
+                self.log.info(f"{name} arrived in the run's last steps: it finished instead")
             results = self._finish(last_eval)
         finally:
             stop.close(settle=False)  # done above, unless an error is on its way out

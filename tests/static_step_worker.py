@@ -1,6 +1,7 @@
 """Run by tests/test_step.py, with python or under torchrun: the graphed step's logic with capture
-off (static input buffers, one flat gradient buffer, warm-up undone, the rank-ordered gradient mean
-between phases) against the eager DDP step, on the same batches. Writes what it found as JSON.
+off (static input buffers, one flat gradient buffer, warm-up undone, its dropout masks included,
+the rank-ordered gradient mean between phases) against the eager DDP step, on the same batches,
+with dropout. Writes what it found as JSON.
 
     worker.py DATA_DIR OUT.json OPTIMIZER DEVICE
 """
@@ -49,7 +50,7 @@ def train(c: TrainConfig, env, train_set, graphed: bool) -> dict:
 
 def main(data_dir: str, out: str, optimizer: str, device: str) -> None:
     c = TrainConfig(hidden_size=16, batch_size=20, optimizer=optimizer, lr=0.01, grad_clip=0.5,
-                    momentum=0.9 if optimizer == "sgd" else 0.0)
+                    momentum=0.9 if optimizer == "sgd" else 0.0, dropout=0.2, head_dropout=0.3)
     with process_group(device, "gloo", 60) as env:
         train_set = load_mnist(Path(data_dir))[0].head(STEPS * c.batch_size)
         eager, graphed = train(c, env, train_set, False), train(c, env, train_set, True)

@@ -177,7 +177,8 @@ def test_evaluate_names_a_bad_file_in_one_line(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n....")
     proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", str(bad), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr == f"python -m dist_rnn.evaluate: error: {bad}: not a checkpoint (a PNG image)\n"
+    assert proc.returncode == 2
+    assert proc.stderr == f"python -m dist_rnn.evaluate: error: {bad}: not a checkpoint (a PNG image)\n"
 
 
 OLD_RUN = REPO / "tests" / "fixtures" / "a3bc583-run"  # written by dist_rnn at a3bc583 (see its README)

@@ -148,8 +148,8 @@ def test_nccl_refuses_more_processes_than_gpus_in_one_line(data, tmp_path):
                      nproc=gpus + 1, device="cuda")
     assert proc.returncode != 0
     gpu_words = f"{gpus} GPU" + ("s" if gpus > 1 else "")
-    line = (f"python -m dist_rnn.train: error: torchrun started {gpus + 1} processes on this node but it has {gpu_words}: "
-            f"use --nproc_per_node {gpus}, or --backend gloo to share GPUs while debugging")
+    line = (f"python -m dist_rnn.train: error: torchrun started {gpus + 1} processes on this node but it has "
+            f"{gpu_words}: use --nproc_per_node {gpus}, or --backend gloo to share GPUs while debugging")
     printed = [text for text in (proc.stdout + proc.stderr).splitlines() if text == line]  # torchrun's report
     assert len(printed) == 1, proc.stderr[-3000:]  # quotes it again, indented
     assert not (tmp_path / "run").exists()

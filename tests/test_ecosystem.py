@@ -111,7 +111,8 @@ def test_bad_config_file_is_one_line(tmp_path):
     path.write_text("epochs: two\n")
     proc = run_train(["--config", str(path)])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == f"python -m dist_rnn.train: error: --config {path}: key 'epochs' must be int, got str 'two'"
+    expected = f"python -m dist_rnn.train: error: --config {path}: key 'epochs' must be int, got str 'two'"
+    assert proc.stderr.strip() == expected
 
 
 @needs("accelerate")

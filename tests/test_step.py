@@ -2,8 +2,10 @@
 --log-every (the mean since the last report), and --cuda-graphs on falls back on CPU in one line."""
 
 import pytest
+import torch
 
 from conftest import check_ok, events, run_step_worker, run_train, write_mnist
+from dist_rnn.train import keep_optimizer_mode
 
 
 @pytest.mark.parametrize("nproc,optimizer", [(None, "adam"), (2, "adam"), (2, "sgd")])
@@ -15,6 +17,22 @@ def test_graphed_step_logic_is_the_eager_step(tmp_path, nproc, optimizer):
     assert found["world_size"] == (nproc or 1)
     assert found["moved"] > 0.01  # it trained
     assert found["bitwise_equal"] and found["graphed_losses"] == found["eager_losses"], found
+
+
+def test_a_resumed_optimizer_keeps_this_runs_implementation():
+    """load_state_dict brings back the saved run's param-group settings (an eager run's Adam into a
+    graphed run's capturable one, say); keep_optimizer_mode puts this run's back."""
+    saved_param = torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.Adam([saved_param], lr=0.1, foreach=True)
+    saved_param.grad = torch.ones(3)
+    saved.step()
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([param], lr=0.1, foreach=False)
+    optimizer.load_state_dict(saved.state_dict())
+    assert optimizer.param_groups[0]["foreach"] is True  # torch keeps the saved setting
+    keep_optimizer_mode(optimizer)
+    assert optimizer.param_groups[0]["foreach"] is False
+    assert optimizer.state[param]["step"].device.type == "cpu" and float(optimizer.state[param]["step"]) == 1
 
 
 def test_reported_loss_is_the_mean_since_the_last_report(tmp_path):
