@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,7 @@ def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):
     assert errs["1"] == "" and not (tmp_path / "o").exists()
     # torchrun's own report names the cause (the workers' error files), not "To enable traceback see"
     assert f"traceback : {line}" in proc.stderr and "To enable traceback" not in proc.stderr, proc.stderr
+    # dist_rnn.torchrun: the same report, without torchrun's Python traceback above it
+    ours = subprocess.run([sys.executable, "-m", "dist_rnn.torchrun", *proc.args[3:]], cwd=REPO, capture_output=True,
+                          text=True)
+    assert ours.returncode == 1 and f"traceback : {line}" in ours.stderr and "Traceback" not in ours.stderr

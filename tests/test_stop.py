@@ -70,3 +70,25 @@ def test_stop_without_out_dir_names_the_directory_to_resume(tmp_path):
     check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.train", *args, "--out-dir", str(run_dir)], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True))
     assert read_results(tmp_path / run_dir)["resumed_from_step"] == events(tmp_path / run_dir, "stop")[0]["step"]
+
+
+def test_ctrl_c_under_dist_rnn_torchrun_ends_in_one_line_per_process(tmp_path):
+    """torchrun's own ending is a 20-line SignalException traceback; `python -m dist_rnn.torchrun`
+    (the same launcher) ends with the worker's stop line and one line of its own."""
+    data = write_mnist(tmp_path / "data", n_train=5000, n_test=200)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.torchrun", "--standalone", "--nproc_per_node=2",
+                             "-m", "dist_rnn.train", "--data-dir", str(data), "--out-dir", str(out), "--max-steps",
+                             "500", "--epochs", "10", "--hidden-size", "48", "--log-every", "5", "--device", "cpu"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not events(out, "train"):
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stdout + stderr, stderr
+    step = events(out, "stop")[0]["step"]
+    assert stdout.count(f"stopped by SIGINT at step {step} of 500") == 1
+    ours = [line for line in stderr.splitlines() if not line.startswith(("W1", "I1", "*", "E1"))]  # torch's logger
+    assert ours == ["dist_rnn.torchrun: stopped by SIGINT; the workers' last lines say where they stopped"], ours
