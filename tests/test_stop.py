@@ -35,6 +35,7 @@ def test_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, nproc):
     if nproc:  # the ranks agree every CHECK_EVERY steps, not at every step
         assert step % CHECK_EVERY == 0, step
     assert output.count(f"stopped by SIGTERM at step {step} of 500") == 1  # rank 0 only says it
+    assert "to resume, run the same command again" in output  # --out-dir was given: true as it stands
     assert "Traceback" not in output.split("stopped by SIGTERM")[0]  # no worker traceback before it
     if nproc is None:
         assert proc.returncode == 128 + signal.SIGTERM
