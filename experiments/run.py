@@ -19,11 +19,12 @@ from typing import Optional
 
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.errors import UserError, first_line
-from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, views
+from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, theory, views
 from experiments.lab import ExperimentsConfig, Lab, Report, provenance
 
-SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "batch_first": batch_first.suite, "dropout": dropout.suite,
-          "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite, "loss": loss.suite}
+SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, "batch_first": batch_first.suite,
+          "dropout": dropout.suite, "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite,
+          "loss": loss.suite}
 
 
 def appendix(lab: Lab, report: Report) -> None:
