@@ -195,7 +195,8 @@ def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
         for name, (precision, graphs, batch) in variants.items():
             result = dist_rnn_run(data_dir, work / f"{name}-{i}", c.steps, device, precision, graphs, batch)
             speeds[name].append(result["steady_samples_per_s"])
-            runs += [result] if name == "dist_rnn" else []
+            if name == "dist_rnn":  # the fp32 runs also give the checkpoint figures of (c)
+                runs.append(result)
         say(f"[{i + 1}/{c.repeats}] original {original[-1]:.0f} samples/s; "
             + ", ".join(f"{name} {values[-1]:.0f}" for name, values in speeds.items()))
     figures: dict[str, Any] = {

@@ -148,23 +148,17 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
     debug = os.environ.get("DIST_RNN_DEBUG") == "1"
     try:
         main()
-    except UserError as e:
+    except (UserError, PeerLost) as e:
         if debug:
             raise
         line = f"{prog}: error: {as_flags(e)}"
         record_for_torchrun(line)
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        lost = isinstance(e, PeerLost)  # every surviving rank says it: rank 0 may be the one that is gone
+        if lost or int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(line, file=sys.stderr)
-        return 2
+        return 3 if lost else 2
     except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must
         return 0 if e.signum == signal.SIGUSR1 else 128 + e.signum  # not restart the workers)
-    except PeerLost as e:  # every surviving rank says it: rank 0 may be the one that is gone
-        if debug:
-            raise
-        line = f"{prog}: error: {as_flags(e)}"
-        record_for_torchrun(line)
-        print(line, file=sys.stderr)
-        return 3
     return 0
 
 

@@ -45,10 +45,9 @@ def foreground(image: Any) -> np.ndarray:
     return np.clip(gray - np.median(border(gray)), 0, 255)  # the background (paper, shadows) to 0
 
 
-def ink_warning(image: Any) -> Optional[str]:
-    """Why the image does not look like one digit on a plain background (None when it does): a
-    model answers something for any input, so say when the answer cannot mean much."""
-    fg = foreground(image)
+def ink_warning(fg: np.ndarray) -> Optional[str]:
+    """Why an image's foreground does not look like one digit on a plain background (None when it
+    does): a model answers something for any input, so say when the answer cannot mean much."""
     contrast = float(fg.max())
     if contrast < 32:
         return f"no digit-like ink: the image is nearly one shade (its marks differ from the background by " \
@@ -62,9 +61,13 @@ def ink_warning(image: Any) -> Optional[str]:
 
 def to_mnist(image: Any) -> np.ndarray:
     """A PIL image as a 28x28 uint8 MNIST-style digit: grayscale, light on dark, fitted and centred."""
+    return fit(foreground(image))
+
+
+def fit(gray: np.ndarray) -> np.ndarray:
+    """A foreground (see foreground()) fitted into MNIST's 20x20 box and centred in 28x28."""
     from PIL import Image
 
-    gray = foreground(image)
     ink = gray > 0.2 * gray.max() if gray.max() > 0 else np.zeros_like(gray, dtype=bool)
     if not ink.any():
         return np.zeros((SIDE, SIDE), dtype=np.uint8)  # a blank image: nothing to centre
@@ -96,7 +99,8 @@ def read_image(path: str) -> tuple[np.ndarray, Optional[str]]:
 
     try:
         with Image.open(path) as image:
-            return to_mnist(image), ink_warning(image)
+            fg = foreground(image)
+        return fit(fg), ink_warning(fg)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError) as e:

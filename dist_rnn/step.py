@@ -86,6 +86,10 @@ class EagerStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
+    def inputs(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """The tensors the feeder should write each batch into (None: any tensors will do)."""
+        return None
+
     def take_mean_loss(self) -> torch.Tensor:
         """This rank's mean loss over the steps since the last call (waits for the device); restarts the sum."""
         mean = self.loss_sum / max(self.steps_summed, 1)
@@ -126,6 +130,10 @@ class GraphedStep(EagerStep):
         for phase in self.phases:
             phase()
         self.steps_summed += 1
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed tensors the graph reads its batch from."""
+        return self.images, self.labels
 
     def _backward_phase(self) -> None:
         self._forward_backward(self.images, self.labels)

@@ -132,7 +132,8 @@ class Clock:
 
 class Trainer:
     """One training run: construction builds everything and restores a checkpoint if there is one
-    to continue; train() runs it; step() is one optimizer step on fixed-shape tensors."""
+    to continue; train() runs it; train_step (dist_rnn/step.py) is one optimizer step on
+    fixed-shape tensors."""
 
     def __init__(self, c: TrainConfig, env: DistEnv):
         check_precision(c.precision, env.device)
@@ -166,8 +167,11 @@ class Trainer:
             self._restore(snapshot)
         # After loading: every rank starts from the restored weights (DDP broadcasts rank 0's). The
         # graphed step averages gradients itself, so it runs on the bare model.
-        self.ddp_model = distributed.wrap(self.model, env) if not graphed else distributed.broadcast_weights(
-            self.model, env)
+        if graphed:
+            self.ddp_model = distributed.broadcast_weights(self.model, env)
+        else:
+            self.ddp_model = distributed.wrap(self.model, env)
+        self.graphed = graphed
         self.train_step = self._build_step(graphed)
         planned = c.epochs * self.sampler.steps_per_epoch
         self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
@@ -239,7 +243,7 @@ class Trainer:
                 clock = Clock(self.env.device)
                 # The same batches in the same order at any world size; a graphed step's are written
                 # straight into the tensors its graph reads.
-                for images, labels in self.feeder.batches(self.sampler, into=self._inputs()):
+                for images, labels in self.feeder.batches(self.sampler, into=self.train_step.inputs()):
                     self.train_step(images, labels)
                     s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
                     self.sampler.batch_in_epoch = s.batch_in_epoch  # its state_dict() is the run's position
@@ -303,7 +307,7 @@ class Trainer:
             self.log.info(self.resumed_note)
         if self.graphs_refused:
             self.log.info(f"warning: {self.graphs_refused}")
-        elif isinstance(self.train_step, GraphedStep):
+        elif self.graphed:
             self.log.info("training step captured in CUDA graphs (experimental)")
         self.log.start_progress(self.total_steps, done=self.state.step)
         self._started = time.perf_counter()
@@ -311,11 +315,6 @@ class Trainer:
     def _elapsed(self) -> float:
         """Seconds since this attempt's loop began (evaluations and saves included: the wall clock)."""
         return time.perf_counter() - self._started
-
-    def _inputs(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """The tensors a graphed step reads its batch from (None: the eager step takes any)."""
-        step = self.train_step
-        return (step.images, step.labels) if isinstance(step, GraphedStep) else None
 
     def _report(self, clock: Clock) -> None:
         """The training loss since the last report (mean over steps and ranks) and the speed, to the

@@ -9,8 +9,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -135,6 +136,18 @@ def events(out_dir: Path, kind: str) -> list:
     path = out_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def signal_when_training(proc: subprocess.Popen, run_dir: "Path | Callable[[], Optional[Path]]",
+                         signum: int) -> None:
+    """Wait (at most 120 s) until the run in run_dir (or the dir the callable finds) has logged a
+    training step, then send `signum` to proc."""
+    find = run_dir if callable(run_dir) else (lambda: run_dir)
+    deadline = time.monotonic() + 120
+    while not ((found := find()) is not None and events(found, "train")):
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(signum)
 
 
 def read_results(out_dir: Path) -> dict:

@@ -34,12 +34,11 @@ def train(c: TrainConfig, env, train_set, graphed: bool) -> dict:
     if graphed:
         step = GraphedStep(broadcast_weights(model, env), env=env, local_batch=sampler.local_batch,
                            image_shape=(28, 28), capture=env.device.type == "cuda", **common)
-        into = (step.images, step.labels)
     else:
-        step, into = EagerStep(wrap(model, env), device=env.device, **common), None
+        step = EagerStep(wrap(model, env), device=env.device, **common)
     initial = [p.detach().cpu().clone() for p in model.parameters()]
     losses = []
-    for k, (images, labels) in enumerate(MemoryFeeder(train_set, env.device).batches(sampler, into=into), 1):
+    for k, (images, labels) in enumerate(MemoryFeeder(train_set, env.device).batches(sampler, into=step.inputs()), 1):
         step(images, labels)  # STEPS batches: the training set holds exactly that many
         if k % 5 == 0:
             losses.append(float(step.take_mean_loss()))  # this rank's mean over the last 5 steps

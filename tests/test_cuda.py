@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, check_ok, events, read_results, real_mnist_dir, run_step_worker, run_train, write_mnist
+from conftest import (REPO, check_ok, events, read_results, real_mnist_dir, run_step_worker, run_train,
+                      signal_when_training, write_mnist)
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.cuda
@@ -96,11 +97,7 @@ def test_sigterm_on_gpu_checkpoints_and_resume_finishes(data, tmp_path, graphs):
             "--hidden-size", "48", "--log-every", "5", "--dropout", "0.2", "--cuda-graphs", graphs]
     proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args, "--device", "cuda"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not events(out, "train"):
-        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    signal_when_training(proc, out, signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, output
     step = events(out, "stop")[0]["step"]

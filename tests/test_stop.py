@@ -4,11 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, write_mnist
+from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, signal_when_training, write_mnist
 from dist_rnn.checkpoint import list_checkpoints
 from dist_rnn.stop import CHECK_EVERY
 
@@ -21,11 +20,7 @@ def test_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, nproc):
             "--epochs", "10", "--hidden-size", "48", "--log-every", "5", "--device", "cpu"]
     cmd = [sys.executable, *args] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not events(out, "train"):
-        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to each worker
+    signal_when_training(proc, out, signal.SIGTERM)  # to torchrun, which forwards it to each worker
     output, _ = proc.communicate(timeout=120)
 
     stop = events(out, "stop")
@@ -58,12 +53,7 @@ def test_stop_without_out_dir_names_the_directory_to_resume(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dist_rnn.train", *args], cwd=tmp_path, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "runs").glob("quick-*/metrics.jsonl")) or \
-            not events(next((tmp_path / "runs").glob("quick-*")), "train"):
-        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGUSR1)
+    signal_when_training(proc, lambda: next((tmp_path / "runs").glob("quick-*"), None), signal.SIGUSR1)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     run_dir = next((tmp_path / "runs").glob("quick-*")).relative_to(tmp_path)
@@ -82,11 +72,7 @@ def test_ctrl_c_under_dist_rnn_torchrun_ends_in_one_line_per_process(tmp_path):
                              "-m", "dist_rnn.train", "--data-dir", str(data), "--out-dir", str(out), "--max-steps",
                              "500", "--epochs", "10", "--hidden-size", "48", "--log-every", "5", "--device", "cpu"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not events(out, "train"):
-        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    signal_when_training(proc, out, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in stdout + stderr, stderr
     step = events(out, "stop")[0]["step"]
