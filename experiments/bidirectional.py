@@ -7,14 +7,17 @@ import statistics
 from typing import Any
 
 import torch
+from torch import nn
 
 from dist_rnn.config import TrainConfig
+from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.lab import (BILSTM, LSTM, PROBE_SAMPLES, Lab, Report, accuracies, fit_linear, mean_spread,
                              parameters, pct, runs)
 
 
-def half_probes(lab: "Lab", config: TrainConfig, x_train: torch.Tensor, x_test: torch.Tensor) -> dict[str, Any]:
+def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,
+                x_test: torch.Tensor) -> dict[str, Any]:
     """Accuracy of a linear probe on each direction's half of a bidirectional readout."""
     train, test = lab.data
     h = config.hidden_size

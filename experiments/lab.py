@@ -37,6 +37,8 @@ PROBE_SAMPLES = 10_000  # training images used for train accuracy and for the re
 
 LSTM = ("--preset", "seed-lstm")  # 2-layer LSTM, hidden 128, batch 100, 2 epochs, Adam 0.01
 
+LSTM_CURVE = LSTM + ("--eval-every", "50")  # the preset scored every 50 steps: the runs every suite compares with
+
 BILSTM = ("--preset", "seed-bilstm")  # the same, bidirectional, Adam 0.003, readout out[:, -1]
 
 
@@ -123,10 +125,10 @@ class Lab:
         return record
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
-              analyse: Optional[Callable[[TrainConfig, torch.Tensor, torch.Tensor], dict[str, Any]]] = None
-              ) -> Optional[dict]:
+              analyse: Optional[Callable[..., dict[str, Any]]] = None) -> Optional[dict]:
         """One training run of `python -m dist_rnn.train ARGS --seed SEED`, with an optional analysis
-        of its final checkpoint (None: not cached, and not to be run now)."""
+        of its final checkpoint, `analyse(config, model, view, train_features, test_features)` (None: not
+        cached, and not to be run now)."""
         path = self._path("train", f"{name}-s{seed}", [list(args), seed])
 
         def make() -> dict[str, Any]:
@@ -174,7 +176,7 @@ class Lab:
             "misclassified": [[int(i), int(test.labels[i]), int(test_pred[i])] for i in wrong[:40]],
         }
         if analyse:
-            analysis.update(analyse(config, train_features, test_features))
+            analysis.update(analyse(config, model, view, train_features, test_features))
         return analysis
 
     def measure(self, suite: str, name: str, seed: int, fn: Callable[..., dict[str, Any]],
@@ -306,6 +308,12 @@ def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Option
     return [r for r in records if r]
 
 
+def lstm_runs(lab: Lab, suite: str) -> list[dict]:
+    """The `seed-lstm` preset's runs, scored every 50 steps and after every number of rows read: the
+    reference every suite compares with (one set of records, shared)."""
+    return runs(lab, suite, "lstm-curve", LSTM_CURVE, functools.partial(rows_read, lab))
+
+
 def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:
     """The steps a run was scored at, and its test accuracy there (for plotting)."""
     return [e["step"] for e in record["evals"]], [e["test_accuracy"] for e in record["evals"]]
@@ -340,3 +348,24 @@ def lstm_like_hidden(cell: str, target_params: int) -> int:
         mid = (low + high) // 2
         low, high = (mid + 1, high) if parameters(cell, mid) < target_params else (low, mid)
     return min((low - 1, low), key=lambda h: abs(parameters(cell, h) - target_params))
+
+
+def rows_read(lab: Lab, config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,
+              x_test: torch.Tensor) -> dict[str, Any]:
+    """Test accuracy after the first k steps (rows), k = 1..T, of a unidirectional model: its own head
+    applied to the top layer's output at step k (what the trained model would answer), and a linear
+    probe fitted on that output (what the state after k rows knows; every third k, 3 s each on a core)."""
+    train, test = lab.data
+
+    def outputs(images: torch.Tensor) -> torch.Tensor:  # (N, T, H): the top layer's output at every step
+        with torch.no_grad():
+            return torch.cat([model.rnn(view(images[i:i + 1000]))[0] for i in range(0, len(images), 1000)])
+
+    out_train, out_test = outputs(train.images[:PROBE_SAMPLES]), outputs(test.images)
+    y_train = train.labels[:PROBE_SAMPLES]
+    with torch.no_grad():
+        head = [float((model.fc(out_test[:, k]).argmax(1) == test.labels).float().mean())
+                for k in range(out_test.shape[1])]
+    probed = list(range(0, out_test.shape[1], 3))
+    probe = [fit_linear(out_train[:, k], y_train, out_test[:, k], test.labels) for k in probed]
+    return {"rows_read_head": head, "rows_read_probe": {"rows": [k + 1 for k in probed], "accuracy": probe}}
