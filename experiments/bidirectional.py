@@ -6,14 +6,15 @@ import functools
 import statistics
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dist_rnn.config import TrainConfig
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
-from experiments.lab import (BILSTM, LSTM, PROBE_SAMPLES, Lab, Report, accuracies, fit_linear, mean_spread,
-                             parameters, pct, runs)
+from experiments.lab import (BILSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, compare, fit_linear,
+                             lstm_at, lstm_runs, mean_std, parameters, pct, runs)
 
 
 def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,
@@ -30,44 +31,87 @@ def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: Sequenc
 def suite(lab: Lab, report: Report) -> None:
     probes = functools.partial(half_probes, lab)
     one_layer = ("--num-layers", "1")
-    found = {"LSTM (`seed-lstm`)": runs(lab, "bidirectional", "lstm", LSTM),
+    found = {"LSTM (`seed-lstm`)": lstm_runs(lab, "bidirectional"),
              "BiLSTM, `out[:, -1, :]` (`seed-bilstm`)": runs(lab, "bidirectional", "bilstm-last", BILSTM, probes),
              "BiLSTM, `--readout final`": runs(lab, "bidirectional", "bilstm-final", BILSTM + ("--readout", "final"),
                                                probes),
              "1-layer BiLSTM, `out[:, -1, :]`": runs(lab, "bidirectional", "bilstm1-last", BILSTM + one_layer, probes),
              "1-layer BiLSTM, `--readout final`": runs(lab, "bidirectional", "bilstm1-final",
                                                        BILSTM + one_layer + ("--readout", "final"), probes)}
-    if not all(found.values()):
+    # The presets differ in learning rate (LSTM 0.01, BiLSTM 0.003): each also at the other's rate.
+    rates = {"LSTM at Adam 0.003": runs(lab, "bidirectional", "lstm-128-lr0.003", lstm_at("0.003"), sweep=True),
+             "BiLSTM `out[:, -1, :]` at Adam 0.01": runs(lab, "bidirectional", "bilstm-last-lr0.01",
+                                                         BILSTM + ("--lr", "0.01"), probes, sweep=True)}
+    if not all(found.values()) or not all(rates.values()):
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()
     rows = []
-    for name, records in found.items():
+    for name, records in {**found, **rates}.items():
         bi = "BiLSTM" in name
-        probe = lambda half: mean_spread([r["analysis"][f"probe_{half}_half"] for r in records]) if bi else "-"  # noqa
+        probe = lambda half: mean_std([r["analysis"][f"probe_{half}_half"] for r in records]) if bi else "-"  # noqa
         rows.append([name, parameters("lstm", 128, 1 if name.startswith("1-layer") else 2, bidirectional=bi),
-                     mean_spread(accuracies(records)), probe("forward"), probe("backward")])
+                     len(records), accuracy_cell(records), probe("forward"), probe("backward")])
     draw(report, found)
+    draw_readouts(report)
+    lstm3, bilstm01 = rates.values()
     report.section(
         "bidirectional", probe_samples=PROBE_SAMPLES,
         back={key: statistics.mean(r["analysis"]["probe_backward_half"] for r in records)
               for key, records in (("last", last), ("final", final), ("last1", last1), ("final1", final1))},
         fwd1=statistics.mean(r["analysis"]["probe_forward_half"] for r in last1),
-        moved=abs(statistics.mean(accuracies(last1)) - statistics.mean(accuracies(final1))) * 100,
         uni=pct(accuracies(uni)), last=pct(accuracies(last)), final=pct(accuracies(final)),
         last1=pct(accuracies(last1)), final1=pct(accuracies(final1)),
-        models_table=report.table(["model", "parameters", "test accuracy %", "probe on forward half %",
+        lstm3=pct(accuracies(lstm3)), bilstm01=pct(accuracies(bilstm01)),
+        readout1=compare(accuracies(final1), accuracies(last1)), readout2=compare(accuracies(final), accuracies(last)),
+        at003=compare(accuracies(last), accuracies(lstm3)), at001=compare(accuracies(bilstm01), accuracies(uni)),
+        presets=compare(accuracies(last), accuracies(uni)),
+        models_table=report.table(["model", "parameters", "seeds", "test accuracy %", "probe on forward half %",
                                    "probe on backward half %"], rows))
 
 
 def draw(report: Report, found: dict[str, list[dict]]) -> None:
-    fig, ax = pyplot().subplots(figsize=(8, 3.6))
-    labels = ["LSTM", "BiLSTM\nlast", "BiLSTM\nfinal", "1-layer\nlast", "1-layer\nfinal"]
-    ax.bar(labels, [statistics.mean(accuracies(r)) for r in found.values()], color="C0", label="model")
-    for i, records in enumerate(list(found.values())[1:], start=1):
+    """Each model's test accuracy and the two half-probes, one dot per seed, on an axis that shows the gaps."""
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(8, 5.2), sharex=True, height_ratios=(1, 1))
+    labels = ["LSTM", "BiLSTM\nout[:, -1]", "BiLSTM\nfinal", "1-layer BiLSTM\nout[:, -1]", "1-layer BiLSTM\nfinal"]
+    for i, records in enumerate(found.values()):
+        dots = [r["results"]["test_accuracy"] for r in records]
+        top.scatter(i + np.linspace(-0.08, 0.08, len(dots)), dots, s=14, color="C0",
+                    label="model test accuracy (one dot per seed)" if i == 0 else None)
+        top.hlines(statistics.mean(dots), i - 0.15, i + 0.15, color="C0", lw=2)
+        if i == 0:
+            continue
         for half, dx, color in (("forward", -0.15, "C1"), ("backward", 0.15, "C3")):
-            ax.scatter([i + dx], [statistics.mean(r["analysis"][f"probe_{half}_half"] for r in records)],
-                       color=color, zorder=3, label=f"probe: {half} half" if i == 1 else None)
-    ax.set(ylabel="test accuracy", ylim=(0, 1))
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
+            values = [r["analysis"][f"probe_{half}_half"] for r in records]
+            bottom.scatter(i + dx + np.linspace(-0.05, 0.05, len(values)), values, s=14, color=color,
+                           label=f"probe on the {half} half" if i == 1 else None)
+    top.set(ylabel="test accuracy\n(bars: mean)")
+    bottom.set(ylabel="probe test accuracy", ylim=(0, 1))
+    bottom.set_xticks(range(len(labels)), labels, fontsize=8)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     report.draw("bidirectional", fig)
+
+
+def draw_readouts(report: Report, rows: int = 28) -> None:
+    """What each half of each readout has read, row by row, in a 1- and a 2-layer BiLSTM: directly (dark)
+    or only through the layer below (light)."""
+    readouts = [  # (label, rows read directly, rows read through the layer below)
+        ("1 layer, out[:, -1, :H]  (forward)", range(rows), []),
+        ("1 layer, out[:, -1, H:]  (backward)", [rows - 1], []),
+        ("1 layer, h_n backward  (= out[:, 0, H:])", range(rows), []),
+        ("2 layers, out[:, -1, :H]  (forward)", range(rows), []),
+        ("2 layers, out[:, -1, H:]  (backward)", [rows - 1], range(rows - 1)),
+        ("2 layers, h_n backward  (= out[:, 0, H:])", range(rows), []),
+    ]
+    fig, ax = pyplot().subplots(figsize=(8, 3.2))
+    for y, (label, direct, below) in enumerate(readouts):
+        ax.barh([y] * len(below), 1, left=list(below), color="C0", alpha=0.25, edgecolor="none")
+        ax.barh([y] * len(direct), 1, left=list(direct), color="C0", edgecolor="none")
+    ax.barh([], 0, color="C0", label="read by this state's own recurrence")
+    ax.barh([], 0, color="C0", alpha=0.25, label="reached only through the lower layer's forward half")
+    ax.set_yticks(range(len(readouts)), [r[0] for r in readouts], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="image row (the sequence's step)", xlim=(0, rows))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
+    report.draw("bidirectional-readouts", fig)

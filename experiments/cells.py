@@ -1,57 +1,111 @@
-"""Suite `cells`: LSTM, GRU and plain RNN at the recipe's settings."""
+"""Suite `cells`: LSTM, GRU and plain RNN, each at its own best learning rate, and their cost per step."""
 
 from __future__ import annotations
 
 import statistics
+import time
+from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
-from experiments.lab import LSTM, Lab, Report, accuracies, lstm_like_hidden, mean_spread, parameters, runs
+from experiments.lab import (SWEEP_SEEDS, Lab, Report, accuracies, accuracy_cell, collapsed, compare, lstm_at,
+                             lstm_like_hidden, lstm_runs, parameters, runs)
+
+RATES = {"lstm": ("0.001", "0.003", "0.01"), "gru": ("0.001", "0.003", "0.01"),
+         "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
+
+
+def step_times(seed: int, repeats: int = 7, steps: int = 10) -> dict[str, Any]:
+    """Milliseconds per training step (forward, backward, Adam) of each cell at the presets' shape
+    (2 layers, hidden 128, batch 100, 28 steps), the cells interleaved so that drift hits all alike:
+    the median of `repeats` rounds of `steps` steps."""
+    x, y = torch.rand(100, 28, 28), torch.randint(0, 10, (100,))
+    models = {name: RNNClassifier(28, 128, 2, 10, cell, bidirectional, readout="last")
+              for name, cell, bidirectional in (("rnn", "rnn", False), ("gru", "gru", False), ("lstm", "lstm", False),
+                                                ("bilstm", "lstm", True))}
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(repeats + 1):  # the first round warms up, unrecorded
+        for name, model in models.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizers[name].zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizers[name].step()
+            if round_:
+                times[name].append((time.perf_counter() - start) / steps * 1000)
+    return {"ms_per_step": {name: statistics.median(t) for name, t in times.items()},
+            "threads": torch.get_num_threads()}
 
 
 def suite(lab: Lab, report: Report) -> None:
-    target = parameters("lstm", 128)
-    # (cell, hidden, learning rate): the recipe's Adam 0.01, and the plain RNN once more at 0.001
-    configs = [("lstm", 128, "0.01"), ("gru", 128, "0.01"), ("rnn", 128, "0.01"),
-               ("gru", lstm_like_hidden("gru", target), "0.01"), ("rnn", lstm_like_hidden("rnn", target), "0.01"),
-               ("rnn", 128, "0.001")]
+    def at(cell: str, lr: str, sweep: bool, hidden: int = 128) -> list[dict]:
+        if (cell, lr, hidden) == ("lstm", "0.01", 128):
+            return lstm_runs(lab, "cells")  # the preset itself: shared with the other suites
+        name = f"{cell}-{hidden}" + ("" if lr == "0.01" else f"-lr{lr}")
+        return runs(lab, "cells", name, lstm_at(lr, cell, hidden), sweep=sweep)
 
-    def args(cell: str, h: int, lr: str) -> tuple[str, ...]:
-        if (cell, h, lr) == ("lstm", 128, "0.01"):
-            return LSTM  # the preset itself: shared with the other suites
-        return LSTM + ("--cell", cell, "--hidden-size", str(h)) + (() if lr == "0.01" else ("--lr", lr))
-
-    results = {key: runs(lab, "cells", f"{key[0]}-{key[1]}" + ("" if key[2] == "0.01" else f"-lr{key[2]}"),
-                         args(*key)) for key in configs}
-    if not all(results.values()):
+    sweep = {cell: {lr: at(cell, lr, sweep=True)[:SWEEP_SEEDS] for lr in rates} for cell, rates in RATES.items()}
+    times = [m["values"] for m in (lab.measure("cells", "step-times", s, step_times) for s in lab.seeds()) if m]
+    if not all(all(by_lr.values()) for by_lr in sweep.values()):
         return report.missing("cells")
-    draw(report, configs, results)
-    means = {key: statistics.mean(accuracies(rs)) for key, rs in results.items()}
-    best_rnn = max((k for k in means if k[0] == "rnn"), key=means.get)
-    failed = [k for k in means if k[0] == "rnn" and means[k] < 0.2]
-    failed_runs = [r for key in failed for r in results[key]]
+    # each cell's best rate by the sweep's mean, then that rate at every seed, and at the LSTM's size
+    best = {cell: max(by_lr, key=lambda lr: statistics.mean(accuracies(by_lr[lr]))) for cell, by_lr in sweep.items()}
+    target = parameters("lstm", 128)
+    sized = {cell: lstm_like_hidden(cell, target) for cell in ("gru", "rnn")}
+    at_best = {cell: at(cell, lr, sweep=False) for cell, lr in best.items()}
+    at_size = {cell: at(cell, best[cell], sweep=True, hidden=h) for cell, h in sized.items()}
+    if not all(at_best.values()) or not all(at_size.values()) or len(times) < lab.c.seeds:
+        return report.missing("cells")
+    ms = {cell: [t["ms_per_step"][cell] for t in times] for cell in times[0]["ms_per_step"]}
+    draw(report, sweep, at_best)
+    rows = [[cell, 128, lr, parameters(cell, 128), len(rs), accuracy_cell(rs)]
+            for cell, by_lr in sweep.items() for lr, rs in by_lr.items()]
+    ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
+    failed = [r for by_lr in sweep.values() for r in by_lr.get("0.01", []) if collapsed(r)]
     report.section(
-        "cells", failed=bool(failed), lstm=means[("lstm", 128, "0.01")],
-        ranked=[{"cell": cell, "hidden": h, "lr": lr, "mean": mean_spread(accuracies(results[key])).split(" ± ")[0]}
-                for key in sorted(means, key=means.get, reverse=True) for cell, h, lr in [key]],
-        failed_sizes=", ".join(f"h={h}" for _, h, _ in failed),
-        failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in failed_runs),
-        failed_min=f"{min(p['loss'] for r in failed_runs for p in r['curve']):.2f}" if failed_runs else "",
-        best_rnn={"hidden": best_rnn[1], "lr": best_rnn[2], "accuracy": means[best_rnn]},
-        best_gru=max(means[k] for k in means if k[0] == "gru"),
-        cells_table=report.table(
-            ["cell", "hidden", "Adam lr", "parameters", "test accuracy %",
-             "training s, seed 0 (rough: a noisy machine)"],
-            [[cell, h, lr, parameters(cell, h), mean_spread(accuracies(rs)),
-              f"{rs[0]['results']['train_seconds']:.0f}"] for (cell, h, lr), rs in results.items()]))
+        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=SWEEP_SEEDS,
+        acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
+        pairs={(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
+               for a in at_best for b in at_best if a != b},
+        rnn_fast=[r for r in sweep["rnn"]["0.01"] if collapsed(r)],
+        failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in failed),
+        ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],
+        sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds", "test accuracy %"], rows),
+        best_table=report.table(
+            ["cell", "hidden", "Adam lr (best of the sweep)", "parameters", "seeds", "test accuracy %"],
+            [[cell, 128, best[cell], parameters(cell, 128), len(at_best[cell]), accuracy_cell(at_best[cell])]
+             for cell in at_best] +
+            [[cell, h, best[cell], parameters(cell, h), len(at_size[cell]), accuracy_cell(at_size[cell])]
+             for cell, h in sized.items()]),
+        time_table=report.table(["model (2 layers, hidden 128)", "ms per training step, median over seeds",
+                                 "spread (min - max)", "relative to the LSTM"],
+                                [[cell, f"{statistics.median(v):.1f}", f"{min(v):.1f} - {max(v):.1f}",
+                                  f"{statistics.median(v) / statistics.median(ms['lstm']):.2f}x"]
+                                 for cell, v in ms.items()]))
 
 
-def draw(report: Report, configs: list[tuple[str, int, str]], results: dict[tuple, list[dict]]) -> None:
-    fig, ax = pyplot().subplots(figsize=(7, 3.4))
-    for cell, h, lr in configs:
-        acc = accuracies(results[(cell, h, lr)])
-        ax.errorbar([parameters(cell, h)], [statistics.mean(acc)], yerr=[[statistics.mean(acc) - min(acc)],
-                    [max(acc) - statistics.mean(acc)]], fmt="o", capsize=3, label=f"{cell} h={h} lr {lr}")
-    ax.set(xlabel="parameters", ylabel="test accuracy", ylim=(0, 1))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+def draw(report: Report, sweep: dict[str, dict[str, list[dict]]], at_best: dict[str, list[dict]]) -> None:
+    """Left: test accuracy against the Adam rate, one dot per seed. Right: each cell at its best rate."""
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6), width_ratios=(3, 2))
+    for i, (cell, by_lr) in enumerate(sweep.items()):
+        rates = [float(lr) for lr in by_lr]
+        for lr, rs in by_lr.items():
+            left.scatter([float(lr)] * len(rs), accuracies(rs), s=14, color=f"C{i}", alpha=0.8)
+        left.plot(rates, [statistics.mean(accuracies(rs)) for rs in by_lr.values()], color=f"C{i}", label=cell)
+    left.set(xscale="log", xlabel="Adam learning rate", ylabel="test accuracy", ylim=(0, 1),
+             title="learning-rate sweep (dots: seeds; line: mean)")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    for i, (cell, rs) in enumerate(at_best.items()):
+        values = accuracies(rs)
+        right.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{list(sweep).index(cell)}")
+        right.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
+    right.set_xticks(range(len(at_best)), list(at_best))
+    right.set(ylabel="test accuracy", title="each at its best rate (bars: mean)")
+    right.grid(alpha=0.3, axis="y")
     report.draw("cells", fig)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import LSTM, PROBE_SAMPLES, Lab, Report, accuracies, mean_spread, pct, runs
+from experiments.lab import (LSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, compare, lstm_runs, mean_std,
+                             pct, runs)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -44,42 +45,51 @@ def dropout_check(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    check = [m["values"] for m in (lab.measure("dropout", "dropout-check", s, dropout_check) for s in lab.seeds()) if m]
-    variants = [("none", LSTM), ("nn.LSTM dropout 0.2", LSTM + ("--dropout", "0.2")),
-                ("nn.LSTM dropout 0.5", LSTM + ("--dropout", "0.5")),
+    check = [m["values"] for m in (lab.measure("dropout", "dropout-check", s, dropout_check) for s in lab.seeds(sweep=True))
+             if m]
+    variants = [("nn.LSTM dropout 0.2", LSTM + ("--dropout", "0.2")), ("nn.LSTM dropout 0.5", LSTM + ("--dropout", "0.5")),
                 ("dropout 0.5 before the classifier", LSTM + ("--head-dropout", "0.5"))]
-    results = {name: runs(lab, "dropout", f"lstm-dropout-{i}", args) for i, (name, args) in enumerate(variants)}
+    results = {"none": lstm_runs(lab, "dropout")}
+    results.update({name: runs(lab, "dropout", f"lstm-dropout-{i}", args) for i, (name, args) in enumerate(variants, 1)})
     if not check or not all(results.values()):
         return report.missing("dropout")
     rows = []
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
-        rows.append([name, mean_spread(accuracies(records)), mean_spread(train_acc),
-                     mean_spread([t - a for t, a in zip(train_acc, accuracies(records))])])
+        vs_none = compare(accuracies(records), accuracies(results["none"]))
+        rows.append([name, accuracy_cell(records), "-" if name == "none" else
+                     f"{vs_none['diff']:+.2f} ± {vs_none['margin']:.2f}" + (" (clear)" if vs_none["clear"] else ""),
+                     mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results)
-    means = {n: statistics.mean(accuracies(rs)) for n, rs in results.items()}
-    best, worst = max(means, key=means.get), min(means, key=means.get)
-    low = min(results[worst], key=lambda r: r["results"]["test_accuracy"])
+    versus = {name: compare(accuracies(rs), accuracies(results["none"])) for name, rs in results.items() if name != "none"}
+    low = min((r for rs in results.values() for r in rs), key=lambda r: r["results"]["test_accuracy"])
     first, last = low["evals"][0]["test_accuracy"], low["results"]["test_accuracy"]
     report.section(
-        "dropout", seed=lab.seeds()[0], c=check[0], probe_samples=PROBE_SAMPLES,
+        "dropout", seed=lab.seeds()[0], seeds=len(results["none"]), c=check[0], probe_samples=PROBE_SAMPLES,
         gap_none=statistics.mean(r["analysis"]["train_accuracy"] - r["results"]["test_accuracy"]
                                  for r in results["none"]),
-        best=best, best_pct=pct(accuracies(results[best])), none_pct=pct(accuracies(results["none"])),
-        worst=worst, worst_pct=pct(accuracies(results[worst])),
-        unstable={"first": first, "last": last} if last < first else None,
-        variants_table=report.table(["dropout", "test accuracy %", "train accuracy %", "train - test gap, points"],
-                                    rows))
+        pcts={name: pct(accuracies(rs)) for name, rs in results.items()}, versus=versus,
+        clear=[name for name, v in versus.items() if v["clear"]],
+        low={"name": next(n for n, rs in results.items() if low in rs), "seed": low["seed"], "first": first,
+             "last": last} if last < first else None,
+        variants_table=report.table(["dropout", "test accuracy %", "difference from none, points (95 % CI)",
+                                     "train accuracy %", "train - test gap, points"], rows))
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
-    fig, ax = pyplot().subplots(figsize=(7, 3.4))
+    """Every seed's train and test accuracy per variant (dots), and their means (bars)."""
+    fig, ax = pyplot().subplots(figsize=(8, 3.6))
     names = list(results)
-    for offset, (label, key) in enumerate((("train", "train"), ("test", "test"))):
-        values = [statistics.mean(r["analysis"][f"{key}_accuracy"] for r in results[n]) for n in names]
-        ax.bar(np.arange(len(names)) + offset * 0.4 - 0.2, values, width=0.4, label=label)
-    ax.set_xticks(range(len(names)), [n.replace(" before", "\nbefore") for n in names], fontsize=8)
-    ax.set(ylabel="accuracy", ylim=(0.9, 1.0))
-    ax.legend()
+    for offset, key, color in ((-0.17, "train", "C0"), (0.17, "test", "C1")):
+        for i, name in enumerate(names):
+            values = [r["analysis"][f"{key}_accuracy"] for r in results[name]]
+            jitter = np.linspace(-0.06, 0.06, len(values))
+            ax.scatter(i + offset + jitter, values, s=14, color=color, alpha=0.8,
+                       label=f"{key} accuracy (one dot per seed)" if i == 0 else None)
+            ax.hlines(statistics.mean(values), i + offset - 0.12, i + offset + 0.12, color=color, lw=2)
+    ax.set_xticks(range(len(names)), [n.replace(" before", "\nbefore").replace("nn.LSTM ", "nn.LSTM\n") for n in names],
+                  fontsize=8)
+    ax.set(ylabel="accuracy (bars: mean)")
+    ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, axis="y")
     report.draw("dropout", fig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -12,11 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM, Lab, Report, accuracies, accuracy_curve, mean_spread, parameters, pct, runs,
-                             steps_text, steps_to)
+from experiments.lab import (Lab, Report, accuracies, accuracy_cell, accuracy_curve, compare, lstm_runs, mean_std,
+                             parameters, pct, steps_text, steps_to)
 
 
-def baseline(kind: str, lab: "Lab", seed: int) -> dict[str, Any]:
+BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
+
+
+def baseline(kind: str, lr: str, lab: "Lab", seed: int) -> dict[str, Any]:
     """A non-recurrent model on the flattened 784 pixels, trained like the presets (batch 100, 2 epochs, Adam)."""
     train, test = lab.data
     torch.manual_seed(seed)
@@ -24,7 +27,7 @@ def baseline(kind: str, lab: "Lab", seed: int) -> dict[str, Any]:
         model: nn.Module = nn.Linear(784, 10)
     else:
         model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(lr))
     x, y = train.images.reshape(len(train), -1).float() / 255, train.labels
     start = time.perf_counter()
     for epoch in range(2):
@@ -41,46 +44,69 @@ def baseline(kind: str, lab: "Lab", seed: int) -> dict[str, Any]:
             "train_seconds": round(seconds, 1)}
 
 
+def baselines(lab: Lab, kind: str) -> tuple[dict[str, list[dict]], Optional[str], list[dict]]:
+    """A baseline's rate sweep (SWEEP_SEEDS seeds a rate), its best rate, and its runs there at every seed."""
+    def at(lr: str, sweep: bool) -> list[dict]:
+        found = [lab.measure("easy", f"baseline-{kind}-lr{lr}", s, baseline, kind, lr, lab) for s in lab.seeds(sweep)]
+        return [m["values"] for m in found] if all(found) else []
+
+    sweep = {lr: at(lr, sweep=True) for lr in BASELINE_RATES}
+    if not all(sweep.values()):
+        return sweep, None, []
+    best = max(sweep, key=lambda lr: statistics.mean(v["test_accuracy"] for v in sweep[lr]))
+    return sweep, best, at(best, sweep=False)
+
+
 def suite(lab: Lab, report: Report) -> None:
-    lstm = runs(lab, "easy", "lstm-curve", LSTM + ("--eval-every", "50"))
-    base = {kind: [m["values"] for m in (lab.measure("easy", f"baseline-{kind}", s, baseline, kind, lab)
-                                         for s in lab.seeds()) if m]
-            for kind in ("logreg", "mlp")}
-    if not lstm or not all(base.values()):
+    lstm = lstm_runs(lab, "easy")
+    base = {kind: baselines(lab, kind) for kind in ("logreg", "mlp")}
+    if not lstm or not all(found for _, _, found in base.values()):
         return report.missing("easy")
     first = lstm[0]
     confusion = np.array(first["analysis"]["confusion"])
     errors = confusion.copy()
     np.fill_diagonal(errors, 0)
-    draw_curve(report, lstm, base)
+    best = {kind: [v["test_accuracy"] for v in found] for kind, (_, _, found) in base.items()}
+    draw_curve(report, lstm, best)
+    draw_rows_read(report, lstm)
     draw_confusion(report, confusion, errors)
     draw_misclassified(report, lab, first["analysis"]["misclassified"][:24])
     per_class = confusion.diagonal() / confusion.sum(1)
     worst = [int(i) for i in np.argsort(per_class)[:2]]
     pair = np.unravel_index(np.argmax(errors), errors.shape)
+    head = np.array([r["analysis"]["rows_read_head"] for r in lstm])  # seeds x rows
+    probe_rows = lstm[0]["analysis"]["rows_read_probe"]["rows"]
+    probe = np.array([r["analysis"]["rows_read_probe"]["accuracy"] for r in lstm])
+    lr_of = {kind: lr for kind, (_, lr, _) in base.items()}
     report.section(
-        "easy", seed=first["seed"], logreg=pct([b["test_accuracy"] for b in base["logreg"]]),
-        mlp=pct([b["test_accuracy"] for b in base["mlp"]]), lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
+        "easy", seed=first["seed"], seeds=len(lstm), logreg=pct(best["logreg"]), mlp=pct(best["mlp"]),
+        lr=lr_of, lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
         epochs_to_90=statistics.mean(steps_to(r, 0.9) or 1200 for r in lstm) * 100 / 60000,
+        lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
+        rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,
+        head_at={k: head[:, k - 1].mean() for k in (7, 14, 21, 28)},
+        probe_at={k: probe[:, probe_rows.index(k)].mean() for k in (1, 7, 10, 16, 28) if k in probe_rows},
         models_table=report.table(
-            ["model", "parameters", "test accuracy % (2 epochs)", "steps to 90 % test accuracy"], [
-                ["logistic regression (784 -> 10)", base["logreg"][0]["parameters"],
-                 mean_spread([b["test_accuracy"] for b in base["logreg"]]), "-"],
-                ["MLP (784 -> 128 -> 10, ReLU)", base["mlp"][0]["parameters"],
-                 mean_spread([b["test_accuracy"] for b in base["mlp"]]), "-"],
-                ["2-layer LSTM over 28 rows (`seed-lstm`)", parameters("lstm", 128),
-                 mean_spread(accuracies(lstm)), steps_text(lstm)]]))
+            ["model", "parameters", "Adam lr", "test accuracy % (2 epochs)", "steps to 90 % test accuracy"], [
+                ["logistic regression (784 -> 10)", base["logreg"][2][0]["parameters"], lr_of["logreg"],
+                 mean_std(best["logreg"]), "-"],
+                ["MLP (784 -> 128 -> 10, ReLU)", base["mlp"][2][0]["parameters"], lr_of["mlp"],
+                 mean_std(best["mlp"]), "-"],
+                ["2-layer LSTM over 28 rows (`seed-lstm`)", parameters("lstm", 128), "0.01",
+                 accuracy_cell(lstm), steps_text(lstm)]]),
+        sweep_table=report.table(["Adam lr"] + [f"{kind} test accuracy %" for kind in ("logistic regression", "MLP")],
+                                 [[lr] + [mean_std([v["test_accuracy"] for v in base[kind][0][lr]])
+                                          for kind in ("logreg", "mlp")] for lr in BASELINE_RATES]))
 
 
-def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[dict]]) -> None:
+def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[float]]) -> None:
     fig, ax = pyplot().subplots(figsize=(7, 3.6))
     for r in lstm:
-        ax.plot(*accuracy_curve(r), marker=".", label=f"LSTM seed {r['seed']}")
+        ax.plot(*accuracy_curve(r), color="C0", alpha=0.6, lw=1, label="LSTM (one line per seed)" if r is lstm[0] else None)
     for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP")):
-        ax.axhline(statistics.mean(b["test_accuracy"] for b in base[kind]), ls="--", lw=1, color="gray")
-        ax.text(20, statistics.mean(b["test_accuracy"] for b in base[kind]), f"{label} (2 epochs)", va="bottom",
-                ha="left", fontsize=8)
+        ax.axhline(statistics.mean(base[kind]), ls="--", lw=1, color="gray")
+        ax.text(20, statistics.mean(base[kind]), f"{label} (2 epochs, mean)", va="bottom", ha="left", fontsize=8)
     ax.axvline(600, color="k", lw=0.5)
     ax.set(xlabel="optimizer step (600 = one epoch)", ylabel="test accuracy", ylim=(0.5, 1.0))
     ax.grid(alpha=0.3)
@@ -88,13 +114,30 @@ def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[dict]]) ->
     report.draw("easy-curve", fig)
 
 
+def draw_rows_read(report: Report, lstm: list[dict]) -> None:
+    fig, ax = pyplot().subplots(figsize=(7, 3.4))
+    for r in lstm:
+        head = r["analysis"]["rows_read_head"]
+        probe = r["analysis"]["rows_read_probe"]
+        first = r is lstm[0]
+        ax.plot(range(1, len(head) + 1), head, color="C0", alpha=0.6, lw=1,
+                label="the model's own head on its state after k rows" if first else None)
+        ax.plot(probe["rows"], probe["accuracy"], color="C1", alpha=0.6, lw=1, marker=".",
+                label="a linear probe fitted on that state" if first else None)
+    ax.set(xlabel="rows read (k of 28)", ylabel="test accuracy", ylim=(0, 1), xlim=(1, 28))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    report.draw("easy-rows-read", fig)
+
+
 def draw_confusion(report: Report, confusion: np.ndarray, errors: np.ndarray) -> None:
     fig, ax = pyplot().subplots(figsize=(4.6, 4))
     ax.imshow(errors, cmap="Reds")
     for i in range(10):
         for j in range(10):
-            if confusion[i, j] and i != j:
-                ax.text(j, i, confusion[i, j], ha="center", va="center", fontsize=7)
+            if confusion[i, j] and i != j:  # white on the darker half of the colour scale
+                ax.text(j, i, confusion[i, j], ha="center", va="center", fontsize=7,
+                        color="white" if errors[i, j] > errors.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true digit", xticks=range(10), yticks=range(10))
     report.draw("easy-confusion", fig)
 

@@ -8,12 +8,14 @@ import datetime
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -47,12 +49,17 @@ class ExperimentsConfig:
     """Options of `python -m experiments` (the suites are positional)."""
 
     data_dir: Optional[str] = option(None, "MNIST directory (default: $DIST_RNN_DATA, else ./data)")
-    seeds: int = option(2, "seeds per configuration (0, 1, ...): tables give the mean and the spread")
+    seeds: int = option(5, "seeds per headline configuration (0, 1, ...); sweep points get at most 3")
+    jobs: int = option(1, "training runs at a time, each with cores/jobs threads (2 on 2 cores: about 1.4x "
+                          "the runs per hour); measurements still run alone")
     cache_dir: str = option("docs/experiments/cache", "one JSON record per run or measurement")
     report: str = option("docs/experiments.md", "the report to regenerate; figures go beside it in experiments/")
     runs_dir: str = option("runs/experiments", "run directories (checkpoints) of the training runs")
     rerun: bool = option(False, "repeat the selected suites' runs even when cached")
     report_only: bool = option(False, "train nothing: regenerate the report from the cache")
+
+
+SWEEP_SEEDS = 3  # seeds per point of a learning-rate sweep
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,6 +105,9 @@ class Lab:
         self.data_dir = resolve_data_dir(c.data_dir)
         self._data: Optional[tuple[Split, Split]] = None
         self.used: list[dict[str, Any]] = []  # records the report used, in order (its appendix)
+        self.made: set[Path] = set()  # records made by this invocation (a --rerun repeats each once)
+        self.planning = False  # run_parallel's planning passes: queue missing records in `pending`
+        self.pending: dict[Path, Callable[[], dict[str, Any]]] = {}
 
     @property
     def data(self) -> tuple[Split, Split]:
@@ -113,16 +123,51 @@ class Lab:
         return existing[0] if existing else self.cache / f"{kind}-{name}-{key}.json"
 
     def _record(self, suite: str, path: Path, make: Callable[[], dict[str, Any]]) -> Optional[dict[str, Any]]:
-        """The record cached at `path`; else, when `suite` may run now, `make()` it and cache it; else None."""
-        if path.exists() and not (self.c.rerun and suite in self.suites):
+        """The record cached at `path`; else, when `suite` may run now, `make()` it and cache it (or, while
+        planning, queue it); else None."""
+        if path.exists() and not (self.c.rerun and suite in self.suites and path not in self.made):
             record = json.loads(path.read_text())
         elif self.c.report_only or suite not in self.suites:
             return None
+        elif self.planning:
+            self.pending.setdefault(path, make)
+            return None
         else:
-            record = make()
-            atomic_write_json(path, record)
+            record = self._make(path, make)
         self.used.append(record)
         return record
+
+    def _make(self, path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        record = make()
+        atomic_write_json(path, record)
+        self.made.add(path)
+        return record
+
+    def run_parallel(self, suites: Callable[[], None]) -> None:
+        """Make every record `suites()` asks for, `jobs` training runs at a time: plan (run the suites,
+        queueing what is missing), make the queue, and plan again until nothing is missing (a suite may
+        ask for runs that depend on others, such as a sweep's best rate). Measurements run alone and
+        first, with every core, so that no training run disturbs their timings."""
+        cores, _ = torch.get_num_threads(), self.data  # (the data loaded once, before the threads)
+        while True:
+            self.planning, self.pending = True, {}
+            try:
+                suites()
+            finally:
+                self.planning = False
+            queue = [(path, make) for path, make in self.pending.items() if path not in self.made]
+            if not queue:
+                break
+            for path, make in queue:
+                if not path.name.startswith("train-"):
+                    self._make(path, make)
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // self.c.jobs))  # the analyses' share
+            try:
+                with ThreadPoolExecutor(self.c.jobs) as pool:
+                    list(pool.map(lambda job: self._make(*job), [j for j in queue if j[0].name.startswith("train-")]))
+            finally:
+                torch.set_num_threads(cores)
+        self.used.clear()  # the planning passes' records: the report's pass lists its own
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
               analyse: Optional[Callable[..., dict[str, Any]]] = None) -> Optional[dict]:
@@ -136,6 +181,8 @@ class Lab:
             command = [sys.executable, "-m", "dist_rnn.train", *args, "--seed", str(seed), "--data-dir",
                        str(self.data_dir), "--out-dir", str(out_dir), "--resume", "none", "--overwrite",
                        "--log-every", "25"]
+            if self.c.jobs > 1:  # share the cores (the default, all of them each, oversubscribes)
+                command += ["--threads", str(max(1, len(os.sched_getaffinity(0)) // self.c.jobs))]
             print(f"[{suite}] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
             started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
             proc = subprocess.run(command, capture_output=True, text=True)
@@ -145,7 +192,8 @@ class Lab:
             results = json.loads((out_dir / "results.json").read_text())
             events = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
             return {"kind": "train", "suite": suite, "name": name, "seed": seed,
-                    "command": ["python", *command[1:]], "machine": machine(), "started": started,
+                    "command": ["python", *command[1:]], "machine": machine(), "concurrent_runs": self.c.jobs,
+                    "started": started,
                     "seconds": round(time.perf_counter() - start, 1), "results": results,
                     "curve": [{k: e[k] for k in ("step", "loss")} for e in events if e["event"] == "train"],
                     "evals": [{k: e[k] for k in ("step", "test_accuracy", "test_loss")}
@@ -196,8 +244,9 @@ class Lab:
 
         return self._record(suite, self._path("measure", f"{name}-s{seed}", [name, seed]), make)
 
-    def seeds(self) -> range:
-        return range(self.c.seeds)
+    def seeds(self, sweep: bool = False) -> range:
+        """The seeds of a headline configuration, or of a sweep point (at most SWEEP_SEEDS)."""
+        return range(min(self.c.seeds, SWEEP_SEEDS) if sweep else self.c.seeds)
 
 
 def readout_features(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -208,11 +257,15 @@ def readout_features(model: nn.Module, view: SequenceView, images: torch.Tensor,
 
 def fit_linear(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                epochs: int = 300, lr: float = 0.01) -> float:
-    """Test accuracy of a softmax-regression probe trained full-batch on the given features (its
-    initial weights seeded, so a rerun gives the same figure)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        probe = nn.Linear(x_train.shape[1], 10)
+    """Test accuracy of a softmax-regression probe trained full-batch on the given features. Its
+    initial weights are nn.Linear's draws from its own seeded generator (the global one is shared
+    by run_parallel's threads), so a rerun gives the same figure."""
+    probe = nn.Linear(x_train.shape[1], 10)
+    draws = torch.Generator().manual_seed(0)
+    bound = 1 / math.sqrt(x_train.shape[1])  # nn.Linear's own bound for both, drawn in its order
+    with torch.no_grad():
+        probe.weight.uniform_(-bound, bound, generator=draws)
+        probe.bias.uniform_(-bound, bound, generator=draws)
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     for _ in range(epochs):
@@ -223,18 +276,51 @@ def fit_linear(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tenso
         return float((probe((x_test - mean) / std).argmax(1) == y_test).float().mean())
 
 
-def mean_spread(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
-    """'97.41 ± 0.12': the mean and half the range over seeds (in percent by default)."""
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """'97.41 ± 0.12': the mean and the sample standard deviation over seeds (in percent by default)."""
     values = [v * scale for v in values]
     if not values:
         return "n/a"
-    return f"{statistics.mean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def pct(values: list[float]) -> str:
     """For prose: '97.41 % (± 0.12)'."""
-    mean, spread = mean_spread(values).split(" ± ")
-    return f"{mean} % (± {spread})"
+    mean, std = mean_std(values).split(" ± ")
+    return f"{mean} % (± {std})"
+
+
+# Student's t, 97.5th percentile, by degrees of freedom (a smaller df is read conservatively).
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
+        15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def compare(a: list[float], b: list[float]) -> dict[str, Any]:
+    """mean(a) - mean(b) in points, with the half-width of its 95 % confidence interval (Welch's t):
+    `clear` when the interval excludes zero, the only case in which the report calls one ahead."""
+    diff = (statistics.mean(a) - statistics.mean(b)) * 100
+    va = statistics.variance(a) * 1e4 / len(a) if len(a) > 1 else 0.0
+    vb = statistics.variance(b) * 1e4 / len(b) if len(b) > 1 else 0.0
+    if va + vb == 0:
+        return {"diff": diff, "margin": 0.0, "clear": diff != 0 and len(a) > 1 and len(b) > 1}
+    df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0))
+    t = T975[max(k for k in T975 if k <= max(1, int(df)))] if df < 30 else 1.96
+    margin = t * math.sqrt(va + vb)
+    return {"diff": diff, "margin": margin, "clear": abs(diff) > margin}
+
+
+def collapsed(record: dict) -> bool:
+    """A run that predicts one class for at least half of the test images: it learned (almost) nothing,
+    whatever its accuracy says."""
+    predicted = np.array(record["analysis"]["confusion"]).sum(0)
+    return bool(predicted.max() >= predicted.sum() / 2)
+
+
+def accuracy_cell(records: list[dict]) -> str:
+    """A table cell: mean ± std of the test accuracy, and how many seeds collapsed to one class."""
+    n = sum(collapsed(r) for r in records)
+    return mean_std(accuracies(records)) + (f" ({n} of {len(records)} collapsed)" if n else "")
 
 
 def accuracies(records: list[dict]) -> list[float]:
@@ -247,20 +333,29 @@ class Report:
 
     TEMPLATES = Path(__file__).parent / "report"
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, draft: bool = False):
+        self.path, self.draft = path, draft  # a draft (run_parallel's planning) writes nothing
         self.figures = path.parent / "experiments"
         self.figures.mkdir(parents=True, exist_ok=True)
         self.parts: list[str] = []
         self.written: list[Path] = []
         self.drawn: dict[str, Any] = {}  # figures a suite drew, saved when its template places them
+        self.answers: dict[str, dict[str, Any]] = {}  # section -> its short answer, for the closing table
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(self.TEMPLATES),
                                             undefined=jinja2.StrictUndefined, trim_blocks=True, autoescape=False)
         self.templates.filters["fmt"] = format  # {{ x|fmt(".1%") }}: Python's format spec
 
     def section(self, name: str, at_start: bool = False, **values: Any) -> None:
         """Render template `name`.md with `values` and add it to the report."""
-        text = self.templates.get_template(f"{name}.md").render(figure=self._figure, **values)
+        template = self.templates.get_template(f"{name}.md")
+        placed: list[str] = []
+        text = template.render(figure=lambda fig, caption: placed.append(fig) or self._figure(fig, caption), **values)
+        # A section that answers a question of the study note defines {% macro answer() %}: one line for
+        # the closing table (rendered apart, so that it places no figure twice).
+        answer = getattr(template.make_module(dict(values, figure=lambda *_: "")), "answer", None)
+        if answer:
+            self.answers[name] = {"question": text.splitlines()[0].lstrip("# "), "answer": str(answer()).strip(),
+                                  "figures": placed, "records": []}
         self.parts.insert(0 if at_start else len(self.parts), text.strip("\n") + "\n")
         if self.drawn:
             unplaced = ", ".join(self.drawn)
@@ -279,6 +374,12 @@ class Report:
             pyplot().close(fig)
         self.drawn.clear()
 
+    def closing(self) -> None:
+        """The closing table: each question, its short answer, its figures and its records."""
+        rows = [[a["question"], a["answer"], ", ".join(f"[{f}](experiments/{f}.png)" for f in a["figures"]) or "-",
+                 ", ".join(f"`{r}`" for r in a["records"]) or "-"] for a in self.answers.values()]
+        self.section("closing", answers_table=self.table(["question", "answer", "figures", "records"], rows))
+
     @staticmethod
     def table(header: list[str], rows: list[list[Any]]) -> str:
         """A Markdown table, for a template to place."""
@@ -292,6 +393,9 @@ class Report:
     def _figure(self, name: str, caption: str) -> str:
         path = self.figures / f"{name}.png"
         fig = self.drawn.pop(name)
+        if self.draft:
+            pyplot().close(fig)
+            return ""
         fig.tight_layout()
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
         pyplot().close(fig)
@@ -299,19 +403,27 @@ class Report:
         return f"![{caption}](experiments/{name}.png)\n\n*{caption}*"
 
     def write(self) -> None:
-        atomic_write(self.path, lambda fh: fh.write("\n".join(self.parts).encode()))
+        if not self.draft:
+            atomic_write(self.path, lambda fh: fh.write("\n".join(self.parts).encode()))
 
 
-def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None) -> list[dict]:
-    """The run `args` at every seed (the cached ones, and the others trained now when allowed)."""
-    records = [lab.train(suite, name, args, seed, analyse) for seed in lab.seeds()]
-    return [r for r in records if r]
+def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None,
+         sweep: bool = False) -> list[dict]:
+    """The run `args` at every seed (trained now where missing and allowed), or [] while any is missing:
+    a figure is never the mean of fewer seeds than the report says."""
+    records = [lab.train(suite, name, args, seed, analyse) for seed in lab.seeds(sweep)]
+    return records if all(records) else []
 
 
 def lstm_runs(lab: Lab, suite: str) -> list[dict]:
     """The `seed-lstm` preset's runs, scored every 50 steps and after every number of rows read: the
     reference every suite compares with (one set of records, shared)."""
     return runs(lab, suite, "lstm-curve", LSTM_CURVE, functools.partial(rows_read, lab))
+
+
+def lstm_at(lr: str, cell: str = "lstm", hidden: int = 128) -> tuple[str, ...]:
+    """The preset's arguments for another cell, size or Adam rate (one spelling, so that suites share records)."""
+    return LSTM + ("--cell", cell, "--hidden-size", str(hidden)) + (() if lr == "0.01" else ("--lr", lr))
 
 
 def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM, Lab, Report, accuracies, accuracy_curve, at_step, mean_spread, pct, runs,
+from experiments.lab import (LSTM, Lab, Report, accuracies, accuracy_curve, at_step, mean_std, pct, runs,
                              steps_text)
 
 
@@ -49,8 +49,8 @@ def suite(lab: Lab, report: Report) -> None:
              for r in rows]),
         training_table=report.table(
             ["loss", "test accuracy % after 2 epochs", "steps to 90 %", "test accuracy % at step 100"],
-            [[name, mean_spread(accuracies(records)), steps_text(records),
-              mean_spread([at_step(r, 100) for r in records])]
+            [[name, mean_std(accuracies(records)), steps_text(records),
+              mean_std([at_step(r, 100) for r in records])]
              for name, records in (("cross-entropy", ce), ("MSE on softmax", mse))]))
 
 

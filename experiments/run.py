@@ -11,7 +11,6 @@ a recorded run: nothing is typed by hand. A cached record is reused; --rerun rep
 from __future__ import annotations
 
 import collections
-import json
 import os
 import traceback
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Optional
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, theory, views
-from experiments.lab import ExperimentsConfig, Lab, Report, provenance
+from experiments.lab import SWEEP_SEEDS, ExperimentsConfig, Lab, Report, provenance
 
 SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, "batch_first": batch_first.suite,
           "dropout": dropout.suite, "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite,
@@ -48,27 +47,40 @@ def made_at(lab: Lab) -> str:
     return "commits " + ", ".join(f"{commit} ({n})" for commit, n in counts.most_common()) if counts else "no records"
 
 
-def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
-    """Run (or take from the cache) the selected suites, then regenerate the whole report."""
-    lab = Lab(c, suites)
-    report = Report(Path(c.report))
+def run_suites(lab: Lab, report: Report) -> list[str]:
+    """Every suite, in the report's order; the ones that failed, with why (their sections say so too)."""
     failed = []
     for name in SUITES:
+        first = len(lab.used)
         try:
             SUITES[name](lab, report)
+            if name in report.answers:  # the records behind its answer, for the closing table
+                report.answers[name]["records"] = list(dict.fromkeys(r["name"] for r in lab.used[first:]))
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - one suite's bug must not cost the other suites' runs
-            if os.environ.get("DIST_RNN_DEBUG"):
+            if os.environ.get("DIST_RNN_DEBUG") and not lab.planning:
                 traceback.print_exc()
             failed.append(f"{name} ({first_line(e)})")
             report.missing(name, "failed", reason=first_line(e))
+    return failed
+
+
+def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
+    """Run (or take from the cache) the selected suites, then regenerate the whole report."""
+    lab = Lab(c, suites)
+    if c.jobs > 1 and not c.report_only:
+        lab.run_parallel(lambda: run_suites(lab, Report(Path(c.report), draft=True)))
+    report = Report(Path(c.report))
+    failed = run_suites(lab, report)
+    report.closing()
     appendix(lab, report)
     # The header counts the records as they are now, after this invocation's runs: the same cache
     # gives the same report, whenever it is rendered.
-    total = sum(r.get("seconds", 0) for r in (json.loads(p.read_text()) for p in Path(c.cache_dir).glob("*.json"))) \
-        if Path(c.cache_dir).is_dir() else 0
-    report.section("header", at_start=True, cache_dir=c.cache_dir, total_seconds=total, seeds=c.seeds,
+    records = list({id(r): r for r in lab.used}.values())
+    report.section("header", at_start=True, cache_dir=c.cache_dir, seeds=c.seeds, sweep_seeds=min(c.seeds, SWEEP_SEEDS),
+                   total_seconds=sum(r.get("seconds", 0) for r in records),
+                   concurrent=sum(r.get("concurrent_runs", 1) > 1 for r in records), records=len(records),
                    made_at=made_at(lab))
     report.write()
     print(f"wrote {report.path} and {len(report.written)} figures in {report.figures}")
@@ -89,8 +101,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             raise UserError(f"unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
         c = ExperimentsConfig(**args)
-        if c.seeds < 1:
-            raise UserError(f"`seeds` must be >= 1, got {c.seeds}")
+        if c.seeds < 1 or c.jobs < 1:
+            raise UserError(f"`seeds` and `jobs` must be >= 1, got `seeds`={c.seeds} and `jobs`={c.jobs}")
         experiments(c, suites)
 
     return run_cli(prog("experiments"), command)

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 from dist_rnn.plot import pyplot
-from experiments.lab import Lab, Report, accuracies, accuracy_curve, mean_spread, runs
+from experiments.lab import Lab, Report, accuracies, accuracy_curve, mean_std, runs
 
 # The pixel views are 784 steps long (28x the rows): on 2 CPU cores the presets would take hours,
 # so the views suite compares all four views at one small budget.
@@ -28,7 +28,7 @@ def suite(lab: Lab, report: Report) -> None:
                  for v in views},
         stuck=all(statistics.mean(accuracies(results[v])) < 0.2 for v in ("pixel", "permuted")),
         views_table=report.table(["view", "steps per image", "test accuracy %", "training s (seed 0)"], [
-            [v, 28 if v in ("row", "column") else 784, mean_spread(accuracies(rs)),
+            [v, 28 if v in ("row", "column") else 784, mean_std(accuracies(rs)),
              f"{rs[0]['results']['train_seconds']:.0f}"] for v, rs in results.items()]))
 
 

@@ -98,3 +98,32 @@ def test_report_sections_are_templates_filled_with_the_suites_values(tmp_path):
     with pytest.raises(ValueError, match="does not place the figures unplaced"):
         report.section("failed", suite="x", reason="y")
     assert report.table(["a", "b"], [[1, 2]]) == "| a | b |\n| --- | --- |\n| 1 | 2 |"
+
+
+def test_parallel_runs_make_what_the_suites_ask_for_in_dependent_rounds(mnist_dir, tmp_path):
+    """--jobs: the planning passes queue missing records, the queue runs `jobs` trainings at a time
+    (each with its share of the cores), and a run that depends on others' results (a sweep's best)
+    is made in a later round; the report's pass then finds everything cached."""
+    c = ExperimentsConfig(data_dir=str(mnist_dir), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
+                          seeds=2, jobs=2)
+    lab = Lab(c, ["cells"])
+    tiny = ("--hidden-size", "4", "--num-layers", "1", "--epochs", "1", "--limit-train", "60", "--batch-size", "20",
+            "--device", "cpu")
+    passes = []
+
+    def suite() -> None:
+        sweep = {lr: experiments_lab.runs(lab, "cells", f"lr{lr}", tiny + ("--lr", lr), sweep=True)
+                 for lr in ("0.001", "0.01")}
+        passes.append(sorted(lr for lr, rs in sweep.items() if rs))
+        if all(sweep.values()):
+            best = max(sweep, key=lambda lr: sum(experiments_lab.accuracies(sweep[lr])))
+            experiments_lab.runs(lab, "cells", f"best-lr{best}", tiny + ("--lr", best, "--epochs", "2"))
+
+    lab.run_parallel(suite)
+    assert passes == [[], ["0.001", "0.01"], ["0.001", "0.01"]]  # plan, then plan the best, then nothing missing
+    records = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
+    assert len(records) == 6  # 2 rates x 2 seeds, and the best at 2 seeds
+    assert all(r["concurrent_runs"] == 2 and r["command"][-2:] == ["--threads", "1"] for r in records)
+    assert lab.used == [] and not lab.pending
+    suite()  # the report's pass: everything is cached, nothing runs
+    assert len(lab.used) == 6 and len(list((tmp_path / "cache").glob("*.json"))) == 6
