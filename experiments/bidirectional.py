@@ -13,6 +13,7 @@ from torch import nn
 from dist_rnn.config import TrainConfig
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
+from experiments.cells import step_times
 from experiments.lab import (BILSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, compare, fit_linear,
                              lstm_at, lstm_runs, mean_std, parameters, pct, runs)
 
@@ -28,6 +29,9 @@ def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: Sequenc
             "probe_both": fit_linear(x_train, y_train, x_test, y_test)}
 
 
+half_probes.provides = ("probe_forward_half", "probe_backward_half", "probe_both")  # type: ignore[attr-defined]
+
+
 def suite(lab: Lab, report: Report) -> None:
     probes = functools.partial(half_probes, lab)
     one_layer = ("--num-layers", "1")
@@ -39,10 +43,11 @@ def suite(lab: Lab, report: Report) -> None:
              "1-layer BiLSTM, `--readout final`": runs(lab, "bidirectional", "bilstm1-final",
                                                        BILSTM + one_layer + ("--readout", "final"), probes)}
     # The presets differ in learning rate (LSTM 0.01, BiLSTM 0.003): each also at the other's rate.
-    rates = {"LSTM at Adam 0.003": runs(lab, "bidirectional", "lstm-128-lr0.003", lstm_at("0.003"), sweep=True),
+    rates = {"LSTM at Adam 0.003": runs(lab, "bidirectional", "lstm-128-lr0.003", lstm_at("0.003")),
              "BiLSTM `out[:, -1, :]` at Adam 0.01": runs(lab, "bidirectional", "bilstm-last-lr0.01",
-                                                         BILSTM + ("--lr", "0.01"), probes, sweep=True)}
-    if not all(found.values()) or not all(rates.values()):
+                                                         BILSTM + ("--lr", "0.01"), probes)}
+    times = [lab.measure("bidirectional", "step-times", s, step_times) for s in lab.seeds()]  # shared with cells
+    if not all(found.values()) or not all(rates.values()) or not all(times):
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()
     rows = []
@@ -65,6 +70,9 @@ def suite(lab: Lab, report: Report) -> None:
         readout1=compare(accuracies(final1), accuracies(last1)), readout2=compare(accuracies(final), accuracies(last)),
         at003=compare(accuracies(last), accuracies(lstm3)), at001=compare(accuracies(bilstm01), accuracies(uni)),
         presets=compare(accuracies(last), accuracies(uni)),
+        param_ratio=parameters("lstm", 128, bidirectional=True) / parameters("lstm", 128),
+        time_ratio=statistics.median(t["values"]["ms_per_step"]["bilstm"] / t["values"]["ms_per_step"]["lstm"]
+                                     for t in times),
         models_table=report.table(["model", "parameters", "seeds", "test accuracy %", "probe on forward half %",
                                    "probe on backward half %"], rows))
 

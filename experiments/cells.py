@@ -66,14 +66,13 @@ def suite(lab: Lab, report: Report) -> None:
     rows = [[cell, 128, lr, parameters(cell, 128), len(rs), accuracy_cell(rs)]
             for cell, by_lr in sweep.items() for lr, rs in by_lr.items()]
     ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
-    failed = [r for by_lr in sweep.values() for r in by_lr.get("0.01", []) if collapsed(r)]
     report.section(
         "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=SWEEP_SEEDS,
         acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
         pairs={(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
                for a in at_best for b in at_best if a != b},
         rnn_fast=[r for r in sweep["rnn"]["0.01"] if collapsed(r)],
-        failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in failed),
+        failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in sweep["rnn"]["0.01"] if collapsed(r)),
         ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],
         sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds", "test accuracy %"], rows),
         best_table=report.table(

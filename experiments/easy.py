@@ -81,7 +81,9 @@ def suite(lab: Lab, report: Report) -> None:
     report.section(
         "easy", seed=first["seed"], seeds=len(lstm), logreg=pct(best["logreg"]), mlp=pct(best["mlp"]),
         lr=lr_of, lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
-        epochs_to_90=statistics.mean(steps_to(r, 0.9) or 1200 for r in lstm) * 100 / 60000,
+        epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
+        else None,  # (a run that never got there has no such figure)
+        sweep_seeds=len(base["mlp"][0][BASELINE_RATES[0]]),
         lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,

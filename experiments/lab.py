@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -104,7 +104,7 @@ class Lab:
         self.cache = Path(c.cache_dir)
         self.data_dir = resolve_data_dir(c.data_dir)
         self._data: Optional[tuple[Split, Split]] = None
-        self.used: list[dict[str, Any]] = []  # records the report used, in order (its appendix)
+        self.used: list[tuple[Path, dict[str, Any]]] = []  # records the report used, in order, repeats included
         self.made: set[Path] = set()  # records made by this invocation (a --rerun repeats each once)
         self.planning = False  # run_parallel's planning passes: queue missing records in `pending`
         self.pending: dict[Path, Callable[[], dict[str, Any]]] = {}
@@ -122,19 +122,22 @@ class Lab:
         existing = sorted(self.cache.glob(f"{kind}-*-{key}.json"))
         return existing[0] if existing else self.cache / f"{kind}-{name}-{key}.json"
 
-    def _record(self, suite: str, path: Path, make: Callable[[], dict[str, Any]]) -> Optional[dict[str, Any]]:
-        """The record cached at `path`; else, when `suite` may run now, `make()` it and cache it (or, while
-        planning, queue it); else None."""
-        if path.exists() and not (self.c.rerun and suite in self.suites and path not in self.made):
-            record = json.loads(path.read_text())
-        elif self.c.report_only or suite not in self.suites:
-            return None
-        elif self.planning:
-            self.pending.setdefault(path, make)
-            return None
-        else:
+    def _record(self, suite: str, path: Path, make: Callable[[], dict[str, Any]],
+                complete: Callable[[dict[str, Any]], bool] = lambda record: True) -> Optional[dict[str, Any]]:
+        """The record cached at `path` (when `complete`: it has what is asked of it now); else, when `suite`
+        may run now, `make()` it and cache it (or, while planning, queue it); else None."""
+        record = json.loads(path.read_text()) if path.exists() else None
+        repeat = self.c.rerun and suite in self.suites and path not in self.made
+        if record is None or not complete(record) or repeat:
+            if self.c.report_only or suite not in self.suites:
+                return None
+            if self.planning:
+                key = path.stem.rsplit("-", 1)[1]  # one spec asked for under two names is still one run
+                if not any(p.stem.endswith(key) for p in self.pending):
+                    self.pending[path] = make
+                return None
             record = self._make(path, make)
-        self.used.append(record)
+        self.used.append((path, record))
         return record
 
     def _make(self, path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -143,13 +146,14 @@ class Lab:
         self.made.add(path)
         return record
 
-    def run_parallel(self, suites: Callable[[], None]) -> None:
+    def run_parallel(self, suites: Callable[[], None], max_rounds: int = 10) -> None:
         """Make every record `suites()` asks for, `jobs` training runs at a time: plan (run the suites,
         queueing what is missing), make the queue, and plan again until nothing is missing (a suite may
         ask for runs that depend on others, such as a sweep's best rate). Measurements run alone and
-        first, with every core, so that no training run disturbs their timings."""
+        first, with every core, so that no training run disturbs their timings. A failed run stops
+        the queue (the runs under way finish and are kept)."""
         cores, _ = torch.get_num_threads(), self.data  # (the data loaded once, before the threads)
-        while True:
+        for _ in range(max_rounds):
             self.planning, self.pending = True, {}
             try:
                 suites()
@@ -157,17 +161,21 @@ class Lab:
                 self.planning = False
             queue = [(path, make) for path, make in self.pending.items() if path not in self.made]
             if not queue:
-                break
+                self.used.clear()  # the planning passes' records: the report's pass lists its own
+                return
             for path, make in queue:
                 if not path.name.startswith("train-"):
                     self._make(path, make)
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // self.c.jobs))  # the analyses' share
+            pool = ThreadPoolExecutor(self.c.jobs)
             try:
-                with ThreadPoolExecutor(self.c.jobs) as pool:
-                    list(pool.map(lambda job: self._make(*job), [j for j in queue if j[0].name.startswith("train-")]))
+                for done in as_completed([pool.submit(self._make, path, make) for path, make in queue
+                                          if path.name.startswith("train-")]):
+                    done.result()  # re-raises a failed run's error here, at once
             finally:
+                pool.shutdown(cancel_futures=True)
                 torch.set_num_threads(cores)
-        self.used.clear()  # the planning passes' records: the report's pass lists its own
+        raise RuntimeError(f"the suites still ask for new records after {max_rounds} rounds of runs")
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
               analyse: Optional[Callable[..., dict[str, Any]]] = None) -> Optional[dict]:
@@ -200,7 +208,9 @@ class Lab:
                               for e in events if e["event"] == "eval"],
                     "analysis": self._analyse(results["checkpoint"], analyse)}
 
-        return self._record(suite, path, make)
+        # A record made before its analysis was asked for lacks the analysis: made again, not half-used.
+        wanted = getattr(getattr(analyse, "func", analyse), "provides", ())
+        return self._record(suite, path, make, lambda record: all(k in record["analysis"] for k in wanted))
 
     def _analyse(self, checkpoint: str, analyse: Optional[Callable]) -> dict[str, Any]:
         """Scores every run needs (train and test accuracy, confusion), plus the suite's own analysis of
@@ -293,19 +303,20 @@ def pct(values: list[float]) -> str:
 
 # Student's t, 97.5th percentile, by degrees of freedom (a smaller df is read conservatively).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
-        15: 2.13, 20: 2.09, 30: 2.04}
+        15: 2.13, 20: 2.09, 30: 2.04, 60: 2.00, 120: 1.98}
 
 
 def compare(a: list[float], b: list[float]) -> dict[str, Any]:
     """mean(a) - mean(b) in points, with the half-width of its 95 % confidence interval (Welch's t):
     `clear` when the interval excludes zero, the only case in which the report calls one ahead."""
     diff = (statistics.mean(a) - statistics.mean(b)) * 100
-    va = statistics.variance(a) * 1e4 / len(a) if len(a) > 1 else 0.0
-    vb = statistics.variance(b) * 1e4 / len(b) if len(b) > 1 else 0.0
-    if va + vb == 0:
-        return {"diff": diff, "margin": 0.0, "clear": diff != 0 and len(a) > 1 and len(b) > 1}
-    df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1) if va else 0) + (vb ** 2 / (len(b) - 1) if vb else 0))
-    t = T975[max(k for k in T975 if k <= max(1, int(df)))] if df < 30 else 1.96
+    if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
+        return {"diff": diff, "margin": float("nan"), "clear": False}
+    va, vb = statistics.variance(a) * 1e4 / len(a), statistics.variance(b) * 1e4 / len(b)
+    if va + vb == 0:  # every seed alike on both sides (as when all collapse to the same class)
+        return {"diff": diff, "margin": 0.0, "clear": diff != 0}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    t = T975[max(k for k in T975 if k <= max(1, int(df)))] if df < 1000 else 1.96
     margin = t * math.sqrt(va + vb)
     return {"diff": diff, "margin": margin, "clear": abs(diff) > margin}
 
@@ -364,8 +375,12 @@ class Report:
 
     def missing(self, suite: str, why: str = "missing", **values: Any) -> None:
         """A suite's heading (its template's first line), then why its section is absent (template `why`)."""
-        heading = (self.TEMPLATES / f"{suite}.md").read_text().splitlines()[0]
+        source = (self.TEMPLATES / f"{suite}.md").read_text()
+        heading = source.splitlines()[0]
         self.parts.append(heading + "\n")
+        if "{% macro answer()" in source:  # a question: its row of the closing table says why it has no answer
+            self.answers[suite] = {"question": heading.lstrip("# "), "answer": f"*{why}: see its section*",
+                                   "figures": [], "records": []}
         self._discard_drawn()  # a suite that failed may have drawn some
         self.section(why, suite=suite, **values)
 
@@ -481,3 +496,6 @@ def rows_read(lab: Lab, config: TrainConfig, model: nn.Module, view: SequenceVie
     probed = list(range(0, out_test.shape[1], 3))
     probe = [fit_linear(out_train[:, k], y_train, out_test[:, k], test.labels) for k in probed]
     return {"rows_read_head": head, "rows_read_probe": {"rows": [k + 1 for k in probed], "accuracy": probe}}
+
+
+rows_read.provides = ("rows_read_head", "rows_read_probe")  # type: ignore[attr-defined]

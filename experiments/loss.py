@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM, Lab, Report, accuracies, accuracy_curve, at_step, mean_std, pct, runs,
-                             steps_text)
+from experiments.lab import (LSTM_CURVE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step, compare,
+                             lstm_runs, mean_std, pct, runs, steps_text)
 
 
 def loss_gradients(seed: int) -> dict[str, Any]:
@@ -32,8 +32,8 @@ def loss_gradients(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    ce = runs(lab, "loss", "lstm-curve", LSTM + ("--eval-every", "50"))
-    mse = runs(lab, "loss", "lstm-mse-curve", LSTM + ("--eval-every", "50", "--loss", "mse"))
+    ce = lstm_runs(lab, "loss")
+    mse = runs(lab, "loss", "lstm-mse-curve", LSTM_CURVE + ("--loss", "mse"))
     grads = lab.measure("loss", "loss-gradients", 0, loss_gradients)
     if not (ce and mse and grads):
         return report.missing("loss")
@@ -42,14 +42,16 @@ def suite(lab: Lab, report: Report) -> None:
     report.section(
         "loss", worst=rows[-1], mse_at_100=pct([at_step(r, 100) for r in mse]),
         ce_at_100=pct([at_step(r, 100) for r in ce]), mse_steps=steps_text(mse), ce_steps=steps_text(ce),
-        mse=pct(accuracies(mse)), ce=pct(accuracies(ce)),
+        mse=pct(accuracies(mse)), ce=pct(accuracies(ce)), seeds=len(ce),
+        final=compare(accuracies(mse), accuracies(ce)),
+        early=compare([at_step(r, 100) for r in mse], [at_step(r, 100) for r in ce]),
         gradients_table=report.table(
             ["margin", "p(true class)", "|dL/dz| cross-entropy", "|dL/dz| MSE on softmax"],
             [[r["margin"], f"{r['p_true']:.2e}", f"{r['ce_grad_norm']:.3f}", f"{r['mse_grad_norm']:.2e}"]
              for r in rows]),
         training_table=report.table(
             ["loss", "test accuracy % after 2 epochs", "steps to 90 %", "test accuracy % at step 100"],
-            [[name, mean_std(accuracies(records)), steps_text(records),
+            [[name, accuracy_cell(records), steps_text(records),
               mean_std([at_step(r, 100) for r in records])]
              for name, records in (("cross-entropy", ce), ("MSE on softmax", mse))]))
 

@@ -29,7 +29,7 @@ SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, 
 def appendix(lab: Lab, report: Report) -> None:
     """Every record the report used: what ran, with which seed, where, when, and for how long."""
     seen, rows = set(), []
-    for r in lab.used:
+    for _, r in lab.used:
         key = (r["kind"], r["name"], r["seed"])
         if key in seen:
             continue
@@ -41,9 +41,15 @@ def appendix(lab: Lab, report: Report) -> None:
         ["suite", "record", "seed", "command / code", "started", "seconds", "machine", "commit"], rows))
 
 
+def threads(record: dict) -> str:
+    """The CPU threads a training record's command asked for ('default' where it left them to the machine)."""
+    command = record.get("command", [])
+    return command[command.index("--threads") + 1] if "--threads" in command else "default"
+
+
 def made_at(lab: Lab) -> str:
     """'commits a (3), b ? (2)': where the report's records were made, most used first."""
-    counts = collections.Counter(provenance(r) for r in {id(r): r for r in lab.used}.values())
+    counts = collections.Counter(provenance(r) for r in dict(lab.used).values())
     return "commits " + ", ".join(f"{commit} ({n})" for commit, n in counts.most_common()) if counts else "no records"
 
 
@@ -55,7 +61,7 @@ def run_suites(lab: Lab, report: Report) -> list[str]:
         try:
             SUITES[name](lab, report)
             if name in report.answers:  # the records behind its answer, for the closing table
-                report.answers[name]["records"] = list(dict.fromkeys(r["name"] for r in lab.used[first:]))
+                report.answers[name]["records"] = list(dict.fromkeys(r["name"] for _, r in lab.used[first:]))
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - one suite's bug must not cost the other suites' runs
@@ -77,11 +83,12 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     appendix(lab, report)
     # The header counts the records as they are now, after this invocation's runs: the same cache
     # gives the same report, whenever it is rendered.
-    records = list({id(r): r for r in lab.used}.values())
+    records = list(dict(lab.used).values())  # each record once, however many suites used it
+    concurrent = [r for r in records if r.get("concurrent_runs", 1) > 1]
     report.section("header", at_start=True, cache_dir=c.cache_dir, seeds=c.seeds, sweep_seeds=min(c.seeds, SWEEP_SEEDS),
-                   total_seconds=sum(r.get("seconds", 0) for r in records),
-                   concurrent=sum(r.get("concurrent_runs", 1) > 1 for r in records), records=len(records),
-                   made_at=made_at(lab))
+                   total_seconds=sum(r.get("seconds", 0) for r in records), records=len(records),
+                   concurrent=len(concurrent), jobs=max((r["concurrent_runs"] for r in concurrent), default=1),
+                   threads=sorted({threads(r) for r in concurrent}), made_at=made_at(lab))
     report.write()
     print(f"wrote {report.path} and {len(report.written)} figures in {report.figures}")
     if failed:

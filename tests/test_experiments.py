@@ -127,3 +127,58 @@ def test_parallel_runs_make_what_the_suites_ask_for_in_dependent_rounds(mnist_di
     assert lab.used == [] and not lab.pending
     suite()  # the report's pass: everything is cached, nothing runs
     assert len(lab.used) == 6 and len(list((tmp_path / "cache").glob("*.json"))) == 6
+
+
+def test_statistics_say_mean_sd_and_call_a_difference_only_beyond_its_interval():
+    assert experiments_lab.mean_std([0.97, 0.98, 0.99]) == "98.00 ± 1.00"  # sample standard deviation
+    assert experiments_lab.mean_std([0.5]) == "50.00 ± 0.00"
+    same = experiments_lab.compare([0.97, 0.98, 0.99], [0.99, 0.98, 0.97])
+    assert same["diff"] == pytest.approx(0) and not same["clear"]
+    apart = experiments_lab.compare([0.97, 0.971, 0.972, 0.973, 0.974], [0.95, 0.951, 0.952, 0.953, 0.954])
+    assert apart["diff"] == pytest.approx(2.0) and apart["clear"] and 0 < apart["margin"] < 1
+    # two seeds each, overlapping: Welch's interval (t = 12.7 at one degree of freedom) spans zero
+    assert not experiments_lab.compare([0.97, 0.98], [0.96, 0.975])["clear"]
+    assert not experiments_lab.compare([0.97], [0.96])["clear"]  # one seed: no spread, no claim
+    one_class = {"analysis": {"confusion": [[0] * 3 + [10] + [0] * 6 for _ in range(10)]}}
+    learned = {"analysis": {"confusion": [[10 if i == j else 0 for j in range(10)] for i in range(10)]}}
+    assert experiments_lab.collapsed(one_class) and not experiments_lab.collapsed(learned)
+    records = [{"results": {"test_accuracy": 0.1}, **one_class}, {"results": {"test_accuracy": 0.9}, **learned}]
+    assert experiments_lab.accuracy_cell(records) == "50.00 ± 56.57 (1 of 2 collapsed)"
+
+
+def test_a_section_that_answers_a_question_gets_a_row_of_the_closing_table(tmp_path, monkeypatch):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "q.md").write_text('## Why?\n\n{{ figure("f", "F.") }}\n\n**Answer.** {{ n }}.\n\n'
+                                    '{% macro answer() %}Because {{ n }}.{% endmacro %}\n')
+    (templates / "plain.md").write_text("## Notes\n\nNo question here.\n")
+    (templates / "closing.md").write_text((Report.TEMPLATES / "closing.md").read_text())
+    monkeypatch.setattr(Report, "TEMPLATES", templates)
+    report = Report(tmp_path / "report.md")
+    report.draw("f", pyplot().subplots()[0])
+    report.section("q", n=42)
+    report.section("plain")
+    assert report.parts[0].count("![F.](experiments/f.png)") == 1  # the answer macro places no figure twice
+    report.answers["q"]["records"] = ["run-a"]
+    report.closing()
+    assert "| Why? | Because 42. | [f](experiments/f.png) | `run-a` |" in report.parts[-1]
+    assert "Notes" not in report.parts[-1]
+
+
+def test_a_cached_run_lacking_an_analysis_asked_for_now_is_made_again(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments_lab, "PROBE_SAMPLES", 200)
+    c = ExperimentsConfig(data_dir=str(mnist_dir), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
+                          seeds=1)
+    tiny = ("--hidden-size", "4", "--num-layers", "1", "--epochs", "1", "--limit-train", "60", "--batch-size", "20",
+            "--device", "cpu")
+    plain = Lab(c, ["easy"]).train("easy", "tiny", tiny, 0)
+    assert "rows_read_head" not in plain["analysis"]
+    # --report-only cannot make it: the half-analysed record counts as missing, not as half an answer
+    only = Lab(ExperimentsConfig(**{**c.__dict__, "report_only": True}), ["easy"])
+    assert only.train("easy", "tiny", tiny, 0, functools.partial(experiments_lab.rows_read, only)) is None
+    lab = Lab(c, ["easy"])
+    analysed = lab.train("easy", "tiny", tiny, 0, functools.partial(experiments_lab.rows_read, lab))
+    head = analysed["analysis"]["rows_read_head"]
+    assert len(head) == 28 and head[-1] == pytest.approx(analysed["analysis"]["test_accuracy"])
+    assert analysed["analysis"]["rows_read_probe"]["rows"] == list(range(1, 29, 3))
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # the same record, made again in place
