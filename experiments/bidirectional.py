@@ -116,10 +116,11 @@ def draw_readouts(report: Report, rows: int = 28) -> None:
     for y, (label, direct, below) in enumerate(readouts):
         ax.barh([y] * len(below), 1, left=list(below), color="C0", alpha=0.25, edgecolor="none")
         ax.barh([y] * len(direct), 1, left=list(direct), color="C0", edgecolor="none")
-    ax.barh([], 0, color="C0", label="read by this state's own recurrence")
-    ax.barh([], 0, color="C0", alpha=0.25, label="reached only through the lower layer's forward half")
+    from matplotlib.patches import Patch  # (matplotlib is imported only when the report is drawn)
+    ax.legend(handles=[Patch(color="C0", label="read by this state's own recurrence"),
+                       Patch(color="C0", alpha=0.25, label="reached only through the lower layer's forward half")],
+              fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
     ax.set_yticks(range(len(readouts)), [r[0] for r in readouts], fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="image row (the sequence's step)", xlim=(0, rows))
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
     report.draw("bidirectional-readouts", fig)
