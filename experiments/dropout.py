@@ -58,7 +58,7 @@ def suite(lab: Lab, report: Report) -> None:
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
         vs_none = compare(accuracies(records), accuracies(results["none"]))
         rows.append([name, accuracy_cell(records), "-" if name == "none" else
-                     f"{vs_none['diff']:+.2f} ± {vs_none['margin']:.2f}" + (" (clear)" if vs_none["clear"] else ""),
+                     f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f}" + (" (beyond the spread)" if vs_none.beyond else ""),
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results)
     versus = {name: compare(accuracies(rs), accuracies(results["none"])) for name, rs in results.items() if name != "none"}
@@ -69,7 +69,7 @@ def suite(lab: Lab, report: Report) -> None:
         gap_none=statistics.mean(r["analysis"]["train_accuracy"] - r["results"]["test_accuracy"]
                                  for r in results["none"]),
         pcts={name: pct(accuracies(rs)) for name, rs in results.items()}, versus=versus,
-        clear=[name for name, v in versus.items() if v["clear"]],
+        clear=[name for name, v in versus.items() if v.beyond],
         low={"name": next(n for n, rs in results.items() if low in rs), "seed": low["seed"], "first": first,
              "last": last} if last < first else None,
         variants_table=report.table(["dropout", "test accuracy %", "difference from none, points (95 % CI)",

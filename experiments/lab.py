@@ -306,19 +306,29 @@ T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31,
         15: 2.13, 20: 2.09, 30: 2.04, 60: 2.00, 120: 1.98}
 
 
-def compare(a: list[float], b: list[float]) -> dict[str, Any]:
-    """mean(a) - mean(b) in points, with the half-width of its 95 % confidence interval (Welch's t):
-    `clear` when the interval excludes zero, the only case in which the report calls one ahead."""
+@dataclass(frozen=True)
+class Comparison:
+    """mean(a) - mean(b) in points, the half-width of its 95 % confidence interval, and whether the
+    difference is beyond the spread (the interval excludes zero): the only case the report calls one ahead.
+    (Attributes, not dict keys: in a template `x.clear` would find dict.clear, always true.)"""
+
+    diff: float
+    margin: float
+    beyond: bool
+
+
+def compare(a: list[float], b: list[float]) -> Comparison:
+    """Accuracies `a` against `b` over seeds, with Welch's t interval."""
     diff = (statistics.mean(a) - statistics.mean(b)) * 100
     if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
-        return {"diff": diff, "margin": float("nan"), "clear": False}
+        return Comparison(diff, float("nan"), False)
     va, vb = statistics.variance(a) * 1e4 / len(a), statistics.variance(b) * 1e4 / len(b)
     if va + vb == 0:  # every seed alike on both sides (as when all collapse to the same class)
-        return {"diff": diff, "margin": 0.0, "clear": diff != 0}
+        return Comparison(diff, 0.0, diff != 0)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     t = T975[max(k for k in T975 if k <= max(1, int(df)))] if df < 1000 else 1.96
     margin = t * math.sqrt(va + vb)
-    return {"diff": diff, "margin": margin, "clear": abs(diff) > margin}
+    return Comparison(diff, margin, abs(diff) > margin)
 
 
 def collapsed(record: dict) -> bool:

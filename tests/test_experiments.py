@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from conftest import REPO, real_mnist_dir
@@ -133,12 +134,15 @@ def test_statistics_say_mean_sd_and_call_a_difference_only_beyond_its_interval()
     assert experiments_lab.mean_std([0.97, 0.98, 0.99]) == "98.00 ± 1.00"  # sample standard deviation
     assert experiments_lab.mean_std([0.5]) == "50.00 ± 0.00"
     same = experiments_lab.compare([0.97, 0.98, 0.99], [0.99, 0.98, 0.97])
-    assert same["diff"] == pytest.approx(0) and not same["clear"]
+    assert same.diff == pytest.approx(0) and not same.beyond
     apart = experiments_lab.compare([0.97, 0.971, 0.972, 0.973, 0.974], [0.95, 0.951, 0.952, 0.953, 0.954])
-    assert apart["diff"] == pytest.approx(2.0) and apart["clear"] and 0 < apart["margin"] < 1
+    assert apart.diff == pytest.approx(2.0) and apart.beyond and 0 < apart.margin < 1
     # two seeds each, overlapping: Welch's interval (t = 12.7 at one degree of freedom) spans zero
-    assert not experiments_lab.compare([0.97, 0.98], [0.96, 0.975])["clear"]
-    assert not experiments_lab.compare([0.97], [0.96])["clear"]  # one seed: no spread, no claim
+    assert not experiments_lab.compare([0.97, 0.98], [0.96, 0.975]).beyond
+    assert not experiments_lab.compare([0.97], [0.96]).beyond  # one seed: no spread, no claim
+    # a template reads the verdict as an attribute (a dict's `.clear` would be dict.clear, always true)
+    text = jinja2.Template("{% if c.beyond %}ahead{% else %}within{% endif %}").render(c=same)
+    assert text == "within"
     one_class = {"analysis": {"confusion": [[0] * 3 + [10] + [0] * 6 for _ in range(10)]}}
     learned = {"analysis": {"confusion": [[10 if i == j else 0 for j in range(10)] for i in range(10)]}}
     assert experiments_lab.collapsed(one_class) and not experiments_lab.collapsed(learned)
