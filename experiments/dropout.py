@@ -58,7 +58,7 @@ def suite(lab: Lab, report: Report) -> None:
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
         vs_none = compare(accuracies(records), accuracies(results["none"]))
         rows.append([name, accuracy_cell(records), "-" if name == "none" else
-                     f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f}" + (" (beyond the spread)" if vs_none.beyond else ""),
+                     f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f}" + (f" ({vs_none.words})" if vs_none.beyond else ""),
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results)
     versus = {name: compare(accuracies(rs), accuracies(results["none"])) for name, rs in results.items() if name != "none"}

@@ -316,6 +316,13 @@ class Comparison:
     margin: float
     beyond: bool
 
+    @property
+    def words(self) -> str:
+        """The verdict in the report's words ('just' where the difference clears its interval by < 25 %)."""
+        if not self.beyond:
+            return "within the spread"
+        return "just beyond the spread" if abs(self.diff) < 1.25 * self.margin else "beyond the spread"
+
 
 def compare(a: list[float], b: list[float]) -> Comparison:
     """Accuracies `a` against `b` over seeds, with Welch's t interval."""
