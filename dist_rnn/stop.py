@@ -5,8 +5,9 @@ time limit), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's --signal). The handler only rec
 every CHECK_EVERY steps the ranks start an all-reduce of "has anyone been asked to stop?" without
 waiting for it, and read the one started CHECK_EVERY steps before (long finished): they agree on the
 step to stop at even when only one of them was signalled, and rank 0 checkpoints exactly that step.
-A blocking all-reduce at every step measured 206 us here, a third of a GPU step of the presets;
-this costs no wait at all. One process needs no agreement and looks at every step.
+A blocking all-reduce at every step cost +208 to +398 us per step on 2 CPU ranks (tools/stop-cost.py,
+docs/benchmarks.md), a third or more of a graphed GPU step of the presets (about 0.5 ms); this
+costs no wait at all. One process needs no agreement and looks at every step.
 Further SIGTERM/SIGUSR1 are ignored while stopping (SLURM and torchrun may each deliver one); a
 second Ctrl-C stops at once.
 """

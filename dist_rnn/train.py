@@ -176,7 +176,6 @@ class Trainer:
         planned = c.epochs * self.sampler.steps_per_epoch
         self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
         self._open_run_dir(resumed=snapshot is not None)
-        self._started = time.perf_counter()  # again when train() begins
 
     def _resume_snapshot(self) -> Optional[dict[str, Any]]:
         """The checkpoint to continue from (None: fresh start), checked against this run's config.

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.lab import Lab, Report
+from experiments.lab import Lab, Report, measures
 
 
 def batch_first_check(seed: int) -> dict[str, Any]:
@@ -39,9 +39,8 @@ def batch_first_check(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    checks = [m["values"] for m in (lab.measure("batch_first", "batch-first-check", s, batch_first_check)
-                                    for s in lab.seeds()) if m]
-    if len(checks) < len(lab.seeds()):
+    checks = measures(lab, "batch_first", "batch-first-check", batch_first_check)
+    if not checks:
         return report.missing("batch_first")
     layouts = list(checks[0]["ms_per_forward_backward"])
     times = {l: statistics.mean(c["ms_per_forward_backward"][l] for c in checks) for l in layouts}

@@ -15,7 +15,7 @@ from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.cells import step_times
 from experiments.lab import (BILSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, compare, fit_linear,
-                             lstm_at, lstm_runs, mean_std, parameters, pct, runs)
+                             lstm_at, lstm_runs, mean_std, measures, parameters, pct, runs)
 
 
 def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,
@@ -46,8 +46,8 @@ def suite(lab: Lab, report: Report) -> None:
     rates = {"LSTM at Adam 0.003": runs(lab, "bidirectional", "lstm-128-lr0.003", lstm_at("0.003")),
              "BiLSTM `out[:, -1, :]` at Adam 0.01": runs(lab, "bidirectional", "bilstm-last-lr0.01",
                                                          BILSTM + ("--lr", "0.01"), probes)}
-    times = [lab.measure("bidirectional", "step-times", s, step_times) for s in lab.seeds()]  # shared with cells
-    if not all(found.values()) or not all(rates.values()) or not all(times):
+    times = measures(lab, "bidirectional", "step-times", step_times)  # the cells suite's records
+    if not all(found.values()) or not all(rates.values()) or not times:
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()
     rows = []
@@ -71,8 +71,7 @@ def suite(lab: Lab, report: Report) -> None:
         at003=compare(accuracies(last), accuracies(lstm3)), at001=compare(accuracies(bilstm01), accuracies(uni)),
         presets=compare(accuracies(last), accuracies(uni)),
         param_ratio=parameters("lstm", 128, bidirectional=True) / parameters("lstm", 128),
-        time_ratio=statistics.median(t["values"]["ms_per_step"]["bilstm"] / t["values"]["ms_per_step"]["lstm"]
-                                     for t in times),
+        time_ratio=statistics.median(t["ms_per_step"]["bilstm"] / t["ms_per_step"]["lstm"] for t in times),
         models_table=report.table(["model", "parameters", "seeds", "test accuracy %", "probe on forward half %",
                                    "probe on backward half %"], rows))
 

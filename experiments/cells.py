@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
-from experiments.lab import (SWEEP_SEEDS, Lab, Report, accuracies, accuracy_cell, collapsed, compare, lstm_at,
-                             lstm_like_hidden, lstm_runs, parameters, runs)
+from experiments.lab import (Lab, Report, accuracies, accuracy_cell, best_rate, collapsed, compare, lstm_at,
+                             lstm_like_hidden, lstm_runs, measures, parameters, runs)
 
 RATES = {"lstm": ("0.001", "0.003", "0.01"), "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
@@ -49,17 +49,18 @@ def suite(lab: Lab, report: Report) -> None:
         name = f"{cell}-{hidden}" + ("" if lr == "0.01" else f"-lr{lr}")
         return runs(lab, "cells", name, lstm_at(lr, cell, hidden), sweep=sweep)
 
-    sweep = {cell: {lr: at(cell, lr, sweep=True)[:SWEEP_SEEDS] for lr in rates} for cell, rates in RATES.items()}
-    times = [m["values"] for m in (lab.measure("cells", "step-times", s, step_times) for s in lab.seeds()) if m]
+    sweep_seeds = len(lab.seeds(sweep=True))
+    sweep = {cell: {lr: at(cell, lr, sweep=True)[:sweep_seeds] for lr in rates} for cell, rates in RATES.items()}
+    times = measures(lab, "cells", "step-times", step_times)
     if not all(all(by_lr.values()) for by_lr in sweep.values()):
         return report.missing("cells")
     # each cell's best rate by the sweep's mean, then that rate at every seed, and at the LSTM's size
-    best = {cell: max(by_lr, key=lambda lr: statistics.mean(accuracies(by_lr[lr]))) for cell, by_lr in sweep.items()}
+    best = {cell: best_rate({lr: accuracies(rs) for lr, rs in by_lr.items()}) for cell, by_lr in sweep.items()}
     target = parameters("lstm", 128)
     sized = {cell: lstm_like_hidden(cell, target) for cell in ("gru", "rnn")}
     at_best = {cell: at(cell, lr, sweep=False) for cell, lr in best.items()}
     at_size = {cell: at(cell, best[cell], sweep=True, hidden=h) for cell, h in sized.items()}
-    if not all(at_best.values()) or not all(at_size.values()) or len(times) < lab.c.seeds:
+    if not all(at_best.values()) or not all(at_size.values()) or not times:
         return report.missing("cells")
     ms = {cell: [t["ms_per_step"][cell] for t in times] for cell in times[0]["ms_per_step"]}
     draw(report, sweep, at_best)
@@ -67,7 +68,7 @@ def suite(lab: Lab, report: Report) -> None:
             for cell, by_lr in sweep.items() for lr, rs in by_lr.items()]
     ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
     report.section(
-        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=SWEEP_SEEDS,
+        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=sweep_seeds,
         acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
         pairs={(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
                for a in at_best for b in at_best if a != b},

@@ -13,7 +13,7 @@ from torch import nn
 
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, lstm_runs,
-                             mean_std, pct, runs)
+                             mean_std, measures, pct, runs)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -45,8 +45,7 @@ def dropout_check(seed: int) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    check = [m["values"] for m in (lab.measure("dropout", "dropout-check", s, dropout_check) for s in lab.seeds(sweep=True))
-             if m]
+    check = measures(lab, "dropout", "dropout-check", dropout_check, sweep=True)
     variants = [("nn.LSTM dropout 0.2", LSTM + ("--dropout", "0.2")), ("nn.LSTM dropout 0.5", LSTM + ("--dropout", "0.5")),
                 ("dropout 0.5 before the classifier", LSTM + ("--head-dropout", "0.5"))]
     results = {"none": lstm_runs(lab, "dropout")}

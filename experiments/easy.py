@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (Lab, Report, accuracies, accuracy_cell, accuracy_curve, compare, lstm_runs, mean_std,
-                             parameters, pct, steps_text, steps_to)
+from experiments.lab import (Lab, Report, accuracies, accuracy_cell, accuracy_curve, best_rate, compare, lstm_runs,
+                             mean_std, measures, parameters, pct, steps_text, steps_to)
 
 
 BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
@@ -47,13 +47,12 @@ def baseline(kind: str, lr: str, lab: "Lab", seed: int) -> dict[str, Any]:
 def baselines(lab: Lab, kind: str) -> tuple[dict[str, list[dict]], Optional[str], list[dict]]:
     """A baseline's rate sweep (SWEEP_SEEDS seeds a rate), its best rate, and its runs there at every seed."""
     def at(lr: str, sweep: bool) -> list[dict]:
-        found = [lab.measure("easy", f"baseline-{kind}-lr{lr}", s, baseline, kind, lr, lab) for s in lab.seeds(sweep)]
-        return [m["values"] for m in found] if all(found) else []
+        return measures(lab, "easy", f"baseline-{kind}-lr{lr}", baseline, kind, lr, lab, sweep=sweep)
 
     sweep = {lr: at(lr, sweep=True) for lr in BASELINE_RATES}
     if not all(sweep.values()):
         return sweep, None, []
-    best = max(sweep, key=lambda lr: statistics.mean(v["test_accuracy"] for v in sweep[lr]))
+    best = best_rate({lr: [v["test_accuracy"] for v in found] for lr, found in sweep.items()})
     return sweep, best, at(best, sweep=False)
 
 
@@ -80,10 +79,10 @@ def suite(lab: Lab, report: Report) -> None:
     lr_of = {kind: lr for kind, (_, lr, _) in base.items()}
     report.section(
         "easy", seed=first["seed"], seeds=len(lstm), logreg=pct(best["logreg"]), mlp=pct(best["mlp"]),
-        lr=lr_of, lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
+        lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
         epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
         else None,  # (a run that never got there has no such figure)
-        sweep_seeds=len(base["mlp"][0][BASELINE_RATES[0]]),
+        sweep_seeds=len(lab.seeds(sweep=True)),
         lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,

@@ -163,19 +163,28 @@ class Lab:
             if not queue:
                 self.used.clear()  # the planning passes' records: the report's pass lists its own
                 return
+            trains = [job for job in queue if job[0].name.startswith("train-")]
             for path, make in queue:
-                if not path.name.startswith("train-"):
+                if (path, make) not in trains:
                     self._make(path, make)
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // self.c.jobs))  # the analyses' share
+            torch.set_num_threads(self.threads_per_job())  # the analyses' share
             pool = ThreadPoolExecutor(self.c.jobs)
             try:
-                for done in as_completed([pool.submit(self._make, path, make) for path, make in queue
-                                          if path.name.startswith("train-")]):
+                for done in as_completed([pool.submit(self._make, path, make) for path, make in trains]):
                     done.result()  # re-raises a failed run's error here, at once
             finally:
                 pool.shutdown(cancel_futures=True)
                 torch.set_num_threads(cores)
         raise RuntimeError(f"the suites still ask for new records after {max_rounds} rounds of runs")
+
+    def threads_per_job(self) -> int:
+        """CPU threads for each of the `jobs` runs at a time: the cores shared out (each taking all of
+        them, the default, would oversubscribe)."""
+        return max(1, len(os.sched_getaffinity(0)) // self.c.jobs)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records used so far, each once (however many suites used it), in order of first use."""
+        return list(dict(self.used).values())
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
               analyse: Optional[Callable[..., dict[str, Any]]] = None) -> Optional[dict]:
@@ -189,8 +198,8 @@ class Lab:
             command = [sys.executable, "-m", "dist_rnn.train", *args, "--seed", str(seed), "--data-dir",
                        str(self.data_dir), "--out-dir", str(out_dir), "--resume", "none", "--overwrite",
                        "--log-every", "25"]
-            if self.c.jobs > 1:  # share the cores (the default, all of them each, oversubscribes)
-                command += ["--threads", str(max(1, len(os.sched_getaffinity(0)) // self.c.jobs))]
+            if self.c.jobs > 1:
+                command += ["--threads", str(self.threads_per_job())]
             print(f"[{suite}] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
             started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
             proc = subprocess.run(command, capture_output=True, text=True)
@@ -445,6 +454,18 @@ def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Option
     a figure is never the mean of fewer seeds than the report says."""
     records = [lab.train(suite, name, args, seed, analyse) for seed in lab.seeds(sweep)]
     return records if all(records) else []
+
+
+def measures(lab: Lab, suite: str, name: str, fn: Callable[..., dict[str, Any]], *args: Any,
+             sweep: bool = False) -> list[dict[str, Any]]:
+    """The values of measurement `fn` at every seed, or [] while any is missing (as runs())."""
+    found = [lab.measure(suite, name, seed, fn, *args) for seed in lab.seeds(sweep)]
+    return [m["values"] for m in found] if all(found) else []
+
+
+def best_rate(sweep: dict[str, list[float]]) -> str:
+    """The learning rate of a sweep (rate -> accuracies over its seeds) with the highest mean accuracy."""
+    return max(sweep, key=lambda lr: statistics.mean(sweep[lr]))
 
 
 def lstm_runs(lab: Lab, suite: str) -> list[dict]:

@@ -28,12 +28,8 @@ SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, 
 
 def appendix(lab: Lab, report: Report) -> None:
     """Every record the report used: what ran, with which seed, where, when, and for how long."""
-    seen, rows = set(), []
-    for _, r in lab.used:
-        key = (r["kind"], r["name"], r["seed"])
-        if key in seen:
-            continue
-        seen.add(key)
+    rows = []
+    for r in lab.records():
         what = " ".join(r["command"][3:]) if r["kind"] == "train" else r["code"]
         rows.append([r["suite"], r["name"], r["seed"], f"`{what}`", r["started"], r["seconds"],
                      f"{r['machine']['cores']} x {r['machine']['cpu'] or 'CPU'}", provenance(r)])
@@ -49,7 +45,7 @@ def threads(record: dict) -> str:
 
 def made_at(lab: Lab) -> str:
     """'commits a (3), b ? (2)': where the report's records were made, most used first."""
-    counts = collections.Counter(provenance(r) for r in dict(lab.used).values())
+    counts = collections.Counter(provenance(r) for r in lab.records())
     return "commits " + ", ".join(f"{commit} ({n})" for commit, n in counts.most_common()) if counts else "no records"
 
 
@@ -83,7 +79,7 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     appendix(lab, report)
     # The header counts the records as they are now, after this invocation's runs: the same cache
     # gives the same report, whenever it is rendered.
-    records = list(dict(lab.used).values())  # each record once, however many suites used it
+    records = lab.records()
     concurrent = [r for r in records if r.get("concurrent_runs", 1) > 1]
     report.section("header", at_start=True, cache_dir=c.cache_dir, seeds=c.seeds, sweep_seeds=min(c.seeds, SWEEP_SEEDS),
                    total_seconds=sum(r.get("seconds", 0) for r in records), records=len(records),
