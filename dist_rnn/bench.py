@@ -3,7 +3,8 @@ in one run on this machine, plus a world-size sweep and the costs around trainin
 
 (a) samples/s of the original pipeline (torchvision MNIST + ToTensor + DataLoader(batch 100,
     shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`) in fp32
-    and with --precision bf16 (on CUDA also with the step in CUDA graphs, and at batch 1000),
+    and with --precision bf16 where the machine can run it (left out, with the reason, where not; on
+    CUDA also with the step in CUDA graphs, and at batch 1000),
     alternated --repeats times, --steps each: medians and ratios. dist_rnn's figure is its steady
     speed, the first of its five reporting intervals (first kernels, cuDNN plans, allocations) left out; and the
     original's data path timed alone, which bounds what feeding from memory can win;
@@ -33,12 +34,13 @@ from typing import Any, Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from dist_rnn.amp import precision_refusal
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import PRESETS, TrainConfig, option, validate
 from dist_rnn.data import load_mnist, resolve_data_dir, torchvision_root
 from dist_rnn.distributed import DistEnv, single_process_device
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, in_python_words
 from dist_rnn.evaluate import evaluate
 from dist_rnn.model import build_model
 from dist_rnn.train import run
@@ -186,7 +188,14 @@ def measure(c: BenchConfig, data_dir: Path, work: Path) -> dict[str, Any]:
 def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
           device: torch.device) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(a) The original pipeline and dist_rnn's variants, alternated --repeats times."""
-    variants = CUDA_VARIANTS if device.type == "cuda" else VARIANTS
+    variants, skipped = {}, {}
+    for name, spec in (CUDA_VARIANTS if device.type == "cuda" else VARIANTS).items():
+        refusal = precision_refusal(spec[0], device, SEED_LSTM.cell)
+        if refusal:  # e.g. bf16 on a CPU without AVX-512: left out, the rest still measured
+            skipped[name] = in_python_words(refusal)
+            say(f"leaving out {name}: {skipped[name]}")
+        else:
+            variants[name] = spec
     original: list[float] = []
     speeds: dict[str, list[float]] = {name: [] for name in variants}
     runs = []
@@ -204,6 +213,7 @@ def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
                    + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "device": device.type,
         "steps": c.steps, "repeats": c.repeats, "variants": {name: list(v) for name, v in variants.items()},
+        "skipped_variants": skipped,
         "original_samples_per_s": original, "original_median": statistics.median(original),
     }
     for name, values in speeds.items():
@@ -268,6 +278,8 @@ def print_table(figures: dict[str, Any]) -> None:
     width = max(len(r[0]) for r in rows)
     say("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
     say(f"({figures['machine']}; {figures['repeats']} alternations of {figures['steps']} steps)")
+    for name, reason in figures["skipped_variants"].items():
+        say(f"not measured: {name}: {reason}")
 
 
 def parse(argv: Optional[list[str]] = None) -> BenchConfig:

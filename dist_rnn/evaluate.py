@@ -98,9 +98,9 @@ def trained_model(snapshot: dict[str, Any], config: TrainConfig, input_size: int
 
 def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     """Rebuild the model a checkpoint describes and score it; rank 0 prints (and writes --out)."""
-    check_precision(c.precision, env.device)
     snapshot = distributed.main_first(env, lambda: load_checkpoint(Path(c.checkpoint)))
     config = trained_config(snapshot, c.checkpoint)
+    distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))

@@ -136,7 +136,8 @@ class Trainer:
     fixed-shape tensors."""
 
     def __init__(self, c: TrainConfig, env: DistEnv):
-        check_precision(c.precision, env.device)
+        # Every rank asks its own CPU or GPU (nodes may differ); all refuse together if one cannot.
+        distributed.main_first(env, lambda: check_precision(c.precision, env.device, c.cell))
         self.out_dir_chosen = c.out_dir is not None  # else a new timestamped directory: a rerun starts afresh
         self.c = c = resolve_config(c, env)
         self.env, self.out_dir = env, Path(c.out_dir)

@@ -39,6 +39,19 @@ def needs(module: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
 
 
+# oneDNN told to use no more than AVX2: it then fails to build a bf16 LSTM exactly as on a CPU without
+# AVX-512 (an AMD EPYC with AVX2 only, say), so the refusal is tested on every machine, in a subprocess
+# (oneDNN reads this once, when it starts).
+CPU_WITHOUT_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def cpu_runs_bf16_lstm() -> bool:
+    """Whether this CPU can train an LSTM in bf16 (tests that do pick fp32 where it cannot)."""
+    from dist_rnn.amp import cpu_bf16_failure
+
+    return cpu_bf16_failure("lstm") is None
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array in the IDX format (magic 0x0000 08 <ndim>, big-endian int32 dims)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

@@ -8,6 +8,7 @@ shell-script cases run as subprocesses.
 
 import gzip
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TORCHRUN, idx_bytes, write_mnist
+from conftest import CPU_WITHOUT_BF16, REPO, TORCHRUN, idx_bytes, write_mnist
 from dist_rnn import data as data_cli
 from dist_rnn import evaluate as evaluate_cli
 from dist_rnn import train as train_cli
@@ -186,6 +187,31 @@ SCRIPT_CASES = [
 def test_bad_input_scripts(case, cmd, words):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0 and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# On a CPU without bf16 (emulated, see conftest.CPU_WITHOUT_BF16): (case, module, argv, extra env).
+BF16_CASES = [
+    ("train", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(t / "o"), "--precision", "bf16"],
+     {}),
+    ("accelerate-mixed-precision", "train", lambda w, t: ["--data-dir", str(w / "data"), "--out-dir", str(t / "o")],
+     {"ACCELERATE_MIXED_PRECISION": "bf16"}),
+    ("evaluate", "evaluate", lambda w, t: ["--checkpoint", ckpt(w), "--precision", "bf16", "--out", str(t / "o")],
+     {}),
+]
+
+
+@pytest.mark.parametrize("case,module,argv,env", BF16_CASES, ids=[c[0] for c in BF16_CASES])
+def test_bf16_on_a_cpu_without_it_is_one_line(case, module, argv, env, world, tmp_path):
+    """oneDNN has no bf16 LSTM there: a refusal before anything is written, not its 20-line traceback
+    from the first forward. The exit status is 2 as for every bad input."""
+    before = snapshot(world, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", f"dist_rnn.{module}", *argv(world, tmp_path), "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **CPU_WITHOUT_BF16, **env})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"python -m dist_rnn.{module}: error: --precision bf16" in proc.stderr
+    assert "this CPU cannot run the LSTM in bfloat16" in proc.stderr and "use --precision fp32" in proc.stderr
+    assert ("accelerate launch --mixed_precision bf16" in proc.stderr) == bool(env)
+    assert snapshot(world, tmp_path) == before and not (tmp_path / "o").exists()
 
 
 def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TORCHRUN, check_ok, events, needs, read_results, real_mnist_dir, run_train
+from conftest import REPO, TORCHRUN, check_ok, cpu_runs_bf16_lstm, events, needs, read_results, real_mnist_dir, run_train
 from dist_rnn.cli import parse_config
 from dist_rnn.errors import UserError
 from dist_rnn.predict import to_mnist
@@ -118,15 +118,17 @@ def test_bad_config_file_is_one_line(tmp_path):
 @needs("accelerate")
 def test_accelerate_launch_two_processes(mnist_dir, tmp_path):
     """launch/accelerate.sh (accelerate launch with launch/accelerate_config.yaml); MIXED_PRECISION=bf16
-    reaches dist_rnn as ACCELERATE_MIXED_PRECISION and becomes --precision bf16."""
+    reaches dist_rnn as ACCELERATE_MIXED_PRECISION and becomes --precision bf16 (on a CPU without bf16,
+    which refuses it (test_bad_input), `no` becomes fp32)."""
     out = tmp_path / "run"
+    mixed, precision = ("bf16", "bf16") if cpu_runs_bf16_lstm() else ("no", "fp32")
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HOME": str(tmp_path / "hf"),
-           "MIXED_PRECISION": "bf16"}
+           "MIXED_PRECISION": mixed}
     proc = subprocess.run(["bash", "launch/accelerate.sh", "--data-dir", str(mnist_dir), "--out-dir", str(out), *TINY,
                            "--max-steps", "4"], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     check_ok(proc)
     results = read_results(out)
-    assert results["world_size"] == 2 and results["steps"] == 4 and results["precision"] == "bf16"
+    assert results["world_size"] == 2 and results["steps"] == 4 and results["precision"] == precision
     assert proc.stdout.count("2 process(es)") == 1  # printed by global rank 0 only
 
 
