@@ -25,13 +25,16 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI)."""
-    if torch.cuda.is_available():
-        return
+    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI). For pytest-xdist
+    (`-n 2 --dist loadgroup`, pyproject's addopts) each module's tests form one group, run by one
+    worker, so a module's fixtures are made once; the two tests of the trained seed-lstm preset
+    share a group of their own, so it is trained once."""
     skip = pytest.mark.skip(reason="needs a CUDA GPU (tools/gpu-check.sh runs these on a GPU machine)")
     for item in items:
-        if item.get_closest_marker("cuda"):
+        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
             item.add_marker(skip)
+        group = "seed_lstm_run" if "seed_lstm_run" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def needs(module: str) -> pytest.MarkDecorator:
