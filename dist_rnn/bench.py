@@ -38,7 +38,7 @@ from dist_rnn.amp import precision_refusal
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import PRESETS, TrainConfig, option, validate
-from dist_rnn.data import load_mnist, resolve_data_dir, torchvision_root
+from dist_rnn.data import import_torchvision, load_mnist, resolve_data_dir, torchvision_root
 from dist_rnn.distributed import DistEnv, single_process_device
 from dist_rnn.errors import UserError, in_python_words
 from dist_rnn.evaluate import evaluate
@@ -70,10 +70,8 @@ class BenchConfig:
 
 def original_loader(root: Path) -> torch.utils.data.DataLoader:
     """The original scripts' data path: torchvision's MNIST (PIL images) + ToTensor + DataLoader(100, shuffle)."""
-    import torchvision
-    from torchvision import transforms
-
-    dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.ToTensor(),
+    torchvision = import_torchvision()
+    dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=torchvision.transforms.ToTensor(),
                                          download=False)
     return torch.utils.data.DataLoader(dataset, batch_size=100, shuffle=True)
 

@@ -22,10 +22,11 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import torch
 
+from dist_rnn import __version__
 from dist_rnn.config import (HELP_GROUPS, PRESETS, TrainConfig, field_type, precision_from_accelerate,
                              read_config_file, validate)
 from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
-from dist_rnn.errors import OPTION, PeerLost, Stopped, UserError
+from dist_rnn.errors import OPTION, OutOfMemory, PeerLost, Stopped, UserError, out_of_memory
 
 C = TypeVar("C")  # a command's config dataclass (RuntimeOptions' fields, and its own)
 
@@ -57,10 +58,20 @@ def prog(module: str) -> str:
     return script if script.startswith("dist-rnn-") else f"python -m {module}"
 
 
+def version_line(prog: str) -> str:
+    """What --version prints: this command, dist_rnn's version and the torch it runs on."""
+    return f"{prog} (dist_rnn {__version__}, torch {torch.__version__})"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is a UserError: one line (argparse prints the whole usage first),
     printed once per node under torchrun (argparse would print it from every process); a misspelt
-    flag gets the nearest real one suggested."""
+    flag gets the nearest real one suggested; every command answers --version."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=version_line(self.prog),
+                          help="print dist_rnn's and torch's versions and exit")
 
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments:"):
@@ -74,10 +85,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, choices: Optional[dict[str, tuple]] = None,
-                        groups: Optional[dict[str, tuple[str, ...]]] = None) -> None:
-    """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`), typed and documented
-    from the field, in --help's section `groups` names for it; a flag left out stays absent from the
-    parsed namespace."""
+                        groups: Optional[dict[str, tuple[str, ...]]] = None,
+                        short: Optional[dict[str, str]] = None) -> None:
+    """One flag per field of dataclass `cls` (`hidden_size` -> `--hidden-size`, and `short`'s
+    one-letter form where given), typed and documented from the field, in --help's section `groups`
+    names for it; a flag left out stays absent from the parsed namespace."""
     section = {}
     for title, names in (groups or {}).items():
         group = parser.add_argument_group(title)
@@ -96,7 +108,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, choices: Opt
         # Show the dataclass default in --help without making argparse fill it in.
         if f.default is not None:
             kwargs["help"] += f" (default: {f.default})"
-        section.get(f.name, parser).add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        names = [short[f.name]] if short and f.name in short else []
+        section.get(f.name, parser).add_argument(*names, "--" + f.name.replace("_", "-"), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +167,7 @@ def run_cli(prog: str, main: Callable[[], None]) -> int:
         line = f"{prog}: error: {as_flags(e)}"
         record_for_torchrun(line)
         lost = isinstance(e, PeerLost)  # every surviving rank says it: rank 0 may be the one that is gone
-        if lost or int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        if lost or isinstance(e, OutOfMemory) or int(os.environ.get("LOCAL_RANK", 0)) == 0:
             print(line, file=sys.stderr)
         return 3 if lost else 2
     except Stopped as e:  # SIGUSR1 asks for "checkpoint and exit": done, so success (torchrun must
@@ -194,6 +207,9 @@ def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], 
             try:
                 body(config, env)
             except Exception as e:
+                oom = out_of_memory(e, env.device.type)
+                if oom is not None:
+                    raise oom from None
                 if env.is_distributed and is_peer_failure(e):
                     raise PeerLost(env.rank, config.dist_timeout, e) from None
                 raise

@@ -9,7 +9,9 @@ defaults < preset < config file (--config) < explicit flags.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import typing
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -90,7 +92,8 @@ class TrainConfig(RuntimeOptions):
     hidden_size: int = option(128, "hidden units per direction and layer", min=1)
     num_layers: int = option(2, "stacked recurrent layers", min=1)
     bidirectional: bool = option(False, "run a second recurrent net backwards over the sequence")
-    dropout: float = option(0.0, "dropout between stacked recurrent layers (nn.LSTM's dropout)", min=0, below=1)
+    dropout: float = option(0.0, "dropout between stacked recurrent layers (the dropout argument of nn.RNN, "
+                            "nn.GRU and nn.LSTM; not after the top layer: see --head-dropout)", min=0, below=1)
     head_dropout: float = option(0.0, "dropout on the readout features, before the classifier", min=0, below=1)
     readout: Literal["last", "final"] = option(
         "final", "'final': final hidden state of each direction (correct many-to-one); "
@@ -98,7 +101,7 @@ class TrainConfig(RuntimeOptions):
     # -- optimisation
     epochs: int = option(2, "passes over the training set", min=1)
     max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total "
-                                      "(0: evaluate the initial model)", min=0)
+                                      "(0: evaluate the initial model; default: none, the epochs decide)", min=0)
     batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / "
                              "WORLD_SIZE", min=1)
     eval_batch_size: int = option(1000, "per-process batch size for evaluation", min=1)
@@ -107,12 +110,13 @@ class TrainConfig(RuntimeOptions):
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
     lr: float = option(0.003, "learning rate", above=0)
     momentum: float = option(0.0, "momentum (sgd only)", min=0)
-    grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value", above=0)
+    grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value (default: no clipping)",
+                                        above=0)
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
     # -- output
     log_every: int = option(100, "print and record the training loss every N steps", min=1)
     eval_every: Optional[int] = option(None, "also score the test set every N steps (learning curves; its time "
-                                       "is not counted as training); always after each epoch", min=1)
+                                       "is not counted as training); always after each epoch (default: only then)", min=1)
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
     wandb: bool = option(False, "log to Weights & Biases (rank 0 only; offline when no API key; $WANDB_MODE "
                          "is respected); a resumed run continues the same wandb run")
@@ -121,8 +125,8 @@ class TrainConfig(RuntimeOptions):
     wandb_tags: Optional[str] = option(None, "comma-separated wandb tags")
     tensorboard: bool = option(False, "write TensorBoard event files to <out-dir>/tensorboard (rank 0 only)")
     # -- checkpoints
-    save_every: Optional[int] = option(None, "also checkpoint every N optimizer steps (always: each epoch end "
-                                     "and the end of the run)", min=1)
+    save_every: Optional[int] = option(None, "also checkpoint every N optimizer steps (always: each epoch end, "
+                                       "the end of the run and a stop; default: only those)", min=1)
     keep_last: int = option(3, "keep the K newest checkpoints; older ones are deleted once a new one is "
                             "complete", min=1)
     resume: str = option("auto", "'auto': continue from the newest valid checkpoint in <out-dir>/checkpoints "
@@ -205,9 +209,12 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in data.items():
-        if key not in fields:
-            raise UserError(f"`config` {path}: unknown key {key!r}")
-        values[key] = _checked(cls, fields[key], value, f"`config` {path}: key {key!r}")
+        name = str(key).lstrip("-").replace("-", "_")  # the flag's spelling (hidden-size) means the same
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"`config` {path}: unknown key {key!r}{hint}")
+        values[name] = _checked(cls, fields[name], value, f"`config` {path}: key {key!r}")
     values.pop("config", None)  # a run's config.json names the file it came from: no recursion
     return values
 
@@ -222,11 +229,23 @@ def _checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
         raise UserError(f"{where} may not be null")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if tp in (int, float) and isinstance(value, str):
+        value = _number(value, tp, where)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where} must be a finite number, got {value!r}")
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise UserError(f"{where} must be {tp.__name__}, got {type(value).__name__} {value!r}")
     if choices and value not in choices:
         raise UserError(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def _number(text: str, tp: type, where: str) -> Any:
+    """A number written as a string: YAML 1.1 (PyYAML) reads `1e-3` as one, and a user meant a number."""
+    try:
+        return tp(text.strip())
+    except ValueError:
+        raise UserError(f"{where} must be {tp.__name__}, got str {text!r}") from None
 
 
 def check_limits(c: Any) -> None:

@@ -16,14 +16,14 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from dist_rnn.config import TrainConfig
-from dist_rnn.errors import UserError
+from dist_rnn.errors import UserError, first_line
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -128,15 +128,37 @@ def load_mnist(data_dir: Path) -> tuple[Split, Split]:
     return train, test
 
 
+def import_torchvision() -> Any:
+    """torchvision (its datasets and transforms loaded), or one line saying why it cannot be used:
+    not installed, or built for another torch, whose compiled operators then fail to load
+    ("operator torchvision::nms does not exist"). Only --download, --loader dataloader and the bench
+    need it."""
+    try:
+        import torchvision
+        from torchvision import datasets, transforms  # noqa: F401 - loads the compiled parts
+        return torchvision
+    except Exception as e:  # ImportError, or a RuntimeError from the operator registry
+        from importlib import metadata
+
+        major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+        match = f"0.{minor + 15}" if major == 2 else "the release made for it"  # torch 2.N <-> torchvision 0.(N+15)
+        try:
+            found = f"torchvision {metadata.version('torchvision')} does not work with torch {torch.__version__} " \
+                    f"({first_line(e)})"
+        except metadata.PackageNotFoundError:
+            found = f"torchvision is not installed (torch {torch.__version__})"
+        raise UserError(f"{found}: install the torchvision built for this torch (torchvision {match}, from the "
+                        f"same index as torch); only --download, --loader dataloader and the bench need it") from None
+
+
 def download_mnist(data_dir: Path) -> None:
     """Fetch MNIST with torchvision into data_dir/MNIST/raw/ (call on one process only)."""
     if have_files(data_dir):
         return
-    from torchvision.datasets import MNIST  # imported here: only this path needs torchvision
-
+    torchvision = import_torchvision()  # only this path needs it
     try:
         for train in (True, False):
-            MNIST(root=str(data_dir), train=train, download=True)
+            torchvision.datasets.MNIST(root=str(data_dir), train=train, download=True)
     except Exception as e:  # network errors come in many types; all mean the same to the user
         raise UserError(f"downloading MNIST into {data_dir} failed: {e}") from None
 
@@ -279,16 +301,14 @@ class DataLoaderFeeder:
     in memory. Same sampler, so the same batches as MemoryFeeder."""
 
     def __init__(self, data_dir: Path, n: int, device: torch.device, num_workers: int):
-        import torchvision
-        from torchvision import transforms
-
+        torchvision = import_torchvision()
         root, self._unpacked = Path(data_dir), None
         if not all((root / "MNIST" / "raw" / name).is_file() for names in SPLIT_FILES.values() for name in names):
             # torchvision reads only uncompressed files in <root>/MNIST/raw: unpack them for this run
             self._unpacked = tempfile.TemporaryDirectory(prefix="dist_rnn-mnist-")
             root = torchvision_root(root, Path(self._unpacked.name))
-        dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=transforms.PILToTensor(),
-                                             download=False)  # uint8 (1, H, W), as the IDX file holds it
+        to_tensor = torchvision.transforms.PILToTensor()  # uint8 (1, H, W), as the IDX file holds it
+        dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=to_tensor, download=False)
         self.dataset = torch.utils.data.Subset(dataset, range(n))
         self.device, self.num_workers = device, num_workers
 

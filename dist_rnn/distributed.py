@@ -11,7 +11,9 @@ import copy
 import datetime
 import os
 import pickle
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
 import torch
@@ -120,6 +122,19 @@ def threads_per_rank(requested: int, environ: Optional[dict] = None) -> int:
     if omp.isdigit() and int(omp) > 0 and not launcher_default:
         return int(omp)
     return max(1, len(os.sched_getaffinity(0)) // local_world)
+
+
+def free_memory_per_process(device: torch.device) -> Optional[int]:
+    """Bytes this process may still allocate: the GPU's free memory, or the host's available memory
+    shared by this node's processes; None where it cannot be known (no /proc/meminfo)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M)
+    return int(found[1]) * 1024 // int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if found else None
 
 
 @contextlib.contextmanager

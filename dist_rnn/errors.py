@@ -8,6 +8,7 @@ words it as the flag a user types (--batch-size 99, see cli.as_flags).
 
 import re
 import signal
+from typing import Optional
 
 # An option named in a message: `name`, or `name`=value (the value runs to a space or , ; : ) ).
 OPTION = re.compile(r"`(\w+)`(?:=([^\s,;:)]+))?")
@@ -31,6 +32,27 @@ class UserError(Exception):
     def from_rank(self, rank: int) -> "UserError":
         """The same error as another rank reports it: "rank R: ...", options still marked."""
         return UserError(f"rank {rank}: {self.args[0]}")
+
+
+class OutOfMemory(UserError):
+    """The host or GPU ran out of memory: one line with the size asked for and what to change. Any
+    rank may meet it alone, so every rank that does prints it (not local rank 0 alone)."""
+
+
+def out_of_memory(error: BaseException, device: str) -> "Optional[OutOfMemory]":
+    """An allocation failure (torch's CUDA OutOfMemoryError, its CPU allocator's RuntimeError, Python's
+    MemoryError) as an OutOfMemory, or None for any other error."""
+    text = str(error)
+    cpu = isinstance(error, RuntimeError) and ("can't allocate memory" in text or "alloc_cpu" in text)
+    if not (cpu or isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f"{int(asked[1]) / 2 ** 30:.1f} GiB" if asked else None
+    if size is None:
+        asked = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)
+        size = asked[1] if asked else "an allocation"
+    return OutOfMemory(f"out of memory on {device}: {size} asked for; use a smaller `batch_size`, "
+                       f"`eval_batch_size`, `hidden_size` or `num_layers` (or more processes)")
 
 
 class Stopped(Exception):

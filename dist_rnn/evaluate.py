@@ -109,10 +109,12 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     view = SequenceView.from_config(config, test.images, state.pixel_order).to(env.device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": state.step, "world_size": env.world_size,
+              "sequence": config.sequence,
               **evaluate(model, test, env, c.batch_size, c.precision, view)}
     if env.is_main:
         print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "
-              f"samples), test loss {result['test_loss']:.4f}, checkpoint step {result['step']}", flush=True)
+              f"samples), test loss {result['test_loss']:.4f}, checkpoint step {result['step']}, "
+              f"{config.sequence} view (as trained)", flush=True)
         if c.out:
             atomic_write_json(Path(c.out), result)
     return result

@@ -26,6 +26,8 @@ class RunLog:
         self.out_dir, self.active = Path(out_dir), active
         self._bar = None  # nothing is written before start(): a refused run leaves no trace
         self._trackers: list[Any] = []
+        self._last_line_at = time.monotonic()  # when the console last got a line
+        self._progress_lines = 0  # training-progress lines printed so far
 
     def open_trackers(self, start: Callable[[], list[Any]]) -> None:
         """Start the trackers (wandb, TensorBoard) on the main process; `start` returns them."""
@@ -66,6 +68,19 @@ class RunLog:
             self._bar.write(message)  # keeps the bar below the text
         else:
             print(message, flush=True)
+        self._last_line_at = time.monotonic()
+
+    def progress(self, message: str) -> None:
+        """A line about training progress (see progress_due)."""
+        self.info(message)
+        self._progress_lines += 1
+
+    def progress_due(self) -> bool:
+        """Whether a plain log (a pipe: CI, SLURM) has been silent too long: the first progress line
+        after 10 s, then one at least every 30 s, whatever --log-every says. A terminal has its bar."""
+        if not self.active or self._bar is not None:
+            return False
+        return time.monotonic() - self._last_line_at >= (30 if self._progress_lines else 10)
 
     def start_progress(self, total_steps: int, done: int = 0) -> None:
         """A tqdm bar over optimizer steps, only when stdout is a terminal (logs stay clean)."""

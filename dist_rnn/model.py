@@ -57,3 +57,9 @@ def build_model(c: "TrainConfig", input_size: int, num_classes: int = 10) -> RNN
     """The classifier a TrainConfig describes (for training, and to rebuild one from a checkpoint)."""
     return RNNClassifier(input_size, c.hidden_size, c.num_layers, num_classes, c.cell,
                          c.bidirectional, c.dropout, c.readout, c.head_dropout)
+
+
+def count_parameters(c: "TrainConfig", input_size: int, num_classes: int = 10) -> int:
+    """The parameters build_model would make, counted on the meta device (no memory allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(c, input_size, num_classes).parameters())

@@ -56,6 +56,20 @@ def pyplot() -> Any:
     return plt
 
 
+def log_scale(ax: Any) -> None:
+    """A log y axis labelled in plain numbers (2.2, 0.05, not 2.2 x 10^0): matplotlib's LogFormatter
+    decides which ticks get a label (minor ones too when the range is under a decade or two)."""
+    from matplotlib import ticker
+
+    class PlainLogFormatter(ticker.LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:g}"
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -> dict[str, Any]:
     """Draw loss (left) and test accuracy (right) per step; returns what was drawn, per run."""
     plt = pyplot()
@@ -73,7 +87,15 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
         line = loss_ax.plot(*zip(*train), label=label, marker="o" if len(train) < 20 else None)[0] if train else None
         if evals:
             acc_ax.plot(*zip(*evals), marker="o", label=label, color=line.get_color() if line else None)
-        drawn[label] = {"train_points": len(train), "eval_points": len(evals),
+        color = line.get_color() if line else None
+        # Where the run was resumed (metrics.jsonl's resume events), and on how many processes.
+        resumes = [(e["step"], e.get("world_size")) for e in events if e.get("event") == "resume"]
+        for step, world_size in resumes:
+            for ax in (loss_ax, acc_ax):
+                ax.axvline(step, color=color or "gray", linestyle=":", alpha=0.7)
+            loss_ax.annotate(f"resumed, {world_size} proc.", (step, 1), xycoords=("data", "axes fraction"),
+                             rotation=90, va="top", ha="right", fontsize="x-small", color=color or "gray")
+        drawn[label] = {"train_points": len(train), "eval_points": len(evals), "resumes": len(resumes),
                         "final_accuracy": evals[-1][1] if evals else None}
     loss_ax.set(xlabel="optimizer step", ylabel="training loss (global batch)", title="loss")
     acc_ax.set(xlabel="optimizer step", ylabel="test accuracy", title="test accuracy")
@@ -86,7 +108,7 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
         else:  # say why the panel is empty instead of leaving it blank (and matplotlib warning)
             ax.text(0.5, 0.5, empty[ax], ha="center", va="center", transform=ax.transAxes, color="gray")
     if loss_ax.get_legend_handles_labels()[0]:
-        loss_ax.set_yscale("log")
+        log_scale(loss_ax)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -99,8 +121,7 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=prog("dist_rnn.plot"), description=describe(__doc__))
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
-    add_dataclass_flags(parser, PlotConfig)
-    parser.add_argument("-o", dest="output", default="curves.png", help="short for --output")
+    add_dataclass_flags(parser, PlotConfig, short={"output": "-o"})
 
     def command() -> None:
         args = vars(parser.parse_args(argv))
@@ -111,7 +132,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         drawn = plot_runs(runs, Path(c.output), c.title)
         for label, what in drawn.items():
             final = f", final test accuracy {what['final_accuracy']:.4f}" if what["final_accuracy"] is not None else ""
-            print(f"{label}: {what['train_points']} loss points, {what['eval_points']} accuracy points{final}")
+            resumed = f", resumed {what['resumes']} time(s) (dotted lines)" if what["resumes"] else ""
+            print(f"{label}: {what['train_points']} loss points, {what['eval_points']} accuracy points{final}{resumed}")
         print(f"wrote {c.output}")
 
     return run_cli(prog("dist_rnn.plot"), command)

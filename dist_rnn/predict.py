@@ -108,20 +108,31 @@ def read_image(path: str) -> tuple[np.ndarray, Optional[str]]:
 
 
 def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
-    """Classify each file; returns one record per file, in order."""
+    """Classify each file; returns one record per file, in order. A file that cannot be read gets a
+    record with its `error` instead of a digit, and the others are still classified."""
     snapshot = load_checkpoint(Path(c.checkpoint))
     config = trained_config(snapshot, c.checkpoint)
     device = single_process_device(c.device)
-    read = [read_image(path) for path in images]
-    digits = torch.from_numpy(np.stack([digit for digit, _ in read]))
+    read: dict[int, tuple[np.ndarray, Optional[str]]] = {}
+    records: list[dict[str, Any]] = []
+    for i, path in enumerate(images):
+        try:
+            read[i] = read_image(path)
+            records.append({"file": path})
+        except UserError as e:
+            records.append({"file": path, "error": str(e)})
+    if not read:
+        return records
+    digits = torch.from_numpy(np.stack([digit for digit, _ in read.values()]))
     pixel_order = TrainState.from_checkpoint(snapshot).pixel_order  # --sequence permuted: the order it learned
     view = SequenceView.from_config(config, digits, pixel_order).to(device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(device)
     with torch.no_grad():
         probabilities = torch.softmax(model(view(digits.to(device))).float(), dim=1).cpu()
-    return [{"file": path, "digit": int(p.argmax()), "probability": round(float(p.max()), 6),
-             "probabilities": [round(float(v), 6) for v in p], "warning": warning}
-            for path, p, (_, warning) in zip(images, probabilities, read)]
+    for (i, (_, warning)), p in zip(read.items(), probabilities):
+        records[i].update(digit=int(p.argmax()), probability=round(float(p.max()), 6),
+                          probabilities=[round(float(v), 6) for v in p], warning=warning)
+    return records
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -140,10 +151,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(json.dumps(records, indent=2))
         else:
             for r in records:
-                print(f"{r['file']}: {r['digit']} (probability {r['probability']:.3f})")
+                if "error" not in r:
+                    print(f"{r['file']}: {r['digit']} (probability {r['probability']:.3f})")
         for r in records:
-            if r["warning"]:
+            if "error" in r:
+                print(f"{prog('dist_rnn.predict')}: skipped {r['error']}", file=sys.stderr)
+            elif r["warning"]:
                 print(f"warning: {r['file']}: {r['warning']}; the answer means little", file=sys.stderr)
+        failed = sum("error" in r for r in records)
+        if failed:  # after the good files' answers: exit 2, as for any bad input
+            raise UserError(f"{failed} of {len(records)} files could not be read (see above)")
 
     return run_cli(prog("dist_rnn.predict"), command)
 

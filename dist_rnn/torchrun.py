@@ -11,20 +11,41 @@ one-line error (dist_rnn's workers leave it in torchrun's error file).
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from typing import Optional
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.run import parse_args, run
+from torch.distributed.run import get_args_parser, run
+
+from dist_rnn.cli import prog, version_line
 
 PROG = "dist_rnn.torchrun"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """torchrun's own parser, introduced as this command: its usage, what it changes, --version."""
+    parser = get_args_parser()
+    parser.prog = prog(PROG)
+    parser.usage = "%(prog)s [torchrun options] -m dist_rnn.train [dist_rnn.train options]"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        "torchrun (torch.distributed.run: the same options, workers and environment), ending in one line:\n"
+        "a Ctrl-C or SIGTERM ends with '... stopped by SIGINT' and exit 128 + the signal (torchrun: a\n"
+        "30-line SignalException traceback, exit 1); a failed worker ends with torchrun's report alone,\n"
+        "which names each worker's one-line error (torchrun: its ChildFailedError traceback above it).\n\n"
+        "Example: %(prog)s --standalone --nproc_per_node=4 -m dist_rnn.train --preset seed-lstm\n\n"
+        "torchrun's options follow.")
+    parser.add_argument("--version", action="version", version=version_line(parser.prog),
+                        help="print dist_rnn's and torch's versions and exit")
+    return parser
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run torchrun with `argv`; its exit status, 128 + the signal's number after a stop."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
     except SignalException as e:

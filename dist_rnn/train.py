@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shlex
 import signal
 import sys
 import time
@@ -29,11 +31,11 @@ from dist_rnn.config import TrainConfig, to_dict
 from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
                            resolve_data_dir)
 from dist_rnn.distributed import DistEnv
-from dist_rnn.errors import Stopped
+from dist_rnn.errors import Stopped, UserError
 from dist_rnn.evaluate import evaluate
-from dist_rnn.files import ensure_writable_dir
 from dist_rnn.log import RunLog
-from dist_rnn.model import build_model
+from dist_rnn.lock import RunLock
+from dist_rnn.model import build_model, count_parameters
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 
@@ -70,16 +72,38 @@ def prepare_data(c: TrainConfig) -> tuple[Split, Split]:
     return train.head(c.limit_train), test.head(c.limit_test)
 
 
+def unused(path: str) -> str:
+    """path, or path-2, path-3, ...: the first name no directory has yet (runs started in one second)."""
+    candidate, n = path, 1
+    while Path(candidate).exists():
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
+
+
 def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     """Fill in what the flags left open: data dir (absolute), device actually used, and one out-dir for
     all ranks."""
-    out_dir = c.out_dir or f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = c.out_dir or unused(f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     # Each rank would read its own clock: take rank 0's name so every rank agrees.
     out_dir = distributed.broadcast_from_main(out_dir, env)
     # The data dir as an absolute path: the checkpoints record it, and evaluate/predict read it from
     # wherever they are run.
     return dataclasses.replace(c, out_dir=out_dir, data_dir=str(resolve_data_dir(c.data_dir).absolute()),
                                device=env.device.type)
+
+
+def check_memory(parameters: int, c: TrainConfig, env: DistEnv) -> None:
+    """Refuse, before allocating it, a model whose weights, gradients and optimizer state alone
+    exceed the memory this process has free (activations come on top: this is a floor)."""
+    free = distributed.free_memory_per_process(env.device)
+    states = 2 if c.optimizer == "adam" else (1 if c.momentum else 0)  # Adam's two moments, SGD's momentum
+    copies = 2 + states + (1 if env.is_distributed else 0)  # weights, gradients, state, DDP's gradient buckets
+    needed = parameters * 4 * copies
+    if free is not None and needed > free:
+        raise UserError(f"the model has {parameters:,} parameters: its weights, gradients and {c.optimizer} state "
+                        f"alone need {needed / 2 ** 30:.1f} GiB, more than the {free / 2 ** 30:.1f} GiB free for "
+                        f"this process on {env.device.type}; use a smaller `hidden_size` or `num_layers`")
 
 
 def global_mean(value: torch.Tensor, env: DistEnv) -> float:
@@ -142,6 +166,19 @@ class Trainer:
         self.c = c = resolve_config(c, env)
         self.env, self.out_dir = env, Path(c.out_dir)
         self.log = RunLog(self.out_dir, active=env.is_main)
+        # One run per out-dir: taken before anything there is read or written, let go however the run
+        # ends (train()'s finally, or here when building fails).
+        self.lock = RunLock(self.out_dir, command_line())
+        distributed.on_main(env, lambda: self.lock.acquire(self.log.info))
+        try:
+            self._build()
+        except BaseException:
+            self.lock.release()  # with the directory, when the lock made it and nothing else is there
+            raise
+
+    def _build(self) -> None:
+        """Everything the run needs, and the checkpoint it continues from (if any)."""
+        c, env = self.c, self.env
         self.checkpoints = CheckpointManager(self.out_dir, c.keep_last, c.save_every)
         snapshot = self._resume_snapshot()  # nothing is written before this: a refusal leaves no trace
         # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
@@ -149,14 +186,16 @@ class Trainer:
         self.test_set = test_set.to(env.device)
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
         self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers)
-        distributed.on_main(env, lambda: ensure_writable_dir(self.out_dir))  # before any training time is spent
 
         self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState()
         self.state.tracker_run_id = self.state.tracker_run_id or tracking.new_run_id()
         self.resumed_from_step = self.state.step if snapshot else None
+        self.seconds_before = self.state.train_seconds  # training time of earlier invocations of this run
         self.view = SequenceView.from_config(c, train_set.images, self.state.pixel_order)  # rows, columns, pixels
         self.state.pixel_order = None if self.view.permutation is None else self.view.permutation.tolist()
         self.view.to(env.device)
+        self.parameter_count = count_parameters(c, self.view.input_size)
+        distributed.main_first(env, lambda: check_memory(self.parameter_count, c, env))  # before allocating it
         torch.manual_seed(c.seed)  # the same initial weights on every rank
         self.model = build_model(c, input_size=self.view.input_size).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
@@ -251,6 +290,9 @@ class Trainer:
                     self.log.advance()
                     if s.step % self.c.log_every == 0:  # the only sync with the device inside the epoch (but scoring)
                         self._report(clock)
+                    elif self.log.progress_due():  # rank 0 alone, so no loss (that needs all ranks) and no sync
+                        self.log.progress(f"{self._position()}, {format_seconds(self._elapsed())} elapsed, "
+                                          f"ETA {format_seconds(self._eta())} (loss every {self.c.log_every} steps)")
                     inside = s.batch_in_epoch < steps_per_epoch  # the epoch's end is scored and saved below
                     if inside and self.c.eval_every and s.step % self.c.eval_every == 0:
                         with clock.paused():
@@ -277,6 +319,7 @@ class Trainer:
         finally:
             stop.close(settle=False)  # done above, unless an error is on its way out
             self.log.close()  # the bar, and the trackers' files completed (wandb prints its own lines)
+            self.lock.release()
         self._summarize(results)  # last: after whatever the trackers printed
         return results
 
@@ -301,10 +344,15 @@ class Trainer:
         self.log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}{backend} "
                       f"({torch.get_num_threads()} CPU threads each), global batch {c.batch_size} "
                       f"({batches.local_batch} per process), {batches.steps_per_epoch} steps/epoch, "
-                      f"{self.total_steps} steps, {batches.n} train / {len(self.test_set)} test samples "
-                      f"-> {self.out_dir}")
+                      f"{self.total_steps} steps, {batches.n} train / {len(self.test_set)} test samples, "
+                      f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
         if self.resumed_from_step is not None:
             self.log.info(self.resumed_note)
+        # Who (re)started the run, and how: a resume, or a change of world size, is visible in the log.
+        self.log.event("start" if self.resumed_from_step is None else "resume", step=self.state.step,
+                       world_size=env.world_size, device=env.device.type, dist_rnn_version=__version__,
+                       torch_version=torch.__version__, command=command_line(),
+                       launcher="torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "python")
         if self.graphs_refused:
             self.log.info(f"warning: {self.graphs_refused}")
         elif self.graphed:
@@ -316,16 +364,22 @@ class Trainer:
         """Seconds since this attempt's loop began (evaluations and saves included: the wall clock)."""
         return time.perf_counter() - self._started
 
+    def _position(self) -> str:
+        s = self.state
+        return f"Epoch [{s.epoch + 1}/{self.c.epochs}], Step [{s.batch_in_epoch}/{self.sampler.steps_per_epoch}]"
+
+    def _eta(self) -> float:
+        """Seconds left at this attempt's pace so far (evaluations and saves included)."""
+        done = self.state.step - (self.resumed_from_step or 0)
+        return self._elapsed() / max(done, 1) * (self.total_steps - self.state.step)
+
     def _report(self, clock: Clock) -> None:
         """The training loss since the last report (mean over steps and ranks) and the speed, to the
         console, metrics.jsonl and trackers."""
         s, c = self.state, self.c
         loss_value, rate = global_mean(self.train_step.take_mean_loss(), self.env), clock.rate(c.batch_size)
-        done = s.step - (self.resumed_from_step or 0)  # by this attempt, in _elapsed()
-        eta = self._elapsed() / done * (self.total_steps - s.step)
-        self.log.info(f"Epoch [{s.epoch + 1}/{c.epochs}], Step [{s.batch_in_epoch}/{self.sampler.steps_per_epoch}], "
-                      f"Loss: {loss_value:.4f}, {rate:.0f} samples/s, {format_seconds(self._elapsed())} elapsed, "
-                      f"ETA {format_seconds(eta)}")
+        self.log.progress(f"{self._position()}, Loss: {loss_value:.4f}, {rate:.0f} samples/s, "
+                          f"{format_seconds(self._elapsed())} elapsed, ETA {format_seconds(self._eta())}")
         self.log.event("train", step=s.step, epoch=s.epoch + 1, loss=loss_value,
                        lr=self.optimizer.param_groups[0]["lr"], samples_per_s=rate)
         self.log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
@@ -364,19 +418,35 @@ class Trainer:
             "checkpoint": str(checkpoint_dir(self.out_dir) / f"step-{s.step}.pt"),
             "resumed_from_step": self.resumed_from_step, "dist_rnn_version": __version__,
         }
+        # This invocation alone (after a resume, possibly at another world size): its own steps and speed.
+        steps, seconds = s.step - (self.resumed_from_step or 0), s.train_seconds - self.seconds_before
+        results.update(invocation_steps=steps, invocation_train_seconds=seconds,
+                       invocation_samples_per_s=steps * c.batch_size / seconds if seconds else None)
         self.log.write_json("results.json", results)
         self.log.summary(results)
         distributed.barrier(self.env)  # leave together: rank 0 may still be writing
         return results
 
     def _summarize(self, r: dict[str, Any]) -> None:
-        """The run in three lines, where a user looks first: at the end of the output."""
-        rate = f"{r['train_samples_per_s']:.0f} samples/s" if r["train_samples_per_s"] else "no training"
-        self.log.info(f"done: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']} samples, test loss "
-                      f"{r['test_loss']:.4f}\n"
-                      f"      {r['steps']} steps, {r['train_seconds']:.1f} s of training ({rate}), "
-                      f"world size {r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} in all\n"
-                      f"      results: {self.out_dir / 'results.json'}; checkpoint: {r['checkpoint']}")
+        """The run in a few lines, where a user looks first: at the end of the output. After a resume,
+        this invocation's steps and time come apart from the whole run's (its speed mixes world sizes)."""
+        rate = f"{r['invocation_samples_per_s']:.0f} samples/s" if r["invocation_samples_per_s"] else "no training"
+        this = (f"{r['steps']} steps" if r["resumed_from_step"] is None else
+                f"this invocation: steps {r['resumed_from_step']}-{r['steps']} ({r['invocation_steps']} steps)")
+        lines = [f"done: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']} samples, test loss "
+                 f"{r['test_loss']:.4f}",
+                 f"{this}, {r['invocation_train_seconds']:.1f} s of training ({rate}), world size "
+                 f"{r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} wall time"]
+        if r["resumed_from_step"] is not None:
+            lines.append(f"whole run: {r['steps']} steps, {r['train_seconds']:.1f} s of training over every "
+                         f"invocation (resumed from step {r['resumed_from_step']})")
+        lines.append(f"results: {self.out_dir / 'results.json'}; checkpoint: {r['checkpoint']}")
+        self.log.info("\n      ".join(lines))
+
+
+def command_line() -> str:
+    """This process's command, as a user would type it again (torchrun's workers: the module's part)."""
+    return " ".join([prog("dist_rnn.train"), *map(shlex.quote, sys.argv[1:])])
 
 
 def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:

@@ -20,21 +20,26 @@ import torch
 from dist_rnn.data import SPLIT_FILES
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (pyproject's addopts) several tests run at once: each process they start
+# computes on its share of the cores (dist_rnn reads OMP_NUM_THREADS), else 2 workers x 2 threads on
+# 2 cores spin against each other and a 1-minute training takes 4.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 # torchrun as a module of this interpreter: images that install console scripts elsewhere have it too
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI). For pytest-xdist
-    (`-n 2 --dist loadgroup`, pyproject's addopts) each module's tests form one group, run by one
-    worker, so a module's fixtures are made once; the two tests of the trained seed-lstm preset
-    share a group of their own, so it is trained once."""
+    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI)."""
+    if torch.cuda.is_available():
+        return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (tools/gpu-check.sh runs these on a GPU machine)")
     for item in items:
-        if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+        if item.get_closest_marker("cuda"):
             item.add_marker(skip)
-        group = "seed_lstm_run" if "seed_lstm_run" in getattr(item, "fixturenames", ()) else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def needs(module: str) -> pytest.MarkDecorator:
@@ -97,18 +102,6 @@ def real_mnist_dir() -> Optional[Path]:
         if candidate and (Path(candidate) / "t10k-labels-idx1-ubyte.gz").exists():
             return Path(candidate)
     return None
-
-
-@pytest.fixture(scope="session")
-def seed_lstm_run(tmp_path_factory) -> Path:
-    """The `seed-lstm` preset trained on the real files (about a minute), once per test session:
-    the reproduction test checks it, the predict test classifies with its checkpoint."""
-    data = real_mnist_dir()
-    if data is None:
-        pytest.skip("real MNIST files not present (set DIST_RNN_DATA)")
-    out = tmp_path_factory.mktemp("seed-lstm") / "run"
-    check_ok(run_train(["--preset", "seed-lstm", "--data-dir", str(data), "--out-dir", str(out)], timeout=600))
-    return out
 
 
 def free_port() -> int:

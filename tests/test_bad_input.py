@@ -21,6 +21,7 @@ from conftest import CPU_WITHOUT_BF16, REPO, TORCHRUN, idx_bytes, write_mnist
 from dist_rnn import data as data_cli
 from dist_rnn import evaluate as evaluate_cli
 from dist_rnn import train as train_cli
+from dist_rnn.errors import out_of_memory
 
 MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "data": data_cli.main}
 
@@ -100,6 +101,9 @@ CASES = [
     ("overwrite-without-resume-none", "train", lambda w, t: ["--overwrite"], "--overwrite goes with --resume none"),
     ("misspelt-flag", "train", lambda w, t: ["--hiden-size", "3"], "unrecognized arguments: --hiden-size"),
     ("keep-last-zero", "train", lambda w, t: ["--keep-last", "0"], "--keep-last must be >= 1"),
+    ("model-too-big-for-memory", "train", lambda w, t: ["--data-dir", str(w / "data"), "--hidden-size", "100000",
+                                                        "--out-dir", str(t / "o" / "deeper")],
+     "parameters: its weights, gradients and adam state alone need"),
     ("batch-larger-than-data", "train", lambda w, t: ["--data-dir", str(w / "data"), "--batch-size", "1000",
                                                       "--out-dir", str(t / "o")], "larger than the training set"),
     # data directories
@@ -212,6 +216,32 @@ def test_bf16_on_a_cpu_without_it_is_one_line(case, module, argv, env, world, tm
     assert "this CPU cannot run the LSTM in bfloat16" in proc.stderr and "use --precision fp32" in proc.stderr
     assert ("accelerate launch --mixed_precision bf16" in proc.stderr) == bool(env)
     assert snapshot(world, tmp_path) == before and not (tmp_path / "o").exists()
+
+
+def test_out_of_memory_is_one_line_with_the_size_asked_for():
+    """A real failed allocation from torch's CPU allocator (what a too large batch meets in training)."""
+    try:
+        torch.empty(2 ** 40, dtype=torch.uint8)  # 1 TiB: more than any test machine holds
+    except RuntimeError as e:
+        error = out_of_memory(e, "cpu")
+    assert str(error) == ("out of memory on cpu: 1024.0 GiB asked for; use a smaller batch_size, eval_batch_size, "
+                          "hidden_size or num_layers (or more processes)")
+    assert out_of_memory(ValueError("can't allocate memory"), "cpu") is None
+
+
+def test_broken_torchvision_is_one_line(world, tmp_path):
+    """torchvision built for another torch fails at import with 'operator torchvision::nms does not
+    exist' (a stand-in package that fails the same way shadows the real one here)."""
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    proc = subprocess.run([sys.executable, "-m", "dist_rnn.train", "--data-dir", str(world / "data"), "--loader",
+                           "dataloader", "--out-dir", str(tmp_path / "o"), "--device", "cpu"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"does not work with torch {torch.__version__} (operator torchvision::nms does not exist): install " \
+           "the torchvision built for this torch" in proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_input_under_torchrun_is_one_line_from_rank_0(world, tmp_path):

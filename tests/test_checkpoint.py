@@ -150,6 +150,7 @@ def test_evaluate_command(mnist_dir, tmp_path):
         result = json.loads(json_out.read_text())
         assert result["test_samples"] == 130 and result["test_accuracy"] == expected["test_accuracy"]
         assert result["world_size"] == (nproc or 1) and proc.stdout.count("test accuracy") == 1
+        assert result["sequence"] == "row" and ", row view (as trained)" in proc.stdout
 
 
 def pickled_object() -> bytes:

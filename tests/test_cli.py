@@ -1,14 +1,17 @@
 """The CLI mirrors TrainConfig, presets are the originals' hyperparameters, bad input is one line + exit 2."""
 
 import dataclasses
+import importlib
 import re
 import subprocess
 import sys
 from typing import Optional
 
 import pytest
+import torch
 
 from conftest import REPO
+from dist_rnn import __version__
 from dist_rnn.cli import as_flags, build_parser, parse_config
 from dist_rnn.config import HELP_GROUPS, PRESETS, TrainConfig, check_limits, option
 from dist_rnn.errors import UserError
@@ -96,3 +99,43 @@ def test_declared_limits():
                                 ("ceiling", 2.0, "ceiling must be < 1, got 2.0"), ("maybe", 0, "maybe must be >= 1")]:
         with pytest.raises(UserError, match=re.escape(words)):
             check_limits(Limited(**{field: value}))
+
+
+def test_config_file_forgives_numbers_as_text_and_flag_spellings(tmp_path):
+    """PyYAML reads `1e-3` as a string (YAML 1.1); a key may be written as the flag is."""
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nhidden-size: 64\nepochs: '3'\n")
+    c = parse_config(["--config", str(path)])
+    assert (c.lr, c.hidden_size, c.epochs) == (0.001, 64, 3)
+    for text, words in [("hiden_size: 64\n", "unknown key 'hiden_size' (did you mean 'hidden_size'?)"),
+                        ("lr: fast\n", "key 'lr' must be float, got str 'fast'"),
+                        ("lr: .nan\n", "key 'lr' must be a finite number, got nan"),
+                        ("colour: red\n", "unknown key 'colour'")]:
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            parse_config(["--config", str(path)])
+        assert str(e.value).endswith(words) and (words != "unknown key 'colour'" or "did you mean" not in str(e.value))
+
+
+@pytest.mark.parametrize("module", ["train", "evaluate", "bench", "plot", "predict", "data", "torchrun"])
+def test_every_command_answers_version(module, capsys):
+    main = importlib.import_module(f"dist_rnn.{module}").main
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"python -m dist_rnn.{module} (dist_rnn {__version__}, torch {torch.__version__})\n"
+
+
+def test_help_says_what_an_unset_option_means():
+    help_text = " ".join(build_parser().format_help().split())
+    for flag, words in [("--save-every", "default: only those"), ("--max-steps", "default: none, the epochs decide"),
+                        ("--eval-every", "default: only then"), ("--grad-clip", "default: no clipping"),
+                        ("--dropout", "nn.RNN, nn.GRU and nn.LSTM")]:
+        assert words in help_text.split(flag, 1)[1].split(" --", 1)[0], flag
+    plot_help = subprocess.run([sys.executable, "-m", "dist_rnn.plot", "--help"], cwd=REPO, capture_output=True,
+                               text=True).stdout
+    assert "-o OUTPUT, --output OUTPUT" in plot_help and plot_help.count("OUTPUT") == 3  # usage, the flag's two names
+    torchrun_help = subprocess.run([sys.executable, "-m", "dist_rnn.torchrun", "--help"], cwd=REPO,
+                                   capture_output=True, text=True).stdout
+    assert torchrun_help.startswith("usage: python -m dist_rnn.torchrun [torchrun options] -m dist_rnn.train")
+    assert "30-line SignalException traceback" in torchrun_help

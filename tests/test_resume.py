@@ -65,8 +65,19 @@ def test_resume_on_another_world_size(data, two_process_runs, tmp_path, new_npro
     follow in the same order, so the run tracks the uninterrupted one up to float rounding (SGD)."""
     full, part = two_process_runs / "full", tmp_path / "part"
     shutil.copytree(two_process_runs / "part", part)
-    resumed = train(data, part, 60, new_nproc, SGD_96)
+    proc = run_train(["--data-dir", str(data), "--out-dir", str(part), "--max-steps", "60", "--hidden-size", "48",
+                      "--log-every", "10", "--save-every", "20", *SGD_96], nproc=new_nproc)
+    check_ok(proc)
+    resumed = read_results(part)
     assert resumed["world_size"] == (new_nproc or 1) and resumed["resumed_from_step"] == 30
+    # The log says who ran which part; the summary keeps this invocation apart from the whole run.
+    starts = [(e["event"], e["step"], e["world_size"]) for e in events(part, "start") + events(part, "resume")]
+    assert starts == [("start", 0, 2), ("resume", 30, new_nproc or 1)]
+    assert "python -m dist_rnn.train --data-dir" in events(part, "resume")[0]["command"]
+    assert resumed["invocation_steps"] == 30 and resumed["invocation_train_seconds"] < resumed["train_seconds"]
+    assert "      this invocation: steps 30-60 (30 steps), " in proc.stdout
+    assert f"world size {new_nproc or 1} on cpu" in proc.stdout
+    assert "      whole run: 60 steps, " in proc.stdout and "over every invocation (resumed from step 30)" in proc.stdout
     a, b = weights(full), weights(part)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
