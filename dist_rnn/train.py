@@ -346,6 +346,9 @@ class Trainer:
                       f"({batches.local_batch} per process), {batches.steps_per_epoch} steps/epoch, "
                       f"{self.total_steps} steps, {batches.n} train / {len(self.test_set)} test samples, "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
+        checkpoint_bytes = self.parameter_count * 4 * (3 if c.optimizer == "adam" else 2)  # weights + optimizer state
+        if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one
+            self.log.info(f"warning: a large model: each checkpoint will be about {checkpoint_bytes / 1e9:.1f} GB")
         if self.resumed_from_step is not None:
             self.log.info(self.resumed_note)
         # Who (re)started the run, and how: a resume, or a change of world size, is visible in the log.
