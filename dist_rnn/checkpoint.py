@@ -55,6 +55,12 @@ class TrainState:
     train_seconds: float = 0.0            # summed over every attempt of the run
     tracker_run_id: Optional[str] = None  # the wandb run a resume continues
     pixel_order: Optional[list[int]] = None  # --sequence permuted: the order the model learned
+    # With a validation split (--val-size): the best score so far (ties keep the earlier), and how
+    # many scores since then did not beat it (--early-stop); checkpoints/best.pt holds its weights.
+    best_val_accuracy: Optional[float] = None
+    best_step: Optional[int] = None
+    scores_since_best: int = 0
+    early_stopped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,19 +81,24 @@ class TrainState:
 
 
 def snapshot(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-             rng: list[dict[str, Any]], config: dict[str, Any], world_size: int) -> dict[str, Any]:
+             rng: list[dict[str, Any]], config: dict[str, Any], world_size: int,
+             schedule: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The checkpoint format: a plain dict `torch.load(weights_only=True)` reads back."""
     return {
         "format_version": FORMAT_VERSION,
         "state": state.to_dict(),
         "model": unwrap(model).state_dict(),  # no `module.` prefix: loads into a bare model
         "optimizer": optimizer.state_dict(),
+        "schedule": schedule,  # the learning-rate schedulers' state (None: no schedule)
         "scaler": scaler.state_dict(),  # empty unless fp16
         "rng": rng,  # one entry per rank, in rank order
         "config": config,
         "world_size": world_size,
         "dist_rnn_version": __version__,
     }
+
+
+BEST_NAME = "best.pt"  # the best validation score's checkpoint, beside the step-<N>.pt ones
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -154,21 +165,26 @@ class CheckpointManager:
         return True
 
     def save(self, env: DistEnv, state: TrainState, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, config: dict[str, Any]) -> Optional[dict[str, Any]]:
+             scaler: torch.amp.GradScaler, config: dict[str, Any], best: bool = False,
+             schedule: Optional[dict[str, Any]] = None) -> Optional[dict[str, Any]]:
         """Collective (every rank calls it): gather each rank's RNG state, rank 0 writes, all wait.
-        Returns, on rank 0, where and how fast it was written."""
+        Returns, on rank 0, where and how fast it was written. best=True writes checkpoints/best.pt
+        (the best validation score's weights), which rotation never deletes and resume never picks."""
         rng = distributed.all_gather_objects(rng_state(env.device), env)
 
         def write() -> dict[str, Any]:
             info = write_checkpoint(self.out_dir, state.step,
-                                    snapshot(state, model, optimizer, scaler, rng, config, env.world_size))
-            prune(self.out_dir, self.keep_last)
+                                    snapshot(state, model, optimizer, scaler, rng, config, env.world_size, schedule),
+                                    name=BEST_NAME if best else None)
+            if not best:
+                prune(self.out_dir, self.keep_last)
             return info
 
         # Rank 0 writes; a failure (a full disk, say) reaches every rank as the same one-line error,
         # and waiting for its answer is the barrier: nobody runs ahead of a checkpoint that may be needed.
         info = distributed.on_main(env, write)
-        self.last_saved_step = state.step
+        if not best:
+            self.last_saved_step = state.step
         return info if env.is_main else None
 
     def choose_resume(self, c: TrainConfig, warn: Callable[[str], None]) -> Optional[str]:
@@ -193,17 +209,21 @@ class CheckpointManager:
 
     def remove_all(self) -> None:
         prune(self.out_dir, 0)
+        best = checkpoint_dir(self.out_dir) / BEST_NAME
+        metadata_path(best).unlink(missing_ok=True)
+        best.unlink(missing_ok=True)
 
 
 # -- writing
 
-def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any]) -> dict[str, Any]:
-    """Write step-<N>.pt atomically, then its metadata: only then does the checkpoint count."""
+def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any], name: Optional[str] = None) -> dict[str, Any]:
+    """Write step-<N>.pt (or `name`, e.g. best.pt) atomically, then its metadata: only then does the
+    checkpoint count."""
     start = time.perf_counter()
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    path = checkpoint_dir(out_dir) / f"step-{step}.pt"
+    path = checkpoint_dir(out_dir) / (name or f"step-{step}.pt")
     try:
         atomic_write(path, lambda fh: fh.write(data))
         atomic_write_json(metadata_path(path), {"step": step, "bytes": len(data),
@@ -268,8 +288,9 @@ def check_compatible(snapshot: dict[str, Any], c: TrainConfig, path: str) -> Non
         missing = missing | {"state"}
     if missing:
         raise UserError(f"{path}: cannot resume from it, it lacks {', '.join(sorted(missing))}")
-    differ = [f"{name} {saved.get(name)!r} -> {getattr(c, name)!r}"
-              for name in RESUME_MUST_MATCH if saved.get(name) != getattr(c, name)]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # what an older version's run had
+    differ = [f"{name} {saved.get(name, defaults[name])!r} -> {getattr(c, name)!r}"
+              for name in RESUME_MUST_MATCH if saved.get(name, defaults[name]) != getattr(c, name)]
     if differ:
         raise UserError(f"{path} does not match this run: {'; '.join(differ)} (the model and the sample "
                         "order must be the same to resume; use another `out_dir` or `resume`=none)")

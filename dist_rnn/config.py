@@ -71,6 +71,11 @@ class TrainConfig(RuntimeOptions):
     download: bool = option(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
     limit_train: Optional[int] = option(None, "use only the first N training images (small runs)", min=1)
     limit_test: Optional[int] = option(None, "use only the first N test images (small runs)", min=1)
+    val_size: float = option(0.0, "hold out this many training samples as a validation split: a count (500) or a "
+                             "fraction (0.1), stratified by class and chosen by --seed alone (the same at any world "
+                             "size); the epochs (and --eval-every) then score it instead of the test set, the test "
+                             "set is scored once at the end, for the final weights and for the best ones "
+                             "(checkpoints/best.pt); 0: no validation split, as the original scripts", min=0)
     loader: Literal["memory", "dataloader"] = option(
         "memory", "'memory': the training images live on the device as uint8 and each step gathers its batch "
         "there (fast); 'dataloader': torchvision's MNIST dataset through a DataLoader with the same sampler "
@@ -108,8 +113,20 @@ class TrainConfig(RuntimeOptions):
     loss: Literal["ce", "mse"] = option("ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax "
                                         "outputs and one-hot targets (the slow-learning loss, for comparison)")
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
-    lr: float = option(0.003, "learning rate", above=0)
+    lr: float = option(0.003, "learning rate (the peak, with a schedule)", above=0)
+    lr_schedule: Literal["constant", "cosine", "step", "plateau"] = option(
+        "constant", "the rate over the run: 'constant'; 'cosine' (down to 0 at the last step of --epochs, whatever "
+        "--max-steps says, so a run cut short and continued follows one curve); 'step' (times "
+        "--lr-gamma every --lr-step-size steps); 'plateau' (times --lr-gamma when the validation loss has not "
+        "improved for --lr-patience scores; needs --val-size)")
+    warmup_steps: int = option(0, "raise the rate linearly from lr / (N + 1) to lr over the first N steps", min=0)
+    lr_step_size: int = option(1000, "steps between rate cuts (--lr-schedule step)", min=1)
+    lr_gamma: float = option(0.1, "the factor of each cut (--lr-schedule step and plateau)", above=0, below=1)
+    lr_patience: int = option(2, "validation scores without a better loss before a cut (--lr-schedule plateau)",
+                              min=0)
     momentum: float = option(0.0, "momentum (sgd only)", min=0)
+    early_stop: Optional[int] = option(None, "stop after this many validation scores in a row without a better "
+                                       "accuracy (needs --val-size; default: never)", min=1)
     grad_clip: Optional[float] = option(None, "clip the global gradient norm to this value (default: no clipping)",
                                         above=0)
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
@@ -137,10 +154,11 @@ class TrainConfig(RuntimeOptions):
 # --help's sections: every TrainConfig field in one (tests/test_cli.py checks).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
-    "data": ("data_dir", "download", "limit_train", "limit_test", "loader", "num_workers", "sequence",
+    "data": ("data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
              "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
-    "optimisation": ("epochs", "max_steps", "batch_size", "eval_batch_size", "loss", "optimizer", "lr", "momentum",
+    "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "eval_batch_size", "loss", "optimizer", "lr",
+                     "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience", "momentum",
                      "grad_clip", "seed"),
     "precision and speed": ("precision", "device", "cuda_graphs", "deterministic", "threads"),
     "distribution (torchrun)": ("backend", "dist_timeout"),
@@ -163,7 +181,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence", "permutation_seed",
-                     "batch_size", "seed", "limit_train")
+                     "batch_size", "seed", "limit_train", "val_size", "lr_schedule", "warmup_steps")
 
 
 def field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
@@ -273,6 +291,12 @@ def validate(c: TrainConfig) -> None:
         raise UserError("`dropout` acts only between stacked layers: it needs `num_layers` >= 2")
     if c.momentum and c.optimizer != "sgd":
         raise UserError("`momentum` applies to `optimizer`=sgd only")
+    if c.val_size >= 1 and c.val_size != int(c.val_size):
+        raise UserError(f"`val_size` is a count (>= 1, whole) or a fraction (< 1), got {c.val_size:g}")
+    if c.lr_schedule == "plateau" and not c.val_size:
+        raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
+    if c.early_stop and not c.val_size:
+        raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
     if c.overwrite and c.resume != "none":
         raise UserError("`overwrite` goes with `resume`=none (it deletes what `resume` would continue)")
 

@@ -51,6 +51,32 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
+def validation_split(train: Split, size: float, seed: int) -> tuple[Split, Split, torch.Tensor]:
+    """(training split without the validation samples, validation split, the kept training indices).
+
+    `size` is a count (>= 1) or a fraction (< 1) of the training split. Stratified: each class gives
+    its share (largest remainders settle the rounding), drawn from a generator seeded by `seed`
+    alone, so every rank, every world size and every resume holds out the same samples."""
+    n = len(train)
+    count = int(size) if size >= 1 else round(size * n)
+    if not 0 < count < n:
+        raise UserError(f"`val_size`={size:g} holds out {count} of the {n} training samples: it must leave "
+                        "some for each of training and validation")
+    classes = train.labels.unique(sorted=True)
+    members = [torch.nonzero(train.labels == c).flatten() for c in classes]
+    exact = [count * len(m) / n for m in members]
+    quota = [int(q) for q in exact]
+    by_remainder = sorted(range(len(members)), key=lambda i: (-(exact[i] - quota[i]), i))
+    for i in by_remainder[:count - sum(quota)]:
+        quota[i] += 1
+    g = torch.Generator().manual_seed(seed)
+    held = torch.cat([m[torch.randperm(len(m), generator=g)[:k]] for m, k in zip(members, quota)]).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    kept = torch.nonzero(keep).flatten()
+    return (Split(train.images[kept], train.labels[kept]), Split(train.images[held], train.labels[held]), kept)
+
+
 def resolve_data_dir(flag: Optional[str]) -> Path:
     """--data-dir, else $DIST_RNN_DATA, else ./data."""
     return Path(flag or os.environ.get("DIST_RNN_DATA") or "data")
@@ -300,7 +326,7 @@ class DataLoaderFeeder:
     DataLoader(sampler=..., num_workers=..., pin_memory=...): the pipeline for data that does not fit
     in memory. Same sampler, so the same batches as MemoryFeeder."""
 
-    def __init__(self, data_dir: Path, n: int, device: torch.device, num_workers: int):
+    def __init__(self, data_dir: Path, samples: "int | list[int]", device: torch.device, num_workers: int):
         torchvision = import_torchvision()
         root, self._unpacked = Path(data_dir), None
         if not all((root / "MNIST" / "raw" / name).is_file() for names in SPLIT_FILES.values() for name in names):
@@ -309,7 +335,8 @@ class DataLoaderFeeder:
             root = torchvision_root(root, Path(self._unpacked.name))
         to_tensor = torchvision.transforms.PILToTensor()  # uint8 (1, H, W), as the IDX file holds it
         dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=to_tensor, download=False)
-        self.dataset = torch.utils.data.Subset(dataset, range(n))
+        # The training file's first n samples, or the listed ones (those a validation split left).
+        self.dataset = torch.utils.data.Subset(dataset, range(samples) if isinstance(samples, int) else samples)
         self.device, self.num_workers = device, num_workers
 
     def batches(self, sampler: GlobalBatchSampler, into: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
@@ -331,10 +358,12 @@ class DataLoaderFeeder:
 
 
 def feeder(kind: str, train: Split, device: torch.device, data_dir: str, num_workers: int,
-           ) -> "MemoryFeeder | DataLoaderFeeder":
-    """The batch feeder --loader names."""
+           indices: Optional[torch.Tensor] = None) -> "MemoryFeeder | DataLoaderFeeder":
+    """The batch feeder --loader names; `indices`: which samples of the training file `train` holds
+    (a validation split takes some out), default its first len(train)."""
     if kind == "dataloader":
-        return DataLoaderFeeder(Path(data_dir), len(train), device, num_workers)
+        return DataLoaderFeeder(Path(data_dir), len(train) if indices is None else indices.tolist(), device,
+                                num_workers)
     return MemoryFeeder(train, device)
 
 

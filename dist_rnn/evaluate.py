@@ -28,9 +28,10 @@ from dist_rnn.model import build_model
 
 @torch.no_grad()
 def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, precision: str,
-             view: Optional[SequenceView] = None) -> dict[str, Any]:
-    """Accuracy and mean (cross-entropy) loss over the whole test split, each sample counted exactly
-    once; images become sequences through `view` (default: rows).
+             view: Optional[SequenceView] = None, split: str = "test") -> dict[str, Any]:
+    """Accuracy and mean (cross-entropy) loss over the whole split, each sample counted exactly
+    once; images become sequences through `view` (default: rows). Keys are named for `split`
+    (test_accuracy, or val_accuracy for the validation split).
 
     Runs the unwrapped module: evaluation needs no gradient sync, and going through DDP's forward
     on one rank only would leave the others behind. DistributedSampler would pad the shards to equal
@@ -52,8 +53,8 @@ def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, preci
         totals[2] += F.cross_entropy(logits.float(), y, reduction="sum")
     module.train(was_training)
     correct, count, loss_sum = all_reduce_sum(totals, env).tolist()
-    return {"test_accuracy": correct / count, "test_correct": int(correct),
-            "test_samples": int(count), "test_loss": loss_sum / count}
+    return {f"{split}_accuracy": correct / count, f"{split}_correct": int(correct),
+            f"{split}_samples": int(count), f"{split}_loss": loss_sum / count}
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from dist_rnn.errors import first_line
 from dist_rnn.files import atomic_write, atomic_write_json
 
-TRACKED_EVENTS = ("train", "eval")  # what wandb / TensorBoard receive (checkpoint events stay in metrics.jsonl)
+TRACKED_EVENTS = ("train", "eval", "test")  # what wandb / TensorBoard receive (the others stay in metrics.jsonl)
 
 
 class RunLog:

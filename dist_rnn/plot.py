@@ -79,15 +79,20 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
     for run_dir in run_dirs:
         events = read_events(run_dir)
         train = [(e["step"], e["loss"]) for e in events if e.get("event") == "train"]
-        evals = [(e["step"], e["test_accuracy"]) for e in events if e.get("event") == "eval"]
-        if not train and not evals:
+        # Test accuracy: each epoch's score without a validation split, the final one (a "test" event) with one.
+        evals = [(e["step"], e["test_accuracy"]) for e in events if e.get("event") in ("eval", "test")
+                 and "test_accuracy" in e]
+        vals = [(e["step"], e["val_accuracy"]) for e in events if e.get("event") == "eval" and "val_accuracy" in e]
+        if not train and not evals and not vals:
             raise UserError(f"{run_dir}: metrics.jsonl has no train or eval events yet")
         label = run_label(run_dir)
         # A marker where there are few points: a line of one point would not show.
         line = loss_ax.plot(*zip(*train), label=label, marker="o" if len(train) < 20 else None)[0] if train else None
-        if evals:
-            acc_ax.plot(*zip(*evals), marker="o", label=label, color=line.get_color() if line else None)
         color = line.get_color() if line else None
+        if evals:
+            color = acc_ax.plot(*zip(*evals), marker="o", label=label, color=color)[0].get_color()
+        if vals:  # the validation curve, dashed, in the run's colour
+            acc_ax.plot(*zip(*vals), linestyle="--", marker=".", label=f"{label} (validation)", color=color)
         # Where the run was resumed (metrics.jsonl's resume events), and on how many processes.
         resumes = [(e["step"], e.get("world_size")) for e in events if e.get("event") == "resume"]
         for step, world_size in resumes:
@@ -96,9 +101,9 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
             loss_ax.annotate(f"resumed, {world_size} proc.", (step, 1), xycoords=("data", "axes fraction"),
                              rotation=90, va="top", ha="right", fontsize="x-small", color=color or "gray")
         drawn[label] = {"train_points": len(train), "eval_points": len(evals), "resumes": len(resumes),
-                        "final_accuracy": evals[-1][1] if evals else None}
+                        "final_accuracy": evals[-1][1] if evals else None, "val_points": len(vals)}
     loss_ax.set(xlabel="optimizer step", ylabel="training loss (global batch)", title="loss")
-    acc_ax.set(xlabel="optimizer step", ylabel="test accuracy", title="test accuracy")
+    acc_ax.set(xlabel="optimizer step", ylabel="accuracy", title="test accuracy (validation: dashed)")
     empty = {loss_ax: "no training loss recorded yet\n(the run is shorter than --log-every)",
              acc_ax: "no test-set score recorded yet"}
     for ax in (loss_ax, acc_ax):
@@ -133,6 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for label, what in drawn.items():
             final = f", final test accuracy {what['final_accuracy']:.4f}" if what["final_accuracy"] is not None else ""
             resumed = f", resumed {what['resumes']} time(s) (dotted lines)" if what["resumes"] else ""
+            final += f", {what['val_points']} validation points" if what["val_points"] else ""
             print(f"{label}: {what['train_points']} loss points, {what['eval_points']} accuracy points{final}{resumed}")
         print(f"wrote {c.output}")
 

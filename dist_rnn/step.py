@@ -40,12 +40,15 @@ def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Ten
     return F.cross_entropy(logits, y)
 
 
-def graphs_refusal(choice: str, device: torch.device, precision: str) -> Optional[str]:
+def graphs_refusal(choice: str, device: torch.device, precision: str, scheduled: bool = False) -> Optional[str]:
     """Why --cuda-graphs cannot be used here (None: it can, or was not asked for)."""
     if choice != "on":  # "auto" stays off until graphed training is measured on a GPU (issue 14)
         return None
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device: training eagerly"
+    if scheduled:  # the captured Adam reads the rate as a number fixed at capture
+        return "CUDA graphs would keep the learning rate of the capture and ignore --lr-schedule / --warmup-steps: " \
+               "training eagerly"
     if precision == "fp16":
         return "CUDA graphs are not used with fp16's GradScaler here (its unscale, skip and rescale steps were " \
                "not written for capture): training eagerly (bf16 needs no scaler)"

@@ -25,17 +25,19 @@ from torch import nn
 
 from dist_rnn import __version__, distributed, tracking
 from dist_rnn.amp import check_precision, grad_scaler
-from dist_rnn.checkpoint import CheckpointManager, TrainState, checkpoint_dir, load_weights, set_rng_state
+from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, checkpoint_dir, load_checkpoint, load_weights,
+                                 set_rng_state)
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
 from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
-                           resolve_data_dir)
+                           resolve_data_dir, validation_split)
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
 from dist_rnn.evaluate import evaluate
 from dist_rnn.log import RunLog
 from dist_rnn.lock import RunLock
 from dist_rnn.model import build_model, count_parameters
+from dist_rnn.schedule import Schedule
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 
@@ -63,13 +65,18 @@ def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].to(device=param.device if on_device else "cpu", dtype=torch.float32)
 
 
-def prepare_data(c: TrainConfig) -> tuple[Split, Split]:
-    """Download if asked and needed, then read and verify the four files."""
+def prepare_data(c: TrainConfig) -> tuple[Split, Optional[Split], Split, Optional[torch.Tensor]]:
+    """Download if asked and needed, read and verify the four files, and hold out the validation
+    split (--val-size): (train, validation or None, test, the training file's indices train keeps)."""
     data_dir = Path(c.data_dir)
     if c.download:
         download_mnist(data_dir)
     train, test = load_mnist(data_dir)
-    return train.head(c.limit_train), test.head(c.limit_test)
+    train, test = train.head(c.limit_train), test.head(c.limit_test)
+    if not c.val_size:
+        return train, None, test, None
+    train, val, kept = validation_split(train, c.val_size, c.seed)
+    return train, val, test, kept
 
 
 def unused(path: str) -> str:
@@ -182,10 +189,14 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out_dir, c.keep_last, c.save_every)
         snapshot = self._resume_snapshot()  # nothing is written before this: a refusal leaves no trace
         # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
-        train_set, test_set = distributed.main_first(env, lambda: prepare_data(c))
+        train_set, val_set, test_set, kept = distributed.main_first(env, lambda: prepare_data(c))
         self.test_set = test_set.to(env.device)
+        self.val_set = None if val_set is None else val_set.to(env.device)
+        if val_set is not None and len(train_set) < c.batch_size:
+            raise UserError(f"`val_size`={c.val_size:g} leaves {len(train_set)} training samples, fewer than one "
+                            f"global batch (`batch_size`={c.batch_size})")
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
-        self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers)
+        self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers, kept)
 
         self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState()
         self.state.tracker_run_id = self.state.tracker_run_id or tracking.new_run_id()
@@ -199,9 +210,13 @@ class Trainer:
         torch.manual_seed(c.seed)  # the same initial weights on every rank
         self.model = build_model(c, input_size=self.view.input_size).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
-        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision)
+        scheduled = c.lr_schedule != "constant" or c.warmup_steps > 0
+        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, scheduled)
         graphed = c.cuda_graphs == "on" and self.graphs_refused is None
         self.optimizer = build_optimizer(c, self.model, graphed)
+        planned = c.epochs * self.sampler.steps_per_epoch
+        self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
+        self.schedule = Schedule(c, self.optimizer, planned)
         self.scaler = grad_scaler(c.precision, env.device)
         if snapshot:
             self._restore(snapshot)
@@ -213,8 +228,6 @@ class Trainer:
             self.ddp_model = distributed.wrap(self.model, env)
         self.graphed = graphed
         self.train_step = self._build_step(graphed)
-        planned = c.epochs * self.sampler.steps_per_epoch
-        self.total_steps = planned if c.max_steps is None else min(c.max_steps, planned)
         self._open_run_dir(resumed=snapshot is not None)
 
     def _resume_snapshot(self) -> Optional[dict[str, Any]]:
@@ -227,12 +240,16 @@ class Trainer:
         return distributed.main_first(self.env, lambda: self.checkpoints.load_for_resume(path, self.c))
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
-        """Weights, optimizer, scaler and this rank's RNG state, before the model is wrapped in DDP."""
+        """Weights, optimizer, schedule, scaler and this rank's RNG state, before the model is
+        wrapped in DDP."""
         load_weights(self.model, snapshot)
         self.optimizer.load_state_dict(snapshot["optimizer"])
         keep_optimizer_mode(self.optimizer)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.c.lr  # the command line's rate wins (it is the same when the command is)
+        if self.schedule.active:  # the saved rates and the schedulers' positions: the same curve continues
+            self.schedule.load_state_dict(snapshot.get("schedule"))
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.c.lr  # the command line's rate wins (it is the same when the command is)
         if snapshot["scaler"]:  # empty when saved by a run without fp16
             self.scaler.load_state_dict(snapshot["scaler"])
         rng = snapshot["rng"]
@@ -277,13 +294,15 @@ class Trainer:
         stop = StopRequest(self.env, self.c.dist_timeout)  # SIGTERM / SIGINT / SIGUSR1: checkpoint, leave at a step
         stopped, last_eval = None, None
         try:
-            while s.step < self.total_steps and stopped is None:
+            while s.step < self.total_steps and stopped is None and not s.early_stopped:
                 self.sampler.load_state_dict({"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch})
                 clock = Clock(self.env.device)
                 # The same batches in the same order at any world size; a graphed step's are written
                 # straight into the tensors its graph reads.
                 for images, labels in self.feeder.batches(self.sampler, into=self.train_step.inputs()):
+                    self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (logged)
                     self.train_step(images, labels)
+                    self.schedule.step()  # the next step's rate
                     s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
                     self.sampler.batch_in_epoch = s.batch_in_epoch  # its state_dict() is the run's position
                     clock.interval_steps += 1
@@ -296,14 +315,15 @@ class Trainer:
                     inside = s.batch_in_epoch < steps_per_epoch  # the epoch's end is scored and saved below
                     if inside and self.c.eval_every and s.step % self.c.eval_every == 0:
                         with clock.paused():
-                            self.log.event("eval", epoch=s.epoch + 1, **self.score())  # a learning-curve point
+                            last_eval = self._score_and_track()  # a learning-curve point
                     if inside:
                         self.save("step")
                     stopped = stop.agreed(s.step)  # the same answer on every rank: all stop at this step
-                    if stopped is not None or s.step >= self.total_steps:
+                    # early_stopped follows the all-reduced validation score: the same on every rank
+                    if stopped is not None or s.step >= self.total_steps or s.early_stopped:
                         break
                 s.train_seconds += clock.seconds()
-                if stopped is not None:
+                if stopped is not None or s.early_stopped:
                     break  # the epoch's evaluation runs after the resume, when its last batch is done
                 last_eval = self._score_epoch()
                 if s.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
@@ -323,17 +343,44 @@ class Trainer:
         self._summarize(results)  # last: after whatever the trackers printed
         return results
 
-    def score(self) -> dict[str, Any]:
-        """Exact test-set evaluation of the current weights, tagged with the step."""
-        return {"step": self.state.step, **evaluate(self.ddp_model, self.test_set, self.env,
-                                                    self.c.eval_batch_size, self.c.precision, self.view)}
+    def score(self, split: Optional[str] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
+        """Exact evaluation of the current weights (or `model`'s), tagged with the step, on `split`:
+        by default the one training watches, the validation split when there is one."""
+        split = split or ("val" if self.val_set is not None else "test")
+        data = self.val_set if split == "val" else self.test_set
+        return {"step": self.state.step, **evaluate(model or self.ddp_model, data, self.env, self.c.eval_batch_size,
+                                                    self.c.precision, self.view, split=split)}
+
+    def _score_and_track(self) -> dict[str, Any]:
+        """Score, log it, and with a validation split keep the best weights (checkpoints/best.pt;
+        ties keep the earlier) and count the scores since for --early-stop."""
+        s = self.state
+        result = self.score()
+        self.log.event("eval", epoch=s.epoch + 1, **result)
+        if self.val_set is None:
+            return result
+        self.schedule.after_score(result["val_loss"])  # plateau: cut the rate when the loss stalls
+        if s.best_val_accuracy is None or result["val_accuracy"] > s.best_val_accuracy:
+            s.best_val_accuracy, s.best_step, s.scores_since_best = result["val_accuracy"], s.step, 0
+            self.save("best")
+        else:
+            s.scores_since_best += 1
+            if self.c.early_stop and s.scores_since_best >= self.c.early_stop:
+                s.early_stopped = True
+                self.log.event("early_stop", step=s.step, best_step=s.best_step, best_val_accuracy=s.best_val_accuracy)
+                self.log.info(f"early stop at step {s.step}: {s.scores_since_best} validation scores without beating "
+                              f"{s.best_val_accuracy:.4f} (step {s.best_step})")
+        return result
 
     def save(self, boundary: str) -> None:
-        """Checkpoint the current state if the policy says so at this boundary (collective)."""
-        if not self.checkpoints.should_save(self.state.step, boundary):
+        """Checkpoint the current state if the policy says so at this boundary, or as best.pt for
+        boundary "best" (collective)."""
+        best = boundary == "best"
+        if not best and not self.checkpoints.should_save(self.state.step, boundary):
             return
         info = self.checkpoints.save(self.env, self.state, model=self.model, optimizer=self.optimizer,
-                                     scaler=self.scaler, config=to_dict(self.c))
+                                     scaler=self.scaler, config=to_dict(self.c), best=best,
+                                     schedule=self.schedule.state_dict() if self.schedule.active else None)
         if info:
             self.log.event("checkpoint", step=self.state.step, **info)
             self.log.info(f"saved {info['path']} ({info['bytes'] / 1e6:.1f} MB in {info['seconds']:.2f} s)")
@@ -344,7 +391,8 @@ class Trainer:
         self.log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}{backend} "
                       f"({torch.get_num_threads()} CPU threads each), global batch {c.batch_size} "
                       f"({batches.local_batch} per process), {batches.steps_per_epoch} steps/epoch, "
-                      f"{self.total_steps} steps, {batches.n} train / {len(self.test_set)} test samples, "
+                      f"{self.total_steps} steps, {batches.n} train / "
+                      f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}{len(self.test_set)} test samples, "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
         checkpoint_bytes = self.parameter_count * 4 * (3 if c.optimizer == "adam" else 2)  # weights + optimizer state
         if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one
@@ -384,15 +432,35 @@ class Trainer:
         self.log.progress(f"{self._position()}, Loss: {loss_value:.4f}, {rate:.0f} samples/s, "
                           f"{format_seconds(self._elapsed())} elapsed, ETA {format_seconds(self._eta())}")
         self.log.event("train", step=s.step, epoch=s.epoch + 1, loss=loss_value,
-                       lr=self.optimizer.param_groups[0]["lr"], samples_per_s=rate)
+                       lr=self.step_lr, samples_per_s=rate)
         self.log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
 
     def _score_epoch(self) -> dict[str, Any]:
-        result = self.score()
-        self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] test accuracy {result['test_accuracy']:.4f} "
-                      f"({result['test_correct']}/{result['test_samples']}), test loss {result['test_loss']:.4f}")
-        self.log.event("eval", epoch=self.state.epoch + 1, **result)
+        result = self._score_and_track()
+        split, name = ("val", "validation") if self.val_set is not None else ("test", "test")
+        self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] {name} accuracy {result[f'{split}_accuracy']:.4f} "
+                      f"({result[f'{split}_correct']}/{result[f'{split}_samples']}), {name} loss "
+                      f"{result[f'{split}_loss']:.4f}")
         return result
+
+    def _test_final_and_best(self) -> dict[str, Any]:
+        """The test set scored for the final weights and for the best validation score's (from
+        checkpoints/best.pt, which every rank reads once rank 0 has written it); logged as one event."""
+        s = self.state
+        final = self.score("test")
+        best_path = checkpoint_dir(self.out_dir) / BEST_NAME
+        if s.best_step == s.step or s.best_step is None:
+            best = final
+        else:
+            snapshot = distributed.main_first(self.env, lambda: load_checkpoint(best_path))
+            model = build_model(self.c, input_size=self.view.input_size)
+            load_weights(model, snapshot)
+            best = self.score("test", model=model.to(self.env.device))
+        figures = {"test_accuracy": final["test_accuracy"], "test_samples": final["test_samples"],
+                   "test_loss": final["test_loss"], "best_step": s.best_step, "best_val_accuracy": s.best_val_accuracy,
+                   "best_test_accuracy": best["test_accuracy"], "best_checkpoint": str(best_path)}
+        self.log.event("test", step=s.step, **{k: v for k, v in figures.items() if k != "best_checkpoint"})
+        return figures
 
     def _stop(self, signum: int) -> None:
         """Checkpoint the step every rank stopped at, say how to continue, and leave together."""
@@ -412,6 +480,8 @@ class Trainer:
             last_eval = self.score()
             self.log.event("eval", epoch=s.epoch, **last_eval)
         self.save("end")  # a no-op when the epoch's end already saved this step
+        if self.val_set is not None:  # the test set, once, for the final weights and the best ones
+            last_eval = {**last_eval, **self._test_final_and_best()}
         results = {
             "test_accuracy": last_eval["test_accuracy"], "test_samples": last_eval["test_samples"],
             "test_loss": last_eval["test_loss"], "world_size": self.env.world_size, "global_batch_size": c.batch_size,
@@ -421,6 +491,10 @@ class Trainer:
             "checkpoint": str(checkpoint_dir(self.out_dir) / f"step-{s.step}.pt"),
             "resumed_from_step": self.resumed_from_step, "dist_rnn_version": __version__,
         }
+        if self.val_set is not None:
+            results.update({k: last_eval[k] for k in ("val_accuracy", "val_loss", "val_samples", "best_step",
+                                                      "best_val_accuracy", "best_test_accuracy", "best_checkpoint")},
+                           early_stopped=s.early_stopped)
         # This invocation alone (after a resume, possibly at another world size): its own steps and speed.
         steps, seconds = s.step - (self.resumed_from_step or 0), s.train_seconds - self.seconds_before
         results.update(invocation_steps=steps, invocation_train_seconds=seconds,
@@ -437,9 +511,14 @@ class Trainer:
         this = (f"{r['steps']} steps" if r["resumed_from_step"] is None else
                 f"this invocation: steps {r['resumed_from_step']}-{r['steps']} ({r['invocation_steps']} steps)")
         lines = [f"done: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']} samples, test loss "
-                 f"{r['test_loss']:.4f}",
-                 f"{this}, {r['invocation_train_seconds']:.1f} s of training ({rate}), world size "
-                 f"{r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} wall time"]
+                 f"{r['test_loss']:.4f}"]
+        if "best_step" in r:
+            stopped = ", stopped early" if r["early_stopped"] else ""
+            lines[0] += " (final weights)"
+            lines.append(f"best validation accuracy {r['best_val_accuracy']:.4f} at step {r['best_step']}{stopped}: "
+                         f"test accuracy {r['best_test_accuracy']:.4f} ({r['best_checkpoint']})")
+        lines.append(f"{this}, {r['invocation_train_seconds']:.1f} s of training ({rate}), world size "
+                     f"{r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} wall time")
         if r["resumed_from_step"] is not None:
             lines.append(f"whole run: {r['steps']} steps, {r['train_seconds']:.1f} s of training over every "
                          f"invocation (resumed from step {r['resumed_from_step']})")

@@ -37,8 +37,9 @@ def test_checkpoint_contents(mnist_dir, tmp_path):
     check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "4",
                         "--save-every", "2", "--dropout", "0.2"], nproc=2))
     ckpt = torch.load(out / "checkpoints" / "step-2.pt", map_location="cpu", weights_only=True)
-    assert {"format_version", "state", "model", "optimizer", "scaler", "rng", "config", "world_size",
+    assert {"format_version", "state", "model", "optimizer", "schedule", "scaler", "rng", "config", "world_size",
             "dist_rnn_version"} == ckpt.keys()
+    assert ckpt["schedule"] is None  # no --lr-schedule or --warmup-steps
     state = TrainState.from_checkpoint(ckpt)
     assert (ckpt["format_version"], state.step, state.epoch, state.batch_in_epoch) == (2, 2, 0, 2)
     assert state.tracker_run_id and state.pixel_order is None and ckpt["world_size"] == 2

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import idx_bytes, real_mnist_dir, synthetic_split, write_mnist
-from dist_rnn.data import GlobalBatchSampler, SequenceView, as_sequences, eval_shard, load_mnist, resolve_data_dir
+from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, as_sequences, eval_shard, load_mnist,
+                           resolve_data_dir, validation_split)
 from dist_rnn.errors import UserError
 
 
@@ -156,3 +157,23 @@ def test_sequence_views():
     assert torch.equal(saved.permutation, view.permutation)  # a checkpoint's order wins over the seed
     assert [(v.input_size, v.steps) for v in (SequenceView(k) for k in ("row", "column", "pixel"))] == \
         [(28, 28), (28, 28), (1, 784)]
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    """Each class gives its share (the rounding settled by largest remainders), the seed alone picks
+    the samples (nothing about ranks goes in), and no held-out sample stays in the training split."""
+    images, labels = synthetic_split(1003, seed=5)
+    train = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
+    for size, expected in [(0.1, 100), (250, 250)]:
+        kept_split, val, kept = validation_split(train, size, seed=3)
+        assert len(val) == expected and len(kept_split) == 1003 - expected
+        held = sorted(set(range(1003)) - set(kept.tolist()))
+        assert torch.equal(val.labels, train.labels[held]) and torch.equal(kept_split.images, train.images[kept])
+        counts, val_counts = torch.bincount(train.labels, minlength=10), torch.bincount(val.labels, minlength=10)
+        assert ((val_counts - counts * expected / 1003).abs() < 1).all()  # stratified to within one sample
+        again = validation_split(train, size, seed=3)[2]
+        other = validation_split(train, size, seed=4)[2]
+        assert torch.equal(again, kept) and not torch.equal(other, kept)
+    for size in (1003, 2000, 0.0001):
+        with pytest.raises(UserError, match="must leave some for each of training and validation"):
+            validation_split(train, size, seed=0)

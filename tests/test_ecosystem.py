@@ -176,9 +176,16 @@ def test_plot_marks_resumes_and_labels_a_narrow_log_axis_plainly(tmp_path):
     lines = [{"event": "start", "step": 0, "world_size": 2}, {"event": "train", "step": 10, "loss": 2.3},
              {"event": "train", "step": 20, "loss": 2.1}, {"event": "resume", "step": 20, "world_size": 1},
              {"event": "train", "step": 30, "loss": 1.9}, {"event": "eval", "step": 30, "test_accuracy": 0.4}]
+    run_with_val = tmp_path / "val"  # with a validation split: val_accuracy each epoch, the test set once
+    run_with_val.mkdir()
+    (run_with_val / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in [
+        {"event": "eval", "step": 10, "val_accuracy": 0.3}, {"event": "eval", "step": 20, "val_accuracy": 0.5},
+        {"event": "test", "step": 20, "test_accuracy": 0.45}]))
+    assert plot_runs([run_with_val], tmp_path / "v.png")["val"] == {
+        "train_points": 0, "eval_points": 1, "resumes": 0, "final_accuracy": 0.45, "val_points": 2}
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     drawn = plot_runs([run], tmp_path / "p.png")
-    assert drawn["run"] == {"train_points": 3, "eval_points": 1, "resumes": 1, "final_accuracy": 0.4}
+    assert drawn["run"] == {"train_points": 3, "eval_points": 1, "resumes": 1, "final_accuracy": 0.4, "val_points": 0}
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1.8, 2.3])
     log_scale(ax)  # as plot_runs sets up its loss axis

@@ -2,12 +2,14 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import check_ok, events, read_results, run_train, write_mnist
+from conftest import REPO, check_ok, events, read_results, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 
@@ -45,6 +47,47 @@ def test_stop_at_30_resume_to_60_is_bitwise_identical(data, tmp_path, nproc, ext
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert resumed["test_accuracy"] == full["test_accuracy"]
     assert losses(tmp_path / "part") == losses(tmp_path / "full")  # the log reads as one run, too
+
+
+# A validation split scored every 5 steps, early stopping after 3 scores without a better one: on
+# this easy data the validation accuracy soon stops rising, so the run always stops early.
+EARLY = ["--val-size", "500", "--eval-every", "5", "--early-stop", "3", "--hidden-size", "16", "--epochs", "20",
+         "--log-every", "5", "--save-every", "5", "--keep-last", "1", "--dropout", "0.3", "--lr", "0.01"]
+
+
+@pytest.mark.parametrize("nproc,schedule", [(None, ["--lr-schedule", "cosine", "--warmup-steps", "10"]),
+                                            (2, ["--lr-schedule", "plateau", "--lr-patience", "0", "--lr-gamma", "0.5"])])
+def test_early_stopping_run_stopped_and_resumed_is_bitwise_identical(data, tmp_path, nproc, schedule):
+    """The validation scores, the best checkpoint, the early-stop count and the learning-rate
+    schedule are part of the resumed state: a run stopped 5 steps before it would stop early, then
+    resumed, stops early at the same step, with the same weights, rates, best.pt and test scores."""
+    def run(out: Path, extra=()) -> dict:
+        check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), *EARLY, *schedule, *extra], nproc=nproc))
+        return read_results(out)
+
+    full = run(tmp_path / "full")
+    assert full["early_stopped"] and full["steps"] >= 20 and full["val_samples"] == 500, full
+    assert full["best_step"] < full["steps"] and full["test_samples"] == 1001
+    run(tmp_path / "part", ["--max-steps", str(full["steps"] - 5)])
+    resumed = run(tmp_path / "part")
+    assert resumed["resumed_from_step"] == full["steps"] - 5
+    for key in ("steps", "early_stopped", "best_step", "best_val_accuracy", "best_test_accuracy", "test_accuracy",
+                "val_accuracy"):
+        assert resumed[key] == full[key], key
+    rates = {out: [e["lr"] for e in events(out, "train")] for out in (tmp_path / "full", tmp_path / "part")}
+    assert rates[tmp_path / "full"] == rates[tmp_path / "part"], rates
+    if nproc is None:  # the warm-up and the cosine curve (plateau cuts depend on the losses: test_schedule.py)
+        assert rates[tmp_path / "full"][:2] == pytest.approx([0.01 * 5 / 11, 0.01 * 10 / 11]), rates
+    for name in (f"step-{full['steps']}.pt", "best.pt"):  # --keep-last 1 rotated the others, never best.pt
+        a, b = (load_checkpoint(out / "checkpoints" / name)["model"] for out in (tmp_path / "full", tmp_path / "part"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == \
+        ["best.json", "best.pt", f"step-{full['steps']}.json", f"step-{full['steps']}.pt"]
+    if nproc is None:  # best.pt is a checkpoint like any other: evaluate scores it as the run did
+        proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", full["best_checkpoint"],
+                               "--device", "cpu"], cwd=REPO, capture_output=True, text=True)
+        check_ok(proc)
+        assert proc.stdout.startswith(f"test accuracy {full['best_test_accuracy']:.4f} (")
 
 
 SGD_96 = ["--optimizer", "sgd", "--lr", "0.1", "--batch-size", "96"]  # 96 divides over 1, 2 and 3

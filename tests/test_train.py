@@ -106,17 +106,18 @@ def test_both_feeders_give_the_same_batches(tmp_path, nproc):
     """--loader dataloader (torchvision's MNIST through a DataLoader with the same sampler, 2 workers)
     trains on the same batches as the default in-memory feeder: the same parameters after 30 steps,
     stopped and resumed mid-epoch (the sampler's position) and across an epoch's end; with dropout,
-    so a feeder that drew from the global RNG (as a DataLoader does by default) would show."""
+    so a feeder that drew from the global RNG (as a DataLoader does by default) would show; with a
+    validation split, so the DataLoader must read exactly the training samples it leaves."""
     data = write_mnist(tmp_path / "data", n_train=2000, n_test=100)
     args = ["--data-dir", str(data), "--hidden-size", "16", "--num-layers", "1", "--log-every", "5", "--epochs", "2",
-            "--head-dropout", "0.3"]
+            "--head-dropout", "0.3", "--val-size", "200"]
     weights = {}
     for loader in ("memory", "dataloader"):
         out = tmp_path / loader
         check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "15", "--loader", loader], nproc=nproc))
         check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "30", "--loader", loader], nproc=nproc))
         results = read_results(out)
-        assert (results["steps"], results["resumed_from_step"]) == (30, 15)  # 20 steps/epoch
+        assert (results["steps"], results["resumed_from_step"]) == (30, 15)  # 18 steps/epoch
         weights[loader] = load_checkpoint(results["checkpoint"])["model"]
         losses = [e["loss"] for e in events(out, "train")]
         assert losses[0] > losses[-1]  # it trained
