@@ -109,6 +109,9 @@ class TrainConfig(RuntimeOptions):
                                       "(0: evaluate the initial model; default: none, the epochs decide)", min=0)
     batch_size: int = option(100, "GLOBAL batch size: each of the WORLD_SIZE processes takes batch_size / "
                              "WORLD_SIZE", min=1)
+    grad_accum: int = option(1, "gradient accumulation: each optimizer step sums K micro-batches per process, so "
+                             "--batch-size (global) = micro-batch x K x processes; the same global batch gives the "
+                             "same trajectory whatever the split between K and processes", min=1)
     eval_batch_size: int = option(1000, "per-process batch size for evaluation", min=1)
     loss: Literal["ce", "mse"] = option("ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax "
                                         "outputs and one-hot targets (the slow-learning loss, for comparison)")
@@ -157,9 +160,9 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
              "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
-    "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "eval_batch_size", "loss", "optimizer", "lr",
-                     "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience", "momentum",
-                     "grad_clip", "seed"),
+    "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
+                     "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
+                     "momentum", "grad_clip", "seed"),
     "precision and speed": ("precision", "device", "cuda_graphs", "deterministic", "threads"),
     "distribution (torchrun)": ("backend", "dist_timeout"),
     "checkpoints and resume": ("out_dir", "save_every", "keep_last", "resume", "overwrite"),

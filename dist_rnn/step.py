@@ -40,7 +40,8 @@ def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Ten
     return F.cross_entropy(logits, y)
 
 
-def graphs_refusal(choice: str, device: torch.device, precision: str, scheduled: bool = False) -> Optional[str]:
+def graphs_refusal(choice: str, device: torch.device, precision: str, scheduled: bool = False,
+                   accumulate: int = 1) -> Optional[str]:
     """Why --cuda-graphs cannot be used here (None: it can, or was not asked for)."""
     if choice != "on":  # "auto" stays off until graphed training is measured on a GPU (issue 14)
         return None
@@ -49,6 +50,8 @@ def graphs_refusal(choice: str, device: torch.device, precision: str, scheduled:
     if scheduled:  # the captured Adam reads the rate as a number fixed at capture
         return "CUDA graphs would keep the learning rate of the capture and ignore --lr-schedule / --warmup-steps: " \
                "training eagerly"
+    if accumulate > 1:
+        return "CUDA graphs capture one forward and backward per step, not --grad-accum's several: training eagerly"
     if precision == "fp16":
         return "CUDA graphs are not used with fp16's GradScaler here (its unscale, skip and rescale steps were " \
                "not written for capture): training eagerly (bf16 needs no scaler)"
@@ -62,23 +65,36 @@ class EagerStep:
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, view: SequenceView, precision: str, loss: str,
-                 grad_clip: Optional[float], device: torch.device):
+                 grad_clip: Optional[float], device: torch.device, accumulate: int = 1):
         self.model, self.params, self.optimizer, self.scaler = model, params, optimizer, scaler
         self.view, self.precision, self.loss, self.grad_clip = view, precision, loss, grad_clip
-        self.device = device
+        self.device, self.accumulate = device, accumulate
         self.loss_sum = torch.zeros((), device=device)
         self.steps_summed = 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """One step on this rank's part of the global batch (uint8 images, labels)."""
+        """One step on this rank's part of the global batch (uint8 images, labels); with
+        --grad-accum K, in K equal micro-batches whose gradients add up to the whole part's."""
         self.optimizer.zero_grad(set_to_none=True)
-        self._forward_backward(images, labels)
+        if self.accumulate == 1:
+            self._forward_backward(images, labels)
+        else:
+            no_sync = getattr(self.model, "no_sync", contextlib.nullcontext)  # DDP's; a bare model has none
+            chunks = list(zip(images.chunk(self.accumulate), labels.chunk(self.accumulate)))
+            for k, (x, y) in enumerate(chunks):
+                # DDP averages the gradients over ranks once, in the last micro-batch's backward
+                with no_sync() if k < len(chunks) - 1 else contextlib.nullcontext():
+                    self._forward_backward(x, y, weight=1 / self.accumulate)
         self._update()
         self.steps_summed += 1
 
-    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> None:
+        """Forward and backward; the loss, a mean over the batch, counts `weight` of the step's
+        (1/K for each of K equal micro-batches: their gradients sum to the whole batch's mean)."""
         with autocast(self.precision, self.device, cache=self.autocast_cache):
             loss = loss_function(self.model(self.view(images)), labels, self.loss)
+        if weight != 1.0:
+            loss = loss * weight
         self.scaler.scale(loss).backward()
         self.loss_sum += loss.detach()
 

@@ -196,6 +196,9 @@ class Trainer:
             raise UserError(f"`val_size`={c.val_size:g} leaves {len(train_set)} training samples, fewer than one "
                             f"global batch (`batch_size`={c.batch_size})")
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
+        if self.sampler.local_batch % c.grad_accum:
+            raise UserError(f"`batch_size`={c.batch_size} (global) is {self.sampler.local_batch} per process, which "
+                            f"does not split into `grad_accum`={c.grad_accum} equal micro-batches")
         self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers, kept)
 
         self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState()
@@ -211,7 +214,7 @@ class Trainer:
         self.model = build_model(c, input_size=self.view.input_size).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
         scheduled = c.lr_schedule != "constant" or c.warmup_steps > 0
-        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, scheduled)
+        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, scheduled, c.grad_accum)
         graphed = c.cuda_graphs == "on" and self.graphs_refused is None
         self.optimizer = build_optimizer(c, self.model, graphed)
         planned = c.epochs * self.sampler.steps_per_epoch
@@ -281,7 +284,7 @@ class Trainer:
         common = dict(params=list(self.model.parameters()), optimizer=self.optimizer, scaler=self.scaler,
                       view=self.view, precision=c.precision, loss=c.loss, grad_clip=c.grad_clip)
         if not graphed:
-            return EagerStep(self.ddp_model, device=env.device, **common)
+            return EagerStep(self.ddp_model, device=env.device, accumulate=c.grad_accum, **common)
         return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,
                            image_shape=tuple(self.test_set.images.shape[1:]), **common)
 
@@ -390,7 +393,9 @@ class Trainer:
         backend = f", {env.backend}" if env.is_distributed else ""
         self.log.info(f"dist_rnn {__version__}: {env.world_size} process(es) on {env.device.type}{backend} "
                       f"({torch.get_num_threads()} CPU threads each), global batch {c.batch_size} "
-                      f"({batches.local_batch} per process), {batches.steps_per_epoch} steps/epoch, "
+                      f"({batches.local_batch} per process"
+                      f"{f' in {c.grad_accum} micro-batches' if c.grad_accum > 1 else ''}), "
+                      f"{batches.steps_per_epoch} steps/epoch, "
                       f"{self.total_steps} steps, {batches.n} train / "
                       f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}{len(self.test_set)} test samples, "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")

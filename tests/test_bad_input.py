@@ -113,6 +113,10 @@ CASES = [
     ("val-size-not-whole", "train", lambda w, t: ["--val-size", "2.5"], "--val-size is a count (>= 1, whole) or a"),
     ("early-stop-without-validation", "train", lambda w, t: ["--early-stop", "3"],
      "--early-stop needs a validation split to watch: add --val-size"),
+    ("grad-accum-zero", "train", lambda w, t: ["--grad-accum", "0"], "--grad-accum must be >= 1"),
+    ("grad-accum-does-not-divide", "train", lambda w, t: ["--data-dir", str(w / "data"), "--grad-accum", "3",
+                                                          "--out-dir", str(t / "o")],
+     "--batch-size 100 (global) is 100 per process, which does not split into --grad-accum 3 equal micro-batches"),
     ("batch-larger-than-data", "train", lambda w, t: ["--data-dir", str(w / "data"), "--batch-size", "1000",
                                                       "--out-dir", str(t / "o")], "larger than the training set"),
     # data directories

@@ -72,6 +72,29 @@ def test_same_trajectory_at_any_world_size(big_mnist, tmp_path, optimizer, lr, s
     assert losses(tmp_path / "one")[0] != pytest.approx(losses(tmp_path / "one")[-1], abs=1e-3)  # it trained
 
 
+def test_same_trajectory_whatever_the_split_between_grad_accum_and_processes(big_mnist, tmp_path):
+    """Global batch 96 as 1 process x 4 micro-batches, 2 processes x 2 and 4 processes x 1 (24
+    samples each time): one trajectory up to float rounding, with dropout between the layers kept
+    out (its masks depend on how a batch is cut)."""
+    args = ["--data-dir", str(big_mnist), "--optimizer", "sgd", "--lr", "0.1", "--batch-size", "96",
+            "--max-steps", "20", "--log-every", "5", "--hidden-size", "32", "--eval-batch-size", "256"]
+    runs = {}
+    for nproc, accumulate in ((None, 4), (2, 2), (4, 1)):
+        out = tmp_path / f"{nproc}x{accumulate}"
+        proc = run_train([*args, "--out-dir", str(out), "--grad-accum", str(accumulate)], nproc=nproc)
+        check_ok(proc)
+        if nproc is None:
+            assert "global batch 96 (96 per process in 4 micro-batches)" in proc.stdout
+        runs[(nproc, accumulate)] = out
+    reference = final_weights(runs[(None, 4)])
+    for key, out in runs.items():
+        weights = final_weights(out)
+        worst = max((reference[k] - weights[k]).abs().max().item() for k in reference)
+        assert worst < 1e-5, (key, worst)
+        assert losses(out) == pytest.approx(losses(runs[(None, 4)]), abs=1e-5)
+    assert losses(runs[(4, 1)])[0] != pytest.approx(losses(runs[(4, 1)])[-1], abs=1e-3)  # it trained
+
+
 def test_exact_evaluation_counts(big_mnist, tmp_path):
     """1001 test samples are each scored once at world sizes 1, 2 and 3 (1001 divides by neither)."""
     correct = {}
