@@ -225,6 +225,7 @@ def write_checkpoint(out_dir: Path, step: int, state: dict[str, Any], name: Opti
     data = buffer.getvalue()
     path = checkpoint_dir(out_dir) / (name or f"step-{step}.pt")
     try:
+        metadata_path(path).unlink(missing_ok=True)  # best.pt is replaced: old metadata must not vouch for new data
         atomic_write(path, lambda fh: fh.write(data))
         atomic_write_json(metadata_path(path), {"step": step, "bytes": len(data),
                                                 "sha256": hashlib.sha256(data).hexdigest(),

@@ -41,8 +41,10 @@ def describe_holder(text: str) -> str:
 class RunLock:
     """The lock of one run directory; acquire() and release() on global rank 0 only."""
 
-    def __init__(self, out_dir: Path, command: str):
-        self.out_dir, self.command = Path(out_dir), command
+    def __init__(self, out_dir: Path, command: str, made: bool = False):
+        """made: the run made out_dir just before (a new timestamped one), so it is removed like
+        the directories acquire() makes."""
+        self.out_dir, self.command, self.made = Path(out_dir), command, made
         self.path = self.out_dir / LOCK_NAME
         self._fd: Optional[int] = None
         self._made_dirs: list[Path] = []  # the directories acquire() created, deepest first
@@ -55,10 +57,13 @@ class RunLock:
         """Take the lock, or stop in one line naming the run that holds it. A lock left by a run
         that has ended is taken over, saying whose it was."""
         folder = self.out_dir.absolute()
-        self._made_dirs = [d for d in (folder, *folder.parents) if not d.exists()]
-        ensure_writable_dir(self.out_dir)  # a file, or no permission: one line naming --out-dir
-        for _ in range(10):  # a retry only when a holder released (and removed) the file just now
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._made_dirs = [d for d in (folder, *folder.parents) if not d.exists()] or ([folder] if self.made else [])
+        for _ in range(10):  # a retry only when a holder released (and removed) the file or folder just now
+            ensure_writable_dir(self.out_dir)  # a file, or no permission: one line naming --out-dir
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a refused run removed the (empty) folder it had made meanwhile
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -79,21 +79,28 @@ def prepare_data(c: TrainConfig) -> tuple[Split, Optional[Split], Split, Optiona
     return train, val, test, kept
 
 
-def unused(path: str) -> str:
-    """path, or path-2, path-3, ...: the first name no directory has yet (runs started in one second)."""
+def claim_new_dir(path: str) -> str:
+    """Make and return path, or path-2, path-3, ...: the first name no directory had (runs started
+    in the same second each get their own). One that cannot be made is returned as it is: the run
+    directory's own check then says why, in one line."""
     candidate, n = path, 1
-    while Path(candidate).exists():
-        n += 1
-        candidate = f"{path}-{n}"
-    return candidate
+    while True:
+        try:
+            Path(candidate).mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
+        except OSError:
+            return candidate
 
 
 def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     """Fill in what the flags left open: data dir (absolute), device actually used, and one out-dir for
     all ranks."""
-    out_dir = c.out_dir or unused(f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    # Each rank would read its own clock: take rank 0's name so every rank agrees.
-    out_dir = distributed.broadcast_from_main(out_dir, env)
+    default = f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Rank 0 claims a new directory (each rank would read its own clock) and every rank takes its name.
+    out_dir = c.out_dir or distributed.on_main(env, lambda: claim_new_dir(default))
     # The data dir as an absolute path: the checkpoints record it, and evaluate/predict read it from
     # wherever they are run.
     return dataclasses.replace(c, out_dir=out_dir, data_dir=str(resolve_data_dir(c.data_dir).absolute()),
@@ -175,7 +182,7 @@ class Trainer:
         self.log = RunLog(self.out_dir, active=env.is_main)
         # One run per out-dir: taken before anything there is read or written, let go however the run
         # ends (train()'s finally, or here when building fails).
-        self.lock = RunLock(self.out_dir, command_line())
+        self.lock = RunLock(self.out_dir, command_line(), made=not self.out_dir_chosen)
         distributed.on_main(env, lambda: self.lock.acquire(self.log.info))
         try:
             self._build()
@@ -293,11 +300,13 @@ class Trainer:
         --log-every steps, the test set scored at each epoch's end, checkpoints by the manager's
         policy; a signal stops every rank at the same step, after a checkpoint."""
         s, steps_per_epoch = self.state, self.sampler.steps_per_epoch
-        self._announce()
-        stop = StopRequest(self.env, self.c.dist_timeout)  # SIGTERM / SIGINT / SIGUSR1: checkpoint, leave at a step
-        stopped, last_eval = None, None
+        stopped, last_eval, stop = None, None, None
         try:
-            while s.step < self.total_steps and stopped is None and not s.early_stopped:
+            self._announce()
+            stop = StopRequest(self.env, self.c.dist_timeout)  # SIGTERM / SIGINT / SIGUSR1: checkpoint, leave at a step
+            # An epoch whose last batch is done but not yet scored (stopped right there) is scored first.
+            while ((s.step < self.total_steps or s.batch_in_epoch == steps_per_epoch) and stopped is None
+                   and not s.early_stopped):
                 self.sampler.load_state_dict({"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch})
                 clock = Clock(self.env.device)
                 # The same batches in the same order at any world size; a graphed step's are written
@@ -328,8 +337,12 @@ class Trainer:
                 s.train_seconds += clock.seconds()
                 if stopped is not None or s.early_stopped:
                     break  # the epoch's evaluation runs after the resume, when its last batch is done
-                last_eval = self._score_epoch()
-                if s.batch_in_epoch == steps_per_epoch:  # epoch complete: a resume starts the next one
+                # The epoch's score; a --max-steps cut inside an epoch is scored too, but leaves the best
+                # weights, early stopping and plateau alone: an uninterrupted run never scores there.
+                complete = s.batch_in_epoch == steps_per_epoch
+                if complete or last_eval is None or last_eval["step"] != s.step:
+                    last_eval = self._score_epoch(track=complete)
+                if complete:  # epoch complete: a resume starts the next one
                     s.epoch, s.batch_in_epoch = s.epoch + 1, 0
                 self.save("epoch")
             stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
@@ -340,7 +353,8 @@ class Trainer:
                 self.log.info(f"{name} arrived in the run's last steps: it finished instead")
             results = self._finish(last_eval)
         finally:
-            stop.close(settle=False)  # done above, unless an error is on its way out
+            if stop is not None:
+                stop.close(settle=False)  # done above, unless an error is on its way out
             self.log.close()  # the bar, and the trackers' files completed (wandb prints its own lines)
             self.lock.release()
         self._summarize(results)  # last: after whatever the trackers printed
@@ -354,13 +368,13 @@ class Trainer:
         return {"step": self.state.step, **evaluate(model or self.ddp_model, data, self.env, self.c.eval_batch_size,
                                                     self.c.precision, self.view, split=split)}
 
-    def _score_and_track(self) -> dict[str, Any]:
-        """Score, log it, and with a validation split keep the best weights (checkpoints/best.pt;
-        ties keep the earlier) and count the scores since for --early-stop."""
+    def _score_and_track(self, track: bool = True) -> dict[str, Any]:
+        """Score, log it, and (`track`) with a validation split keep the best weights
+        (checkpoints/best.pt; ties keep the earlier) and count the scores since for --early-stop."""
         s = self.state
         result = self.score()
         self.log.event("eval", epoch=s.epoch + 1, **result)
-        if self.val_set is None:
+        if self.val_set is None or not track:
             return result
         self.schedule.after_score(result["val_loss"])  # plateau: cut the rate when the loss stalls
         if s.best_val_accuracy is None or result["val_accuracy"] > s.best_val_accuracy:
@@ -440,8 +454,8 @@ class Trainer:
                        lr=self.step_lr, samples_per_s=rate)
         self.log.show(loss=f"{loss_value:.4f}", samples_per_s=f"{rate:.0f}")
 
-    def _score_epoch(self) -> dict[str, Any]:
-        result = self._score_and_track()
+    def _score_epoch(self, track: bool = True) -> dict[str, Any]:
+        result = self._score_and_track(track)
         split, name = ("val", "validation") if self.val_set is not None else ("test", "test")
         self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] {name} accuracy {result[f'{split}_accuracy']:.4f} "
                       f"({result[f'{split}_correct']}/{result[f'{split}_samples']}), {name} loss "
@@ -453,17 +467,22 @@ class Trainer:
         checkpoints/best.pt, which every rank reads once rank 0 has written it); logged as one event."""
         s = self.state
         final = self.score("test")
-        best_path = checkpoint_dir(self.out_dir) / BEST_NAME
-        if s.best_step == s.step or s.best_step is None:
-            best = final
-        else:
+        best_path, best_test = checkpoint_dir(self.out_dir) / BEST_NAME, None
+        if s.best_step == s.step:
+            best_test = final["test_accuracy"]
+        elif s.best_step is not None:
             snapshot = distributed.main_first(self.env, lambda: load_checkpoint(best_path))
-            model = build_model(self.c, input_size=self.view.input_size)
-            load_weights(model, snapshot)
-            best = self.score("test", model=model.to(self.env.device))
+            saved_at = TrainState.from_checkpoint(snapshot).step  # the same on every rank: one file
+            if saved_at == s.best_step:
+                model = build_model(self.c, input_size=self.view.input_size)
+                load_weights(model, snapshot)
+                best_test = self.score("test", model=model.to(self.env.device))["test_accuracy"]
+            else:  # written by an attempt whose later steps were lost (resumed from an older checkpoint)
+                self.log.info(f"warning: {best_path} holds step {saved_at}, not the best validation score's step "
+                              f"{s.best_step}: its test accuracy is not reported")
         figures = {"test_accuracy": final["test_accuracy"], "test_samples": final["test_samples"],
                    "test_loss": final["test_loss"], "best_step": s.best_step, "best_val_accuracy": s.best_val_accuracy,
-                   "best_test_accuracy": best["test_accuracy"], "best_checkpoint": str(best_path)}
+                   "best_test_accuracy": best_test, "best_checkpoint": str(best_path) if best_test is not None else None}
         self.log.event("test", step=s.step, **{k: v for k, v in figures.items() if k != "best_checkpoint"})
         return figures
 
@@ -520,8 +539,13 @@ class Trainer:
         if "best_step" in r:
             stopped = ", stopped early" if r["early_stopped"] else ""
             lines[0] += " (final weights)"
-            lines.append(f"best validation accuracy {r['best_val_accuracy']:.4f} at step {r['best_step']}{stopped}: "
-                         f"test accuracy {r['best_test_accuracy']:.4f} ({r['best_checkpoint']})")
+            if r["best_step"] is None:
+                lines.append("no validation score yet (nothing was trained): no best weights")
+            else:
+                test = "not reported" if r["best_test_accuracy"] is None else \
+                    f"test accuracy {r['best_test_accuracy']:.4f} ({r['best_checkpoint']})"
+                lines.append(f"best validation accuracy {r['best_val_accuracy']:.4f} at step {r['best_step']}"
+                             f"{stopped}: {test}")
         lines.append(f"{this}, {r['invocation_train_seconds']:.1f} s of training ({rate}), world size "
                      f"{r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} wall time")
         if r["resumed_from_step"] is not None:

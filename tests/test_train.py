@@ -17,6 +17,7 @@ from dist_rnn.data import SPLIT_FILES, SequenceView, load_mnist
 from dist_rnn.distributed import DistEnv
 from dist_rnn.evaluate import evaluate
 from dist_rnn.model import build_model
+from dist_rnn.train import claim_new_dir
 
 
 def test_short_run_outputs(mnist_dir, tmp_path):
@@ -142,3 +143,16 @@ def test_a_piped_run_reports_progress_after_10_s_whatever_log_every(tmp_path):
     assert announced.startswith("dist_rnn ") and waited >= 9.5, (announced, waited)
     assert re.fullmatch(r"Epoch \[1/50\], Step \[\d+/30\], 0:1\d elapsed, ETA [\d:]+ \(loss every 100000 steps\)\n",
                         progress), progress
+
+
+def test_validation_split_without_training_and_new_run_directories(mnist_dir, tmp_path):
+    """--max-steps 0 with a validation split: scored, no best weights, said plainly. Runs started in
+    the same second without --out-dir each get a directory of their own."""
+    out = tmp_path / "run"
+    proc = run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "0", "--val-size", "0.1"])
+    check_ok(proc)
+    results = read_results(out)
+    assert results["best_step"] is None and results["best_test_accuracy"] is None and results["val_samples"] == 60
+    assert "no validation score yet (nothing was trained): no best weights" in proc.stdout
+    base = str(tmp_path / "runs" / "x-20261202-120000")
+    assert [claim_new_dir(base) for _ in range(3)] == [base, f"{base}-2", f"{base}-3"]
