@@ -135,8 +135,9 @@ class TrainConfig(RuntimeOptions):
     seed: int = option(0, "seed for initialisation, shuffling and dropout")
     # -- output
     log_every: int = option(100, "print and record the training loss every N steps", min=1)
-    eval_every: Optional[int] = option(None, "also score the test set every N steps (learning curves; its time "
-                                       "is not counted as training); always after each epoch (default: only then)", min=1)
+    eval_every: Optional[int] = option(None, "also score every N steps (the validation split with --val-size, else "
+                                       "the test set: learning curves; its time is not counted as training); always "
+                                       "after each epoch (default: only then)", min=1)
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
     wandb: bool = option(False, "log to Weights & Biases (rank 0 only; offline when no API key; $WANDB_MODE "
                          "is respected); a resumed run continues the same wandb run")

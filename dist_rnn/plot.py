@@ -76,7 +76,8 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = {}
-    for run_dir in run_dirs:
+    for index, run_dir in enumerate(run_dirs):
+        color = f"C{index}"  # one colour per run on both panels, whichever curves it has
         events = read_events(run_dir)
         train = [(e["step"], e["loss"]) for e in events if e.get("event") == "train"]
         # Test accuracy: each epoch's score without a validation split, the final one (a "test" event) with one.
@@ -87,19 +88,19 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
             raise UserError(f"{run_dir}: metrics.jsonl has no train or eval events yet")
         label = run_label(run_dir)
         # A marker where there are few points: a line of one point would not show.
-        line = loss_ax.plot(*zip(*train), label=label, marker="o" if len(train) < 20 else None)[0] if train else None
-        color = line.get_color() if line else None
+        if train:
+            loss_ax.plot(*zip(*train), label=label, marker="o" if len(train) < 20 else None, color=color)
         if evals:
-            color = acc_ax.plot(*zip(*evals), marker="o", label=label, color=color)[0].get_color()
+            acc_ax.plot(*zip(*evals), marker="o", label=label, color=color)
         if vals:  # the validation curve, dashed, in the run's colour
             acc_ax.plot(*zip(*vals), linestyle="--", marker=".", label=f"{label} (validation)", color=color)
         # Where the run was resumed (metrics.jsonl's resume events), and on how many processes.
         resumes = [(e["step"], e.get("world_size")) for e in events if e.get("event") == "resume"]
         for step, world_size in resumes:
             for ax in (loss_ax, acc_ax):
-                ax.axvline(step, color=color or "gray", linestyle=":", alpha=0.7)
+                ax.axvline(step, color=color, linestyle=":", alpha=0.7)
             loss_ax.annotate(f"resumed, {world_size} proc.", (step, 1), xycoords=("data", "axes fraction"),
-                             rotation=90, va="top", ha="right", fontsize="x-small", color=color or "gray")
+                             rotation=90, va="top", ha="right", fontsize="x-small", color=color)
         drawn[label] = {"train_points": len(train), "eval_points": len(evals), "resumes": len(resumes),
                         "final_accuracy": evals[-1][1] if evals else None, "val_points": len(vals)}
     loss_ax.set(xlabel="optimizer step", ylabel="training loss (global batch)", title="loss")
