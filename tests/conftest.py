@@ -33,7 +33,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI)."""
+    """Tests marked `cuda` need a GPU: skipped, saying so, where torch sees none (CI). The preset's
+    real training (tests/test_presets.py, the suite's longest file) goes first, so that under
+    pytest-xdist it runs beside the others instead of alone at the end."""
+    items.sort(key=lambda item: item.module.__name__ != "test_presets")  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (tools/gpu-check.sh runs these on a GPU machine)")
