@@ -16,13 +16,19 @@ if TYPE_CHECKING:
     from dist_rnn.config import TrainConfig
 
 
+def schedules_the_rate(c: "TrainConfig") -> bool:
+    """Whether the run's rate changes at all (a schedule or a warm-up): what the checkpoints must
+    carry, and what CUDA graphs cannot follow."""
+    return c.lr_schedule != "constant" or c.warmup_steps > 0
+
+
 class Schedule:
     """The rate of every step: `per_step` (warm-up and the main curve) and, for plateau, `plateau`."""
 
     def __init__(self, c: "TrainConfig", optimizer: torch.optim.Optimizer, planned_steps: int):
         """planned_steps: --epochs' steps. Cosine decays over them, not over --max-steps, so a run
         cut short by --max-steps (or a time limit) and continued follows the same curve."""
-        self.active = c.lr_schedule != "constant" or c.warmup_steps > 0
+        self.active = schedules_the_rate(c)
         main: Optional[lr_scheduler.LRScheduler] = None
         if c.lr_schedule == "cosine":
             main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, planned_steps - c.warmup_steps))

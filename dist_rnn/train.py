@@ -25,8 +25,8 @@ from torch import nn
 
 from dist_rnn import __version__, distributed, tracking
 from dist_rnn.amp import check_precision, grad_scaler
-from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, checkpoint_dir, load_checkpoint, load_weights,
-                                 set_rng_state)
+from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, checkpoint_dir, load_checkpoint,
+                                 load_weights, set_rng_state)
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
 from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
@@ -37,7 +37,7 @@ from dist_rnn.evaluate import evaluate
 from dist_rnn.log import RunLog
 from dist_rnn.lock import RunLock
 from dist_rnn.model import build_model, count_parameters
-from dist_rnn.schedule import Schedule
+from dist_rnn.schedule import Schedule, schedules_the_rate
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 
@@ -107,12 +107,16 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
                                device=env.device.type)
 
 
+def optimizer_states(c: TrainConfig) -> int:
+    """Tensors the optimizer keeps per parameter: Adam's two moments, SGD's momentum (or none)."""
+    return 2 if c.optimizer == "adam" else (1 if c.momentum else 0)
+
+
 def check_memory(parameters: int, c: TrainConfig, env: DistEnv) -> None:
     """Refuse, before allocating it, a model whose weights, gradients and optimizer state alone
     exceed the memory this process has free (activations come on top: this is a floor)."""
     free = distributed.free_memory_per_process(env.device)
-    states = 2 if c.optimizer == "adam" else (1 if c.momentum else 0)  # Adam's two moments, SGD's momentum
-    copies = 2 + states + (1 if env.is_distributed else 0)  # weights, gradients, state, DDP's gradient buckets
+    copies = 2 + optimizer_states(c) + (1 if env.is_distributed else 0)  # weights, gradients, state, DDP's buckets
     needed = parameters * 4 * copies
     if free is not None and needed > free:
         raise UserError(f"the model has {parameters:,} parameters: its weights, gradients and {c.optimizer} state "
@@ -220,8 +224,8 @@ class Trainer:
         torch.manual_seed(c.seed)  # the same initial weights on every rank
         self.model = build_model(c, input_size=self.view.input_size).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
-        scheduled = c.lr_schedule != "constant" or c.warmup_steps > 0
-        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, scheduled, c.grad_accum)
+        self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, schedules_the_rate(c),
+                                             c.grad_accum)
         graphed = c.cuda_graphs == "on" and self.graphs_refused is None
         self.optimizer = build_optimizer(c, self.model, graphed)
         planned = c.epochs * self.sampler.steps_per_epoch
@@ -411,9 +415,10 @@ class Trainer:
                       f"{f' in {c.grad_accum} micro-batches' if c.grad_accum > 1 else ''}), "
                       f"{batches.steps_per_epoch} steps/epoch, "
                       f"{self.total_steps} steps, {batches.n} train / "
-                      f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}{len(self.test_set)} test samples, "
+                      f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}"
+                      f"{len(self.test_set)} test samples, "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
-        checkpoint_bytes = self.parameter_count * 4 * (3 if c.optimizer == "adam" else 2)  # weights + optimizer state
+        checkpoint_bytes = self.parameter_count * 4 * (1 + optimizer_states(c))  # weights + optimizer state
         if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one
             self.log.info(f"warning: a large model: each checkpoint will be about {checkpoint_bytes / 1e9:.1f} GB")
         if self.resumed_from_step is not None:
@@ -457,8 +462,9 @@ class Trainer:
     def _score_epoch(self, track: bool = True) -> dict[str, Any]:
         result = self._score_and_track(track)
         split, name = ("val", "validation") if self.val_set is not None else ("test", "test")
-        self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] {name} accuracy {result[f'{split}_accuracy']:.4f} "
-                      f"({result[f'{split}_correct']}/{result[f'{split}_samples']}), {name} loss "
+        self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] {name} accuracy "
+                      f"{result[f'{split}_accuracy']:.4f} ({result[f'{split}_correct']}/{result[f'{split}_samples']}), "
+                      f"{name} loss "
                       f"{result[f'{split}_loss']:.4f}")
         return result
 
@@ -482,7 +488,8 @@ class Trainer:
                               f"{s.best_step}: its test accuracy is not reported")
         figures = {"test_accuracy": final["test_accuracy"], "test_samples": final["test_samples"],
                    "test_loss": final["test_loss"], "best_step": s.best_step, "best_val_accuracy": s.best_val_accuracy,
-                   "best_test_accuracy": best_test, "best_checkpoint": str(best_path) if best_test is not None else None}
+                   "best_test_accuracy": best_test,
+                   "best_checkpoint": str(best_path) if best_test is not None else None}
         self.log.event("test", step=s.step, **{k: v for k, v in figures.items() if k != "best_checkpoint"})
         return figures
 

@@ -123,7 +123,8 @@ def test_every_command_answers_version(module, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0
-    assert capsys.readouterr().out == f"python -m dist_rnn.{module} (dist_rnn {__version__}, torch {torch.__version__})\n"
+    expected = f"python -m dist_rnn.{module} (dist_rnn {__version__}, torch {torch.__version__})\n"
+    assert capsys.readouterr().out == expected
 
 
 def test_help_says_what_an_unset_option_means():

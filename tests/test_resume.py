@@ -55,8 +55,11 @@ EARLY = ["--val-size", "500", "--eval-every", "5", "--early-stop", "3", "--hidde
          "--log-every", "5", "--save-every", "5", "--keep-last", "1", "--dropout", "0.3", "--lr", "0.01"]
 
 
-@pytest.mark.parametrize("nproc,schedule", [(None, ["--lr-schedule", "cosine", "--warmup-steps", "10"]),
-                                            (2, ["--lr-schedule", "plateau", "--lr-patience", "0", "--lr-gamma", "0.5"])])
+COSINE = ["--lr-schedule", "cosine", "--warmup-steps", "10"]
+PLATEAU = ["--lr-schedule", "plateau", "--lr-patience", "0", "--lr-gamma", "0.5"]
+
+
+@pytest.mark.parametrize("nproc,schedule", [(None, COSINE), (2, PLATEAU)])
 def test_early_stopping_run_stopped_and_resumed_is_bitwise_identical(data, tmp_path, nproc, schedule):
     """The validation scores, the best checkpoint, the early-stop count and the learning-rate
     schedule are part of the resumed state: a run cut by --max-steps 3 steps before it would stop
@@ -121,7 +124,8 @@ def test_resume_on_another_world_size(data, two_process_runs, tmp_path, new_npro
     assert resumed["invocation_steps"] == 30 and resumed["invocation_train_seconds"] < resumed["train_seconds"]
     assert "      this invocation: steps 30-60 (30 steps), " in proc.stdout
     assert f"world size {new_nproc or 1} on cpu" in proc.stdout
-    assert "      whole run: 60 steps, " in proc.stdout and "over every invocation (resumed from step 30)" in proc.stdout
+    assert "      whole run: 60 steps, " in proc.stdout
+    assert "over every invocation (resumed from step 30)" in proc.stdout
     a, b = weights(full), weights(part)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
