@@ -23,8 +23,8 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar
 import torch
 
 from dist_rnn import __version__
-from dist_rnn.config import (HELP_GROUPS, PRESETS, TrainConfig, field_type, precision_from_accelerate,
-                             read_config_file, validate)
+from dist_rnn.config import (HELP_GROUPS, PRESETS, TrainConfig, field_type, from_values,
+                             precision_from_accelerate, read_config_file)
 from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
 from dist_rnn.errors import OPTION, OutOfMemory, PeerLost, Stopped, UserError, out_of_memory
 
@@ -141,12 +141,7 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
     values = {**from_file, **explicit}
     if "precision" not in values and os.environ.get("ACCELERATE_MIXED_PRECISION"):
         values["precision"] = precision_from_accelerate(os.environ["ACCELERATE_MIXED_PRECISION"])
-    preset = values.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
-    config = TrainConfig(**{**PRESETS.get(preset, {}), **values})
-    validate(config)
-    return config
+    return from_values(values)
 
 
 def run_cli(prog: str, main: Callable[[], None]) -> int:

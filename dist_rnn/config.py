@@ -234,14 +234,19 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
         name = str(key).lstrip("-").replace("-", "_")  # the flag's spelling (hidden-size) means the same
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1, cutoff=0.75)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"`config` {path}: unknown key {key!r}{hint}")
-        values[name] = _checked(cls, fields[name], value, f"`config` {path}: key {key!r}")
+            raise UserError(f"`config` {path}: unknown key {key!r}{did_you_mean(name, fields)}")
+        values[name] = checked(cls, fields[name], value, f"`config` {path}: key {key!r}")
     values.pop("config", None)  # a run's config.json names the file it came from: no recursion
     return values
 
 
-def _checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
+def did_you_mean(name: str, names: Any) -> str:
+    """" (did you mean 'hidden_size'?)" when one of `names` is close to `name`, else ""."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     """`value` as the type of field `f` (an int is accepted for a float), or a UserError."""
     tp, choices = field_type(cls, f)
     optional = f.default is None or typing.get_origin(typing.get_type_hints(cls)[f.name]) is typing.Union
@@ -303,6 +308,16 @@ def validate(c: TrainConfig) -> None:
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
     if c.overwrite and c.resume != "none":
         raise UserError("`overwrite` goes with `resume`=none (it deletes what `resume` would continue)")
+
+
+def from_values(values: dict[str, Any]) -> TrainConfig:
+    """A checked TrainConfig from option values (the preset's, if they name one, under them)."""
+    preset = values.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"preset: unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    config = TrainConfig(**{**PRESETS.get(preset, {}), **values})
+    validate(config)
+    return config
 
 
 def to_dict(c: TrainConfig) -> dict[str, Any]:

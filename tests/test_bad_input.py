@@ -20,10 +20,11 @@ import torch
 from conftest import CPU_WITHOUT_BF16, REPO, TORCHRUN, idx_bytes, write_mnist
 from dist_rnn import data as data_cli
 from dist_rnn import evaluate as evaluate_cli
+from dist_rnn import sweep as sweep_cli
 from dist_rnn import train as train_cli
 from dist_rnn.errors import out_of_memory
 
-MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "data": data_cli.main}
+MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "data": data_cli.main, "sweep": sweep_cli.main}
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,32 @@ CASES = [
     ("data-no-command", "data", lambda w, t: [], "required: command"),
     ("data-prepare-empty", "data", lambda w, t: ["prepare", "--no-download", "--data-dir", str(t / "empty")],
      "train-images-idx3-ubyte: missing"),
+    # dist_rnn.sweep: the spec is checked whole before anything is written or started
+    ("sweep-unknown-option", "sweep", lambda w, t: sweep_args(t, "base: {hiden_size: 8}"),
+     "base: unknown option 'hiden_size' (did you mean 'hidden_size'?)"),
+    ("sweep-wrong-type", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1, fast]}"),
+     "option 'lr' must be float, got str 'fast'"),
+    ("sweep-no-runs", "sweep", lambda w, t: sweep_args(t, "grid: {lr: []}"), "no runs"),
+    ("sweep-no-seeds", "sweep", lambda w, t: sweep_args(t, "seeds: []"), "no runs"),
+    ("sweep-seed-in-grid", "sweep", lambda w, t: sweep_args(t, "grid: {seed: [1, 2]}"),
+     "'seed' is set by the sweep (list them in 'seeds')"),
+    ("sweep-unknown-key", "sweep", lambda w, t: sweep_args(t, "grids: {lr: [0.1]}"), "did you mean 'grid'?"),
+    ("sweep-run-that-cannot-work", "sweep", lambda w, t: sweep_args(t, "grid: {early_stop: [2]}"),
+     "run early_stop=2,seed=0: early_stop needs a validation split"),
+    ("sweep-not-yaml", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1"), "cannot read it"),
+    ("sweep-missing-spec", "sweep", lambda w, t: [str(t / "nope.yaml"), "--out-dir", str(t / "o")], "no such file"),
+    ("sweep-no-out-dir", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1]}")[:1], "--out-dir is needed"),
+    ("sweep-array-without-slurm", "sweep", lambda w, t: [*sweep_args(t, "seeds: 1"), "--array", "%2"],
+     "go with --slurm"),
+    ("sweep-report-not-a-sweep", "sweep", lambda w, t: ["--report", str(w / "run")], "not a sweep directory"),
 ]
+
+
+def sweep_args(tmp: Path, spec: str) -> list:
+    """A sweep spec file holding `spec` and the arguments that run it into tmp/o."""
+    path = tmp / "spec.yaml"
+    path.write_text(spec + "\n")
+    return [str(path), "--out-dir", str(tmp / "o")]
 
 
 def snapshot(*roots: Path) -> dict:
@@ -174,7 +200,7 @@ def snapshot(*roots: Path) -> dict:
 @pytest.mark.parametrize("case,command,argv,words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case, command, argv, words, world, tmp_path, capsys):
     args = argv(world, tmp_path)
-    if command != "data":
+    if command in ("train", "evaluate"):
         args = ["--device", "cpu", *args]  # a case's own --device comes later and wins
     capsys.readouterr()
     before = snapshot(world, tmp_path)

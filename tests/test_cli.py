@@ -117,7 +117,8 @@ def test_config_file_forgives_numbers_as_text_and_flag_spellings(tmp_path):
         assert str(e.value).endswith(words) and (words != "unknown key 'colour'" or "did you mean" not in str(e.value))
 
 
-@pytest.mark.parametrize("module", ["train", "evaluate", "bench", "plot", "predict", "data", "torchrun"])
+@pytest.mark.parametrize("module", ["train", "evaluate", "bench", "plot", "predict", "data", "torchrun",
+                                    "sweep"])
 def test_every_command_answers_version(module, capsys):
     main = importlib.import_module(f"dist_rnn.{module}").main
     with pytest.raises(SystemExit) as e:

@@ -197,7 +197,8 @@ def test_plot_marks_resumes_and_labels_a_narrow_log_axis_plainly(tmp_path):
 
 def test_console_scripts():
     """Each installed command answers --help under its own name (started together: each imports torch)."""
-    names = ["dist-rnn-train", "dist-rnn-eval", "dist-rnn-bench", "dist-rnn-plot", "dist-rnn-predict", "dist-rnn-data"]
+    names = ["dist-rnn-train", "dist-rnn-eval", "dist-rnn-bench", "dist-rnn-plot", "dist-rnn-predict", "dist-rnn-data",
+             "dist-rnn-sweep"]
     procs = {name: subprocess.Popen([str(BIN / name), "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True) for name in names}
     for name, proc in procs.items():

@@ -6,6 +6,7 @@ SLURM cluster answers, these tests are skipped, saying why.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, real_mnist_dir, write_mnist
+from test_sweep import SPEC, check_report
 
 
 def cluster_problem():
@@ -115,3 +117,23 @@ def test_multinode_sbatch_on_two_nodes(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert "nodes=2 processes/node=1" in log and results["world_size"] == 2, log
     assert results["test_samples"] == 1001 and results["steps"] == 10
+
+
+def test_sweep_as_a_job_array(tmp_path):
+    """test_sweep.py's spec (4 configurations x 2 seeds) as one SLURM job array, at most 2 tasks at
+    once, --wait returning once it has ended with the same report a local sweep gives."""
+    data = write_mnist(tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(os.sys.executable)))}
+    proc = subprocess.run([os.sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir",
+                           str(sweep_dir), "--data-dir", str(data), "--slurm", "--array", "%2", "--wait",
+                           "--sbatch-args", "--cpus-per-task=1 --time=00:10:00"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = re.search(r"submitted job array (\d+): 8 runs, at most 2 at once", proc.stdout)
+    assert job, proc.stdout
+    check_report(sweep_dir)
+    logs = sorted(p.name for p in (sweep_dir / "slurm").glob("*.out"))
+    assert logs == [f"{job[1]}_{i}.out" for i in range(8)]
+    assert "SLURM_RESTART_COUNT=0" in (sweep_dir / "slurm" / logs[0]).read_text()

@@ -1,0 +1,602 @@
+"""`python -m dist_rnn.sweep SPEC.yaml --out-dir SWEEP_DIR`: a grid (or a list) of training options x
+seeds, each a `dist_rnn.train` run of its own under SWEEP_DIR, run here N at a time (--jobs) or as one
+SLURM job array (--slurm); the same command again skips the finished runs and resumes the others;
+`--report SWEEP_DIR` tables them, the configuration chosen on validation marked.
+
+The spec (YAML or JSON; option names as in config files):
+
+    base: {preset: seed-lstm, max_steps: 40, limit_train: 3000, val_size: 500}
+    grid: {lr: [0.001, 0.003], hidden_size: [32, 64]}     # or  runs: [{lr: 0.001}, {cell: gru}]
+    seeds: [0, 1]                                          # or  seeds: 2  (0 and 1)
+
+Layout of SWEEP_DIR: sweep.json (the runs), configs/NAME.json (each run's options, what its
+`--config` reads), runs/NAME/ (each run's directory), logs/NAME.log (each local run's output),
+slurm/ (the array's script, task lists and logs), report.md and report.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
+from dist_rnn.config import TrainConfig, checked, did_you_mean, from_values, option
+from dist_rnn.errors import UserError, first_line
+from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
+from dist_rnn.lock import RunLock
+
+SPEC_KEYS = ("base", "grid", "runs", "seeds")
+SET_BY_THE_SWEEP = {"out_dir": "each run's is SWEEP_DIR/runs/NAME", "resume": "finished runs are skipped, the others "
+                    "resume", "overwrite": "delete a run's directory to start it again",
+                    "config": "write its options in 'base'", "seed": "list them in 'seeds'"}
+POLL_S = 0.5
+
+
+@dataclass
+class SweepConfig:
+    """Options of `python -m dist_rnn.sweep` (the spec is positional)."""
+
+    out_dir: Optional[str] = option(None, "the sweep's directory: every run's directory, log and config go under it "
+                                    "(needed to run; the same directory again skips finished runs)")
+    data_dir: Optional[str] = option(None, "passed to every run as --data-dir (default: each run's own default)")
+    jobs: int = option(1, "runs at a time on this machine, the cores shared out between them (each run gets "
+                       "cores / jobs threads)", min=1)
+    slurm: bool = option(False, "submit the unfinished runs as one SLURM job array (a task per run, each requeued "
+                         "and resumed on preemption like slurm/train.sbatch) instead of running them here")
+    array: Optional[str] = option(None, "with --slurm: at most N tasks of the array at once ('%%4' or '4')")
+    sbatch_args: Optional[str] = option(None, "with --slurm: more sbatch options for the array, after an =, e.g. "
+                                        "--sbatch-args='--partition=gpu --gpus-per-node=1 --cpus-per-task=8 "
+                                        "--time=2:00:00' (the script asks for one node and 1 h)")
+    wait: bool = option(False, "with --slurm: return when the array has ended, with the report (default: print "
+                        "the array's job id and return)")
+    dry_run: bool = option(False, "print the runs (and what would be run or submitted) and write nothing")
+    report: Optional[str] = option(None, "tabulate the sweep in this directory instead (mean +- sd over seeds, the "
+                                   "configuration with the best mean validation accuracy marked); writes "
+                                   "report.md and report.csv there")
+
+
+@dataclass
+class Run:
+    """One training run of the sweep: a configuration (its grid point) at one seed."""
+
+    name: str
+    point: dict[str, Any]  # the options this configuration sets beyond 'base'
+    seed: int
+    options: dict[str, Any]  # everything its --config file holds
+
+    @property
+    def configuration(self) -> str:
+        return label(self.point)
+
+
+def label(point: dict[str, Any]) -> str:
+    """A configuration as a user reads it: `lr=0.001 hidden_size=32` ('base' alone: 'base')."""
+    return " ".join(f"{k}={v}" for k, v in point.items()) or "base"
+
+
+def run_name(point: dict[str, Any], seed: int) -> str:
+    """A run's directory name, readable and safe in a path: `lr=0.001,hidden_size=32,seed=0`."""
+    name = ",".join(f"{k}={v}" for k, v in [*point.items(), ("seed", seed)])
+    name = re.sub(r"[^A-Za-z0-9=,._+-]", "_", name)
+    if len(name) > 120:  # file names have limits: keep a readable start and make it unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name
+
+
+# -- the spec ---------------------------------------------------------------------------------------
+
+def read_spec(path: str) -> dict[str, Any]:
+    """The spec file as a mapping with known top-level keys (one line naming the file if not)."""
+    if not Path(path).is_file():
+        raise UserError(f"spec {path}: no such file")
+    try:
+        text = Path(path).read_text()
+        if Path(path).suffix in (".yaml", ".yml"):
+            import yaml
+
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+    except Exception as e:  # OSError, yaml.YAMLError, json.JSONDecodeError: one line with the position
+        raise UserError(f"spec {path}: cannot read it: {first_line(e)}") from None
+    if not isinstance(spec, dict):
+        raise UserError(f"spec {path}: expected a mapping with {', '.join(SPEC_KEYS)}")
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise UserError(f"spec {path}: unknown key {key!r}{did_you_mean(str(key), SPEC_KEYS)} "
+                            f"(a spec has {', '.join(SPEC_KEYS)})")
+    if "grid" in spec and "runs" in spec:
+        raise UserError(f"spec {path}: give 'grid' or 'runs', not both")
+    return spec
+
+
+def options(values: Any, where: str) -> dict[str, Any]:
+    """Option values of the spec, each checked against the TrainConfig field it names."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping of option names to values, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in values.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name in SET_BY_THE_SWEEP:
+            raise UserError(f"{where}: {key!r} is set by the sweep ({SET_BY_THE_SWEEP[name]})")
+        if name not in fields:
+            raise UserError(f"{where}: unknown option {key!r}{did_you_mean(name, fields)}")
+        out[name] = checked(TrainConfig, fields[name], value, f"{where}: option {key!r}")
+    return out
+
+
+def grid_points(spec: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    """The configurations: every combination of 'grid''s values (in the order written), or the list
+    'runs', or 'base' alone."""
+    if "runs" in spec:
+        runs = spec["runs"]
+        if not isinstance(runs, list):
+            raise UserError(f"spec {path}: 'runs' must be a list of mappings of options")
+        return [options(r, f"spec {path}: runs[{i}]") for i, r in enumerate(runs)]
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise UserError(f"spec {path}: 'grid' must map option names to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise UserError(f"spec {path}: grid {key!r} must be a list of values, got {values!r}")
+    keys = list(grid)
+    return [options(dict(zip(keys, combo)), f"spec {path}: grid") for combo in itertools.product(*grid.values())]
+
+
+def seeds_of(spec: dict[str, Any], path: str) -> list[int]:
+    seeds = spec.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UserError(f"spec {path}: 'seeds' must be a list of integers or a count, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"spec {path}: 'seeds' lists a seed twice: {seeds}")
+    return seeds
+
+
+def plan(path: str, sweep_dir: Path) -> list[Run]:
+    """Every run the spec asks for, each checked as `dist_rnn.train` would check it (one line naming
+    the run if one cannot work), before anything is written or started."""
+    spec = read_spec(path)
+    base = options(spec.get("base"), f"spec {path}: base")
+    runs, names = [], set()
+    for point in grid_points(spec, path):
+        for seed in seeds_of(spec, path):
+            values = {**base, **point, "seed": seed}
+            name = run_name(point, seed)
+            if name in names:
+                raise UserError(f"spec {path}: the run {name} is listed twice")
+            names.add(name)
+            try:
+                from_values({**values, "out_dir": str(sweep_dir / "runs" / name)})
+            except UserError as e:
+                raise UserError(f"spec {path}: run {name}: {e}") from None
+            runs.append(Run(name, point, seed, values))
+    if not runs:
+        raise UserError(f"spec {path}: no runs (an empty grid list, 'runs' or 'seeds')")
+    return runs
+
+
+# -- the state of a sweep directory -----------------------------------------------------------------
+
+def status(sweep_dir: Path, run: Run) -> str:
+    """'done' (results.json written), 'resume' (checkpoints but no results) or 'new'."""
+    run_dir = sweep_dir / "runs" / run.name
+    if (run_dir / "results.json").is_file():
+        return "done"
+    return "resume" if any((run_dir / "checkpoints").glob("*.pt")) else "new"
+
+
+def config_file(sweep_dir: Path, run: Run) -> Path:
+    return sweep_dir / "configs" / f"{run.name}.json"
+
+
+def run_options(sweep_dir: Path, run: Run) -> dict[str, Any]:
+    return {**run.options, "out_dir": str((sweep_dir / "runs" / run.name).absolute())}
+
+
+def check_same_runs(sweep_dir: Path, runs: list[Run]) -> None:
+    """A run already in the directory must have been made from the same options: resuming or
+    skipping it otherwise would report one configuration's results under another's name."""
+    for run in runs:
+        path = config_file(sweep_dir, run)
+        if not path.is_file():
+            continue
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            continue  # cut short while written (atomic writes make that unlikely): written again
+        now = run_options(sweep_dir, run)
+        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        if changed:
+            raise UserError(f"{sweep_dir}: the run {run.name} there was made with other values of "
+                            f"{', '.join(changed)}: use another --out-dir, or delete {sweep_dir / 'runs' / run.name}")
+
+
+def write_plan(sweep_dir: Path, spec_path: str, runs: list[Run]) -> None:
+    for run in runs:
+        atomic_write_json(config_file(sweep_dir, run), run_options(sweep_dir, run))
+    atomic_write_json(sweep_dir / "sweep.json", {
+        "spec": str(Path(spec_path).absolute()),
+        "runs": [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in runs]})
+
+
+def read_plan(sweep_dir: Path) -> list[Run]:
+    path = sweep_dir / "sweep.json"
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{sweep_dir}: not a sweep directory (no readable sweep.json: {first_line(e)})") from None
+    return [Run(r["name"], r["configuration"], r["seed"], {}) for r in runs]
+
+
+def train_command(sweep_dir: Path, run: Run, c: SweepConfig, threads: Optional[int]) -> list[str]:
+    command = [sys.executable, "-m", "dist_rnn.train", "--config", str(config_file(sweep_dir, run).absolute())]
+    if c.data_dir:
+        command += ["--data-dir", c.data_dir]
+    if threads and "threads" not in run.options:
+        command += ["--threads", str(threads)]
+    return command
+
+
+# -- running here -----------------------------------------------------------------------------------
+
+def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> list[str]:
+    """Train the runs, `jobs` at a time, each with its share of the cores; returns the failures.
+    SIGINT or SIGTERM stops the runs under way (each checkpoints its step: the same command resumes
+    them) and the sweep."""
+    threads = max(1, len(os.sched_getaffinity(0)) // c.jobs)
+    (sweep_dir / "logs").mkdir(exist_ok=True)
+    pending, running, failures, started, done = list(todo), {}, [], 0, 0
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+        for proc, _, _ in running.values():
+            proc.send_signal(signal.SIGTERM)  # the run checkpoints its step and exits
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while (pending and not stopping) or running:
+            while pending and len(running) < c.jobs and not stopping:
+                run = pending.pop(0)
+                log = open(sweep_dir / "logs" / f"{run.name}.log", "ab")
+                # A session of its own: a Ctrl-C reaches the runs through stop(), once.
+                proc = subprocess.Popen(train_command(sweep_dir, run, c, threads), stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                log.close()
+                running[run.name] = (proc, run, time.monotonic())
+                started += 1
+                print(f"started {run.name} ({started} of {len(todo)})", flush=True)
+            time.sleep(POLL_S)
+            for name, (proc, run, started) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                done += 1
+                print(f"[{done}/{len(todo)} ended] {outcome(sweep_dir, run, proc.returncode)} "
+                      f"({time.monotonic() - started:.0f} s)", flush=True)
+                if proc.returncode != 0 and not stopping:
+                    failures.append(name)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopping:
+        raise Stopping(stopping[0])
+    return failures
+
+
+class Stopping(Exception):
+    """The sweep was asked to stop; its runs have checkpointed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def outcome(sweep_dir: Path, run: Run, returncode: int) -> str:
+    """One line on a run that has ended: its scores, or how it failed and where its log is."""
+    log = sweep_dir / "logs" / f"{run.name}.log"
+    results = read_results(sweep_dir, run)
+    if returncode == 0 and results:
+        return f"done {run.name}: {scores(results)}"
+    if returncode == 0:
+        return f"stopped {run.name} (checkpointed: the same command resumes it)"
+    lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
+    return f"FAILED {run.name} (exit {returncode}): {lines[-1] if lines else '?'} (log: {log})"
+
+
+def read_results(sweep_dir: Path, run: Run) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads((sweep_dir / "runs" / run.name / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def scores(r: dict[str, Any]) -> str:
+    if r.get("best_val_accuracy") is None:
+        return f"test accuracy {r['test_accuracy']:.4f}"
+    best = "not reported" if r.get("best_test_accuracy") is None else f"{r['best_test_accuracy']:.4f}"
+    return f"best validation accuracy {r['best_val_accuracy']:.4f} (step {r['best_step']}), its test accuracy {best}"
+
+
+# -- SLURM ------------------------------------------------------------------------------------------
+
+ARRAY_SCRIPT = """#!/usr/bin/env bash
+# Written by python -m dist_rnn.sweep: task I of the array trains the run whose config file is on
+# line I+1 of the task list ($1), through the launch logic of every dist_rnn job (slurm/job.sh:
+# torchrun on the task's node, USR1 at the time limit or on preemption checkpoints, the task
+# requeues itself and resumes).
+#SBATCH --job-name=dist_rnn-sweep
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --time=01:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+config=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")
+shift
+exec bash "$DIST_RNN_HOME/slurm/job.sh" --config "$config" "$@"
+"""
+
+
+def slurm_home() -> Path:
+    """The checkout whose slurm/job.sh the array's tasks run: $DIST_RNN_HOME, else the one this
+    package is in."""
+    home = Path(os.environ.get("DIST_RNN_HOME") or Path(__file__).resolve().parent.parent)
+    if not (home / "slurm" / "job.sh").is_file():
+        raise UserError(f"--slurm: no slurm/job.sh in {home}: set DIST_RNN_HOME to a dist_rnn checkout")
+    return home
+
+
+def throttle(array: Optional[str]) -> str:
+    if array is None:
+        return ""
+    if not re.fullmatch(r"%?[1-9][0-9]*", array):
+        raise UserError(f"`array` must be a number of tasks at once, as '%4' or '4', got {array!r}")
+    return "%" + array.lstrip("%")
+
+
+def sbatch_command(sweep_dir: Path, todo: list[Run], c: SweepConfig, tasks: Path) -> list[str]:
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise UserError("--slurm: sbatch is not on PATH (run the sweep where SLURM jobs are submitted, or "
+                        "without --slurm to run here)")
+    try:
+        extra = shlex.split(c.sbatch_args or "")
+    except ValueError as e:
+        raise UserError(f"`sbatch_args` {c.sbatch_args!r}: {e}") from None
+    logs = sweep_dir.absolute() / "slurm"
+    command = [sbatch, "--parsable", f"--array=0-{len(todo) - 1}{throttle(c.array)}", f"--output={logs}/%A_%a.out",
+               *extra, str(logs / "array.sbatch"), str(tasks)]
+    return command + (["--data-dir", c.data_dir] if c.data_dir else [])
+
+
+def submit(sweep_dir: Path, todo: list[Run], command: list[str], tasks: Path) -> str:
+    """Write the array's script and task list, submit; returns the array's job id."""
+    atomic_write(sweep_dir / "slurm" / "array.sbatch", lambda fh: fh.write(ARRAY_SCRIPT.encode()))
+    lines = "".join(f"{config_file(sweep_dir, r).absolute()}\n" for r in todo)
+    atomic_write(tasks, lambda fh: fh.write(lines.encode()))
+    env = {**os.environ, "DIST_RNN_HOME": str(slurm_home()), "PYTHON": os.environ.get("PYTHON", sys.executable)}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"sbatch refused the array: {first_line(proc.stderr.strip() or proc.stdout.strip())}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def wait_for(job: str, runs: list[Run], sweep_dir: Path) -> None:
+    """Until no task of the array is pending or running (requeued tasks included), a line when the
+    counts change."""
+    last = None
+    while True:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+        states = [s for s in out.stdout.split() if s not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")]
+        if out.returncode == 0 and not states:
+            return
+        finished = sum(status(sweep_dir, r) == "done" for r in runs)
+        counts = f"array {job}: {states.count('RUNNING')} running, {states.count('PENDING')} pending, " \
+                 f"{finished} of {len(runs)} runs finished"
+        if counts != last:
+            print(counts, flush=True)
+            last = counts
+        time.sleep(2)
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def mean_sd(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """A row per configuration (mean and sd over its finished seeds) and a line per run that has no
+    results (not averaged over). With a validation split in the runs, the row with the best mean
+    validation accuracy is `chosen` (the first on a tie); the test set plays no part in the choice."""
+    runs = read_plan(sweep_dir)
+    rows: dict[str, dict[str, Any]] = {}
+    missing = []
+    for run in runs:
+        row = rows.setdefault(run.configuration, {"configuration": run.point, "seeds": [], "val": [],
+                                                  "test_best": [], "test_final": []})
+        r = read_results(sweep_dir, run)
+        if r is None:
+            log = sweep_dir / "logs" / f"{run.name}.log"
+            why = "no results.json (failed, stopped or not run yet" + (f"; log: {log})" if log.is_file() else ")")
+            missing.append(f"{run.name}: {why}")
+            continue
+        row["seeds"].append(run.seed)
+        row["test_final"].append(r["test_accuracy"])
+        if r.get("best_val_accuracy") is not None:
+            row["val"].append(r["best_val_accuracy"])
+            if r.get("best_test_accuracy") is not None:
+                row["test_best"].append(r["best_test_accuracy"])
+    table = []
+    for name, row in rows.items():
+        out = {"configuration": name, **{k: v for k, v in row["configuration"].items()}, "seeds": len(row["seeds"])}
+        for key in ("val", "test_best", "test_final"):
+            out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(row[key])
+        out["chosen"] = False
+        table.append(out)
+    scored = [row for row in table if row["val_mean"] is not None]
+    if scored:
+        max(scored, key=lambda row: row["val_mean"])["chosen"] = True  # max keeps the first of equals
+    return table, missing
+
+
+def percent(mean: Optional[float], sd: Optional[float]) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+
+
+def markdown(table: list[dict[str, Any]], missing: list[str]) -> str:
+    validated = any(row["val_mean"] is not None for row in table)
+    lines = ["| configuration | seeds | validation accuracy % | test accuracy % (best checkpoint) | "
+             "test accuracy % (final weights) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for row in table:
+        mark = " **(chosen)**" if row["chosen"] else ""
+        lines.append(f"| {row['configuration']}{mark} | {row['seeds']} | {percent(row['val_mean'], row['val_sd'])} | "
+                     f"{percent(row['test_best_mean'], row['test_best_sd'])} | "
+                     f"{percent(row['test_final_mean'], row['test_final_sd'])} |")
+    notes = ["", "Mean ± sample standard deviation over the seeds that finished; the chosen configuration has "
+             "the best mean validation accuracy (the test set plays no part in the choice)."
+             if validated else "No run has a validation split (`val_size`): nothing is chosen, since choosing on "
+             "the test set would report a biased score."]
+    if missing:
+        notes += ["", f"Not averaged over ({len(missing)} runs):", *[f"- {m}" for m in missing]]
+    return "\n".join(lines + notes) + "\n"
+
+
+def csv_text(table: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for row in table for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return out.getvalue()
+
+
+def report(sweep_dir: Path) -> tuple[str, list[str]]:
+    """Write report.md and report.csv into the sweep directory; returns the Markdown and the runs
+    without results."""
+    table, missing = tabulate(sweep_dir)
+    text = markdown(table, missing)
+    atomic_write(sweep_dir / "report.md", lambda fh: fh.write(text.encode()))
+    atomic_write(sweep_dir / "report.csv", lambda fh: fh.write(csv_text(table).encode()))
+    return text, missing
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def sweep(spec: str, c: SweepConfig) -> int:
+    """Plan, skip what is finished, run or submit the rest; returns the exit status (1 when a run
+    failed or has no results)."""
+    if c.out_dir is None:
+        raise UserError("`out_dir` is needed: the sweep's directory (the same one again skips finished runs)")
+    if not c.slurm and (c.array or c.sbatch_args or c.wait):
+        raise UserError("`array`, `sbatch_args` and `wait` go with `slurm`")
+    sweep_dir = Path(c.out_dir)
+    runs = plan(spec, sweep_dir)
+    check_same_runs(sweep_dir, runs)
+    states = {r.name: status(sweep_dir, r) for r in runs}
+    todo = [r for r in runs if states[r.name] != "done"]
+    configurations, seeds = len({r.configuration for r in runs}), len({r.seed for r in runs})
+    print(f"{len(runs)} runs ({configurations} configurations x {seeds} seeds): "
+          f"{len(runs) - len(todo)} finished, {sum(s == 'resume' for s in states.values())} to resume, "
+          f"{sum(s == 'new' for s in states.values())} to start", flush=True)
+    tasks = sweep_dir / "slurm" / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}.txt"
+    submission = sbatch_command(sweep_dir, todo, c, tasks) if c.slurm and todo else None  # checked before writing
+    if c.dry_run:
+        for run in runs:
+            print(f"  {states[run.name]:6}  {shlex.join(['python', *train_command(sweep_dir, run, c, None)[1:]])}")
+        if submission:
+            print("would submit: " + shlex.join(submission))
+        return 0
+    ensure_writable_dir(sweep_dir)
+    lock = RunLock(sweep_dir, shlex.join(sys.argv))
+    lock.acquire(lambda line: print(line, flush=True))
+    try:
+        write_plan(sweep_dir, spec, runs)
+        if not todo:
+            print("nothing to run")
+        elif submission:
+            job = submit(sweep_dir, todo, submission, tasks)
+            at_once = f", at most {throttle(c.array)[1:]} at once" if c.array else ""
+            print(f"submitted job array {job}: {len(todo)} runs{at_once}; logs in {sweep_dir / 'slurm'}")
+            if not c.wait:
+                print(f"follow it with `squeue -j {job}`; once it has ended: "
+                      f"{prog('dist_rnn.sweep')} --report {sweep_dir}")
+                return 0
+            wait_for(job, runs, sweep_dir)
+        else:
+            try:
+                run_here(sweep_dir, todo, c)
+            except Stopping as e:
+                print(f"stopped by {signal.Signals(e.signum).name}: the runs under way saved checkpoints; "
+                      f"the same command resumes them")
+                return 128 + e.signum
+    finally:
+        lock.release()
+    text, missing = report(sweep_dir)
+    print(text, end="")
+    print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'report.csv'}")
+    return 1 if missing else 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = ArgumentParser(prog=prog("dist_rnn.sweep"), description=textwrap.fill(" ".join(describe(__doc__).split()), 100),
+                            epilog="Examples:\n"
+                            "  python -m dist_rnn.sweep sweep.yaml --out-dir sweeps/lr --jobs 2\n"
+                            "  python -m dist_rnn.sweep sweep.yaml --out-dir sweeps/lr --slurm --array %4 --wait\n"
+                            "  python -m dist_rnn.sweep --report sweeps/lr",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", nargs="?", metavar="SPEC", help="the sweep's YAML or JSON file (base, grid or runs, "
+                        "seeds); not with --report")
+    add_dataclass_flags(parser, SweepConfig)
+    code = 0
+
+    def command() -> None:
+        nonlocal code
+        args = vars(parser.parse_args(argv))
+        spec = args.pop("spec")
+        c = SweepConfig(**args)
+        if c.report:
+            if spec:
+                raise UserError("--report tabulates a sweep directory: give no spec with it")
+            text, missing = report(Path(c.report))
+            print(text, end="")
+            print(f"report: {Path(c.report) / 'report.md'}, {Path(c.report) / 'report.csv'}")
+            return
+        if spec is None:
+            raise UserError("give a SPEC file to run (or --report SWEEP_DIR; see --help)")
+        code = sweep(spec, c)
+
+    return run_cli(prog("dist_rnn.sweep"), command) or code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""`python -m dist_rnn.sweep`: real sweeps of real training runs on this machine (the SLURM array is
+in test_slurm.py; the bad specs are in test_bad_input.py's catalogue)."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, check_ok, events, signal_when_training, write_mnist
+from dist_rnn import sweep as sweep_cli
+
+# 4 configurations x 2 seeds of tiny runs with a validation split (what test_slurm.py submits too).
+SPEC = """\
+base: {epochs: 1, hidden_size: 8, num_layers: 1, batch_size: 50, val_size: 100, log_every: 2, device: cpu}
+grid: {lr: [0.003, 0.03], hidden_size: [8, 16]}
+seeds: [0, 1]
+"""
+
+
+def sweep(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dist_rnn.sweep", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def report_rows(sweep_dir: Path) -> list:
+    with open(sweep_dir / "report.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def check_report(sweep_dir: Path, runs: int = 8) -> None:
+    """Every configuration of SPEC once, over both seeds, the one with the best mean validation
+    accuracy (recomputed here from each run's results.json) marked, and no other."""
+    results = {p.parent.name: json.loads(p.read_text()) for p in (sweep_dir / "runs").glob("*/results.json")}
+    assert len(results) == runs
+    rows = report_rows(sweep_dir)
+    assert [(r["lr"], r["hidden_size"], r["seeds"]) for r in rows] == [
+        ("0.003", "8", "2"), ("0.003", "16", "2"), ("0.03", "8", "2"), ("0.03", "16", "2")]
+    means = {}
+    for row in rows:
+        vals = [r["best_val_accuracy"] for name, r in results.items()
+                if name.startswith(f"lr={row['lr']},hidden_size={row['hidden_size']},")]
+        assert abs(float(row["val_mean"]) - sum(vals) / 2) < 1e-12
+        means[row["configuration"]] = sum(vals) / 2
+    chosen = [r["configuration"] for r in rows if r["chosen"] == "True"]
+    assert chosen == [max(means, key=means.get)]
+    assert f"| {chosen[0]} **(chosen)** | 2 |" in (sweep_dir / "report.md").read_text()
+
+
+def test_local_sweep_runs_reports_skips_and_lists_missing_runs(tmp_path):
+    data = write_mnist(tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    sweep_dir = tmp_path / "sweep"
+    args = [str(tmp_path / "spec.yaml"), "--out-dir", str(sweep_dir), "--data-dir", str(data), "--jobs", "2"]
+    proc = sweep(*args)
+    check_ok(proc)
+    assert "8 runs (4 configurations x 2 seeds): 0 finished, 0 to resume, 8 to start" in proc.stdout
+    assert proc.stdout.count(" ended] done ") == 8
+    check_report(sweep_dir)
+    config = json.loads((sweep_dir / "runs" / "lr=0.03,hidden_size=16,seed=1" / "config.json").read_text())
+    assert (config["lr"], config["hidden_size"], config["seed"], config["threads"]) == (0.03, 16, 1, 1)
+
+    # The same command again: nothing is trained again.
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("runs/*/results.json")}
+    again = sweep(*args)
+    check_ok(again)
+    assert "8 finished, 0 to resume, 0 to start" in again.stdout and "nothing to run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in sweep_dir.glob("runs/*/results.json")} == stamps
+
+    # A third seed, dry run: the 8 finished runs are listed as done, 4 new ones, nothing written.
+    (tmp_path / "spec3.yaml").write_text(SPEC.replace("seeds: [0, 1]", "seeds: 3"))
+    files = sorted(sweep_dir.rglob("*"))
+    dry = sweep(str(tmp_path / "spec3.yaml"), *args[1:], "--dry-run")
+    check_ok(dry)
+    assert "12 runs (4 configurations x 3 seeds): 8 finished, 0 to resume, 4 to start" in dry.stdout
+    assert dry.stdout.count("  done  ") == 8 and dry.stdout.count("  new  ") == 4
+    assert sorted(sweep_dir.rglob("*")) == files
+
+    # A run without results is listed, not averaged over.
+    (sweep_dir / "runs" / "lr=0.003,hidden_size=8,seed=1" / "results.json").unlink()
+    report = sweep("--report", str(sweep_dir))
+    check_ok(report)
+    assert "- lr=0.003,hidden_size=8,seed=1: no results.json" in report.stdout
+    assert report_rows(sweep_dir)[0]["seeds"] == "1"
+
+
+def test_a_stopped_sweep_resumes_its_runs(tmp_path):
+    """SIGTERM to the sweep: the run under way checkpoints its step, the sweep exits 143 saying how
+    to continue; the same command resumes that run from its checkpoint and starts the one left."""
+    data = write_mnist(tmp_path / "data")
+    # Slow steps (784 time steps a sample), so the run is still training when the signal comes.
+    (tmp_path / "spec.yaml").write_text("base: {sequence: pixel, hidden_size: 16, num_layers: 1, batch_size: 50, "
+                                        "epochs: 8, val_size: 100, log_every: 1, device: cpu}\nseeds: 2\n")
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir", str(sweep_dir),
+               "--data-dir", str(data)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signal_when_training(proc, sweep_dir / "runs" / "seed=0", signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM: the runs under way saved checkpoints; the same command resumes them" in out
+    assert "seed=1" not in out.split("stopped by")[0].split("started seed=0")[1]  # never started
+    stopped_at = events(sweep_dir / "runs" / "seed=0", "stop")[0]["step"]
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    check_ok(again)
+    assert "2 runs (1 configurations x 2 seeds): 0 finished, 1 to resume, 1 to start" in again.stdout
+    results = json.loads((sweep_dir / "runs" / "seed=0" / "results.json").read_text())
+    assert results["resumed_from_step"] == stopped_at > 0 and results["steps"] == 80
+    assert json.loads((sweep_dir / "runs" / "seed=1" / "results.json").read_text())["resumed_from_step"] is None
+
+
+def test_a_failed_run_is_listed_and_the_sweep_fails(tmp_path, capsys):
+    """A run that dies (here: a validation split larger than the training set, found when the data is
+    read) is reported with its error line and log, the sweep exits 1, the report lists the run."""
+    data = write_mnist(tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text("base: {val_size: 5000, device: cpu}\n")
+    code = sweep_cli.main([str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "s"), "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    log = tmp_path / "s" / "logs" / "seed=0.log"
+    assert f"FAILED seed=0 (exit 2): python -m dist_rnn.train: error: --val-size 5000" in out
+    assert f"(log: {log})" in out and "Not averaged over (1 runs):" in out
+
+
+def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "spec.yaml").write_text("seeds: 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without SLURM's commands
+    code = sweep_cli.main([str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "o"), "--slurm"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--slurm: sbatch is not on PATH" in err, err
+    assert not (tmp_path / "o").exists()
