@@ -233,7 +233,6 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     for key, value in data.items():
         name = str(key).lstrip("-").replace("-", "_")  # the flag's spelling (hidden-size) means the same
         if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.75)
             raise UserError(f"`config` {path}: unknown key {key!r}{did_you_mean(name, fields)}")
         values[name] = checked(cls, fields[name], value, f"`config` {path}: key {key!r}")
     values.pop("config", None)  # a run's config.json names the file it came from: no recursion

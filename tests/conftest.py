@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+import warm
+
 from dist_rnn.data import SPLIT_FILES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,11 +123,21 @@ def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
     GPU machine 'auto' would give each rank a GPU of its own); GPU tests pass device="cuda"."""
     args = [*args, "--device", device]
     if nproc is None:
-        cmd = [sys.executable, "-m", "dist_rnn.train", *args]
-    else:
-        cmd = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "dist_rnn.train", *args]
+        return run_module("dist_rnn.train", args, timeout, env, device)
+    cmd = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "dist_rnn.train", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def run_module(module: str, args: list[str], timeout: int = 300, env: Optional[dict] = None,
+               device: str = "cpu") -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the repository, output captured: a process of its own, forked
+    from an interpreter that has imported torch already where that is the same (tests/warm.py)."""
+    env = {**os.environ, **(env or {})}
+    if not warm.cold(env, device):
+        return warm.run(module, args, env, REPO, timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 def run_step_worker(data: Path, out: Path, optimizer: str, nproc: Optional[int] = None,

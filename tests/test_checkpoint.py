@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TORCHRUN, check_ok, read_results, run_train, write_mnist
+from conftest import REPO, TORCHRUN, check_ok, read_results, run_module, run_train, write_mnist
 from dist_rnn.checkpoint import (CheckpointManager, TrainState, latest_valid, list_checkpoints, load_checkpoint,
                                  metadata_path, prune, rng_state, set_rng_state, write_checkpoint)
 from dist_rnn.errors import UserError
@@ -204,9 +204,8 @@ def test_checkpoint_of_an_older_version_resumes_and_evaluates(tmp_path):
     new = load_checkpoint(Path(results["checkpoint"]))["model"]
     assert all(torch.allclose(old[k], new[k], rtol=0, atol=1e-6) for k in old)
     scored = tmp_path / "scored.json"
-    check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint",
-                             str(OLD_RUN / "checkpoints" / "step-3.pt"), "--data-dir", str(data), "--out", str(scored),
-                             "--device", "cpu"], cwd=REPO, capture_output=True, text=True))
+    check_ok(run_module("dist_rnn.evaluate", ["--checkpoint", str(OLD_RUN / "checkpoints" / "step-3.pt"),
+                                              "--data-dir", str(data), "--out", str(scored), "--device", "cpu"]))
     expected = json.loads((OLD_RUN / "results.json").read_text())
     assert json.loads(scored.read_text())["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=1 / 50)
     assert json.loads(scored.read_text())["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-5)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TORCHRUN, check_ok, cpu_runs_bf16_lstm, events, needs, read_results, run_train
+from conftest import REPO, TORCHRUN, check_ok, cpu_runs_bf16_lstm, events, needs, read_results, run_module, run_train
 from dist_rnn.cli import parse_config
 from dist_rnn.errors import UserError
 from dist_rnn.plot import log_scale, plot_runs
@@ -139,16 +139,14 @@ def test_plot_overlays_runs(mnist_dir, tmp_path):
         check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(runs[-1]), *TINY, "--lr", lr,
                             "--name", f"lr {lr}"]))
     png = tmp_path / "curves.png"
-    proc = subprocess.run([sys.executable, "-m", "dist_rnn.plot", *map(str, runs), "-o", str(png)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_module("dist_rnn.plot", [*map(str, runs), "-o", str(png)], timeout=120)
     check_ok(proc)
     assert "lr 0.003: 3 loss points, 1 accuracy points" in proc.stdout
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 1000
         pixels = np.asarray(image.convert("L"))
     assert pixels.std() > 10  # something was drawn, not a blank canvas
-    bad = subprocess.run([sys.executable, "-m", "dist_rnn.plot", str(tmp_path), "-o", str(png)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    bad = run_module("dist_rnn.plot", [str(tmp_path), "-o", str(png)], timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().endswith("no metrics.jsonl (is it a dist_rnn run directory?)")
 
 

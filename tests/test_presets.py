@@ -2,15 +2,13 @@
 the original script's accuracy, and its checkpoint classifies real digits, plain and photographed."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, check_ok, read_results, real_mnist_dir, run_train
+from conftest import check_ok, read_results, real_mnist_dir, run_module, run_train
 from dist_rnn.predict import to_mnist
 
 
@@ -65,8 +63,7 @@ def test_predict_real_digits(seed_lstm_run, tmp_path):
         Image.fromarray(image).save(files[-1])
         files.append(tmp_path / f"photo-{i}.jpg")  # dark on light, larger, colour: as a photo of paper
         Image.fromarray(255 - image).resize((90, 90), Image.BICUBIC).convert("RGB").save(files[-1])
-    proc = subprocess.run([sys.executable, "-m", "dist_rnn.predict", "--checkpoint", checkpoint, "--json",
-                           *map(str, files)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run_module("dist_rnn.predict", ["--checkpoint", checkpoint, "--json", *map(str, files)], timeout=120)
     check_ok(proc)
     records = json.loads(proc.stdout)
     assert [r["file"] for r in records] == list(map(str, files))
@@ -79,17 +76,15 @@ def test_predict_real_digits(seed_lstm_run, tmp_path):
     blank, noise = tmp_path / "blank.png", tmp_path / "noise.png"
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(blank)  # white paper, nothing on it
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(noise)
-    odd = subprocess.run([sys.executable, "-m", "dist_rnn.predict", "--checkpoint", checkpoint, str(blank), str(noise)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    odd = run_module("dist_rnn.predict", ["--checkpoint", checkpoint, str(blank), str(noise)], timeout=120)
     check_ok(odd)
     assert odd.stdout.count("probability") == 2  # it still answers, and says the answer means little
     assert f"warning: {blank}: no digit-like ink: the image is nearly one shade" in odd.stderr
     assert f"warning: {noise}: no digit on a plain background: ink covers" in odd.stderr
     # Bad files among good ones: each said in one line, the good ones still answered, then exit 2.
     (tmp_path / "notimg.png").write_text("not an image\n")
-    mixed = subprocess.run([sys.executable, "-m", "dist_rnn.predict", "--checkpoint", checkpoint, str(files[0]),
-                            str(tmp_path / "nothing.png"), str(tmp_path / "notimg.png"), str(files[1])], cwd=REPO,
-                           capture_output=True, text=True)
+    mixed = run_module("dist_rnn.predict", ["--checkpoint", checkpoint, str(files[0]), str(tmp_path / "nothing.png"),
+                                            str(tmp_path / "notimg.png"), str(files[1])])
     assert mixed.returncode == 2 and "Traceback" not in mixed.stderr
     assert mixed.stdout.splitlines() == [f"{files[0]}: {plain[0]} (probability {records[0]['probability']:.3f})",
                                          f"{files[1]}: {photo[0]} (probability {records[1]['probability']:.3f})"]

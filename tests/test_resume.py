@@ -2,14 +2,12 @@
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, check_ok, events, read_results, run_train, write_mnist
+from conftest import check_ok, events, read_results, run_module, run_train, write_mnist
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 
@@ -88,8 +86,7 @@ def test_early_stopping_run_stopped_and_resumed_is_bitwise_identical(data, tmp_p
     assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == \
         ["best.json", "best.pt", f"step-{full['steps']}.json", f"step-{full['steps']}.pt"]
     if nproc is None:  # best.pt is a checkpoint like any other: evaluate scores it as the run did
-        proc = subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", full["best_checkpoint"],
-                               "--device", "cpu"], cwd=REPO, capture_output=True, text=True)
+        proc = run_module("dist_rnn.evaluate", ["--checkpoint", full["best_checkpoint"], "--device", "cpu"])
         check_ok(proc)
         assert proc.stdout.startswith(f"test accuracy {full['best_test_accuracy']:.4f} (")
 

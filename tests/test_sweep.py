@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, check_ok, events, signal_when_training, write_mnist
+from conftest import REPO, check_ok, events, run_module, signal_when_training, write_mnist
 from dist_rnn import sweep as sweep_cli
 
 # 4 configurations x 2 seeds of tiny runs with a validation split (what test_slurm.py submits too).
@@ -20,8 +20,7 @@ seeds: [0, 1]
 
 
 def sweep(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dist_rnn.sweep", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_module("dist_rnn.sweep", list(args), timeout)
 
 
 def report_rows(sweep_dir: Path) -> list:
@@ -89,9 +88,9 @@ def test_a_stopped_sweep_resumes_its_runs(tmp_path):
     """SIGTERM to the sweep: the run under way checkpoints its step, the sweep exits 143 saying how
     to continue; the same command resumes that run from its checkpoint and starts the one left."""
     data = write_mnist(tmp_path / "data")
-    # Slow steps (784 time steps a sample), so the run is still training when the signal comes.
-    (tmp_path / "spec.yaml").write_text("base: {sequence: pixel, hidden_size: 16, num_layers: 1, batch_size: 50, "
-                                        "epochs: 8, val_size: 100, log_every: 1, device: cpu}\nseeds: 2\n")
+    # 2000 steps of a few ms: still training when the signal comes, 0.2 s after its first step.
+    (tmp_path / "spec.yaml").write_text("base: {hidden_size: 8, num_layers: 1, batch_size: 10, epochs: 40, "
+                                        "val_size: 100, log_every: 1, device: cpu}\nseeds: 2\n")
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir", str(sweep_dir),
                "--data-dir", str(data)]
@@ -107,7 +106,7 @@ def test_a_stopped_sweep_resumes_its_runs(tmp_path):
     check_ok(again)
     assert "2 runs (1 configurations x 2 seeds): 0 finished, 1 to resume, 1 to start" in again.stdout
     results = json.loads((sweep_dir / "runs" / "seed=0" / "results.json").read_text())
-    assert results["resumed_from_step"] == stopped_at > 0 and results["steps"] == 80
+    assert results["resumed_from_step"] == stopped_at > 0 and results["steps"] == 2000
     assert json.loads((sweep_dir / "runs" / "seed=1" / "results.json").read_text())["resumed_from_step"] is None
 
 
@@ -120,7 +119,7 @@ def test_a_failed_run_is_listed_and_the_sweep_fails(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1, out
     log = tmp_path / "s" / "logs" / "seed=0.log"
-    assert f"FAILED seed=0 (exit 2): python -m dist_rnn.train: error: --val-size 5000" in out
+    assert "FAILED seed=0 (exit 2): python -m dist_rnn.train: error: --val-size 5000" in out
     assert f"(log: {log})" in out and "Not averaged over (1 runs):" in out
 
 

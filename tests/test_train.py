@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, check_ok, events, idx_bytes, read_results, run_train, write_mnist
+from conftest import REPO, check_ok, events, idx_bytes, read_results, run_module, run_train, write_mnist
 from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.config import TrainConfig
 from dist_rnn.data import SPLIT_FILES, SequenceView, load_mnist
@@ -80,9 +80,8 @@ def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
     evals = [e["step"] for e in events(out, "eval")]
     assert evals == [2, 4, 6]
     scored = tmp_path / "scored.json"
-    check_ok(subprocess.run([sys.executable, "-m", "dist_rnn.evaluate", "--checkpoint", results["checkpoint"],
-                             "--data-dir", str(mnist_dir), "--out", str(scored), "--device", "cpu"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120))
+    check_ok(run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--data-dir", str(mnist_dir),
+                                              "--out", str(scored), "--device", "cpu"], timeout=120))
     assert json.loads(scored.read_text())["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
 
 
