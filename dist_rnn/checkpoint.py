@@ -55,6 +55,7 @@ class TrainState:
     train_seconds: float = 0.0            # summed over every attempt of the run
     tracker_run_id: Optional[str] = None  # the wandb run a resume continues
     pixel_order: Optional[list[int]] = None  # --sequence permuted: the order the model learned
+    series: Optional[dict[str, Any]] = None  # sequences (not images): their classes and standardisation
     # With a validation split (--val-size): the best score so far (ties keep the earlier), and how
     # many scores since then did not beat it (--early-stop); checkpoints/best.pt holds its weights.
     best_val_accuracy: Optional[float] = None

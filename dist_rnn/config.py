@@ -65,9 +65,14 @@ class TrainConfig(RuntimeOptions):
     preset: Optional[str] = option(None, "start from a named preset (explicit flags override it)")
     name: Optional[str] = option(None, "run name, used in the default --out-dir")
     # -- data
+    dataset: str = option(
+        "mnist", "what to train on: 'mnist', 'fashion-mnist' or 'kmnist' (the four IDX files in --data-dir); a "
+        "UCR/UEA problem, e.g. 'JapaneseVowels' (NAME_TRAIN.ts and NAME_TEST.ts in --data-dir, or in the data an "
+        "installed aeon or sktime ships); or the path of an X_TRAIN.ts file, X_TEST.ts beside it. Classes, channels "
+        "and lengths come from the data; sequences of different lengths are packed")
     data_dir: Optional[str] = option(
-        None, "directory with the four MNIST IDX files (plain or .gz, flat or MNIST/raw/); "
-        "default: $DIST_RNN_DATA, else ./data")
+        None, "directory with the four IDX files of --dataset's images (plain or .gz, flat or MNIST/raw/), or "
+        "with UCR/UEA problems; default: $DIST_RNN_DATA, else ./data")
     download: bool = option(False, "download MNIST with torchvision into --data-dir if missing (needs a network)")
     limit_train: Optional[int] = option(None, "use only the first N training images (small runs)", min=1)
     limit_test: Optional[int] = option(None, "use only the first N test images (small runs)", min=1)
@@ -158,7 +163,7 @@ class TrainConfig(RuntimeOptions):
 # --help's sections: every TrainConfig field in one (tests/test_cli.py checks).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
-    "data": ("data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
+    "data": ("dataset", "data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
              "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
@@ -184,7 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
-RESUME_MUST_MATCH = ("cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence", "permutation_seed",
+RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence", "permutation_seed",
                      "batch_size", "seed", "limit_train", "val_size", "lr_schedule", "warmup_steps")
 
 
@@ -305,6 +310,12 @@ def validate(c: TrainConfig) -> None:
         raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
     if c.early_stop and not c.val_size:
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
+    if not is_image_set(c.dataset):
+        for name, value, default in (("sequence", c.sequence, "row"), ("loader", c.loader, "memory"),
+                                     ("download", c.download, False)):
+            if value != default:
+                raise UserError(f"`{name}`={value} applies to the image data sets (mnist, fashion-mnist, kmnist), "
+                                f"not to `dataset` {c.dataset}")
     if c.overwrite and c.resume != "none":
         raise UserError("`overwrite` goes with `resume`=none (it deletes what `resume` would continue)")
 
@@ -317,6 +328,11 @@ def from_values(values: dict[str, Any]) -> TrainConfig:
     config = TrainConfig(**{**PRESETS.get(preset, {}), **values})
     validate(config)
     return config
+
+
+def is_image_set(dataset: str) -> bool:
+    """Whether --dataset names one of the IDX image sets (else a UCR/UEA problem or a .ts file)."""
+    return dataset in ("mnist", "fashion-mnist", "kmnist")
 
 
 def to_dict(c: TrainConfig) -> dict[str, Any]:

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from dist_rnn.config import TrainConfig
+from dist_rnn.config import TrainConfig, is_image_set
 from dist_rnn.errors import UserError, first_line
+from dist_rnn.series import SeriesInfo, load_series
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -35,7 +36,8 @@ NUM_CLASSES = 10
 
 @dataclass
 class Split:
-    """One split in memory: images (N, H, W) uint8 and labels (N,) int64."""
+    """One split in memory: inputs (`images`: (N, H, W) uint8 images, or (N, T, C[+1]) float32 padded
+    sequences, see series.py) and labels (N,) int64."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -152,6 +154,16 @@ def load_mnist(data_dir: Path) -> tuple[Split, Split]:
         raise UserError(f"{data_dir}: train images are {tuple(train.images.shape[1:])} "
                         f"but test images are {tuple(test.images.shape[1:])}")
     return train, test
+
+
+def load_dataset(c: TrainConfig) -> tuple[Split, Split, Optional[SeriesInfo]]:
+    """The training and test splits --dataset names; for sequences also what the model must know
+    (classes, channels, lengths); None for the image sets (10 classes, a view decides the rest)."""
+    if is_image_set(c.dataset):
+        train, test = load_mnist(resolve_data_dir(c.data_dir))
+        return train, test, None
+    train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
+    return Split(train_x, train_y), Split(test_x, test_y), info
 
 
 def import_torchvision() -> Any:

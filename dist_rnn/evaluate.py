@@ -5,6 +5,7 @@ Also the `python -m dist_rnn.evaluate --checkpoint PATH` command, which scores a
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,12 @@ from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
 from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, option
-from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_split, resolve_data_dir
+from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_dataset, load_split, resolve_data_dir
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
 from dist_rnn.model import build_model
+from dist_rnn.series import SeriesView
 
 
 @torch.no_grad()
@@ -62,17 +64,17 @@ class EvalConfig(RuntimeOptions):
     """Options of `python -m dist_rnn.evaluate`: the runtime options and these."""
 
     checkpoint: Optional[str] = option(None, "checkpoint file to evaluate (required)")
-    data_dir: Optional[str] = option(None, "directory with the MNIST test files; default: the checkpoint's "
-                                     "own --data-dir where it exists, else $DIST_RNN_DATA, else ./data")
+    data_dir: Optional[str] = option(None, "directory with the test files of the checkpoint's data set; default: the "
+                                     "checkpoint's own --data-dir where it exists, else $DIST_RNN_DATA, else ./data")
     batch_size: int = option(1000, "per-process evaluation batch size", min=1)
-    limit_test: Optional[int] = option(None, "score only the first N test images", min=1)
+    limit_test: Optional[int] = option(None, "score only the first N test samples", min=1)
     out: Optional[str] = option(None, "also write the result as JSON to this file")
 
 
 def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
     parser = ArgumentParser(
         prog=prog("dist_rnn.evaluate"),
-        description="Score a dist_rnn checkpoint on the MNIST test set: one process, or exact counts "
+        description="Score a dist_rnn checkpoint on its data set's test split: one process, or exact counts "
         "under `torchrun --nproc_per_node=N -m dist_rnn.evaluate ...`.")
     add_dataclass_flags(parser, EvalConfig)
     c = EvalConfig(**vars(parser.parse_args(argv)))
@@ -91,8 +93,8 @@ def trained_config(snapshot: dict[str, Any], path: str) -> TrainConfig:
 
 
 def trained_model(snapshot: dict[str, Any], config: TrainConfig, input_size: int) -> nn.Module:
-    """The model a checkpoint describes, with its weights, in eval mode."""
-    model = build_model(config, input_size=input_size)
+    """The model a checkpoint describes, with its weights, in eval mode (its classes: its readout's rows)."""
+    model = build_model(config, input_size=input_size, num_classes=len(snapshot["model"]["fc.weight"]))
     load_weights(model, snapshot)
     return model.eval()
 
@@ -105,20 +107,35 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
-    test = distributed.main_first(env, lambda: load_split(data_dir, "test")).head(c.limit_test).to(env.device)
+    config = dataclasses.replace(config, data_dir=str(data_dir))
     state = TrainState.from_checkpoint(snapshot)
-    view = SequenceView.from_config(config, test.images, state.pixel_order).to(env.device)
+    if state.series is None:  # images
+        test = distributed.main_first(env, lambda: load_split(data_dir, "test"))
+        view = SequenceView.from_config(config, test.images, state.pixel_order)
+    else:  # sequences: standardised as in training, whatever this data's own statistics
+        test, view = distributed.main_first(env, lambda: load_dataset(config)[1]), SeriesView.from_state(state.series)
+    test, view = test.head(c.limit_test).to(env.device), view.to(env.device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": state.step, "world_size": env.world_size,
-              "sequence": config.sequence,
+              "dataset": config.dataset, "sequence": config.sequence,
               **evaluate(model, test, env, c.batch_size, c.precision, view)}
     if env.is_main:
         print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "
               f"samples), test loss {result['test_loss']:.4f}, checkpoint step {result['step']}, "
-              f"{config.sequence} view (as trained)", flush=True)
+              f"{describe_inputs(config, state)} (as trained)", flush=True)
         if c.out:
             atomic_write_json(Path(c.out), result)
     return result
+
+
+def describe_inputs(config: TrainConfig, state: TrainState) -> str:
+    """`mnist, row view`, or `JapaneseVowels: 9 classes, 12 channels, lengths up to 29, packed`."""
+    if state.series is None:
+        return f"{config.dataset}, {config.sequence} view"
+    s = state.series
+    return (f"{s['dataset']}: {len(s['classes'])} classes, {s['channels']} channel(s), "
+            f"{'lengths up to' if s['variable_length'] else 'length'} {s['max_length']}"
+            f"{', packed' if s['variable_length'] else ''}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

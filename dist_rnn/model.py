@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 if TYPE_CHECKING:
     from dist_rnn.config import TrainConfig
@@ -40,13 +41,18 @@ class RNNClassifier(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout)
         self.fc = nn.Linear(hidden_size * self.num_directions, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: "torch.Tensor | PackedSequence") -> torch.Tensor:
         return self.fc(self.head_dropout(self.features(x)))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the classifier reads: (B, dirs * H), forward direction's half first."""
-        out, state = self.rnn(x)  # out: (B, T, dirs * H)
+    def features(self, x: "torch.Tensor | PackedSequence") -> torch.Tensor:
+        """What the classifier reads: (B, dirs * H), forward direction's half first. A PackedSequence
+        (sequences of different lengths) reads each sequence's own steps only: h_n then holds, per
+        sequence, the forward state after its real last step and the backward state after its first."""
+        out, state = self.rnn(x)  # out: (B, T, dirs * H), or packed
         if self.readout == "last":
+            if isinstance(out, PackedSequence):  # the output at each sequence's own last step
+                out, lengths = pad_packed_sequence(out, batch_first=True)
+                return out[torch.arange(len(lengths)), lengths - 1]
             return out[:, -1, :]
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
         # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]

@@ -41,7 +41,7 @@ def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Ten
 
 
 def graphs_refusal(choice: str, device: torch.device, precision: str, scheduled: bool = False,
-                   accumulate: int = 1) -> Optional[str]:
+                   accumulate: int = 1, variable_length: bool = False) -> Optional[str]:
     """Why --cuda-graphs cannot be used here (None: it can, or was not asked for)."""
     if choice != "on":  # "auto" stays off until graphed training is measured on a GPU (issue 14)
         return None
@@ -49,6 +49,9 @@ def graphs_refusal(choice: str, device: torch.device, precision: str, scheduled:
         return "CUDA graphs need a CUDA device: training eagerly"
     if scheduled:  # the captured Adam reads the rate as a number fixed at capture
         return "CUDA graphs would keep the learning rate of the capture and ignore --lr-schedule / --warmup-steps: " \
+               "training eagerly"
+    if variable_length:  # a captured graph replays one shape; packed batches change theirs every step
+        return "CUDA graphs replay fixed shapes, and sequences of different lengths are packed anew each step: " \
                "training eagerly"
     if accumulate > 1:
         return "CUDA graphs capture one forward and backward per step, not --grad-accum's several: training eagerly"

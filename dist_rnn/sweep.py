@@ -290,13 +290,13 @@ def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> list[str]:
                 started += 1
                 print(f"started {run.name} ({started} of {len(todo)})", flush=True)
             time.sleep(POLL_S)
-            for name, (proc, run, started) in list(running.items()):
+            for name, (proc, run, began) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[name]
                 done += 1
                 print(f"[{done}/{len(todo)} ended] {outcome(sweep_dir, run, proc.returncode)} "
-                      f"({time.monotonic() - started:.0f} s)", flush=True)
+                      f"({time.monotonic() - began:.0f} s)", flush=True)
                 if proc.returncode != 0 and not stopping:
                     failures.append(name)
     finally:

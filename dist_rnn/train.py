@@ -29,15 +29,16 @@ from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, check
                                  load_weights, set_rng_state)
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
-from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_mnist,
+from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_dataset,
                            resolve_data_dir, validation_split)
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
-from dist_rnn.evaluate import evaluate
+from dist_rnn.evaluate import describe_inputs, evaluate
 from dist_rnn.log import RunLog
 from dist_rnn.lock import RunLock
 from dist_rnn.model import build_model, count_parameters
 from dist_rnn.schedule import Schedule, schedules_the_rate
+from dist_rnn.series import SeriesInfo, SeriesView
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 
@@ -65,18 +66,36 @@ def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].to(device=param.device if on_device else "cpu", dtype=torch.float32)
 
 
-def prepare_data(c: TrainConfig) -> tuple[Split, Optional[Split], Split, Optional[torch.Tensor]]:
-    """Download if asked and needed, read and verify the four files, and hold out the validation
-    split (--val-size): (train, validation or None, test, the training file's indices train keeps)."""
-    data_dir = Path(c.data_dir)
+def prepare_data(c: TrainConfig) -> tuple[Split, Optional[Split], Split, Optional[torch.Tensor], Optional[SeriesInfo]]:
+    """Download if asked and needed, read and verify the data, and hold out the validation split
+    (--val-size): (train, validation or None, test, the training file's indices train keeps, what a
+    model of sequences must know or None for images)."""
     if c.download:
-        download_mnist(data_dir)
-    train, test = load_mnist(data_dir)
+        download_mnist(Path(c.data_dir))
+    train, test, info = load_dataset(c)
     train, test = train.head(c.limit_train), test.head(c.limit_test)
     if not c.val_size:
-        return train, None, test, None
+        return train, None, test, None, info
     train, val, kept = validation_split(train, c.val_size, c.seed)
-    return train, val, test, kept
+    return train, val, test, kept, info
+
+
+def make_view(c: TrainConfig, train: Split, series: Optional[SeriesInfo],
+              state: TrainState) -> "SequenceView | SeriesView":
+    """How the inputs reach the model, recorded in `state` for checkpoints: an image view (a resumed
+    run keeps its pixel order), or the sequences' standardisation (fitted on the training split, or
+    the checkpoint's when resuming, which must describe the same data)."""
+    if series is None:
+        view = SequenceView.from_config(c, train.images, state.pixel_order)
+        state.pixel_order = None if view.permutation is None else view.permutation.tolist()
+        return view
+    if state.series is None:
+        state.series = SeriesView.fit(series, train.images).state()
+    saved = SeriesView.from_state(state.series)
+    if (saved.info.classes, saved.info.channels) != (series.classes, series.channels):
+        raise UserError(f"`dataset` {c.dataset}: its classes or channels differ from those the checkpoint was "
+                        f"trained on ({len(saved.info.classes)} classes, {saved.info.channels} channels)")
+    return saved
 
 
 def claim_new_dir(path: str) -> str:
@@ -200,7 +219,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out_dir, c.keep_last, c.save_every)
         snapshot = self._resume_snapshot()  # nothing is written before this: a refusal leaves no trace
         # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
-        train_set, val_set, test_set, kept = distributed.main_first(env, lambda: prepare_data(c))
+        train_set, val_set, test_set, kept, series = distributed.main_first(env, lambda: prepare_data(c))
         self.test_set = test_set.to(env.device)
         self.val_set = None if val_set is None else val_set.to(env.device)
         if val_set is not None and len(train_set) < c.batch_size:
@@ -216,16 +235,16 @@ class Trainer:
         self.state.tracker_run_id = self.state.tracker_run_id or tracking.new_run_id()
         self.resumed_from_step = self.state.step if snapshot else None
         self.seconds_before = self.state.train_seconds  # training time of earlier invocations of this run
-        self.view = SequenceView.from_config(c, train_set.images, self.state.pixel_order)  # rows, columns, pixels
-        self.state.pixel_order = None if self.view.permutation is None else self.view.permutation.tolist()
+        self.view = make_view(c, train_set, series, self.state)  # rows, columns, pixels; or sequences
         self.view.to(env.device)
-        self.parameter_count = count_parameters(c, self.view.input_size)
+        self.num_classes = 10 if series is None else len(series.classes)
+        self.parameter_count = count_parameters(c, self.view.input_size, self.num_classes)
         distributed.main_first(env, lambda: check_memory(self.parameter_count, c, env))  # before allocating it
         torch.manual_seed(c.seed)  # the same initial weights on every rank
-        self.model = build_model(c, input_size=self.view.input_size).to(env.device)
+        self.model = build_model(c, input_size=self.view.input_size, num_classes=self.num_classes).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
         self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, schedules_the_rate(c),
-                                             c.grad_accum)
+                                             c.grad_accum, series is not None and series.variable_length)
         graphed = c.cuda_graphs == "on" and self.graphs_refused is None
         self.optimizer = build_optimizer(c, self.model, graphed)
         planned = c.epochs * self.sampler.steps_per_epoch
@@ -416,7 +435,7 @@ class Trainer:
                       f"{batches.steps_per_epoch} steps/epoch, "
                       f"{self.total_steps} steps, {batches.n} train / "
                       f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}"
-                      f"{len(self.test_set)} test samples, "
+                      f"{len(self.test_set)} test samples ({describe_inputs(c, self.state)}), "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
         checkpoint_bytes = self.parameter_count * 4 * (1 + optimizer_states(c))  # weights + optimizer state
         if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one
@@ -480,7 +499,7 @@ class Trainer:
             snapshot = distributed.main_first(self.env, lambda: load_checkpoint(best_path))
             saved_at = TrainState.from_checkpoint(snapshot).step  # the same on every rank: one file
             if saved_at == s.best_step:
-                model = build_model(self.c, input_size=self.view.input_size)
+                model = build_model(self.c, input_size=self.view.input_size, num_classes=self.num_classes)
                 load_weights(model, snapshot)
                 best_test = self.score("test", model=model.to(self.env.device))["test_accuracy"]
             else:  # written by an attempt whose later steps were lost (resumed from an older checkpoint)

@@ -176,3 +176,42 @@ def signal_when_training(proc: subprocess.Popen, run_dir: "Path | Callable[[], O
 
 def read_results(out_dir: Path) -> dict:
     return json.loads((out_dir / "results.json").read_text())
+
+
+def synthetic_series(n: int, seed: int, channels: int = 2, variable: bool = True,
+                     classes: tuple = ("low", "mid", "high")) -> tuple[list, list]:
+    """n sequences (length 5-20, or 12 for all) whose class is the frequency of a sine in channel 0
+    (other channels: noise): learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    sequences, labels = [], []
+    for i in range(n):
+        k = i % len(classes)
+        length = int(rng.integers(5, 21)) if variable else 12
+        t = np.arange(length)
+        s = rng.normal(0, 0.3, (length, channels)) + 5.0
+        s[:, 0] += np.sin(t * (0.4 + 0.8 * k) + rng.uniform(0, 6))
+        sequences.append(s)
+        labels.append(classes[k])
+    return sequences, labels
+
+
+def ts_text(sequences: list, labels: list, classes: tuple, problem: str = "Synthetic") -> str:
+    """The .ts file of (length, channels) sequences and their labels."""
+    channels = sequences[0].shape[1]
+    lines = ["# written by tests/conftest.py", f"@problemName {problem}", "@timeStamps false", "@missing false",
+             f"@univariate {'true' if channels == 1 else 'false'}", f"@dimensions {channels}",
+             "@equalLength false", f"@classLabel true {' '.join(classes)}", "@data"]
+    for s, label in zip(sequences, labels):
+        lines.append(":".join(",".join(f"{v:.6f}" for v in s[:, c]) for c in range(channels)) + f":{label}")
+    return "\n".join(lines) + "\n"
+
+
+def write_ts(folder: Path, name: str = "Synthetic", n_train: int = 300, n_test: int = 91,
+             variable: bool = True) -> Path:
+    """folder/NAME/NAME_TRAIN.ts and NAME_TEST.ts of synthetic_series; returns the training file."""
+    classes = ("low", "mid", "high")
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("TRAIN", n_train, 1), ("TEST", n_test, 2)):
+        seqs, labels = synthetic_series(n, seed, variable=variable, classes=classes)
+        (folder / name / f"{name}_{split}.ts").write_text(ts_text(seqs, labels, classes, name))
+    return folder / name / f"{name}_TRAIN.ts"

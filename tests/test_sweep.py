@@ -55,7 +55,7 @@ def test_local_sweep_runs_reports_skips_and_lists_missing_runs(tmp_path):
     proc = sweep(*args)
     check_ok(proc)
     assert "8 runs (4 configurations x 2 seeds): 0 finished, 0 to resume, 8 to start" in proc.stdout
-    assert proc.stdout.count(" ended] done ") == 8
+    assert proc.stdout.count(" ended] done ") == 8 and "started lr=0.03,hidden_size=16,seed=1 (8 of 8)" in proc.stdout
     check_report(sweep_dir)
     config = json.loads((sweep_dir / "runs" / "lr=0.03,hidden_size=16,seed=1" / "config.json").read_text())
     assert (config["lr"], config["hidden_size"], config["seed"], config["threads"]) == (0.03, 16, 1, 1)

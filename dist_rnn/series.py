@@ -1,0 +1,284 @@
+"""Sequences of your own: the UCR/UEA archive's `.ts` problems, read, checked, padded and
+standardised, and the view that feeds them to the model (packed when their lengths differ).
+
+`--dataset` names an image set (mnist, fashion-mnist, kmnist: IDX files, see data.py), a UCR/UEA
+problem (`JapaneseVowels`: its NAME_TRAIN.ts and NAME_TEST.ts in --data-dir or in the data folder
+an installed aeon or sktime wheel ships; neither is imported), or a path to a `X_TRAIN.ts` whose
+`X_TEST.ts` is beside it. The `.ts` format (sktime's and aeon's):
+
+    # comments
+    @problemName JapaneseVowels
+    @dimensions 12              (absent for univariate problems: 1)
+    @classLabel true 1 2 3 ...  (the class names, in this order)
+    @data
+    1.8,1.9,...:-0.2,-0.19,...:...:3     channels split by ':', values by ',', the label last
+
+A missing value (`?`) becomes NaN, then the channel's mean (0 after standardisation).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from dist_rnn.errors import UserError
+
+# The image sets the IDX reader serves (same file names), with their class names.
+IMAGE_SETS: dict[str, list[str]] = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+}
+PACKAGES = ("aeon", "sktime")  # wheels that ship UCR/UEA problems as NAME/NAME_TRAIN.ts under datasets/data
+
+
+@dataclass
+class TsFile:
+    """One split of a `.ts` problem: a sequence per case ([length, channels], float32), its class
+    index, the class names in the header's order."""
+
+    sequences: list[np.ndarray]
+    labels: np.ndarray
+    classes: list[str]
+    problem: str
+
+
+def read_ts(path: Path) -> TsFile:
+    """Read a `.ts` classification file; a UserError names the file and line of the first problem."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    header: dict[str, str] = {}
+    data_at = None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if not text.startswith("@"):
+            raise UserError(f"{path}:{number}: expected a @tag line or @data before the data, got {text[:40]!r}")
+        tag, _, value = text[1:].partition(" ")
+        tag = tag.lower()
+        if tag == "data":
+            data_at = number
+            break
+        header[tag] = value.strip()
+    if data_at is None:
+        raise UserError(f"{path}: no @data line: not a .ts file")
+    if header.get("timestamps", "false").lower() == "true":
+        raise UserError(f"{path}: @timeStamps true: time-stamped .ts files are not supported (values only)")
+    labelled, _, names = header.get("classlabel", "").partition(" ")
+    if labelled.lower() != "true":
+        raise UserError(f"{path}: no '@classLabel true ...' line: dist_rnn needs labelled classification data")
+    classes = names.split()
+    if not classes:
+        raise UserError(f"{path}: '@classLabel true' lists no class labels")
+    try:
+        channels = int(header.get("dimensions", header.get("dimension", "1")))
+    except ValueError:
+        raise UserError(f"{path}: @dimensions {header.get('dimensions')!r} is not a number") from None
+    index = {name: i for i, name in enumerate(classes)}
+    sequences, labels = [], []
+    for number in range(data_at + 1, len(lines) + 1):
+        text = lines[number - 1].strip()
+        if not text or text.startswith("#"):
+            continue
+        sequence, label = _case(text, channels, index, f"{path}:{number}")
+        sequences.append(sequence)
+        labels.append(label)
+    if not sequences:
+        raise UserError(f"{path}: no cases after @data")
+    return TsFile(sequences, np.array(labels, dtype=np.int64), classes, header.get("problemname", path.stem))
+
+
+def _case(text: str, channels: int, classes: dict[str, int], where: str) -> tuple[np.ndarray, int]:
+    """One data line: `channels` comma-separated series and the label, split by ':'."""
+    fields = text.split(":")
+    if len(fields) != channels + 1:
+        raise UserError(f"{where}: expected {channels} channel(s) and a label separated by ':', "
+                        f"found {len(fields)} field(s)")
+    label = fields[-1].strip()
+    if label not in classes:
+        raise UserError(f"{where}: label {label!r} is not one of the header's @classLabel values "
+                        f"({' '.join(classes)})")
+    series = []
+    for c, field in enumerate(fields[:-1], 1):
+        if not field.strip():
+            raise UserError(f"{where}: channel {c}: a sequence of length 0")
+        values = field.split(",")
+        try:
+            series.append([float("nan") if v.strip() == "?" else float(v) for v in values])
+        except ValueError:
+            bad = next(v for v in values if not _is_number(v))
+            raise UserError(f"{where}: channel {c}: bad value {bad.strip()[:20]!r}") from None
+    lengths = {len(s) for s in series}
+    if len(lengths) > 1:
+        raise UserError(f"{where}: ragged channels: lengths {sorted(lengths)} (every channel of a case has one length)")
+    return np.asarray(series, dtype=np.float32).T.copy(), classes[label]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return text.strip() == "?"
+
+
+# -- finding a problem ------------------------------------------------------------------------------
+
+def package_data_dirs() -> list[tuple[str, Path]]:
+    """(package, its datasets/data folder) of each installed wheel that ships UCR/UEA problems,
+    found without importing it (their imports pull in numba or scikit-learn)."""
+    found = []
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+            if folder.is_dir():
+                found.append((name, folder))
+    return found
+
+
+def problems_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file()) if folder.is_dir() else []
+
+
+def locate(dataset: str, data_dir: Optional[Path]) -> tuple[Path, Path]:
+    """The (train, test) `.ts` files `--dataset` names; one line listing what there is if none."""
+    if dataset.endswith(".ts"):
+        train = Path(dataset)
+        if not train.is_file():
+            raise UserError(f"`dataset` {dataset}: no such file")
+        if "_TRAIN" not in train.name:
+            raise UserError(f"`dataset` {dataset}: name the training file (X_TRAIN.ts), its X_TEST.ts beside it")
+        test = train.with_name(train.name.replace("_TRAIN", "_TEST"))
+        if not test.is_file():
+            raise UserError(f"`dataset` {dataset}: its test file {test} is missing")
+        return train, test
+    folders = ([("--data-dir", data_dir)] if data_dir is not None else []) + package_data_dirs()
+    for _, folder in folders:
+        for base in (folder / dataset, folder):
+            train, test = base / f"{dataset}_TRAIN.ts", base / f"{dataset}_TEST.ts"
+            if train.is_file():
+                if not test.is_file():
+                    raise UserError(f"`dataset` {dataset}: {train} has no {test.name} beside it")
+                return train, test
+    known = [f"{', '.join(problems_in(folder))} (in {where}'s data)" for where, folder in folders if problems_in(folder)]
+    shipped = "; UCR/UEA problems: " + "; ".join(known) if known else \
+        "; no UCR/UEA problems found (pip install --no-deps sktime ships some, or pass --data-dir)"
+    raise UserError(f"`dataset` {dataset!r} not found: choose {', '.join(IMAGE_SETS)}, a path to an X_TRAIN.ts"
+                    f"{shipped}")
+
+
+# -- a problem in memory ----------------------------------------------------------------------------
+
+@dataclass
+class SeriesInfo:
+    """What a model of this problem must know: its classes, channels, and whether lengths differ."""
+
+    dataset: str
+    classes: list[str]
+    channels: int
+    variable_length: bool
+    max_length: int
+
+
+def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor, SeriesInfo]:
+    """Both splits, padded to one length: (train inputs, train labels, test inputs, test labels, info).
+    Inputs are float32 (N, T, C), or (N, T, C + 1) when lengths differ: the last channel's first
+    step then holds each case's length (so one index gathers a batch and its lengths; SeriesView
+    reads it back)."""
+    train_path, test_path = locate(dataset, data_dir)
+    train, test = read_ts(train_path), read_ts(test_path)
+    if test.classes != train.classes:
+        raise UserError(f"{test_path}: its @classLabel values ({' '.join(test.classes)}) differ from "
+                        f"{train_path.name}'s ({' '.join(train.classes)})")
+    channels = {s.shape[1] for s in train.sequences + test.sequences}
+    if len(channels) > 1:
+        raise UserError(f"{train_path}: the two files' channel counts differ ({sorted(channels)})")
+    lengths = [len(s) for s in train.sequences + test.sequences]
+    variable = len(set(lengths)) > 1
+    info = SeriesInfo(train.problem if not dataset.endswith(".ts") else dataset, train.classes,
+                      channels.pop(), variable, max(lengths))
+    return (*padded(train, info), *padded(test, info), info)
+
+
+def padded(split: TsFile, info: SeriesInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    width = info.channels + (1 if info.variable_length else 0)
+    x = np.zeros((len(split.sequences), info.max_length, width), dtype=np.float32)
+    for i, s in enumerate(split.sequences):
+        x[i, :len(s), :info.channels] = s
+        if info.variable_length:
+            x[i, 0, info.channels] = len(s)
+    return torch.from_numpy(x), torch.from_numpy(split.labels)
+
+
+class SeriesView:
+    """Padded cases -> what the RNN reads: each channel standardised with the training split's mean
+    and standard deviation (fitted once, saved in checkpoints), a missing value made 0 (the mean),
+    and, when lengths differ, packed (`pack_padded_sequence`, enforce_sorted=False) so that no step
+    of padding is read and each direction's final state is the case's own."""
+
+    permutation = None  # (the image views' pixel order: none here)
+
+    def __init__(self, info: SeriesInfo, mean: list[float], std: list[float]):
+        self.info = info
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+
+    @classmethod
+    def fit(cls, info: SeriesInfo, inputs: torch.Tensor) -> "SeriesView":
+        """Standardisation from the real (not padded, not missing) values of the training inputs."""
+        values = inputs[..., :info.channels].double()
+        real = torch.ones(values.shape[:2], dtype=torch.bool)
+        if info.variable_length:
+            lengths = inputs[:, 0, info.channels].long()
+            real = torch.arange(values.shape[1])[None, :] < lengths[:, None]
+        mask = real[..., None] & ~values.isnan()
+        count = mask.sum((0, 1)).clamp(min=1)
+        mean = torch.where(mask, values, 0).sum((0, 1)) / count
+        var = torch.where(mask, (values - mean) ** 2, 0).sum((0, 1)) / count
+        std = var.sqrt()
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel is only centred
+        return cls(info, mean.float().tolist(), std.float().tolist())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so evaluate and predict rebuild this view without the data."""
+        return {"dataset": self.info.dataset, "classes": self.info.classes, "channels": self.info.channels,
+                "variable_length": self.info.variable_length, "max_length": self.info.max_length,
+                "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "SeriesView":
+        info = SeriesInfo(state["dataset"], state["classes"], state["channels"], state["variable_length"],
+                          state["max_length"])
+        return cls(info, state["mean"], state["std"])
+
+    @property
+    def input_size(self) -> int:
+        return self.info.channels
+
+    @property
+    def steps(self) -> int:
+        return self.info.max_length
+
+    def to(self, device: torch.device) -> "SeriesView":
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    def __call__(self, inputs: torch.Tensor) -> "torch.Tensor | PackedSequence":
+        x = ((inputs[..., :self.info.channels] - self.mean) / self.std).nan_to_num_(0.0)
+        if not self.info.variable_length:
+            return x
+        lengths = inputs[:, 0, self.info.channels].long()
+        # pack_padded_sequence wants the lengths on the CPU (one small copy per batch on a GPU)
+        return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -1,0 +1,206 @@
+"""Sequences of your own (dist_rnn/series.py): the .ts reader and its one-line errors, packed
+variable-length batches read exactly as each sequence alone, training, exact evaluation and bitwise
+resume on a variable-length set, and the real JapaneseVowels where a wheel ships it."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (REPO, TORCHRUN, check_ok, read_results, run_module, run_train, synthetic_series, ts_text,
+                      write_ts)
+from dist_rnn import train as train_cli
+from dist_rnn.checkpoint import load_checkpoint
+from dist_rnn.errors import UserError
+from dist_rnn.model import RNNClassifier
+from dist_rnn.series import SeriesInfo, SeriesView, TsFile, load_series, package_data_dirs, padded, read_ts
+
+GOOD = ts_text(*synthetic_series(6, seed=0), classes=("low", "mid", "high"))
+HEADER, DATA = GOOD.split("@data\n")
+
+
+def test_reader_reads_channels_lengths_labels_and_missing_values(tmp_path):
+    seqs, labels = synthetic_series(6, seed=0)
+    text = GOOD.replace(f"{seqs[0][0, 1]:.6f}", "?", 1)  # one missing value
+    (tmp_path / "X_TRAIN.ts").write_text(text)
+    got = read_ts(tmp_path / "X_TRAIN.ts")
+    assert got.classes == ["low", "mid", "high"] and got.problem == "Synthetic"
+    assert [s.shape for s in got.sequences] == [s.shape for s in seqs]
+    assert got.labels.tolist() == [["low", "mid", "high"].index(label) for label in labels]
+    assert np.isnan(got.sequences[0][0, 1]) and np.isnan(got.sequences[0]).sum() == 1
+    np.testing.assert_allclose(got.sequences[1], seqs[1], atol=1e-6)
+
+
+LINE = HEADER.count("\n") + 2  # the first data line's number
+BAD_FILES = [
+    ("ragged-channels", lambda d: d.split(",", 1)[1], f":{LINE}: ragged channels"),  # channel 1 one value short
+    ("bad-value", lambda d: d.replace(",", ",abc,", 1), f":{LINE}: channel 1: bad value 'abc'"),
+    ("unknown-label", lambda d: d.replace(":low\n", ":lowest\n", 1),
+     f":{LINE}: label 'lowest' is not one of the header's @classLabel values (low mid high)"),
+    ("too-few-channels", lambda d: ":".join(d.split("\n")[0].split(":")[1:]) + "\n" + d.split("\n", 1)[1],
+     f":{LINE}: expected 2 channel(s) and a label separated by ':', found 2 field(s)"),
+    ("empty-sequence", lambda d: "::low\n" + d.split("\n", 1)[1], f":{LINE}: channel 1: a sequence of length 0"),
+]
+
+
+@pytest.mark.parametrize("case,change,words", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_a_malformed_line_is_one_error_naming_file_and_line(tmp_path, case, change, words):
+    path = tmp_path / "X_TRAIN.ts"
+    path.write_text(HEADER + "@data\n" + change(DATA))
+    with pytest.raises(UserError) as e:
+        read_ts(path)
+    assert str(e.value).startswith(str(path)) and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("header,words", [
+    (HEADER.replace("@classLabel true low mid high", "@classLabel true"), "'@classLabel true' lists no class labels"),
+    (HEADER.replace("@classLabel true low mid high", "@classLabel false"), "needs labelled classification data"),
+    (HEADER.replace("@timeStamps false", "@timeStamps true"), "time-stamped .ts files are not supported"),
+])
+def test_a_bad_header_is_one_error(tmp_path, header, words):
+    path = tmp_path / "X_TRAIN.ts"
+    path.write_text(header + "@data\n" + DATA)
+    with pytest.raises(UserError) as e:
+        read_ts(path)
+    assert words in str(e.value)
+    path.write_text(HEADER)
+    with pytest.raises(UserError, match="no @data line"):
+        read_ts(path)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_padded_batch_gives_each_sequence_its_own_logits(cell, layers, bidirectional):
+    """Packed, a batch of sequences of lengths 2..11 gives every sequence exactly the logits it gets
+    alone, unpadded: the readout takes its real last step (and the backward direction's state after
+    the whole sequence); 'last' reads the output at its own last step."""
+    seqs, labels = synthetic_series(10, seed=3)
+    seqs = [s[:2 + i] for i, s in enumerate(seqs)]
+    info = SeriesInfo("t", ["low", "mid", "high"], 2, True, max(len(s) for s in seqs))
+    inputs, _ = padded(TsFile(seqs, np.array([0] * 10), info.classes, "t"), info)
+    view = SeriesView.fit(info, inputs)
+    torch.manual_seed(0)
+    for readout in ("final", "last"):
+        model = RNNClassifier(2, 8, layers, 3, cell, bidirectional, readout=readout).eval()
+        with torch.no_grad():
+            together = model(view(inputs))
+            alone = torch.cat([model(((torch.from_numpy(s)[None] - view.mean) / view.std).float()) for s in seqs])
+        torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+
+
+def test_standardisation_comes_from_the_training_split_only(tmp_path):
+    """The mean and sd a run standardises with are the training samples' (without the validation
+    split), in its checkpoint; evaluate and predict need no flag for them."""
+    write_ts(tmp_path / "data")
+    out = tmp_path / "run"
+    check_ok(run_train(["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--out-dir", str(out),
+                        "--max-steps", "2", "--val-size", "60", "--batch-size", "40", "--hidden-size", "8"]))
+    saved = load_checkpoint(read_results(out)["checkpoint"])["state"]["series"]
+    train_x, train_y, _, _, info = load_series("Synthetic", tmp_path / "data")
+    from dist_rnn.data import Split, validation_split
+    kept, _, _ = validation_split(Split(train_x, train_y), 60, seed=0)
+    expected = SeriesView.fit(info, kept.images)
+    assert saved["mean"] == expected.mean.tolist() and saved["std"] == expected.std.tolist()
+    assert saved["classes"] == ["low", "mid", "high"] and saved["variable_length"] and saved["channels"] == 2
+    assert SeriesView.fit(info, train_x).mean.tolist() != saved["mean"]  # the validation samples left out
+
+
+def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
+    train_file = write_ts(tmp_path / "data")
+    out = tmp_path / "run"
+    proc = run_train(["--dataset", str(train_file), "--out-dir", str(out), "--epochs", "12", "--batch-size", "30",
+                      "--hidden-size", "16", "--lr", "0.01", "--bidirectional"])
+    check_ok(proc)
+    assert "(Synthetic_TRAIN.ts" not in proc.stdout and "3 classes, 2 channel(s), lengths up to 20, packed" in proc.stdout
+    results = read_results(out)
+    assert results["test_samples"] == 91 and results["test_accuracy"] > 0.6  # 3 classes: chance is 1/3
+    scored = run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--device", "cpu"])
+    check_ok(scored)
+    assert scored.stdout.startswith(f"test accuracy {results['test_accuracy']:.4f} (")
+    refused = run_module("dist_rnn.predict", ["--checkpoint", results["checkpoint"], str(train_file)])
+    assert refused.returncode == 2 and "trained on sequences" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_exact_evaluation_of_variable_lengths_at_any_world_size(tmp_path, nproc):
+    """91 test sequences: each counted once at 1, 2 and 3 processes, the same correct count and loss."""
+    write_ts(tmp_path / "data")
+    out = tmp_path / "run"
+    check_ok(run_train(["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--out-dir", str(out),
+                        "--max-steps", "20", "--batch-size", "30", "--hidden-size", "8"]))
+    checkpoint = read_results(out)["checkpoint"]
+    scores = {}
+    for n in (None, nproc):
+        path = tmp_path / f"score-{n}.json"
+        args = ["--checkpoint", checkpoint, "--device", "cpu", "--batch-size", "7", "--out", str(path)]
+        if n is None:
+            check_ok(run_module("dist_rnn.evaluate", args))
+        else:
+            check_ok(subprocess.run([*TORCHRUN, "--standalone", f"--nproc_per_node={n}", "-m", "dist_rnn.evaluate",
+                                     *args], cwd=REPO, capture_output=True, text=True, timeout=300))
+        scores[n] = json.loads(path.read_text())
+    assert scores[None]["test_samples"] == scores[nproc]["test_samples"] == 91
+    assert scores[None]["test_correct"] == scores[nproc]["test_correct"]
+    assert scores[None]["test_loss"] == pytest.approx(scores[nproc]["test_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("nproc", [None, 2])
+def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, nproc):
+    write_ts(tmp_path / "data")
+    args = ["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--batch-size", "30", "--hidden-size",
+            "8", "--head-dropout", "0.2", "--val-size", "30", "--epochs", "3", "--log-every", "5"]
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "full")], nproc=nproc))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut"), "--max-steps", "13"], nproc=nproc))  # mid-epoch
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut")], nproc=nproc))
+    full, cut = read_results(tmp_path / "full"), read_results(tmp_path / "cut")
+    assert cut["resumed_from_step"] == 13 and full["steps"] == cut["steps"] == 27
+    a, b = load_checkpoint(full["checkpoint"])["model"], load_checkpoint(cut["checkpoint"])["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full["best_val_accuracy"] == cut["best_val_accuracy"] and full["test_loss"] == cut["test_loss"]
+
+
+def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
+    write_ts(tmp_path / "data")
+    data = ["--data-dir", str(tmp_path / "data"), "--device", "cpu"]
+    cases = [
+        (["--dataset", "NoSuchProblem", *data], "--dataset 'NoSuchProblem' not found: choose mnist, fashion-mnist, "
+                                                "kmnist, a path to an X_TRAIN.ts; UCR/UEA problems: Synthetic (in "
+                                                "--data-dir's data)"),
+        (["--dataset", "Synthetic", "--sequence", "pixel", *data], "--sequence pixel applies to the image data sets"),
+        (["--dataset", str(tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts"), *data], "name the training file"),
+    ]
+    for argv, words in cases:
+        code = train_cli.main([*argv, "--out-dir", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+        assert not (tmp_path / "o").exists()
+    # A run resumed on another data set than it was trained on.
+    out = tmp_path / "run"
+    assert train_cli.main(["--dataset", "Synthetic", *data, "--out-dir", str(out), "--max-steps", "1",
+                           "--batch-size", "30", "--hidden-size", "8"]) == 0
+    capsys.readouterr()
+    code = train_cli.main([*data, "--out-dir", str(out), "--batch-size", "30", "--hidden-size", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not match this run: dataset 'Synthetic' -> 'mnist'" in err, err
+    (tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts").unlink()
+    assert train_cli.main(["--dataset", "Synthetic", *data, "--out-dir", str(tmp_path / "o")]) == 2
+    assert "Synthetic_TRAIN.ts has no Synthetic_TEST.ts beside it" in capsys.readouterr().err
+
+
+SHIPPED = [name for name, folder in package_data_dirs() if (folder / "JapaneseVowels").is_dir()]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no installed aeon or sktime ships JapaneseVowels (.ci/run installs sktime)")
+def test_japanese_vowels(tmp_path):
+    """The real problem as published (270 train / 370 test, 12 channels, lengths 7-29, 9 speakers),
+    and a BiLSTM trained on it for 30 epochs in seconds, where 1-NN DTW scores about 0.95."""
+    train_x, train_y, test_x, test_y, info = load_series("JapaneseVowels", None)
+    assert (len(train_y), len(test_y), info.channels, info.max_length) == (270, 370, 12, 29)
+    lengths = torch.cat([train_x[:, 0, 12], test_x[:, 0, 12]])
+    assert (lengths.min(), lengths.max()) == (7, 29) and info.classes == [str(k) for k in range(1, 10)]
+    check_ok(run_train(["--dataset", "JapaneseVowels", "--out-dir", str(tmp_path / "run"), "--bidirectional",
+                        "--hidden-size", "64", "--epochs", "30", "--batch-size", "30", "--lr", "0.003"]))
+    assert read_results(tmp_path / "run")["test_accuracy"] >= 0.95
