@@ -310,6 +310,9 @@ def validate(c: TrainConfig) -> None:
         raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
     if c.early_stop and not c.val_size:
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
+    if c.dataset in ("fashion-mnist", "kmnist") and (c.data_dir is None or c.download):
+        raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
+                        "MNIST's files, named alike) and cannot `download` (only MNIST can)")
     if not is_image_set(c.dataset):
         for name, value, default in (("sequence", c.sequence, "row"), ("loader", c.loader, "memory"),
                                      ("download", c.download, False)):

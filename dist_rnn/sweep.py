@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
-from dist_rnn.config import TrainConfig, checked, did_you_mean, from_values, option
+from dist_rnn.config import TrainConfig, check_limits, checked, did_you_mean, from_values, option
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
 from dist_rnn.lock import RunLock
@@ -142,6 +142,8 @@ def options(values: Any, where: str) -> dict[str, Any]:
             raise UserError(f"{where}: {key!r} is set by the sweep ({SET_BY_THE_SWEEP[name]})")
         if name not in fields:
             raise UserError(f"{where}: unknown option {key!r}{did_you_mean(name, fields)}")
+        if name in out:
+            raise UserError(f"{where}: {key!r} names the option {name} a second time")
         out[name] = checked(TrainConfig, fields[name], value, f"{where}: option {key!r}")
     return out
 
@@ -175,19 +177,24 @@ def seeds_of(spec: dict[str, Any], path: str) -> list[int]:
     return seeds
 
 
-def plan(path: str, sweep_dir: Path) -> list[Run]:
+def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None) -> list[Run]:
     """Every run the spec asks for, each checked as `dist_rnn.train` would check it (one line naming
-    the run if one cannot work), before anything is written or started."""
+    the run if one cannot work), before anything is written or started; `data_dir` (absolute in
+    each run's options, so a rerun on other data is noticed) overrides the spec's."""
     spec = read_spec(path)
     base = options(spec.get("base"), f"spec {path}: base")
-    runs, names = [], set()
+    if data_dir:
+        base["data_dir"] = str(Path(data_dir).absolute())
+    runs, names = [], {}
     for point in grid_points(spec, path):
         for seed in seeds_of(spec, path):
             values = {**base, **point, "seed": seed}
-            name = run_name(point, seed)
+            name, same = run_name(point, seed), json.dumps({**point, "seed": seed}, sort_keys=True, default=str)
             if name in names:
-                raise UserError(f"spec {path}: the run {name} is listed twice")
-            names.add(name)
+                raise UserError(f"spec {path}: the run {name} is listed twice" if names[name] == same else
+                                f"spec {path}: two runs would share the directory {name} (their values differ only "
+                                "in characters a file name cannot hold)")
+            names[name] = same
             try:
                 from_values({**values, "out_dir": str(sweep_dir / "runs" / name)})
             except UserError as e:
@@ -228,7 +235,8 @@ def check_same_runs(sweep_dir: Path, runs: list[Run]) -> None:
         except ValueError:
             continue  # cut short while written (atomic writes make that unlikely): written again
         now = run_options(sweep_dir, run)
-        changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        # (not out_dir: a sweep directory that was moved still holds its runs)
+        changed = sorted(k for k in {*before, *now} - {"out_dir"} if before.get(k) != now.get(k))
         if changed:
             raise UserError(f"{sweep_dir}: the run {run.name} there was made with other values of "
                             f"{', '.join(changed)}: use another --out-dir, or delete {sweep_dir / 'runs' / run.name}")
@@ -253,8 +261,6 @@ def read_plan(sweep_dir: Path) -> list[Run]:
 
 def train_command(sweep_dir: Path, run: Run, c: SweepConfig, threads: Optional[int]) -> list[str]:
     command = [sys.executable, "-m", "dist_rnn.train", "--config", str(config_file(sweep_dir, run).absolute())]
-    if c.data_dir:
-        command += ["--data-dir", c.data_dir]
     if threads and "threads" not in run.options:
         command += ["--threads", str(threads)]
     return command
@@ -262,21 +268,21 @@ def train_command(sweep_dir: Path, run: Run, c: SweepConfig, threads: Optional[i
 
 # -- running here -----------------------------------------------------------------------------------
 
-def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> list[str]:
-    """Train the runs, `jobs` at a time, each with its share of the cores; returns the failures.
-    SIGINT or SIGTERM stops the runs under way (each checkpoints its step: the same command resumes
-    them) and the sweep."""
-    threads = max(1, len(os.sched_getaffinity(0)) // c.jobs)
+def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> None:
+    """Train the runs, `jobs` at a time, each with its share of the cores. SIGINT, SIGTERM or SIGHUP
+    stops the runs under way (each checkpoints its step: the same command resumes them) and the
+    sweep; a second Ctrl-C reaches them as theirs does (stop now)."""
+    threads = max(1, len(os.sched_getaffinity(0)) // min(c.jobs, len(todo)))
     (sweep_dir / "logs").mkdir(exist_ok=True)
-    pending, running, failures, started, done = list(todo), {}, [], 0, 0
+    pending, running, started, done = list(todo), {}, 0, 0
     stopping: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
         stopping.append(signum)
-        for proc, _, _ in running.values():
-            proc.send_signal(signal.SIGTERM)  # the run checkpoints its step and exits
+        for proc, _, _ in running.values():  # the run checkpoints its step and exits
+            proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         while (pending and not stopping) or running:
             while pending and len(running) < c.jobs and not stopping:
@@ -287,6 +293,8 @@ def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> list[str]:
                                         stderr=subprocess.STDOUT, start_new_session=True)
                 log.close()
                 running[run.name] = (proc, run, time.monotonic())
+                if stopping:  # the signal came while it started: it stops too
+                    proc.send_signal(signal.SIGTERM)
                 started += 1
                 print(f"started {run.name} ({started} of {len(todo)})", flush=True)
             time.sleep(POLL_S)
@@ -295,16 +303,13 @@ def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> list[str]:
                     continue
                 del running[name]
                 done += 1
-                print(f"[{done}/{len(todo)} ended] {outcome(sweep_dir, run, proc.returncode)} "
+                print(f"[{done}/{len(todo)} ended] {outcome(sweep_dir, run, proc.returncode, bool(stopping))} "
                       f"({time.monotonic() - began:.0f} s)", flush=True)
-                if proc.returncode != 0 and not stopping:
-                    failures.append(name)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if stopping:
         raise Stopping(stopping[0])
-    return failures
 
 
 class Stopping(Exception):
@@ -315,13 +320,15 @@ class Stopping(Exception):
         self.signum = signum
 
 
-def outcome(sweep_dir: Path, run: Run, returncode: int) -> str:
-    """One line on a run that has ended: its scores, or how it failed and where its log is."""
+def outcome(sweep_dir: Path, run: Run, returncode: int, stopping: bool = False) -> str:
+    """One line on a run that has ended: its scores, stopped (by the sweep's stop), or how it failed
+    and where its log is."""
     log = sweep_dir / "logs" / f"{run.name}.log"
     results = read_results(sweep_dir, run)
     if returncode == 0 and results:
         return f"done {run.name}: {scores(results)}"
-    if returncode == 0:
+    if returncode == 0 or stopping and returncode in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM,
+                                                       128 + signal.SIGINT):
         return f"stopped {run.name} (checkpointed: the same command resumes it)"
     lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
     return f"FAILED {run.name} (exit {returncode}): {lines[-1] if lines else '?'} (log: {log})"
@@ -379,31 +386,66 @@ def throttle(array: Optional[str]) -> str:
     return "%" + array.lstrip("%")
 
 
-def sbatch_command(sweep_dir: Path, todo: list[Run], c: SweepConfig, tasks: Path) -> list[str]:
+def sbatch_args(c: SweepConfig) -> list[str]:
+    try:
+        return shlex.split(c.sbatch_args or "")
+    except ValueError as e:
+        raise UserError(f"`sbatch_args` {c.sbatch_args!r}: {e}") from None
+
+
+def check_slurm(c: SweepConfig) -> None:
+    """Everything a submission needs, checked before anything is written: sbatch, the job script
+    the tasks run, the throttle, and the sbatch options (sbatch --test-only: a partition or a
+    resource the cluster does not have is refused now, not after the sweep directory is made)."""
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise UserError("--slurm: sbatch is not on PATH (run the sweep where SLURM jobs are submitted, or "
                         "without --slurm to run here)")
-    try:
-        extra = shlex.split(c.sbatch_args or "")
-    except ValueError as e:
-        raise UserError(f"`sbatch_args` {c.sbatch_args!r}: {e}") from None
+    slurm_home()
+    test = subprocess.run([sbatch, "--test-only", f"--array=0-0{throttle(c.array)}", *sbatch_args(c)],
+                          input=ARRAY_SCRIPT, capture_output=True, text=True)
+    if test.returncode != 0:
+        raise UserError(f"sbatch refuses the array: {first_line(test.stderr.strip() or test.stdout.strip())}")
+
+
+def sbatch_command(sweep_dir: Path, todo: list[Run], c: SweepConfig, tasks: Path) -> list[str]:
     logs = sweep_dir.absolute() / "slurm"
-    command = [sbatch, "--parsable", f"--array=0-{len(todo) - 1}{throttle(c.array)}", f"--output={logs}/%A_%a.out",
-               *extra, str(logs / "array.sbatch"), str(tasks)]
-    return command + (["--data-dir", c.data_dir] if c.data_dir else [])
+    return [str(shutil.which("sbatch")), "--parsable", f"--array=0-{len(todo) - 1}{throttle(c.array)}",
+            f"--output={logs}/%A_%a.out", *sbatch_args(c), str(logs / "array.sbatch"), str(tasks)]
+
+
+def arrays_in_flight(sweep_dir: Path) -> list[str]:
+    """Arrays this sweep directory submitted that SLURM still holds (a second submission would train
+    their runs twice)."""
+    path = sweep_dir / "slurm" / "arrays.txt"
+    jobs = path.read_text().split() if path.is_file() else []
+    return [job for job in jobs if queued(job)]
 
 
 def submit(sweep_dir: Path, todo: list[Run], command: list[str], tasks: Path) -> str:
-    """Write the array's script and task list, submit; returns the array's job id."""
+    """Write the array's script and task list, submit; returns the array's job id (also recorded in
+    slurm/arrays.txt)."""
     atomic_write(sweep_dir / "slurm" / "array.sbatch", lambda fh: fh.write(ARRAY_SCRIPT.encode()))
     lines = "".join(f"{config_file(sweep_dir, r).absolute()}\n" for r in todo)
     atomic_write(tasks, lambda fh: fh.write(lines.encode()))
     env = {**os.environ, "DIST_RNN_HOME": str(slurm_home()), "PYTHON": os.environ.get("PYTHON", sys.executable)}
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
+        tasks.unlink(missing_ok=True)
         raise UserError(f"sbatch refused the array: {first_line(proc.stderr.strip() or proc.stdout.strip())}")
-    return proc.stdout.strip().split(";")[0]
+    job = proc.stdout.strip().split(";")[0]
+    with open(sweep_dir / "slurm" / "arrays.txt", "a") as fh:
+        fh.write(job + "\n")
+    return job
+
+
+def queued(job: str) -> list[str]:
+    """The states of the array's tasks still pending or running (one per task: -r), [] once it has
+    ended (squeue then lists none, or no longer knows the job)."""
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    if out.returncode != 0:  # "Invalid job id specified": ended and forgotten
+        return []
+    return [s for s in out.stdout.split() if s not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")]
 
 
 def wait_for(job: str, runs: list[Run], sweep_dir: Path) -> None:
@@ -411,9 +453,8 @@ def wait_for(job: str, runs: list[Run], sweep_dir: Path) -> None:
     counts change."""
     last = None
     while True:
-        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
-        states = [s for s in out.stdout.split() if s not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")]
-        if out.returncode == 0 and not states:
+        states = queued(job)
+        if not states:
             return
         finished = sum(status(sweep_dir, r) == "done" for r in runs)
         counts = f"array {job}: {states.count('RUNNING')} running, {states.count('PENDING')} pending, " \
@@ -441,12 +482,14 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     missing = []
     for run in runs:
         row = rows.setdefault(run.configuration, {"configuration": run.point, "seeds": [], "val": [],
-                                                  "test_best": [], "test_final": []})
+                                                  "test_best": [], "test_final": [], "planned": 0})
+        row["planned"] += 1
         r = read_results(sweep_dir, run)
         if r is None:
             log = sweep_dir / "logs" / f"{run.name}.log"
-            why = "no results.json (failed, stopped or not run yet" + (f"; log: {log})" if log.is_file() else ")")
-            missing.append(f"{run.name}: {why}")
+            where = f"; log: {log}" if log.is_file() else \
+                f"; SLURM logs in {sweep_dir / 'slurm'}" if (sweep_dir / "slurm").is_dir() else ""
+            missing.append(f"{run.name}: no results.json (failed, stopped or not run yet{where})")
             continue
         row["seeds"].append(run.seed)
         row["test_final"].append(r["test_accuracy"])
@@ -456,14 +499,18 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 row["test_best"].append(r["best_test_accuracy"])
     table = []
     for name, row in rows.items():
-        out = {"configuration": name, **{k: v for k, v in row["configuration"].items()}, "seeds": len(row["seeds"])}
+        out = {"configuration": name, **{k: v for k, v in row["configuration"].items()}, "seeds": len(row["seeds"]),
+               "planned_seeds": row["planned"]}
         for key in ("val", "test_best", "test_final"):
             out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(row[key])
         out["chosen"] = False
         table.append(out)
-    scored = [row for row in table if row["val_mean"] is not None]
-    if scored:
-        max(scored, key=lambda row: row["val_mean"])["chosen"] = True  # max keeps the first of equals
+    # Chosen among the configurations whose every seed has a validation score: one with fewer would be
+    # compared on other seeds (and favoured by chance).
+    complete = [row for row in table if row["val_mean"] is not None and len(rows[row["configuration"]]["val"])
+                == row["planned_seeds"]]
+    if complete:
+        max(complete, key=lambda row: row["val_mean"])["chosen"] = True  # max keeps the first of equals
     return table, missing
 
 
@@ -479,11 +526,14 @@ def markdown(table: list[dict[str, Any]], missing: list[str]) -> str:
              "test accuracy % (final weights) |", "| --- | ---: | ---: | ---: | ---: |"]
     for row in table:
         mark = " **(chosen)**" if row["chosen"] else ""
-        lines.append(f"| {row['configuration']}{mark} | {row['seeds']} | {percent(row['val_mean'], row['val_sd'])} | "
+        seeds = row["seeds"] if row["seeds"] == row["planned_seeds"] else f"{row['seeds']} of {row['planned_seeds']}"
+        name = row["configuration"].replace("|", "\\|")
+        lines.append(f"| {name}{mark} | {seeds} | {percent(row['val_mean'], row['val_sd'])} | "
                      f"{percent(row['test_best_mean'], row['test_best_sd'])} | "
                      f"{percent(row['test_final_mean'], row['test_final_sd'])} |")
     notes = ["", "Mean ± sample standard deviation over the seeds that finished; the chosen configuration has "
-             "the best mean validation accuracy (the test set plays no part in the choice)."
+             "the best mean validation accuracy among those whose every seed finished (the test set plays no part "
+             "in the choice)."
              if validated else "No run has a validation split (`val_size`): nothing is chosen, since choosing on "
              "the test set would report a biased score."]
     if missing:
@@ -517,50 +567,69 @@ def sweep(spec: str, c: SweepConfig) -> int:
     failed or has no results)."""
     if c.out_dir is None:
         raise UserError("`out_dir` is needed: the sweep's directory (the same one again skips finished runs)")
+    check_limits(c)
     if not c.slurm and (c.array or c.sbatch_args or c.wait):
         raise UserError("`array`, `sbatch_args` and `wait` go with `slurm`")
+    if c.slurm and c.jobs != 1:
+        raise UserError("`jobs` is for runs here; with `slurm`, `array` limits the tasks at once")
     sweep_dir = Path(c.out_dir)
-    runs = plan(spec, sweep_dir)
+    runs = plan(spec, sweep_dir, c.data_dir)
     check_same_runs(sweep_dir, runs)
+    if c.slurm:
+        check_slurm(c)
+    if c.slurm and (busy := arrays_in_flight(sweep_dir)):
+        raise UserError(f"{sweep_dir}: its array {busy[0]} is still queued or running: wait for it "
+                        f"(squeue -j {busy[0]}) or scancel it, then run this again")
+    lock = RunLock(sweep_dir, shlex.join(sys.argv))
+    if not c.dry_run:  # before reading what is finished: another sweep here may be finishing runs
+        ensure_writable_dir(sweep_dir)
+        lock.acquire(lambda line: print(line, flush=True))
+    try:
+        return run_or_submit(spec, c, sweep_dir, runs)
+    finally:
+        if lock.held:
+            lock.release()
+
+
+def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -> int:
+    """What sweep() does once it holds the directory (or, for a dry run, without writing anything)."""
     states = {r.name: status(sweep_dir, r) for r in runs}
     todo = [r for r in runs if states[r.name] != "done"]
     configurations, seeds = len({r.configuration for r in runs}), len({r.seed for r in runs})
     print(f"{len(runs)} runs ({configurations} configurations x {seeds} seeds): "
           f"{len(runs) - len(todo)} finished, {sum(s == 'resume' for s in states.values())} to resume, "
           f"{sum(s == 'new' for s in states.values())} to start", flush=True)
-    tasks = sweep_dir / "slurm" / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}.txt"
-    submission = sbatch_command(sweep_dir, todo, c, tasks) if c.slurm and todo else None  # checked before writing
+    tasks = sweep_dir / "slurm" / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    submission = sbatch_command(sweep_dir, todo, c, tasks) if c.slurm and todo else None
     if c.dry_run:
         for run in runs:
             print(f"  {states[run.name]:6}  {shlex.join(['python', *train_command(sweep_dir, run, c, None)[1:]])}")
         if submission:
             print("would submit: " + shlex.join(submission))
         return 0
-    ensure_writable_dir(sweep_dir)
-    lock = RunLock(sweep_dir, shlex.join(sys.argv))
-    lock.acquire(lambda line: print(line, flush=True))
-    try:
-        write_plan(sweep_dir, spec, runs)
-        if not todo:
-            print("nothing to run")
-        elif submission:
-            job = submit(sweep_dir, todo, submission, tasks)
-            at_once = f", at most {throttle(c.array)[1:]} at once" if c.array else ""
-            print(f"submitted job array {job}: {len(todo)} runs{at_once}; logs in {sweep_dir / 'slurm'}")
-            if not c.wait:
-                print(f"follow it with `squeue -j {job}`; once it has ended: "
-                      f"{prog('dist_rnn.sweep')} --report {sweep_dir}")
-                return 0
+    write_plan(sweep_dir, spec, runs)
+    if not todo:
+        print("nothing to run")
+    elif submission:
+        job = submit(sweep_dir, todo, submission, tasks)
+        at_once = f", at most {throttle(c.array)[1:]} at once" if c.array else ""
+        print(f"submitted job array {job}: {len(todo)} runs{at_once}; logs in {sweep_dir / 'slurm'}")
+        if not c.wait:
+            print(f"follow it with `squeue -j {job}`; once it has ended: {prog('dist_rnn.sweep')} --report {sweep_dir}")
+            return 0
+        try:
             wait_for(job, runs, sweep_dir)
-        else:
-            try:
-                run_here(sweep_dir, todo, c)
-            except Stopping as e:
-                print(f"stopped by {signal.Signals(e.signum).name}: the runs under way saved checkpoints; "
-                      f"the same command resumes them")
-                return 128 + e.signum
-    finally:
-        lock.release()
+        except KeyboardInterrupt:
+            print(f"no longer waiting: array {job} goes on (squeue -j {job}; once it has ended: "
+                  f"{prog('dist_rnn.sweep')} --report {sweep_dir})")
+            return 130
+    else:
+        try:
+            run_here(sweep_dir, todo, c)
+        except Stopping as e:
+            print(f"stopped by {signal.Signals(e.signum).name}: the runs under way saved checkpoints; "
+                  f"the same command resumes them")
+            return 128 + e.signum
     text, missing = report(sweep_dir)
     print(text, end="")
     print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'report.csv'}")
@@ -590,6 +659,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             text, missing = report(Path(c.report))
             print(text, end="")
             print(f"report: {Path(c.report) / 'report.md'}, {Path(c.report) / 'report.csv'}")
+            code = 1 if missing else 0  # as the sweep itself: not every run has results
             return
         if spec is None:
             raise UserError("give a SPEC file to run (or --report SWEEP_DIR; see --help)")

@@ -181,6 +181,11 @@ CASES = [
     ("sweep-no-out-dir", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1]}")[:1], "--out-dir is needed"),
     ("sweep-array-without-slurm", "sweep", lambda w, t: [*sweep_args(t, "seeds: 1"), "--array", "%2"],
      "go with --slurm"),
+    ("sweep-jobs-zero", "sweep", lambda w, t: [*sweep_args(t, "seeds: 1"), "--jobs", "0"], "--jobs must be >= 1"),
+    ("sweep-jobs-with-slurm", "sweep", lambda w, t: [*sweep_args(t, "seeds: 1"), "--slurm", "--jobs", "2"],
+     "--jobs is for runs here"),
+    ("sweep-option-twice", "sweep", lambda w, t: sweep_args(t, "grid: {hidden-size: [8], hidden_size: [16]}"),
+     "'hidden_size' names the option hidden_size a second time"),
     ("sweep-report-not-a-sweep", "sweep", lambda w, t: ["--report", str(w / "run")], "not a sweep directory"),
 ]
 

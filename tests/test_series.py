@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import (REPO, TORCHRUN, check_ok, read_results, run_module, run_train, synthetic_series, ts_text,
-                      write_ts)
+                      write_mnist, write_ts)
 from dist_rnn import train as train_cli
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.errors import UserError
@@ -171,6 +171,7 @@ def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
                                                 "--data-dir's data)"),
         (["--dataset", "Synthetic", "--sequence", "pixel", *data], "--sequence pixel applies to the image data sets"),
         (["--dataset", str(tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts"), *data], "name the training file"),
+        (["--dataset", "fashion-mnist", "--device", "cpu"], "--dataset fashion-mnist needs its own --data-dir"),
     ]
     for argv, words in cases:
         code = train_cli.main([*argv, "--out-dir", str(tmp_path / "o")])
@@ -204,3 +205,18 @@ def test_japanese_vowels(tmp_path):
     check_ok(run_train(["--dataset", "JapaneseVowels", "--out-dir", str(tmp_path / "run"), "--bidirectional",
                         "--hidden-size", "64", "--epochs", "30", "--batch-size", "30", "--lr", "0.003"]))
     assert read_results(tmp_path / "run")["test_accuracy"] >= 0.95
+
+
+def test_other_image_sets_use_the_idx_reader(tmp_path):
+    """fashion-mnist and kmnist: the same four IDX files (here small generated ones), their own name in
+    the run and in what evaluate says; resuming one as the other is refused."""
+    data = write_mnist(tmp_path / "fashion")
+    out = tmp_path / "run"
+    proc = run_train(["--dataset", "fashion-mnist", "--data-dir", str(data), "--out-dir", str(out), "--max-steps", "3",
+                      "--hidden-size", "8"])
+    check_ok(proc)
+    assert "(fashion-mnist, row view)" in proc.stdout
+    scored = run_module("dist_rnn.evaluate", ["--checkpoint", read_results(out)["checkpoint"], "--device", "cpu"])
+    assert scored.returncode == 0 and "fashion-mnist, row view (as trained)" in scored.stdout, scored.stderr
+    again = run_train(["--dataset", "kmnist", "--data-dir", str(data), "--out-dir", str(out), "--hidden-size", "8"])
+    assert again.returncode == 2 and "dataset 'fashion-mnist' -> 'kmnist'" in again.stderr

@@ -137,3 +137,9 @@ def test_sweep_as_a_job_array(tmp_path):
     logs = sorted(p.name for p in (sweep_dir / "slurm").glob("*.out"))
     assert logs == [f"{job[1]}_{i}.out" for i in range(8)]
     assert "SLURM_RESTART_COUNT=0" in (sweep_dir / "slurm" / logs[0]).read_text()
+    # Options the cluster cannot meet: one line, nothing written, nothing submitted.
+    refused = subprocess.run([os.sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir",
+                              str(tmp_path / "other"), "--slurm", "--sbatch-args=--partition=no-such-partition"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "sbatch refuses the array: " in refused.stderr and not (tmp_path / "other").exists()

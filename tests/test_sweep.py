@@ -79,9 +79,10 @@ def test_local_sweep_runs_reports_skips_and_lists_missing_runs(tmp_path):
     # A run without results is listed, not averaged over.
     (sweep_dir / "runs" / "lr=0.003,hidden_size=8,seed=1" / "results.json").unlink()
     report = sweep("--report", str(sweep_dir))
-    check_ok(report)
-    assert "- lr=0.003,hidden_size=8,seed=1: no results.json" in report.stdout
-    assert report_rows(sweep_dir)[0]["seeds"] == "1"
+    assert report.returncode == 1 and "- lr=0.003,hidden_size=8,seed=1: no results.json" in report.stdout
+    partial = report_rows(sweep_dir)[0]
+    assert (partial["seeds"], partial["planned_seeds"], partial["chosen"]) == ("1", "2", "False")
+    assert "| lr=0.003 hidden_size=8 | 1 of 2 |" in report.stdout
 
 
 def test_a_stopped_sweep_resumes_its_runs(tmp_path):
@@ -99,6 +100,7 @@ def test_a_stopped_sweep_resumes_its_runs(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "stopped by SIGTERM: the runs under way saved checkpoints; the same command resumes them" in out
+    assert "stopped seed=0 (checkpointed" in out and "FAILED" not in out
     assert "seed=1" not in out.split("stopped by")[0].split("started seed=0")[1]  # never started
     stopped_at = events(sweep_dir / "runs" / "seed=0", "stop")[0]["step"]
 
