@@ -106,6 +106,9 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
+    if not (c.data_dir or trained_on) and config.dataset in ("fashion-mnist", "kmnist"):  # the default: MNIST's
+        raise UserError(f"{c.checkpoint} was trained on {config.dataset} from {config.data_dir}, which is not here: "
+                        "give its files with `data_dir`")
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     config = dataclasses.replace(config, data_dir=str(data_dir))
     state = TrainState.from_checkpoint(snapshot)
@@ -113,11 +116,13 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
         test = distributed.main_first(env, lambda: load_split(data_dir, "test"))
         view = SequenceView.from_config(config, test.images, state.pixel_order)
     else:  # sequences: standardised as in training, whatever this data's own statistics
-        test, view = distributed.main_first(env, lambda: load_dataset(config)[1]), SeriesView.from_state(state.series)
+        _, test, info = distributed.main_first(env, lambda: load_dataset(config))
+        view = SeriesView.from_state(state.series)
+        view.check_data(info, config.dataset)
     test, view = test.head(c.limit_test).to(env.device), view.to(env.device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": state.step, "world_size": env.world_size,
-              "dataset": config.dataset, "sequence": config.sequence,
+              "dataset": config.dataset, "sequence": config.sequence if state.series is None else None,
               **evaluate(model, test, env, c.batch_size, c.precision, view)}
     if env.is_main:
         print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "

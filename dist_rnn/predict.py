@@ -112,9 +112,11 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     record with its `error` instead of a digit, and the others are still classified."""
     snapshot = load_checkpoint(Path(c.checkpoint))
     config = trained_config(snapshot, c.checkpoint)
-    if TrainState.from_checkpoint(snapshot).series is not None:
-        raise UserError(f"{c.checkpoint}: trained on sequences (`dataset` {config.dataset}), and predict reads "
-                        f"images; score it with python -m dist_rnn.evaluate --checkpoint {c.checkpoint}")
+    if config.dataset != "mnist":  # predict makes each image look like an MNIST digit
+        kind = "sequences" if TrainState.from_checkpoint(snapshot).series is not None else "images"
+        raise UserError(f"{c.checkpoint}: trained on {kind} of `dataset` {config.dataset}, and predict reads "
+                        f"handwritten digits (MNIST); score it with python -m dist_rnn.evaluate --checkpoint "
+                        f"{c.checkpoint}")
     device = single_process_device(c.device)
     read: dict[int, tuple[np.ndarray, Optional[str]]] = {}
     records: list[dict[str, Any]] = []

@@ -53,7 +53,7 @@ class TsFile:
 def read_ts(path: Path) -> TsFile:
     """Read a `.ts` classification file; a UserError names the file and line of the first problem."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
     header: dict[str, str] = {}
@@ -64,7 +64,7 @@ def read_ts(path: Path) -> TsFile:
             continue
         if not text.startswith("@"):
             raise UserError(f"{path}:{number}: expected a @tag line or @data before the data, got {text[:40]!r}")
-        tag, _, value = text[1:].partition(" ")
+        tag, value = (text[1:].split(None, 1) + [""])[:2]
         tag = tag.lower()
         if tag == "data":
             data_at = number
@@ -72,18 +72,24 @@ def read_ts(path: Path) -> TsFile:
         header[tag] = value.strip()
     if data_at is None:
         raise UserError(f"{path}: no @data line: not a .ts file")
+    if "targetlabel" in header:
+        raise UserError(f"{path}: a regression problem (@targetLabel): dist_rnn trains classifiers")
     if header.get("timestamps", "false").lower() == "true":
         raise UserError(f"{path}: @timeStamps true: time-stamped .ts files are not supported (values only)")
-    labelled, _, names = header.get("classlabel", "").partition(" ")
+    labelled, *classes = header.get("classlabel", "").split()
     if labelled.lower() != "true":
         raise UserError(f"{path}: no '@classLabel true ...' line: dist_rnn needs labelled classification data")
-    classes = names.split()
     if not classes:
         raise UserError(f"{path}: '@classLabel true' lists no class labels")
-    try:
-        channels = int(header.get("dimensions", header.get("dimension", "1")))
-    except ValueError:
-        raise UserError(f"{path}: @dimensions {header.get('dimensions')!r} is not a number") from None
+    if len(set(classes)) != len(classes):
+        raise UserError(f"{path}: '@classLabel' lists a class twice: {' '.join(classes)}")
+    dims = header.get("dimensions", header.get("dimension"))
+    if dims is None:  # univariate files may leave it out; a multivariate one without it: count the first case's
+        first = next((line for line in lines[data_at:] if line.strip() and not line.startswith("#")), ":")
+        dims = str(first.count(":"))
+    if not dims.isdigit() or int(dims) < 1:
+        raise UserError(f"{path}: @dimensions {dims!r}: expected a number of channels >= 1")
+    channels = int(dims)
     index = {name: i for i, name in enumerate(classes)}
     sequences, labels = [], []
     for number in range(data_at + 1, len(lines) + 1):
@@ -114,22 +120,41 @@ def _case(text: str, channels: int, classes: dict[str, int], where: str) -> tupl
             raise UserError(f"{where}: channel {c}: a sequence of length 0")
         values = field.split(",")
         try:
-            series.append([float("nan") if v.strip() == "?" else float(v) for v in values])
+            series.append([_value(v) for v in values])
         except ValueError:
-            bad = next(v for v in values if not _is_number(v))
-            raise UserError(f"{where}: channel {c}: bad value {bad.strip()[:20]!r}") from None
+            bad = next(v for v in values if not _is_number(v)).strip()
+            what = "an empty value (a trailing or double comma?)" if not bad else f"bad value {bad[:20]!r}"
+            raise UserError(f"{where}: channel {c}: {what}") from None
     lengths = {len(s) for s in series}
     if len(lengths) > 1:
         raise UserError(f"{where}: ragged channels: lengths {sorted(lengths)} (every channel of a case has one length)")
     return np.asarray(series, dtype=np.float32).T.copy(), classes[label]
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _value(text: str) -> float:
+    """One value: `?` is missing (NaN); anything else a finite number a float32 holds."""
+    if text.strip() == "?":
+        return float("nan")
+    value = float(text)
+    if not abs(value) <= FLOAT32_MAX:  # inf, nan written out, or too large for float32
+        raise ValueError(text)
+    return value
+
+
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        _value(text)
         return True
     except ValueError:
-        return text.strip() == "?"
+        return False
+
+
+def _short(value: Any) -> str:
+    text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # -- finding a problem ------------------------------------------------------------------------------
@@ -148,7 +173,23 @@ def package_data_dirs() -> list[tuple[str, Path]]:
 
 
 def problems_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file()) if folder.is_dir() else []
+    """The classification problems in a folder of NAME/NAME_TRAIN.ts (regression ones left out)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if _classification(p / f"{p.name}_TRAIN.ts"))
+
+
+def _classification(path: Path) -> bool:
+    try:
+        with open(path, errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("@classlabel"):
+                    return line.split()[1:2] == ["true"]
+                if line.lower().startswith("@data"):
+                    return False
+    except OSError:
+        return False
+    return False
 
 
 def locate(dataset: str, data_dir: Optional[Path]) -> tuple[Path, Path]:
@@ -159,7 +200,8 @@ def locate(dataset: str, data_dir: Optional[Path]) -> tuple[Path, Path]:
             raise UserError(f"`dataset` {dataset}: no such file")
         if "_TRAIN" not in train.name:
             raise UserError(f"`dataset` {dataset}: name the training file (X_TRAIN.ts), its X_TEST.ts beside it")
-        test = train.with_name(train.name.replace("_TRAIN", "_TEST"))
+        head, _, tail = train.name.rpartition("_TRAIN")
+        test = train.with_name(f"{head}_TEST{tail}")
         if not test.is_file():
             raise UserError(f"`dataset` {dataset}: its test file {test} is missing")
         return train, test
@@ -199,9 +241,12 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
     reads it back)."""
     train_path, test_path = locate(dataset, data_dir)
     train, test = read_ts(train_path), read_ts(test_path)
-    if test.classes != train.classes:
+    if sorted(test.classes) != sorted(train.classes):
         raise UserError(f"{test_path}: its @classLabel values ({' '.join(test.classes)}) differ from "
                         f"{train_path.name}'s ({' '.join(train.classes)})")
+    if test.classes != train.classes:  # the same classes listed in another order: the training file's order
+        order = np.array([train.classes.index(name) for name in test.classes])
+        test = TsFile(test.sequences, order[test.labels], train.classes, test.problem)
     channels = {s.shape[1] for s in train.sequences + test.sequences}
     if len(channels) > 1:
         raise UserError(f"{train_path}: the two files' channel counts differ ({sorted(channels)})")
@@ -248,7 +293,8 @@ class SeriesView:
         mean = torch.where(mask, values, 0).sum((0, 1)) / count
         var = torch.where(mask, (values - mean) ** 2, 0).sum((0, 1)) / count
         std = var.sqrt()
-        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel is only centred
+        # a constant channel (up to rounding) is only centred, not blown up
+        std = torch.where(std > 1e-6 * mean.abs().clamp(min=1), std, torch.ones_like(std))
         return cls(info, mean.float().tolist(), std.float().tolist())
 
     def state(self) -> dict[str, Any]:
@@ -263,6 +309,16 @@ class SeriesView:
                           state["max_length"])
         return cls(info, state["mean"], state["std"])
 
+    def check_data(self, info: SeriesInfo, dataset: str) -> None:
+        """The data now must be what this view was fitted on: the same classes (in order), channels and
+        kind of lengths; else a resume or an evaluation would read it wrongly (one line)."""
+        saved = self.info
+        for what, was, now in (("classes", saved.classes, info.classes), ("channels", saved.channels, info.channels),
+                               ("variable lengths", saved.variable_length, info.variable_length)):
+            if was != now:
+                raise UserError(f"`dataset` {dataset}: its {what} ({_short(now)}) differ from those the checkpoint "
+                                f"was trained on ({_short(was)})")
+
     @property
     def input_size(self) -> int:
         return self.info.channels
@@ -276,7 +332,7 @@ class SeriesView:
         return self
 
     def __call__(self, inputs: torch.Tensor) -> "torch.Tensor | PackedSequence":
-        x = ((inputs[..., :self.info.channels] - self.mean) / self.std).nan_to_num_(0.0)
+        x = ((inputs[..., :self.info.channels] - self.mean) / self.std).nan_to_num_(0.0, posinf=0.0, neginf=0.0)
         if not self.info.variable_length:
             return x
         lengths = inputs[:, 0, self.info.channels].long()

@@ -132,10 +132,11 @@ class GraphedStep(EagerStep):
     def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, view: SequenceView, precision: str, loss: str,
                  grad_clip: Optional[float], env: DistEnv, local_batch: int, image_shape: tuple[int, ...],
-                 capture: bool = True):
+                 capture: bool = True, input_dtype: torch.dtype = torch.uint8):
         super().__init__(model, params, optimizer, scaler, view, precision, loss, grad_clip, env.device)
         self.env, self.capture = env, capture
-        self.images = torch.zeros(local_batch, *image_shape, dtype=torch.uint8, device=env.device)
+        # the feeder gathers into these: uint8 images, or float32 sequences
+        self.images = torch.zeros(local_batch, *image_shape, dtype=input_dtype, device=env.device)
         self.labels = torch.zeros(local_batch, dtype=torch.long, device=env.device)
         self.grads = torch.zeros(sum(p.numel() for p in params), device=env.device)
         offset = 0

@@ -92,9 +92,7 @@ def make_view(c: TrainConfig, train: Split, series: Optional[SeriesInfo],
     if state.series is None:
         state.series = SeriesView.fit(series, train.images).state()
     saved = SeriesView.from_state(state.series)
-    if (saved.info.classes, saved.info.channels) != (series.classes, series.channels):
-        raise UserError(f"`dataset` {c.dataset}: its classes or channels differ from those the checkpoint was "
-                        f"trained on ({len(saved.info.classes)} classes, {saved.info.channels} channels)")
+    saved.check_data(series, c.dataset)
     return saved
 
 
@@ -120,10 +118,11 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     default = f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Rank 0 claims a new directory (each rank would read its own clock) and every rank takes its name.
     out_dir = c.out_dir or distributed.on_main(env, lambda: claim_new_dir(default))
-    # The data dir as an absolute path: the checkpoints record it, and evaluate/predict read it from
-    # wherever they are run.
-    return dataclasses.replace(c, out_dir=out_dir, data_dir=str(resolve_data_dir(c.data_dir).absolute()),
-                               device=env.device.type)
+    # The data dir (and a .ts path) as absolute paths: the checkpoints record them, and evaluate/predict
+    # read them from wherever they are run.
+    dataset = str(Path(c.dataset).absolute()) if c.dataset.endswith(".ts") else c.dataset
+    return dataclasses.replace(c, out_dir=out_dir, dataset=dataset,
+                               data_dir=str(resolve_data_dir(c.data_dir).absolute()), device=env.device.type)
 
 
 def optimizer_states(c: TrainConfig) -> int:
@@ -316,7 +315,8 @@ class Trainer:
         if not graphed:
             return EagerStep(self.ddp_model, device=env.device, accumulate=c.grad_accum, **common)
         return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,
-                           image_shape=tuple(self.test_set.images.shape[1:]), **common)
+                           image_shape=tuple(self.test_set.images.shape[1:]), input_dtype=self.test_set.images.dtype,
+                           **common)
 
     def train(self) -> dict[str, Any]:
         """The algorithm: steps over the sampler's global batches, the loss reported every

@@ -42,6 +42,9 @@ BAD_FILES = [
     ("too-few-channels", lambda d: ":".join(d.split("\n")[0].split(":")[1:]) + "\n" + d.split("\n", 1)[1],
      f":{LINE}: expected 2 channel(s) and a label separated by ':', found 2 field(s)"),
     ("empty-sequence", lambda d: "::low\n" + d.split("\n", 1)[1], f":{LINE}: channel 1: a sequence of length 0"),
+    ("infinite-value", lambda d: d.replace(",", ",inf,", 1), f":{LINE}: channel 1: bad value 'inf'"),
+    ("too-large-for-float32", lambda d: d.replace(",", ",1e39,", 1), f":{LINE}: channel 1: bad value '1e39'"),
+    ("trailing-comma", lambda d: d.replace(":", ",:", 1), f":{LINE}: channel 1: an empty value (a trailing or double"),
 ]
 
 
@@ -58,6 +61,9 @@ def test_a_malformed_line_is_one_error_naming_file_and_line(tmp_path, case, chan
     (HEADER.replace("@classLabel true low mid high", "@classLabel true"), "'@classLabel true' lists no class labels"),
     (HEADER.replace("@classLabel true low mid high", "@classLabel false"), "needs labelled classification data"),
     (HEADER.replace("@timeStamps false", "@timeStamps true"), "time-stamped .ts files are not supported"),
+    (HEADER.replace("@classLabel true low mid high", "@classLabel true low mid low high"), "lists a class twice"),
+    (HEADER.replace("@dimensions 2", "@dimensions 0"), "@dimensions '0': expected a number of channels >= 1"),
+    (HEADER.replace("@classLabel true low mid high", "@targetLabel true"), "a regression problem (@targetLabel)"),
 ])
 def test_a_bad_header_is_one_error(tmp_path, header, words):
     path = tmp_path / "X_TRAIN.ts"
@@ -68,6 +74,18 @@ def test_a_bad_header_is_one_error(tmp_path, header, words):
     path.write_text(HEADER)
     with pytest.raises(UserError, match="no @data line"):
         read_ts(path)
+
+
+def test_reader_tolerates_what_real_files_do(tmp_path):
+    """A byte-order mark, tabs after tags, no @dimensions line on multivariate data (counted from
+    the first case), and a test file listing the same classes in another order (mapped by name)."""
+    text = "\ufeff" + GOOD.replace("@problemName ", "@problemName\t").replace("@dimensions 2\n", "")
+    (tmp_path / "X_TRAIN.ts").write_text(text, encoding="utf-8")
+    got = read_ts(tmp_path / "X_TRAIN.ts")
+    assert got.problem == "Synthetic" and got.sequences[0].shape[1] == 2
+    (tmp_path / "X_TEST.ts").write_text(GOOD.replace("@classLabel true low mid high", "@classLabel true high low mid"))
+    _, train_y, _, test_y, info = load_series(str(tmp_path / "X_TRAIN.ts"), None)
+    assert info.classes == ["low", "mid", "high"] and test_y.tolist() == train_y.tolist()
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -186,6 +204,12 @@ def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
     code = train_cli.main([*data, "--out-dir", str(out), "--batch-size", "30", "--hidden-size", "8"])
     err = capsys.readouterr().err
     assert code == 2 and "does not match this run: dataset 'Synthetic' -> 'mnist'" in err, err
+    # Scored on data of another kind than it was trained on (the same name, every length equal now).
+    write_ts(tmp_path / "fixed", variable=False)
+    code = run_module("dist_rnn.evaluate", ["--checkpoint", str(out / "checkpoints" / "step-1.pt"), "--data-dir",
+                                            str(tmp_path / "fixed"), "--device", "cpu"])
+    assert code.returncode == 2 and "its variable lengths (False) differ from those the checkpoint was trained on " \
+        "(True)" in code.stderr, code.stderr
     (tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts").unlink()
     assert train_cli.main(["--dataset", "Synthetic", *data, "--out-dir", str(tmp_path / "o")]) == 2
     assert "Synthetic_TRAIN.ts has no Synthetic_TEST.ts beside it" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""The classic baseline of the UCR/UEA archives, computed here: 1-nearest-neighbour classification with
+dynamic time warping (full window, squared differences), dependent (DTW_D: one warping path for all
+channels) and independent (DTW_I: each channel warped on its own, distances summed), on a problem's
+standard train/test split, from the same .ts files dist_rnn trains on (as shipped, not rescaled).
+
+    python tools/dtw-baseline.py JapaneseVowels [BasicMotions ItalyPowerDemand ...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from dist_rnn.series import load_series
+
+
+def dtw_to_all(a: np.ndarray, train: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """DTW distance from sequence a (La, C) to every training sequence (N, T, C) of its own length."""
+    cost = ((a[None, :, None, :] - train[:, None, :, :]) ** 2).sum(-1)  # (N, La, T)
+    n, la, t = cost.shape
+    d = np.full((n, la + 1, t + 1), np.inf)
+    d[:, 0, 0] = 0.0
+    for i in range(1, la + 1):
+        for j in range(1, t + 1):
+            d[:, i, j] = cost[:, i - 1, j - 1] + np.minimum(np.minimum(d[:, i - 1, j], d[:, i, j - 1]),
+                                                            d[:, i - 1, j - 1])
+    return d[np.arange(n), la, lengths]
+
+
+def one_nn(train_x: np.ndarray, train_len: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+           test_len: np.ndarray, test_y: np.ndarray, independent: bool) -> float:
+    correct = 0
+    for a, la, y in zip(test_x, test_len, test_y):
+        a = a[:la]
+        if independent:
+            dist = sum(dtw_to_all(a[:, [c]], train_x[..., [c]], train_len) for c in range(a.shape[1]))
+        else:
+            dist = dtw_to_all(a, train_x, train_len)
+        correct += int(train_y[np.argmin(dist)] == y)
+    return correct / len(test_y)
+
+
+def main() -> None:
+    for name in sys.argv[1:] or ["JapaneseVowels"]:
+        train_x, train_y, test_x, test_y, info = load_series(name, None)
+        c = info.channels
+
+        def split(x):
+            x = x.numpy().astype(np.float64)
+            lengths = x[:, 0, c].astype(int) if info.variable_length else np.full(len(x), info.max_length)
+            return x[..., :c], lengths
+
+        (trx, trl), (tex, tel) = split(train_x), split(test_x)
+        for independent in ([False, True] if c > 1 else [False]):
+            start = time.perf_counter()
+            accuracy = one_nn(trx, trl, train_y.numpy(), tex, tel, test_y.numpy(), independent)
+            kind = "DTW_I" if independent else "DTW_D" if c > 1 else "DTW"
+            print(f"{name}: 1-NN {kind} (full window) test accuracy {accuracy:.4f} "
+                  f"({len(test_y)} test, {len(train_y)} train cases; {time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
