@@ -25,7 +25,7 @@ from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
 from dist_rnn.model import build_model
-from dist_rnn.series import SeriesView
+from dist_rnn.data.series import SeriesView
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from dist_rnn.log import RunLog
 from dist_rnn.lock import RunLock
 from dist_rnn.model import build_model, count_parameters
 from dist_rnn.schedule import Schedule, schedules_the_rate
-from dist_rnn.series import SeriesInfo, SeriesView
+from dist_rnn.data.series import SeriesInfo, SeriesView
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 

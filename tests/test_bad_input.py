@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import CPU_WITHOUT_BF16, REPO, TORCHRUN, idx_bytes, write_mnist
-from dist_rnn import data as data_cli
+from dist_rnn.data import __main__ as data_cli
 from dist_rnn import evaluate as evaluate_cli
 from dist_rnn import sweep as sweep_cli
 from dist_rnn import train as train_cli

@@ -120,7 +120,7 @@ def test_config_file_forgives_numbers_as_text_and_flag_spellings(tmp_path):
 @pytest.mark.parametrize("module", ["train", "evaluate", "bench", "plot", "predict", "data", "torchrun",
                                     "sweep"])
 def test_every_command_answers_version(module, capsys):
-    main = importlib.import_module(f"dist_rnn.{module}").main
+    main = importlib.import_module(f"dist_rnn.{module}" + (".__main__" if module == "data" else "")).main
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0

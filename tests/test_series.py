@@ -1,4 +1,4 @@
-"""Sequences of your own (dist_rnn/series.py): the .ts reader and its one-line errors, packed
+"""Sequences of your own (dist_rnn/data/series.py): the .ts reader and its one-line errors, packed
 variable-length batches read exactly as each sequence alone, training, exact evaluation and bitwise
 resume on a variable-length set, and the real JapaneseVowels where a wheel ships it."""
 
@@ -15,7 +15,7 @@ from dist_rnn import train as train_cli
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.errors import UserError
 from dist_rnn.model import RNNClassifier
-from dist_rnn.series import SeriesInfo, SeriesView, TsFile, load_series, package_data_dirs, padded, read_ts
+from dist_rnn.data.series import SeriesInfo, SeriesView, TsFile, load_series, package_data_dirs, padded, read_ts
 
 GOOD = ts_text(*synthetic_series(6, seed=0), classes=("low", "mid", "high"))
 HEADER, DATA = GOOD.split("@data\n")

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from dist_rnn.series import load_series
+from dist_rnn.data.series import load_series
 
 
 def dtw_to_all(a: np.ndarray, train: np.ndarray, lengths: np.ndarray) -> np.ndarray:

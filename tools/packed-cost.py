@@ -14,7 +14,7 @@ import time
 import torch
 
 from dist_rnn.model import RNNClassifier
-from dist_rnn.series import SeriesInfo, SeriesView, load_series
+from dist_rnn.data.series import SeriesInfo, SeriesView, load_series
 
 
 def epoch(model: RNNClassifier, optimizer: torch.optim.Optimizer, batches: list) -> float:

@@ -1,0 +1,22 @@
+"""What --dataset names, loaded: an IDX image set or a UCR/UEA problem (series.py). Adding a source
+means one module that returns (train Split, test Split, what a model of it must know) and one branch
+here."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from dist_rnn.config import TrainConfig, is_image_set
+from dist_rnn.data.idx import load_mnist, resolve_data_dir
+from dist_rnn.data.series import SeriesInfo, load_series
+from dist_rnn.data.splits import Split
+
+
+def load_dataset(c: TrainConfig) -> tuple[Split, Split, Optional[SeriesInfo]]:
+    """The training and test splits --dataset names; for sequences also what the model must know
+    (classes, channels, lengths); None for the image sets (10 classes, a view decides the rest)."""
+    if is_image_set(c.dataset):
+        train, test = load_mnist(resolve_data_dir(c.data_dir))
+        return train, test, None
+    train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
+    return Split(train_x, train_y), Split(test_x, test_y), info

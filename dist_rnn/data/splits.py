@@ -1,0 +1,56 @@
+"""One split in memory (images or padded sequences, and labels), and the validation split held out of
+the training set: seeded, stratified, the same at any world size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from dist_rnn.errors import UserError
+
+
+@dataclass
+class Split:
+    """One split in memory: inputs (`images`: (N, H, W) uint8 images, or (N, T, C[+1]) float32 padded
+    sequences, see series.py) and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: Optional[int]) -> "Split":
+        """The first n samples (all when n is None), for small runs."""
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+def validation_split(train: Split, size: float, seed: int) -> tuple[Split, Split, torch.Tensor]:
+    """(training split without the validation samples, validation split, the kept training indices).
+
+    `size` is a count (>= 1) or a fraction (< 1) of the training split. Stratified: each class gives
+    its share (largest remainders settle the rounding), drawn from a generator seeded by `seed`
+    alone, so every rank, every world size and every resume holds out the same samples."""
+    n = len(train)
+    count = int(size) if size >= 1 else round(size * n)
+    if not 0 < count < n:
+        raise UserError(f"`val_size`={size:g} holds out {count} of the {n} training samples: it must leave "
+                        "some for each of training and validation")
+    classes = train.labels.unique(sorted=True)
+    members = [torch.nonzero(train.labels == c).flatten() for c in classes]
+    exact = [count * len(m) / n for m in members]
+    quota = [int(q) for q in exact]
+    by_remainder = sorted(range(len(members)), key=lambda i: (-(exact[i] - quota[i]), i))
+    for i in by_remainder[:count - sum(quota)]:
+        quota[i] += 1
+    g = torch.Generator().manual_seed(seed)
+    held = torch.cat([m[torch.randperm(len(m), generator=g)[:k]] for m, k in zip(members, quota)]).sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    kept = torch.nonzero(keep).flatten()
+    return (Split(train.images[kept], train.labels[kept]), Split(train.images[held], train.labels[held]), kept)

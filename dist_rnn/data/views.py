@@ -1,0 +1,67 @@
+"""How an image becomes a sequence (rows, columns, pixels, permuted pixels)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from dist_rnn.config import TrainConfig
+
+SEQUENCES = ("row", "column", "pixel", "permuted")
+
+
+class SequenceView:
+    """How an image becomes a sequence: `row` (28 steps of 28 pixels, the default), `column` (the
+    transposed image), `pixel` (784 steps of 1 pixel) or `permuted` (784 steps of 1 pixel, in one
+    fixed random order drawn from `permutation_seed`). Call it on uint8 (B, H, W) images."""
+
+    def __init__(self, kind: str, height: int = 28, width: int = 28, permutation_seed: int = 0,
+                 permutation: Optional[list[int]] = None):
+        if kind not in SEQUENCES:
+            raise ValueError(f"sequence must be one of {SEQUENCES}, got {kind!r}")
+        self.kind, self.height, self.width = kind, height, width
+        self.permutation: Optional[torch.Tensor] = None
+        if kind == "permuted" and permutation is not None:
+            self.permutation = torch.tensor(permutation)
+        elif kind == "permuted":
+            self.permutation = torch.randperm(height * width,
+                                              generator=torch.Generator().manual_seed(permutation_seed))
+
+    @classmethod
+    def from_config(cls, c: TrainConfig, images: torch.Tensor, pixel_order: Optional[list[int]] = None,
+                    ) -> "SequenceView":
+        """The view a run trains with, for images like `images` (N, H, W); with a checkpoint's
+        saved pixel order (the one its model learned) when there is one."""
+        height, width = images.shape[1:]
+        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=pixel_order)
+
+    @property
+    def input_size(self) -> int:
+        """Features per step: what the RNN's first layer reads."""
+        return {"row": self.width, "column": self.height}.get(self.kind, 1)
+
+    @property
+    def steps(self) -> int:
+        return {"row": self.height, "column": self.width}.get(self.kind, self.height * self.width)
+
+    def to(self, device: torch.device) -> "SequenceView":
+        if self.permutation is not None:
+            self.permutation = self.permutation.to(device)
+        return self
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = as_sequences(images)
+        if self.kind == "column":
+            return x.transpose(1, 2).contiguous()
+        if self.kind == "row":
+            return x
+        x = x.reshape(len(x), -1)
+        if self.permutation is not None:
+            x = x[:, self.permutation]
+        return x.unsqueeze(-1)
+
+
+def as_sequences(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, T=H, F=W) in [0, 1]: each image read row by row, as ToTensor() scales."""
+    return images.float().div_(255)
