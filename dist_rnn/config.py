@@ -212,34 +212,51 @@ def precision_from_accelerate(value: str) -> str:
     return mapping[value]
 
 
-def read_config_file(path: str, cls: type) -> dict[str, Any]:
-    """The options in a YAML (.yaml/.yml) or JSON file, each checked against the field of `cls` it
-    names; an unknown key or a wrong type is a one-line error naming the key."""
+def read_file(path: str, where: str) -> Any:
+    """A YAML (.yaml/.yml) or JSON file's content; one line naming `where` if it cannot be read."""
     file = Path(path)
     try:
         text = file.read_text()
     except OSError as e:
-        raise UserError(f"`config` {path}: cannot read it ({e.strerror or e})") from None
+        raise UserError(f"{where}: cannot read it ({e.strerror or e})") from None
     try:
         if file.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: one line with the position
-        raise UserError(f"`config` {path}: not valid {file.suffix[1:] or 'JSON'}: {first_line(e)}") from None
+        raise UserError(f"{where}: not valid {file.suffix[1:] or 'JSON'}: {first_line(e)}") from None
+
+
+def checked_values(data: dict[Any, Any], cls: type, where: str, word: str = "key",
+                   refused: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Option values, each checked against the field of `cls` it names (its flag's spelling,
+    hidden-size, means the same): an unknown or repeated name, a name in `refused` (with why), or a
+    wrong type is one line naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name in (refused or {}):
+            raise UserError(f"{where}: {key!r} {refused[name]}")
+        if name not in fields:
+            raise UserError(f"{where}: unknown {word} {key!r}{did_you_mean(name, fields)}")
+        if name in values:
+            raise UserError(f"{where}: {key!r} names the option {name} a second time")
+        values[name] = checked(cls, fields[name], value, f"{where}: {word} {key!r}")
+    return values
+
+
+def read_config_file(path: str, cls: type) -> dict[str, Any]:
+    """The options in a YAML (.yaml/.yml) or JSON file, each checked against the field of `cls` it
+    names; an unknown key or a wrong type is a one-line error naming the key."""
+    data = read_file(path, f"`config` {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"`config` {path}: expected a mapping of option names to values")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in data.items():
-        name = str(key).lstrip("-").replace("-", "_")  # the flag's spelling (hidden-size) means the same
-        if name not in fields:
-            raise UserError(f"`config` {path}: unknown key {key!r}{did_you_mean(name, fields)}")
-        values[name] = checked(cls, fields[name], value, f"`config` {path}: key {key!r}")
+    values = checked_values(data, cls, f"`config` {path}")
     values.pop("config", None)  # a run's config.json names the file it came from: no recursion
     return values
 

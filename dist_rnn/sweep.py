@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import hashlib
 import io
 import itertools
@@ -38,15 +37,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
-from dist_rnn.config import TrainConfig, check_limits, checked, did_you_mean, from_values, option
+from dist_rnn.config import (TrainConfig, check_limits, checked_values, did_you_mean, from_values, option,
+                             read_file)
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
 from dist_rnn.lock import RunLock
 
 SPEC_KEYS = ("base", "grid", "runs", "seeds")
-SET_BY_THE_SWEEP = {"out_dir": "each run's is SWEEP_DIR/runs/NAME", "resume": "finished runs are skipped, the others "
-                    "resume", "overwrite": "delete a run's directory to start it again",
-                    "config": "write its options in 'base'", "seed": "list them in 'seeds'"}
+SET_BY_THE_SWEEP = {name: f"is set by the sweep ({why})" for name, why in (
+    ("out_dir", "each run's is SWEEP_DIR/runs/NAME"), ("resume", "finished runs are skipped, the others resume"),
+    ("overwrite", "delete a run's directory to start it again"), ("config", "write its options in 'base'"),
+    ("seed", "list them in 'seeds'"))}
 POLL_S = 0.5
 
 
@@ -107,16 +108,7 @@ def read_spec(path: str) -> dict[str, Any]:
     """The spec file as a mapping with known top-level keys (one line naming the file if not)."""
     if not Path(path).is_file():
         raise UserError(f"spec {path}: no such file")
-    try:
-        text = Path(path).read_text()
-        if Path(path).suffix in (".yaml", ".yml"):
-            import yaml
-
-            spec = yaml.safe_load(text)
-        else:
-            spec = json.loads(text)
-    except Exception as e:  # OSError, yaml.YAMLError, json.JSONDecodeError: one line with the position
-        raise UserError(f"spec {path}: cannot read it: {first_line(e)}") from None
+    spec = read_file(path, f"spec {path}")
     if not isinstance(spec, dict):
         raise UserError(f"spec {path}: expected a mapping with {', '.join(SPEC_KEYS)}")
     for key in spec:
@@ -134,18 +126,7 @@ def options(values: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise UserError(f"{where}: expected a mapping of option names to values, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for key, value in values.items():
-        name = str(key).lstrip("-").replace("-", "_")
-        if name in SET_BY_THE_SWEEP:
-            raise UserError(f"{where}: {key!r} is set by the sweep ({SET_BY_THE_SWEEP[name]})")
-        if name not in fields:
-            raise UserError(f"{where}: unknown option {key!r}{did_you_mean(name, fields)}")
-        if name in out:
-            raise UserError(f"{where}: {key!r} names the option {name} a second time")
-        out[name] = checked(TrainConfig, fields[name], value, f"{where}: option {key!r}")
-    return out
+    return checked_values(values, TrainConfig, where, word="option", refused=SET_BY_THE_SWEEP)
 
 
 def grid_points(spec: dict[str, Any], path: str) -> list[dict[str, Any]]:

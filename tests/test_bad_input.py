@@ -176,7 +176,7 @@ CASES = [
     ("sweep-unknown-key", "sweep", lambda w, t: sweep_args(t, "grids: {lr: [0.1]}"), "did you mean 'grid'?"),
     ("sweep-run-that-cannot-work", "sweep", lambda w, t: sweep_args(t, "grid: {early_stop: [2]}"),
      "run early_stop=2,seed=0: early_stop needs a validation split"),
-    ("sweep-not-yaml", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1"), "cannot read it"),
+    ("sweep-not-yaml", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1"), "spec.yaml: not valid yaml: "),
     ("sweep-missing-spec", "sweep", lambda w, t: [str(t / "nope.yaml"), "--out-dir", str(t / "o")], "no such file"),
     ("sweep-no-out-dir", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1]}")[:1], "--out-dir is needed"),
     ("sweep-array-without-slurm", "sweep", lambda w, t: [*sweep_args(t, "seeds: 1"), "--array", "%2"],
