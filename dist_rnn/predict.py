@@ -1,9 +1,14 @@
-"""`python -m dist_rnn.predict --checkpoint C IMAGE [IMAGE ...]`: classify image files with a
-trained dist_rnn model: the digit and its probability per file (--json for machine-readable output).
+"""`python -m dist_rnn.predict --checkpoint C FILE [FILE ...]`: classify image files (an MNIST model)
+or sequences (a model of a UCR/UEA problem or a .ts file) with a trained dist_rnn model: the class and
+its probability per file (--json for machine-readable output).
 
-Any size, grayscale or colour: each image is made to look like an MNIST digit first (light digit on
+Images, any size, grayscale or colour: each is made to look like an MNIST digit first (light digit on
 a dark background, fitted into a 20x20 box and centred by its centre of mass in 28x28, the way MNIST
 itself was made), so a photo or a drawing of a dark digit on white paper works.
+
+Sequences: a .ts file (every case in it; its labels are not read), a .npy array (time, channels) or
+(cases, time, channels), or a .csv file of one sequence (a row per time step, a column per channel),
+standardised as in training; each may have its own length.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import option
 from dist_rnn.data import SequenceView
+from dist_rnn.data.series import SeriesInfo, SeriesView, TsFile, padded, read_ts
 from dist_rnn.distributed import single_process_device
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.evaluate import trained_config, trained_model
@@ -33,7 +39,8 @@ class PredictConfig:
     """Options of `python -m dist_rnn.predict` (the image files are positional)."""
 
     checkpoint: Optional[str] = option(None, "checkpoint file (required), e.g. runs/x/checkpoints/step-1200.pt")
-    json: bool = option(False, "print a JSON list (file, digit, probability, all 10 probabilities) instead of lines")
+    json: bool = option(False, "print a JSON list (file, digit or class, its probability, every class's) instead of "
+                        "lines")
     device: Literal["auto", "cpu", "cuda"] = option("cpu", "where to run the model")
 
 
@@ -112,12 +119,14 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     record with its `error` instead of a digit, and the others are still classified."""
     snapshot = load_checkpoint(Path(c.checkpoint))
     config = trained_config(snapshot, c.checkpoint)
+    device = single_process_device(c.device)
+    state = TrainState.from_checkpoint(snapshot)
+    if state.series is not None:
+        return predict_sequences(snapshot, config, SeriesView.from_state(state.series), images, device)
     if config.dataset != "mnist":  # predict makes each image look like an MNIST digit
-        kind = "sequences" if TrainState.from_checkpoint(snapshot).series is not None else "images"
-        raise UserError(f"{c.checkpoint}: trained on {kind} of `dataset` {config.dataset}, and predict reads "
+        raise UserError(f"{c.checkpoint}: trained on images of `dataset` {config.dataset}, and predict reads "
                         f"handwritten digits (MNIST); score it with python -m dist_rnn.evaluate --checkpoint "
                         f"{c.checkpoint}")
-    device = single_process_device(c.device)
     read: dict[int, tuple[np.ndarray, Optional[str]]] = {}
     records: list[dict[str, Any]] = []
     for i, path in enumerate(images):
@@ -140,14 +149,69 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     return records
 
 
+def read_sequences(path: str, channels: int) -> list[np.ndarray]:
+    """The (time, channels) sequences of a .ts, .npy or .csv file; one line naming the file if not."""
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".ts":
+            sequences = read_ts(Path(path)).sequences
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            sequences = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
+            if sequences is None:
+                raise UserError(f"{path}: a {array.ndim}-d array: expected (time, channels) or (cases, time, channels)")
+        elif suffix == ".csv":
+            sequences = [np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)]
+        else:
+            raise UserError(f"{path}: not a sequence file (.ts, .npy or .csv)")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it ({first_line(e)})") from None
+    for s in sequences:
+        if s.ndim != 2 or s.shape[1] != channels or len(s) == 0:
+            raise UserError(f"{path}: a sequence of shape {tuple(s.shape)}: the model reads (time >= 1, {channels})")
+    return [np.asarray(s, dtype=np.float32) for s in sequences]
+
+
+def predict_sequences(snapshot: dict[str, Any], config: Any, view: SeriesView, files: list[str],
+                      device: torch.device) -> list[dict[str, Any]]:
+    """Classify every sequence of each file (FILE, or FILE#i for the i-th of several); a file that
+    cannot be read gets a record with its `error`, and the others are still classified."""
+    records: list[dict[str, Any]] = []
+    read: list[tuple[int, np.ndarray]] = []
+    for path in files:
+        try:
+            sequences = read_sequences(path, view.info.channels)
+        except UserError as e:
+            records.append({"file": path, "error": str(e)})
+            continue
+        for i, s in enumerate(sequences):
+            read.append((len(records), s))
+            records.append({"file": path if len(sequences) == 1 else f"{path}#{i}"})
+    if not read:
+        return records
+    # Each sequence packed at its own length (equal lengths give what an unpacked batch gives).
+    info = SeriesInfo(view.info.dataset, view.info.classes, view.info.channels, True, max(len(s) for _, s in read))
+    inputs, _ = padded(TsFile([s for _, s in read], np.zeros(len(read), dtype=np.int64), info.classes, ""), info)
+    packing = SeriesView(info, view.mean.tolist(), view.std.tolist()).to(device)
+    model = trained_model(snapshot, config, input_size=info.channels).to(device)
+    with torch.no_grad():
+        probabilities = torch.softmax(model(packing(inputs.to(device))).float(), dim=1).cpu()
+    for (i, _), p in zip(read, probabilities):
+        records[i].update({"class": info.classes[int(p.argmax())], "class_index": int(p.argmax()),
+                           "probability": round(float(p.max()), 6),
+                           "probabilities": [round(float(v), 6) for v in p], "warning": None})
+    return records
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=prog("dist_rnn.predict"), description=describe(__doc__))
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...; any size)")
+    parser.add_argument("images", nargs="+", metavar="FILE", help="image files (PNG, JPEG, ...; any size) for an "
+                        "MNIST model; .ts, .npy or .csv sequences for a model of sequences")
     add_dataclass_flags(parser, PredictConfig)
 
     def command() -> None:
         args = vars(parser.parse_args(argv))
-        images = args.pop("images")
+        images = files_given = args.pop("images")
         c = PredictConfig(**args)
         if c.checkpoint is None:
             parser.error("--checkpoint is required")
@@ -157,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             for r in records:
                 if "error" not in r:
-                    print(f"{r['file']}: {r['digit']} (probability {r['probability']:.3f})")
+                    print(f"{r['file']}: {r.get('class', r.get('digit'))} (probability {r['probability']:.3f})")
         for r in records:
             if "error" in r:
                 print(f"{prog('dist_rnn.predict')}: skipped {r['error']}", file=sys.stderr)
@@ -165,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"warning: {r['file']}: {r['warning']}; the answer means little", file=sys.stderr)
         failed = sum("error" in r for r in records)
         if failed:  # after the good files' answers: exit 2, as for any bad input
-            raise UserError(f"{failed} of {len(records)} files could not be read (see above)")
+            raise UserError(f"{failed} of {len(files_given)} files could not be read (see above)")
 
     return run_cli(prog("dist_rnn.predict"), command)
 

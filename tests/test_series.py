@@ -138,8 +138,26 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     scored = run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--device", "cpu"])
     check_ok(scored)
     assert scored.stdout.startswith(f"test accuracy {results['test_accuracy']:.4f} (")
-    refused = run_module("dist_rnn.predict", ["--checkpoint", results["checkpoint"], str(train_file)])
-    assert refused.returncode == 2 and "trained on sequences" in refused.stderr and refused.stderr.count("\n") == 1
+    # predict: every case of a .ts file (its labels unread), a .npy and a .csv of one sequence; the
+    # answers over the test file are the final weights' test accuracy.
+    test_file = train_file.with_name("Synthetic_TEST.ts")
+    one = read_ts(test_file).sequences[4]
+    np.save(tmp_path / "one.npy", one)
+    np.savetxt(tmp_path / "one.csv", one, delimiter=",")
+    np.save(tmp_path / "three-channels.npy", np.ones((5, 3), dtype=np.float32))
+    proc = run_module("dist_rnn.predict", ["--checkpoint", results["checkpoint"], "--json", str(test_file),
+                                           str(tmp_path / "one.npy"), str(tmp_path / "one.csv"),
+                                           str(tmp_path / "three-channels.npy")])
+    assert proc.returncode == 2 and "skipped " in proc.stderr and "three-channels.npy: a sequence of shape (5, 3)" \
+        in proc.stderr, proc.stderr
+    records = json.loads(proc.stdout)
+    cases, singles = records[:91], records[91:93]
+    assert [r["file"] for r in cases[:2]] == [f"{test_file}#0", f"{test_file}#1"]
+    labels = read_ts(test_file).labels
+    accuracy = np.mean([r["class_index"] == label for r, label in zip(cases, labels)])
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-9)
+    assert [r["class"] for r in singles] == [cases[4]["class"]] * 2
+    assert singles[0]["probability"] == pytest.approx(cases[4]["probability"], abs=1e-5)
 
 
 @pytest.mark.parametrize("nproc", [2, 3])
