@@ -68,8 +68,13 @@ class TrainConfig(RuntimeOptions):
     dataset: str = option(
         "mnist", "what to train on: 'mnist', 'fashion-mnist' or 'kmnist' (the four IDX files in --data-dir); a "
         "UCR/UEA problem, e.g. 'JapaneseVowels' (NAME_TRAIN.ts and NAME_TEST.ts in --data-dir, or in the data an "
-        "installed aeon or sktime ships); or the path of an X_TRAIN.ts file, X_TEST.ts beside it. Classes, channels "
-        "and lengths come from the data; sequences of different lengths are packed")
+        "installed aeon or sktime ships); the path of an X_TRAIN.ts file, X_TEST.ts beside it; or your own data in "
+        "Arrow: a directory saved by Hugging Face datasets (DatasetDict.save_to_disk, train and test splits) or a "
+        "Parquet file named *train*, its *test* twin beside it (see --sequence-column). Classes, channels and "
+        "lengths come from the data; sequences of different lengths are packed")
+    sequence_column: str = option("sequence", "Arrow/Parquet data: the column of sequences (each a list of time "
+                                  "steps, each a number or a list of features)")
+    label_column: str = option("label", "Arrow/Parquet data: the column of labels (ints or strings)")
     data_dir: Optional[str] = option(
         None, "directory with the four IDX files of --dataset's images (plain or .gz, flat or MNIST/raw/), or "
         "with UCR/UEA problems; default: $DIST_RNN_DATA, else ./data")
@@ -163,7 +168,7 @@ class TrainConfig(RuntimeOptions):
 # --help's sections: every TrainConfig field in one (tests/test_cli.py checks).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
-    "data": ("dataset", "data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
+    "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
              "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",

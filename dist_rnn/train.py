@@ -120,7 +120,8 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     out_dir = c.out_dir or distributed.on_main(env, lambda: claim_new_dir(default))
     # The data dir (and a .ts path) as absolute paths: the checkpoints record them, and evaluate/predict
     # read them from wherever they are run.
-    dataset = str(Path(c.dataset).absolute()) if c.dataset.endswith(".ts") else c.dataset
+    dataset = str(Path(c.dataset).absolute()) if c.dataset.endswith((".ts", ".parquet")) or \
+        Path(c.dataset, "dataset_dict.json").is_file() else c.dataset
     return dataclasses.replace(c, out_dir=out_dir, dataset=dataset,
                                data_dir=str(resolve_data_dir(c.data_dir).absolute()), device=env.device.type)
 

@@ -4,6 +4,7 @@ resume on a variable-length set, and the real JapaneseVowels where a wheel ships
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,78 @@ def test_other_image_sets_use_the_idx_reader(tmp_path):
     assert scored.returncode == 0 and "fashion-mnist, row view (as trained)" in scored.stdout, scored.stderr
     again = run_train(["--dataset", "kmnist", "--data-dir", str(data), "--out-dir", str(out), "--hidden-size", "8"])
     assert again.returncode == 2 and "dataset 'fashion-mnist' -> 'kmnist'" in again.stderr
+
+
+def write_arrow_sets(folder: Path) -> tuple[Path, Path]:
+    """The synthetic problem as Parquet (train.parquet, test.parquet: string labels, lists of [f1, f2]
+    steps) and as a Hugging Face DatasetDict saved to disk (where `datasets` is installed; else the
+    same files it writes, made with pyarrow: dataset_dict.json, SPLIT/state.json, SPLIT/*.arrow)."""
+    pa = pytest.importorskip("pyarrow", reason="Arrow/Parquet data needs pyarrow (the [arrow] extra; .ci/run has it)")
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for split, n, seed in (("train", 300, 1), ("test", 91, 2)):
+        seqs, labels = synthetic_series(n, seed)
+        tables[split] = pa.table({"steps": [s.tolist() for s in seqs], "speaker": labels})
+        pq.write_table(tables[split], folder / f"{split}.parquet")
+    saved = folder / "saved"
+    try:
+        from datasets import Dataset, DatasetDict
+
+        DatasetDict({k: Dataset(t) for k, t in tables.items()}).save_to_disk(str(saved))
+    except ImportError:
+        (saved).mkdir()
+        (saved / "dataset_dict.json").write_text(json.dumps({"splits": list(tables)}))
+        for split, table in tables.items():
+            (saved / split).mkdir()
+            (saved / split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data.arrow"}]}))
+            with pa.ipc.new_stream(str(saved / split / "data.arrow"), table.schema) as writer:
+                writer.write_table(table)
+    return folder / "train.parquet", saved
+
+
+def test_arrow_and_parquet_data_train_like_ts_files(tmp_path):
+    """The same problem from a .ts file, from Parquet and from a saved DatasetDict: the same inputs,
+    labels and classes, so the same run to the bit."""
+    parquet, saved = write_arrow_sets(tmp_path / "arrow")
+    write_ts(tmp_path / "ts")
+    from dist_rnn.data.arrow import load_arrow
+
+    ts = load_series("Synthetic", tmp_path / "ts")
+    for source in (str(parquet), str(saved)):
+        got = load_arrow(source, "steps", "speaker")
+        assert got[4].classes == sorted(["low", "mid", "high"]) and got[4].channels == 2 and got[4].variable_length
+        order = [ts[4].classes.index(c) for c in got[4].classes]  # classes sorted here, in header order there
+        torch.testing.assert_close(got[0], ts[0], rtol=0, atol=1e-6)
+        assert torch.equal(torch.tensor(order)[got[1]], ts[1]) and torch.equal(torch.tensor(order)[got[3]], ts[3])
+    args = ["--sequence-column", "steps", "--label-column", "speaker", "--max-steps", "8", "--batch-size", "30",
+            "--hidden-size", "8"]
+    for name, source in (("parquet", parquet), ("saved", saved)):
+        check_ok(run_train(["--dataset", str(source), "--out-dir", str(tmp_path / name), *args]))
+    a, b = (load_checkpoint(read_results(tmp_path / n)["checkpoint"])["model"] for n in ("parquet", "saved"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_arrow_data_is_one_line(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow", reason="Arrow/Parquet data needs pyarrow (the [arrow] extra)")
+    import pyarrow.parquet as pq
+
+    parquet, _ = write_arrow_sets(tmp_path / "arrow")
+    cases = [("no-column", None, ["--sequence-column", "sequence"], "no column 'sequence' (columns: steps, speaker)")]
+    ints = pa.table({"steps": [[1.0, 2.0], [3.0]], "speaker": [1, 2]})
+    empty = pa.table({"steps": [[1.0], []], "speaker": ["a", "b"]})
+    for name, table, words in (("ints-and-strings", ints, "labels are of mixed types (train: int; test: str)"),
+                               ("empty", empty, "row 1: a sequence of length 0")):
+        folder = tmp_path / name
+        folder.mkdir()
+        pq.write_table(table, folder / "train.parquet")
+        pq.write_table(pa.table({"steps": [[1.0]], "speaker": ["a"]}), folder / "test.parquet")
+        cases.append((name, folder / "train.parquet", ["--sequence-column", "steps"], words))
+    capsys.readouterr()  # (datasets' progress bars)
+    for name, path, extra, words in cases:
+        code = train_cli.main(["--dataset", str(path or parquet), "--label-column", "speaker", "--out-dir",
+                               str(tmp_path / "o"), "--device", "cpu", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and words in err, (name, err)
+        assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
-"""What --dataset names, loaded: an IDX image set or a UCR/UEA problem (series.py). Adding a source
+"""What --dataset names, loaded: an IDX image set (idx.py), a UCR/UEA problem or .ts file (series.py),
+or Arrow/Parquet data (arrow.py). Adding a source
 means one module that returns (train Split, test Split, what a model of it must know) and one branch
 here."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from dist_rnn.config import TrainConfig, is_image_set
+from dist_rnn.data.arrow import is_arrow_source, load_arrow
 from dist_rnn.data.idx import load_mnist, resolve_data_dir
 from dist_rnn.data.series import SeriesInfo, load_series
 from dist_rnn.data.splits import Split
@@ -18,5 +20,8 @@ def load_dataset(c: TrainConfig) -> tuple[Split, Split, Optional[SeriesInfo]]:
     if is_image_set(c.dataset):
         train, test = load_mnist(resolve_data_dir(c.data_dir))
         return train, test, None
-    train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
+    if is_arrow_source(c.dataset):
+        train_x, train_y, test_x, test_y, info = load_arrow(c.dataset, c.sequence_column, c.label_column)
+    else:
+        train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
     return Split(train_x, train_y), Split(test_x, test_y), info
