@@ -101,8 +101,8 @@ def sequences_and_labels(table: Any, sequence_column: str, label_column: str,
     labels = table.column(label_column).to_pylist()
     kinds = {type(v).__name__ for v in labels}
     if not kinds <= {"int"} and not kinds <= {"str"}:
-        raise UserError(f"{where}: column {label_column!r} mixes label types ({', '.join(sorted(kinds))}): use ints "
-                        "or strings")
+        what = f"mixes label types ({', '.join(sorted(kinds))})" if len(kinds) > 1 else f"holds {kinds.pop()} labels"
+        raise UserError(f"{where}: column {label_column!r} {what}: use ints or strings")
     return sequences, labels
 
 
