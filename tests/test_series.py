@@ -324,8 +324,10 @@ def test_bad_arrow_data_is_one_line(tmp_path, capsys):
     cases = [("no-column", None, ["--sequence-column", "sequence"], "no column 'sequence' (columns: steps, speaker)")]
     ints = pa.table({"steps": [[1.0, 2.0], [3.0]], "speaker": [1, 2]})
     empty = pa.table({"steps": [[1.0], []], "speaker": ["a", "b"]})
+    floats = pa.table({"steps": [[1.0], [2.0]], "speaker": [0.5, 1.5]})
     for name, table, words in (("ints-and-strings", ints, "labels are of mixed types (train: int; test: str)"),
-                               ("empty", empty, "row 1: a sequence of length 0")):
+                               ("empty", empty, "row 1: a sequence of length 0"),
+                               ("floats", floats, "column 'speaker' holds float labels: use ints or strings")):
         folder = tmp_path / name
         folder.mkdir()
         pq.write_table(table, folder / "train.parquet")
