@@ -16,6 +16,20 @@ WORK=$(mktemp -d -t dist_rnn-ab-XXXX)
 trap 'git worktree remove --force "$WORK/before" 2>/dev/null; git worktree remove --force "$WORK/after" 2>/dev/null; rm -rf "$WORK"' EXIT
 git worktree add -q --detach "$WORK/before" "$BEFORE"
 git worktree add -q --detach "$WORK/after" "$AFTER"
+# Each side must run its own code: a module missing from a worktree would otherwise be found in the
+# editable install (its finder serves any dist_rnn.* name PYTHONPATH lacks) and mix the two commits.
+for side in before after; do
+  (cd "$WORK/$side" && PYTHONPATH="$WORK/$side" "$PYTHON" - "$WORK/$side" <<'PY'
+import importlib, pkgutil, sys
+import dist_rnn
+for info in pkgutil.walk_packages(dist_rnn.__path__, "dist_rnn."):
+    importlib.import_module(info.name)
+outside = sorted(m.__file__ for n, m in sys.modules.items()
+                 if n.startswith("dist_rnn") and getattr(m, "__file__", None) and not m.__file__.startswith(sys.argv[1]))
+sys.exit(f"ab-train.sh: this side imports dist_rnn code from outside its worktree: {outside}" if outside else 0)
+PY
+  ) || exit 2
+done
 for i in $(seq 1 "$N"); do
   for side in before after; do
     for nproc in 1 2; do
