@@ -168,8 +168,8 @@ class TrainConfig(RuntimeOptions):
 # --help's sections: every TrainConfig field in one (tests/test_cli.py checks).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
-    "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test", "val_size", "loader", "num_workers", "sequence",
-             "permutation_seed"),
+    "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test",
+             "val_size", "loader", "num_workers", "sequence", "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
@@ -194,8 +194,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
-RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence", "permutation_seed",
-                     "batch_size", "seed", "limit_train", "val_size", "lr_schedule", "warmup_steps")
+RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
+                     "permutation_seed", "batch_size", "seed", "limit_train", "val_size", "lr_schedule", "warmup_steps")
 
 
 def field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
@@ -332,7 +332,7 @@ def validate(c: TrainConfig) -> None:
         raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
     if c.early_stop and not c.val_size:
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
-    if c.dataset in ("fashion-mnist", "kmnist") and (c.data_dir is None or c.download):
+    if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
                         "MNIST's files, named alike) and cannot `download` (only MNIST can)")
     if not is_image_set(c.dataset):
@@ -355,9 +355,12 @@ def from_values(values: dict[str, Any]) -> TrainConfig:
     return config
 
 
+IMAGE_SETS = ("mnist", "fashion-mnist", "kmnist")  # the IDX sets: the same four file names, 10 classes each
+
+
 def is_image_set(dataset: str) -> bool:
-    """Whether --dataset names one of the IDX image sets (else a UCR/UEA problem or a .ts file)."""
-    return dataset in ("mnist", "fashion-mnist", "kmnist")
+    """Whether --dataset names one of the IDX image sets (else sequences: UCR/UEA, .ts, Arrow)."""
+    return dataset in IMAGE_SETS
 
 
 def to_dict(c: TrainConfig) -> dict[str, Any]:

@@ -19,13 +19,13 @@ from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
-from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, option
-from dist_rnn.data import SequenceView, Split, as_sequences, eval_shard, load_dataset, load_split, resolve_data_dir
+from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, is_image_set, option
+from dist_rnn.data import (SequenceView, SeriesView, Split, as_sequences, eval_shard, load_dataset, load_split,
+                           resolve_data_dir)
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
 from dist_rnn.model import build_model
-from dist_rnn.data.series import SeriesView
 
 
 @torch.no_grad()
@@ -106,7 +106,8 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
-    if not (c.data_dir or trained_on) and config.dataset in ("fashion-mnist", "kmnist"):  # the default: MNIST's
+    # The default folder holds MNIST's files, and Fashion-MNIST's and KMNIST's are named alike.
+    if not (c.data_dir or trained_on) and is_image_set(config.dataset) and config.dataset != "mnist":
         raise UserError(f"{c.checkpoint} was trained on {config.dataset} from {config.data_dir}, which is not here: "
                         "give its files with `data_dir`")
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))

@@ -13,6 +13,7 @@ standardised as in training; each may have its own length.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import option
 from dist_rnn.data import SequenceView
-from dist_rnn.data.series import SeriesInfo, SeriesView, TsFile, padded, read_ts
+from dist_rnn.data.series import SeriesView, TsFile, padded, read_ts
 from dist_rnn.distributed import single_process_device
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.evaluate import trained_config, trained_model
@@ -190,7 +191,7 @@ def predict_sequences(snapshot: dict[str, Any], config: Any, view: SeriesView, f
     if not read:
         return records
     # Each sequence packed at its own length (equal lengths give what an unpacked batch gives).
-    info = SeriesInfo(view.info.dataset, view.info.classes, view.info.channels, True, max(len(s) for _, s in read))
+    info = dataclasses.replace(view.info, variable_length=True, max_length=max(len(s) for _, s in read))
     inputs, _ = padded(TsFile([s for _, s in read], np.zeros(len(read), dtype=np.int64), info.classes, ""), info)
     packing = SeriesView(info, view.mean.tolist(), view.std.tolist()).to(device)
     model = trained_model(snapshot, config, input_size=info.channels).to(device)
@@ -211,11 +212,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def command() -> None:
         args = vars(parser.parse_args(argv))
-        images = files_given = args.pop("images")
+        files = args.pop("images")
         c = PredictConfig(**args)
         if c.checkpoint is None:
             parser.error("--checkpoint is required")
-        records = predict(c, images)
+        records = predict(c, files)
         if c.json:
             print(json.dumps(records, indent=2))
         else:
@@ -229,7 +230,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"warning: {r['file']}: {r['warning']}; the answer means little", file=sys.stderr)
         failed = sum("error" in r for r in records)
         if failed:  # after the good files' answers: exit 2, as for any bad input
-            raise UserError(f"{failed} of {len(files_given)} files could not be read (see above)")
+            raise UserError(f"{failed} of {len(files)} files could not be read (see above)")
 
     return run_cli(prog("dist_rnn.predict"), command)
 

@@ -29,8 +29,8 @@ from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, check
                                  load_weights, set_rng_state)
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
-from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, download_mnist, feeder, load_dataset,
-                           resolve_data_dir, validation_split)
+from dist_rnn.data import (NUM_CLASSES, GlobalBatchSampler, SequenceView, SeriesInfo, SeriesView, Split,
+                           download_mnist, feeder, is_path, load_dataset, resolve_data_dir, validation_split)
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
 from dist_rnn.evaluate import describe_inputs, evaluate
@@ -38,7 +38,6 @@ from dist_rnn.log import RunLog
 from dist_rnn.lock import RunLock
 from dist_rnn.model import build_model, count_parameters
 from dist_rnn.schedule import Schedule, schedules_the_rate
-from dist_rnn.data.series import SeriesInfo, SeriesView
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
 from dist_rnn.stop import StopRequest
 
@@ -118,10 +117,9 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     default = f"runs/{c.name or c.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     # Rank 0 claims a new directory (each rank would read its own clock) and every rank takes its name.
     out_dir = c.out_dir or distributed.on_main(env, lambda: claim_new_dir(default))
-    # The data dir (and a .ts path) as absolute paths: the checkpoints record them, and evaluate/predict
-    # read them from wherever they are run.
-    dataset = str(Path(c.dataset).absolute()) if c.dataset.endswith((".ts", ".parquet")) or \
-        Path(c.dataset, "dataset_dict.json").is_file() else c.dataset
+    # The data dir (and a data set given as a path) as absolute paths: the checkpoints record them, and
+    # evaluate/predict read them from wherever they are run.
+    dataset = str(Path(c.dataset).absolute()) if is_path(c.dataset) else c.dataset
     return dataclasses.replace(c, out_dir=out_dir, dataset=dataset,
                                data_dir=str(resolve_data_dir(c.data_dir).absolute()), device=env.device.type)
 
@@ -237,7 +235,7 @@ class Trainer:
         self.seconds_before = self.state.train_seconds  # training time of earlier invocations of this run
         self.view = make_view(c, train_set, series, self.state)  # rows, columns, pixels; or sequences
         self.view.to(env.device)
-        self.num_classes = 10 if series is None else len(series.classes)
+        self.num_classes = NUM_CLASSES if series is None else len(series.classes)
         self.parameter_count = count_parameters(c, self.view.input_size, self.num_classes)
         distributed.main_first(env, lambda: check_memory(self.parameter_count, c, env))  # before allocating it
         torch.manual_seed(c.seed)  # the same initial weights on every rank

@@ -14,12 +14,12 @@ from dist_rnn.data.idx import (IMAGES_MAGIC, LABELS_MAGIC, NUM_CLASSES, SPLIT_FI
                                torchvision_root)
 from dist_rnn.data.sampler import GlobalBatchSampler, eval_shard
 from dist_rnn.data.series import SeriesInfo, SeriesView, load_series
-from dist_rnn.data.sources import load_dataset
+from dist_rnn.data.sources import is_path, load_dataset
 from dist_rnn.data.splits import Split, validation_split
 from dist_rnn.data.views import SEQUENCES, SequenceView, as_sequences
 
 __all__ = ["DataLoaderFeeder", "GlobalBatchSampler", "IMAGES_MAGIC", "LABELS_MAGIC", "MemoryFeeder", "NUM_CLASSES",
            "SEQUENCES", "SPLIT_FILES", "SeriesInfo", "SeriesView", "SequenceView", "Split", "as_sequences",
-           "download_mnist", "eval_shard", "feeder", "find_file", "have_files", "import_torchvision", "load_dataset",
+           "download_mnist", "eval_shard", "feeder", "find_file", "have_files", "import_torchvision", "is_path", "load_dataset",
            "load_mnist", "load_series", "load_split", "read_idx", "resolve_data_dir", "torchvision_root",
            "validation_split"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dist_rnn.data.series import SeriesInfo, TsFile, padded
+from dist_rnn.data.series import SeriesInfo, TsFile, padded_splits
 from dist_rnn.errors import UserError, first_line
 
 
@@ -122,11 +122,7 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[t
     unknown = sorted({str(v) for v in test_l if v not in index})
     if unknown:
         raise UserError(f"{test_source}: labels the training split does not have: {', '.join(unknown[:5])}")
-    channels = {s.shape[1] for s in train_x + test_x}
-    if len(channels) > 1:
-        raise UserError(f"{dataset}: the splits' sequences have different numbers of features ({sorted(channels)})")
-    lengths = [len(s) for s in train_x + test_x]
-    info = SeriesInfo(dataset, [str(c) for c in classes], channels.pop(), len(set(lengths)) > 1, max(lengths))
-    train = padded(TsFile(train_x, np.array([index[v] for v in train_l], dtype=np.int64), info.classes, dataset), info)
-    test = padded(TsFile(test_x, np.array([index[v] for v in test_l], dtype=np.int64), info.classes, dataset), info)
-    return (*train, *test, info)
+    names = [str(c) for c in classes]
+    train, test = (TsFile(x, np.array([index[v] for v in labels], dtype=np.int64), names, dataset)
+                   for x, labels in ((train_x, train_l), (test_x, test_l)))
+    return padded_splits(dataset, train, test)

@@ -27,15 +27,9 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from dist_rnn.config import IMAGE_SETS
 from dist_rnn.errors import UserError
 
-# The image sets the IDX reader serves (same file names), with their class names.
-IMAGE_SETS: dict[str, list[str]] = {
-    "mnist": [str(d) for d in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"],
-    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
-}
 PACKAGES = ("aeon", "sktime")  # wheels that ship UCR/UEA problems as NAME/NAME_TRAIN.ts under datasets/data
 
 
@@ -247,13 +241,19 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
     if test.classes != train.classes:  # the same classes listed in another order: the training file's order
         order = np.array([train.classes.index(name) for name in test.classes])
         test = TsFile(test.sequences, order[test.labels], train.classes, test.problem)
+    return padded_splits(train.problem if not dataset.endswith(".ts") else dataset, train, test)
+
+
+def padded_splits(dataset: str, train: TsFile, test: TsFile) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor, SeriesInfo]:
+    """Two splits of one problem (the same classes), padded to the longest sequence of either, and
+    what a model of them must know; one line if their channel counts differ."""
     channels = {s.shape[1] for s in train.sequences + test.sequences}
     if len(channels) > 1:
-        raise UserError(f"{train_path}: the two files' channel counts differ ({sorted(channels)})")
+        raise UserError(f"{dataset}: the training and test sequences have different numbers of channels "
+                        f"({sorted(channels)})")
     lengths = [len(s) for s in train.sequences + test.sequences]
-    variable = len(set(lengths)) > 1
-    info = SeriesInfo(train.problem if not dataset.endswith(".ts") else dataset, train.classes,
-                      channels.pop(), variable, max(lengths))
+    info = SeriesInfo(dataset, train.classes, channels.pop(), len(set(lengths)) > 1, max(lengths))
     return (*padded(train, info), *padded(test, info), info)
 
 

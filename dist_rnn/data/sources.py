@@ -14,6 +14,11 @@ from dist_rnn.data.series import SeriesInfo, load_series
 from dist_rnn.data.splits import Split
 
 
+def is_path(dataset: str) -> bool:
+    """Whether --dataset is a path to files (a .ts file or Arrow data), not a name."""
+    return dataset.endswith(".ts") or is_arrow_source(dataset)
+
+
 def load_dataset(c: TrainConfig) -> tuple[Split, Split, Optional[SeriesInfo]]:
     """The training and test splits --dataset names; for sequences also what the model must know
     (classes, channels, lengths); None for the image sets (10 classes, a view decides the rest)."""
