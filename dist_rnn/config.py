@@ -86,10 +86,16 @@ class TrainConfig(RuntimeOptions):
                              "size); the epochs (and --eval-every) then score it instead of the test set, the test "
                              "set is scored once at the end, for the final weights and for the best ones "
                              "(checkpoints/best.pt); 0: no validation split, as the original scripts", min=0)
+    bucket_batches: int = option(
+        0, "variable-length sequences: group the training samples by length, each epoch's shuffled order cut into "
+        "pools of N global batches, each pool sorted by length into batches of similar lengths, the batches then "
+        "shuffled (less padding and fewer steps on long, uneven sets; deterministic, the same global batches at any "
+        "world size; e.g. 50); 0: off, every batch a uniform draw", min=0)
     loader: Literal["memory", "dataloader"] = option(
-        "memory", "'memory': the training images live on the device as uint8 and each step gathers its batch "
-        "there (fast); 'dataloader': torchvision's MNIST dataset through a DataLoader with the same sampler "
-        "(the pipeline for data that does not fit in memory; same batches, slower)")
+        "memory", "'memory': the training images (or sequences) live on the device and each step gathers its "
+        "batch there (fast; Arrow data stays on disk, memory-mapped, and each step reads its rows); "
+        "'dataloader': the same batches through a DataLoader and its --num-workers processes (torchvision's "
+        "MNIST dataset for the image sets): the pipeline for data that does not fit in memory")
     num_workers: int = option(2, "DataLoader worker processes per rank (--loader dataloader only)", min=0)
     # -- speed
     cuda_graphs: Literal["auto", "on", "off"] = option(
@@ -169,7 +175,7 @@ class TrainConfig(RuntimeOptions):
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
     "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test",
-             "val_size", "loader", "num_workers", "sequence", "permutation_seed"),
+             "val_size", "bucket_batches", "loader", "num_workers", "sequence", "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
@@ -195,7 +201,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
-                     "permutation_seed", "batch_size", "seed", "limit_train", "val_size", "lr_schedule", "warmup_steps")
+                     "permutation_seed", "batch_size", "seed", "limit_train", "val_size", "bucket_batches", "lr_schedule",
+                     "warmup_steps")
 
 
 def field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:
@@ -335,9 +342,10 @@ def validate(c: TrainConfig) -> None:
     if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
                         "MNIST's files, named alike) and cannot `download` (only MNIST can)")
+    if is_image_set(c.dataset) and c.bucket_batches:
+        raise UserError(f"`bucket_batches` groups sequences by length: every image of `dataset` {c.dataset} has one")
     if not is_image_set(c.dataset):
-        for name, value, default in (("sequence", c.sequence, "row"), ("loader", c.loader, "memory"),
-                                     ("download", c.download, False)):
+        for name, value, default in (("sequence", c.sequence, "row"), ("download", c.download, False)):
             if value != default:
                 raise UserError(f"`{name}`={value} applies to the image data sets (mnist, fashion-mnist, kmnist), "
                                 f"not to `dataset` {c.dataset}")

@@ -43,11 +43,12 @@ def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, preci
     was_training = module.training
     module.eval()
     shard = eval_shard(len(test), env.rank, env.world_size)
-    images, labels = test.images[shard], test.labels[shard]
     # correct, count, loss sum: one all-reduce; float64 counts stay exact far beyond 10k samples
     totals = torch.zeros(3, dtype=torch.float64, device=env.device)
-    for start in range(0, len(labels), batch_size):
-        x, y = (view or as_sequences)(images[start:start + batch_size]), labels[start:start + batch_size]
+    for start in range(shard.start, shard.stop, batch_size):
+        batch = slice(start, min(start + batch_size, shard.stop))
+        inputs, y = test.inputs(batch).to(env.device), test.labels[batch].to(env.device)
+        x = (view or as_sequences)(inputs)
         with autocast(precision, env.device):
             logits = module(x)
         totals[0] += (logits.argmax(dim=1) == y).sum()

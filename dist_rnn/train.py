@@ -29,7 +29,7 @@ from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, check
                                  load_weights, set_rng_state)
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
-from dist_rnn.data import (NUM_CLASSES, GlobalBatchSampler, SequenceView, SeriesInfo, SeriesView, Split,
+from dist_rnn.data import (NUM_CLASSES, ArrowSplit, GlobalBatchSampler, SequenceView, SeriesInfo, SeriesView, Split,
                            download_mnist, feeder, is_path, load_dataset, resolve_data_dir, validation_split)
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
@@ -89,10 +89,22 @@ def make_view(c: TrainConfig, train: Split, series: Optional[SeriesInfo],
         state.pixel_order = None if view.permutation is None else view.permutation.tolist()
         return view
     if state.series is None:
-        state.series = SeriesView.fit(series, train.images).state()
+        state.series = SeriesView.fit(series, train).state()
     saved = SeriesView.from_state(state.series)
     saved.check_data(series, c.dataset)
     return saved
+
+
+def bucketing(c: TrainConfig, train: "Split | ArrowSplit", series: Optional[SeriesInfo],
+              ) -> tuple[Optional[torch.Tensor], int]:
+    """(each training sequence's length, --bucket-batches) for the sampler; one line when the data
+    has no lengths to group by."""
+    if not c.bucket_batches:
+        return None, 0
+    if series is None or not series.variable_length:
+        raise UserError(f"`bucket_batches` groups sequences by length, and every sequence of `dataset` {c.dataset} "
+                        "has the same length: leave it at 0")
+    return train.sequence_lengths(series.channels), c.bucket_batches
 
 
 def claim_new_dir(path: str) -> str:
@@ -223,11 +235,13 @@ class Trainer:
         if val_set is not None and len(train_set) < c.batch_size:
             raise UserError(f"`val_size`={c.val_size:g} leaves {len(train_set)} training samples, fewer than one "
                             f"global batch (`batch_size`={c.batch_size})")
-        self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed)
+        self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed,
+                                          *bucketing(c, train_set, series))
         if self.sampler.local_batch % c.grad_accum:
             raise UserError(f"`batch_size`={c.batch_size} (global) is {self.sampler.local_batch} per process, which "
                             f"does not split into `grad_accum`={c.grad_accum} equal micro-batches")
-        self.feeder = feeder(c.loader, train_set, env.device, c.data_dir, c.num_workers, kept)
+        self.feeder = feeder(c.loader, train_set, env.device, c.num_workers,
+                             mnist_dir=c.data_dir if series is None else None, indices=kept)
 
         self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState()
         self.state.tracker_run_id = self.state.tracker_run_id or tracking.new_run_id()
@@ -314,7 +328,7 @@ class Trainer:
         if not graphed:
             return EagerStep(self.ddp_model, device=env.device, accumulate=c.grad_accum, **common)
         return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,
-                           image_shape=tuple(self.test_set.images.shape[1:]), input_dtype=self.test_set.images.dtype,
+                           image_shape=self.test_set.sample_shape, input_dtype=self.test_set.dtype,
                            **common)
 
     def train(self) -> dict[str, Any]:

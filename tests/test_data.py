@@ -114,6 +114,34 @@ def test_global_batches_are_the_same_at_every_world_size(world_size):
     assert not torch.equal(first, single.epoch_indices())  # reshuffled every epoch
 
 
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_length_buckets_are_batches_of_similar_lengths_the_same_at_every_world_size(world_size):
+    """--bucket-batches: each global batch holds sequences of similar length (its spread far below a
+    uniform draw's), every sample at most once an epoch, shuffled within the batch, and the global
+    batches are the same at any world size."""
+    n, batch, pool = 1003, 100, 5
+    lengths = torch.randint(10, 500, (n,), generator=torch.Generator().manual_seed(1))
+    plain = GlobalBatchSampler(n, batch, rank=0, world_size=1, seed=7)
+    single = GlobalBatchSampler(n, batch, rank=0, world_size=1, seed=7, lengths=lengths, bucket_batches=pool)
+    shards = [GlobalBatchSampler(n, batch, rank=r, world_size=world_size, seed=7, lengths=lengths,
+                                 bucket_batches=pool) for r in range(world_size)]
+    for epoch in range(2):
+        for sampler in (plain, single, *shards):
+            sampler.set_epoch(epoch)
+        reference = single.epoch_indices()
+        assert torch.equal(torch.cat([s.epoch_indices() for s in shards], dim=1), reference)
+        assert reference.shape == (10, 100) and len(reference.unique()) == 1000
+        # the epoch's samples are the uniform draw's (the same shuffle, cut otherwise)
+        assert torch.equal(reference.reshape(-1).sort().values, plain.epoch_indices().reshape(-1).sort().values)
+        spread = lambda batches: (lengths[batches].amax(1) - lengths[batches].amin(1)).float().mean()  # noqa: E731
+        assert spread(reference) < 0.3 * spread(plain.epoch_indices())
+        assert not all(lengths[b].diff().ge(0).all() for b in reference)  # not sorted inside a batch
+    single.set_epoch(0)
+    first = single.epoch_indices()
+    single.set_epoch(1)
+    assert not torch.equal(first, single.epoch_indices())
+
+
 def test_sampler_is_a_distributed_sampler_that_resumes_inside_an_epoch():
     sampler = GlobalBatchSampler(1000, 100, rank=1, world_size=2, seed=3)
     assert isinstance(sampler, torch.utils.data.distributed.DistributedSampler)

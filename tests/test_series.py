@@ -17,6 +17,7 @@ from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.errors import UserError
 from dist_rnn.model import RNNClassifier
 from dist_rnn.data.series import SeriesInfo, SeriesView, TsFile, load_series, package_data_dirs, padded, read_ts
+from dist_rnn.data.splits import Split, validation_split
 
 GOOD = ts_text(*synthetic_series(6, seed=0), classes=("low", "mid", "high"))
 HEADER, DATA = GOOD.split("@data\n")
@@ -99,8 +100,8 @@ def test_a_padded_batch_gives_each_sequence_its_own_logits(cell, layers, bidirec
     seqs, labels = synthetic_series(10, seed=3)
     seqs = [s[:2 + i] for i, s in enumerate(seqs)]
     info = SeriesInfo("t", ["low", "mid", "high"], 2, True, max(len(s) for s in seqs))
-    inputs, _ = padded(TsFile(seqs, np.array([0] * 10), info.classes, "t"), info)
-    view = SeriesView.fit(info, inputs)
+    inputs, labels = padded(TsFile(seqs, np.array([0] * 10), info.classes, "t"), info)
+    view = SeriesView.fit(info, Split(inputs, labels))
     torch.manual_seed(0)
     for readout in ("final", "last"):
         model = RNNClassifier(2, 8, layers, 3, cell, bidirectional, readout=readout).eval()
@@ -119,12 +120,11 @@ def test_standardisation_comes_from_the_training_split_only(tmp_path):
                         "--max-steps", "2", "--val-size", "60", "--batch-size", "40", "--hidden-size", "8"]))
     saved = load_checkpoint(read_results(out)["checkpoint"])["state"]["series"]
     train_x, train_y, _, _, info = load_series("Synthetic", tmp_path / "data")
-    from dist_rnn.data import Split, validation_split
     kept, _, _ = validation_split(Split(train_x, train_y), 60, seed=0)
-    expected = SeriesView.fit(info, kept.images)
+    expected = SeriesView.fit(info, kept)
     assert saved["mean"] == expected.mean.tolist() and saved["std"] == expected.std.tolist()
     assert saved["classes"] == ["low", "mid", "high"] and saved["variable_length"] and saved["channels"] == 2
-    assert SeriesView.fit(info, train_x).mean.tolist() != saved["mean"]  # the validation samples left out
+    assert SeriesView.fit(info, Split(train_x, train_y)).mean.tolist() != saved["mean"]  # the validation samples left out
 
 
 def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
@@ -184,11 +184,12 @@ def test_exact_evaluation_of_variable_lengths_at_any_world_size(tmp_path, nproc)
     assert scores[None]["test_loss"] == pytest.approx(scores[nproc]["test_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("nproc", [None, 2])
-def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, nproc):
+@pytest.mark.parametrize("nproc, buckets", [(None, 0), (2, 0), (2, 3)])
+def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, nproc, buckets):
     write_ts(tmp_path / "data")
     args = ["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--batch-size", "30", "--hidden-size",
-            "8", "--head-dropout", "0.2", "--val-size", "30", "--epochs", "3", "--log-every", "5"]
+            "8", "--head-dropout", "0.2", "--val-size", "30", "--epochs", "3", "--log-every", "5",
+            "--bucket-batches", str(buckets)]
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "full")], nproc=nproc))
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut"), "--max-steps", "13"], nproc=nproc))  # mid-epoch
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut")], nproc=nproc))
@@ -209,6 +210,7 @@ def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
         (["--dataset", "Synthetic", "--sequence", "pixel", *data], "--sequence pixel applies to the image data sets"),
         (["--dataset", str(tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts"), *data], "name the training file"),
         (["--dataset", "fashion-mnist", "--device", "cpu"], "--dataset fashion-mnist needs its own --data-dir"),
+        (["--bucket-batches", "5", "--device", "cpu"], "--bucket-batches groups sequences by length: every image"),
     ]
     for argv, words in cases:
         code = train_cli.main([*argv, "--out-dir", str(tmp_path / "o")])
@@ -229,6 +231,12 @@ def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
                                             str(tmp_path / "fixed"), "--device", "cpu"])
     assert code.returncode == 2 and "its variable lengths (False) differ from those the checkpoint was trained on " \
         "(True)" in code.stderr, code.stderr
+    # Length buckets asked of sequences that all have one length.
+    assert train_cli.main(["--dataset", "Synthetic", "--data-dir", str(tmp_path / "fixed"), "--device", "cpu",
+                           "--bucket-batches", "5", "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "every sequence of --dataset Synthetic has the same length" in err, err
+    assert not (tmp_path / "o").exists()
     (tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts").unlink()
     assert train_cli.main(["--dataset", "Synthetic", *data, "--out-dir", str(tmp_path / "o")]) == 2
     assert "Synthetic_TRAIN.ts has no Synthetic_TEST.ts beside it" in capsys.readouterr().err
@@ -303,16 +311,82 @@ def test_arrow_and_parquet_data_train_like_ts_files(tmp_path):
 
     ts = load_series("Synthetic", tmp_path / "ts")
     for source in (str(parquet), str(saved)):
-        got = load_arrow(source, "steps", "speaker")
-        assert got[4].classes == sorted(["low", "mid", "high"]) and got[4].channels == 2 and got[4].variable_length
-        order = [ts[4].classes.index(c) for c in got[4].classes]  # classes sorted here, in header order there
-        torch.testing.assert_close(got[0], ts[0], rtol=0, atol=1e-6)
-        assert torch.equal(torch.tensor(order)[got[1]], ts[1]) and torch.equal(torch.tensor(order)[got[3]], ts[3])
+        train, test, info = load_arrow(source, "steps", "speaker")
+        assert info.classes == sorted(["low", "mid", "high"]) and info.channels == 2 and info.variable_length
+        order = torch.tensor([ts[4].classes.index(c) for c in info.classes])  # sorted here, header order there
+        for split, x, y in ((train, ts[0], ts[1]), (test, ts[2], ts[3])):
+            inputs = split.inputs(slice(None))  # padded to this split's longest, the .ts splits to both's
+            torch.testing.assert_close(inputs, x[:, :inputs.shape[1]], rtol=0, atol=1e-6)
+            assert torch.equal(order[split.labels], y) and not x[:, inputs.shape[1]:].any()
     args = ["--sequence-column", "steps", "--label-column", "speaker", "--max-steps", "8", "--batch-size", "30",
             "--hidden-size", "8"]
     for name, source in (("parquet", parquet), ("saved", saved)):
         check_ok(run_train(["--dataset", str(source), "--out-dir", str(tmp_path / name), *args]))
     a, b = (load_checkpoint(read_results(tmp_path / n)["checkpoint"])["model"] for n in ("parquet", "saved"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def write_saved_shards(folder: Path, sequences: list, labels: list, files: int, rows_per_batch: int) -> None:
+    """`sequences` as one split of a saved DatasetDict in `files` .arrow files of record batches of
+    `rows_per_batch` rows (as `datasets` shards a large set), steps as lists of float32 features."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    schema = pa.schema([("steps", pa.list_(pa.list_(pa.float32()))), ("speaker", pa.string())])
+    bounds = np.linspace(0, len(sequences), files + 1).astype(int)
+    names = [f"data-{k:05d}-of-{files:05d}.arrow" for k in range(files)]
+    for name, first, last in zip(names, bounds[:-1], bounds[1:]):
+        with pa.ipc.new_stream(str(folder / name), schema) as writer:
+            for start in range(first, last, rows_per_batch):
+                stop = min(last, start + rows_per_batch)
+                writer.write_batch(pa.record_batch([pa.array([s.tolist() for s in sequences[start:stop]],
+                                                             schema.field("steps").type),
+                                                    pa.array(labels[start:stop])], schema=schema))
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names]}))
+
+
+def test_arrow_rows_are_read_from_the_files_never_mapped_in(tmp_path):
+    """A saved set in several files of small record batches: any rows, in any order, of the split or
+    of a subset of it (a validation split's), are read exactly as padding them in memory gives; and
+    the process then holds none of the data files' pages (the rows come by pread; the maps that
+    parsing used are gone with the table)."""
+    pytest.importorskip("pyarrow", reason="Arrow data needs pyarrow (the [arrow] extra; .ci/run has it)")
+    from dist_rnn.data.arrow import load_arrow
+
+    data = tmp_path / "saved"
+    for split, n, seed in (("train", 300, 1), ("test", 40, 2)):
+        seqs, labels = synthetic_series(n, seed)
+        write_saved_shards(data / split, [s.astype(np.float32) for s in seqs], labels, files=3, rows_per_batch=7)
+    (data / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    train, test, info = load_arrow(str(data), "steps", "speaker")
+    assert len(train.chunks) == 45 and all(c.file is not None and c.values is None for c in train.chunks)
+    seqs, labels = synthetic_series(300, 1)
+    expected, _ = padded(TsFile([s.astype(np.float32) for s in seqs], np.zeros(300, dtype=np.int64), info.classes,
+                                "t"), info)
+    pick = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:50]
+    for got, rows in ((train.inputs(pick), pick), (train.inputs(slice(290, 300)), torch.arange(290, 300)),
+                      (train.subset(pick).subset(torch.arange(10, 20)).inputs(slice(None)), pick[10:20])):
+        assert torch.equal(got, expected[rows][:, :got.shape[1]]) and not expected[rows][:, got.shape[1]:].any()
+    assert [info.classes[i] for i in train.labels[pick]] == [labels[i] for i in pick]
+    maps, resident, inside = 0, 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line[:1].isupper():  # a mapping's header line
+            inside = line.rstrip().endswith(".arrow") and str(data) in line
+            maps += inside
+        elif inside and line.startswith("Rss:"):
+            resident += int(line.split()[1])
+    assert resident == 0, f"{resident} kB of the data files resident in {maps} maps"
+
+
+def test_sequences_through_a_dataloader_train_as_from_memory(tmp_path):
+    """--loader dataloader on sequences (worker processes reading whole batches from the Arrow files)
+    gives the run --loader memory gives, to the bit, with a validation split taken out."""
+    _, saved = write_arrow_sets(tmp_path / "arrow")
+    args = ["--dataset", str(saved), "--sequence-column", "steps", "--label-column", "speaker", "--max-steps", "8",
+            "--batch-size", "30", "--hidden-size", "8", "--val-size", "30"]
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "memory")]))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "loader"), "--loader", "dataloader", "--num-workers", "2"]))
+    a, b = (load_checkpoint(read_results(tmp_path / n)["checkpoint"])["model"] for n in ("memory", "loader"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -325,7 +399,9 @@ def test_bad_arrow_data_is_one_line(tmp_path, capsys):
     ints = pa.table({"steps": [[1.0, 2.0], [3.0]], "speaker": [1, 2]})
     empty = pa.table({"steps": [[1.0], []], "speaker": ["a", "b"]})
     floats = pa.table({"steps": [[1.0], [2.0]], "speaker": [0.5, 1.5]})
+    words_not_numbers = pa.table({"steps": [["a", "b"], ["c"]], "speaker": ["a", "b"]})
     for name, table, words in (("ints-and-strings", ints, "labels are of mixed types (train: int; test: str)"),
+                               ("strings", words_not_numbers, "column 'steps' holds string values, not numbers"),
                                ("empty", empty, "row 1: a sequence of length 0"),
                                ("floats", floats, "column 'speaker' holds float labels: use ints or strings")):
         folder = tmp_path / name

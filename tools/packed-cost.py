@@ -15,6 +15,7 @@ import torch
 
 from dist_rnn.model import RNNClassifier
 from dist_rnn.data.series import SeriesInfo, SeriesView, load_series
+from dist_rnn.data.splits import Split
 
 
 def epoch(model: RNNClassifier, optimizer: torch.optim.Optimizer, batches: list) -> float:
@@ -36,7 +37,7 @@ def main() -> None:
     inputs, labels, _, _, info = load_series(args.dataset, None)
     if not info.variable_length:
         raise SystemExit(f"{args.dataset}: every sequence has one length: nothing is packed")
-    packed_view = SeriesView.fit(info, inputs)
+    packed_view = SeriesView.fit(info, Split(inputs, labels))
     padded_view = SeriesView(SeriesInfo(info.dataset, info.classes, info.channels, False, info.max_length),
                              packed_view.mean.tolist(), packed_view.std.tolist())
     chunks = list(zip(inputs.split(args.batch_size), labels.split(args.batch_size)))

@@ -4,10 +4,12 @@ here imports the command layer (the `python -m dist_rnn.data` command is __main_
 
     sources.py   load_dataset: what --dataset names           idx.py     the IDX image sets
     series.py    .ts problems, SeriesView (packing)           splits.py  Split, validation_split
+    arrow.py     Arrow/Parquet data, ArrowSplit (read from disk)
     views.py     SequenceView (rows, columns, pixels)         sampler.py GlobalBatchSampler, eval_shard
     feeders.py   MemoryFeeder, DataLoaderFeeder
 """
 
+from dist_rnn.data.arrow import ArrowSplit
 from dist_rnn.data.feeders import DataLoaderFeeder, MemoryFeeder, feeder
 from dist_rnn.data.idx import (IMAGES_MAGIC, LABELS_MAGIC, NUM_CLASSES, SPLIT_FILES, download_mnist, find_file,
                                have_files, import_torchvision, load_mnist, load_split, read_idx, resolve_data_dir,
@@ -18,7 +20,7 @@ from dist_rnn.data.sources import is_path, load_dataset
 from dist_rnn.data.splits import Split, validation_split
 from dist_rnn.data.views import SEQUENCES, SequenceView, as_sequences
 
-__all__ = ["DataLoaderFeeder", "GlobalBatchSampler", "IMAGES_MAGIC", "LABELS_MAGIC", "MemoryFeeder", "NUM_CLASSES",
+__all__ = ["ArrowSplit", "DataLoaderFeeder", "GlobalBatchSampler", "IMAGES_MAGIC", "LABELS_MAGIC", "MemoryFeeder", "NUM_CLASSES",
            "SEQUENCES", "SPLIT_FILES", "SeriesInfo", "SeriesView", "SequenceView", "Split", "as_sequences",
            "download_mnist", "eval_shard", "feeder", "find_file", "have_files", "import_torchvision", "is_path", "load_dataset",
            "load_mnist", "load_series", "load_split", "read_idx", "resolve_data_dir", "torchvision_root",

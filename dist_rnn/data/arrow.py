@@ -2,21 +2,30 @@
 (`DatasetDict.save_to_disk`, with `train` and `test` splits), or a Parquet file whose name holds
 `train` with its `test` twin beside it. A `sequence` column (each row a list of time steps, each a
 number or a list of features) and a `label` column (int or string); --sequence-column and
---label-column name others. Read with pyarrow, memory-mapped (`datasets` itself is not imported),
-then padded in memory like the .ts problems (series.py): a set must fit in memory for now.
+--label-column name others. Read with pyarrow (`datasets` itself is not imported) and never copied
+whole: a saved split's .arrow files are parsed from memory maps, and each batch's rows are read from
+the files when a step asks for them (ArrowSplit), padded as series.padded pads the .ts problems, so
+a set larger than memory trains with each process holding only its labels and the batch in hand. Parquet is compressed on
+disk, so it is decoded into memory (unpadded, as compact as the data): save sets larger than memory
+with `DatasetDict.save_to_disk`.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from dist_rnn.data.series import SeriesInfo, TsFile, padded_splits
+from dist_rnn.data.series import SeriesInfo
 from dist_rnn.errors import UserError, first_line
+
+BLOCK = 1 << 22  # values per block of the check over a whole split: bounded temporaries
 
 
 def is_arrow_source(dataset: str) -> bool:
@@ -55,74 +64,220 @@ def split_sources(dataset: str) -> tuple[Path, Path]:
     return path / "train", path / "test"
 
 
-def read_table(source: Path) -> Any:
-    """One split as a pyarrow Table, memory-mapped: a Parquet file, or a saved split's .arrow files."""
+def read_table(source: Path) -> tuple[Any, list[tuple[Any, int, int]]]:
+    """One split as a pyarrow Table: a Parquet file, decoded; or a saved split's .arrow files, parsed
+    from memory maps without copying, the pages that parsing read let go again: their values are
+    never read through the maps (see Chunk). Also (the open file, its map's first address, its
+    size) of each .arrow file."""
     pa = import_pyarrow()
     try:
         if source.suffix == ".parquet":
-            return pa.parquet.read_table(source, memory_map=True)
+            return pa.parquet.read_table(source, memory_map=True), []
         files = [f["filename"] for f in json.loads((source / "state.json").read_text())["_data_files"]]
-        return pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(source / f))).read_all() for f in files])
+        tables, maps = [], []
+        for name in files:
+            file = open(source / name, "rb")
+            mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            buffer = pa.py_buffer(mapped)  # a stream read from a buffer is zero-copy: the table points into the map
+            tables.append(pa.ipc.open_stream(buffer).read_all())
+            mapped.madvise(mmap.MADV_DONTNEED)  # the message headers parsing touched (in the page cache still)
+            maps.append((file, buffer.address, buffer.size))
+        return pa.concat_tables(tables), maps
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:
         kind = "Parquet" if source.suffix == ".parquet" else "a saved dataset split"
         raise UserError(f"{source}: cannot read it as {kind} ({first_line(e)})") from None
 
 
-def sequences_and_labels(table: Any, sequence_column: str, label_column: str,
-                         where: Path) -> tuple[list[np.ndarray], list[Any]]:
-    """Each row's (time, features) float32 array and its label; one line naming the first problem."""
+@dataclass
+class Chunk:
+    """One record batch of the sequence column. Its values (every feature of every step, flat) are
+    row r's from starts[r] to starts[r + 1]; `read` returns them: from memory (Parquet), or read
+    from the file with pread (saved data), so that a process never maps the data set's pages in:
+    reading a row through the memory map would keep pages around it resident (the kernel maps the
+    page cache's large folios whole), and random batches would fill the process with the data set."""
+
+    starts: np.ndarray
+    dtype: np.dtype
+    values: Optional[np.ndarray] = None  # in memory
+    file: Any = None  # else: the open file, and where values[0] lies in it
+    offset: int = 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self.values is not None:
+            return self.values[start:stop]
+        size = self.dtype.itemsize
+        return np.frombuffer(os.pread(self.file.fileno(), (stop - start) * size, self.offset + start * size),
+                             self.dtype)
+
+
+def chunk_of(leaf: Any, starts: np.ndarray, maps: list[tuple[Any, int, int]]) -> Chunk:
+    """A Chunk of a primitive array: its file and offset when the array lies in one of the mapped
+    files (found by its address), else its values in memory."""
+    if leaf.null_count == 0 and maps:
+        address = leaf.buffers()[1].address + leaf.offset * leaf.type.bit_width // 8
+        for file, base, size in maps:
+            if base <= address < base + size:
+                return Chunk(starts, np.dtype(leaf.type.to_pandas_dtype()), file=file, offset=address - base)
+    values = leaf.to_numpy(zero_copy_only=False)  # (nulls become NaN: a copy)
+    return Chunk(starts, values.dtype, values=values)
+
+
+class ArrowSplit:
+    """One split of Arrow data, read where it lies. In memory: the class index (8 bytes) and length
+    (4 bytes) of each row, and which of the table's rows this split holds (a validation split takes
+    some); `inputs(index)` reads those rows and pads them as series.padded does: float32 (b, T, C),
+    plus the length in channel C at step 0 when lengths differ, T the batch's longest."""
+
+    def __init__(self, chunks: list[Chunk], labels: torch.Tensor, lengths: np.ndarray, channels: int,
+                 variable_length: bool, rows: Optional[np.ndarray] = None):
+        self.chunks, self.labels, self.lengths, self.channels = chunks, labels, lengths, channels
+        self.variable_length = variable_length
+        self.first_row = np.cumsum([0] + [len(c.starts) - 1 for c in chunks])
+        self.rows = np.arange(len(labels)) if rows is None else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def inputs(self, index: "torch.Tensor | slice") -> torch.Tensor:
+        rows = self.rows[index.cpu().numpy() if torch.is_tensor(index) else index]
+        lengths = self.lengths[rows]
+        width = self.channels + (1 if self.variable_length else 0)
+        out = np.zeros((len(rows), int(lengths.max(initial=1)), width), dtype=np.float32)
+        chunk_of = np.searchsorted(self.first_row, rows, side="right") - 1
+        for i, (row, c) in enumerate(zip(rows.tolist(), chunk_of.tolist())):
+            chunk, r = self.chunks[c], row - self.first_row[c]
+            out[i, :lengths[i], :self.channels] = chunk.read(chunk.starts[r], chunk.starts[r + 1]).reshape(
+                -1, self.channels)
+        if self.variable_length:
+            out[:, 0, self.channels] = lengths
+        return torch.from_numpy(out)
+
+    def subset(self, index: "torch.Tensor | slice") -> "ArrowSplit":
+        picked = index.cpu().numpy() if torch.is_tensor(index) else index
+        return ArrowSplit(self.chunks, self.labels[index], self.lengths, self.channels, self.variable_length,
+                          self.rows[picked])
+
+    def sequence_lengths(self, channels: int) -> torch.Tensor:
+        return torch.from_numpy(self.lengths[self.rows]).long()
+
+    def head(self, n: Optional[int]) -> "ArrowSplit":
+        return self if n is None else self.subset(slice(0, n))
+
+    def to(self, device: torch.device) -> "ArrowSplit":
+        """Stays where it is: each batch goes to the device when it is read."""
+        return self
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (int(self.lengths[self.rows].max(initial=1)), self.channels + (1 if self.variable_length else 0))
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+
+def _offsets(array: Any) -> np.ndarray:
+    """A list array's offsets (rows + 1, int64), from 0 however the array was sliced."""
     pa = import_pyarrow()
-    for name in (sequence_column, label_column):
-        if name not in table.column_names:
-            raise UserError(f"{where}: no column {name!r} (columns: {', '.join(table.column_names)}); name yours with "
-                            f"`{'sequence_column' if name == sequence_column else 'label_column'}`")
-    column = table.column(sequence_column).combine_chunks()
-    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
-        raise UserError(f"{where}: column {sequence_column!r} is {column.type}, not a list of time steps")
+    if pa.types.is_fixed_size_list(array.type):
+        return np.arange(len(array) + 1, dtype=np.int64) * array.type.list_size
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    return offsets - offsets[0]
+
+
+def _is_list(kind: Any) -> bool:
+    pa = import_pyarrow()
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def read_chunks(table: Any, column_name: str, where: Path,
+                maps: list[tuple[Any, int, int]]) -> tuple[list[Chunk], np.ndarray, int]:
+    """The sequence column's chunks, each row's length and the channel count, checked one record
+    batch at a time (no copy of the whole column); one line naming the first bad row."""
+    pa = import_pyarrow()
+    column = table.column(column_name)
+    if not _is_list(column.type):
+        raise UserError(f"{where}: column {column_name!r} is {column.type}, not a list of time steps")
+    chunks, lengths, width, row0 = [], [], None, 0
+    for array in column.chunks:
+        if len(array) == 0:
+            continue
+        if array.null_count:
+            row = row0 + int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+            raise UserError(f"{where}: row {row}: no sequence (null)")
+        offsets = _offsets(array)
+        steps = np.diff(offsets)
+        if (steps == 0).any():
+            raise UserError(f"{where}: row {row0 + int(np.flatnonzero(steps == 0)[0])}: a sequence of length 0")
+        flat = array.flatten()
+        if _is_list(flat.type):  # each step a list of features
+            inner = _offsets(flat)
+            widths = np.diff(inner)
+            width = int(widths[0]) if width is None else width
+            if (widths != width).any():
+                step = int(np.flatnonzero(widths != width)[0])
+                row = row0 + int(np.searchsorted(offsets, step, side="right")) - 1
+                raise UserError(f"{where}: row {row}: its time steps have {widths[step]} features, others {width}")
+            starts, leaf = inner[offsets], flat.flatten()
+        else:
+            width, starts, leaf = 1, offsets, flat
+        if not (pa.types.is_integer(leaf.type) or pa.types.is_floating(leaf.type)):
+            raise UserError(f"{where}: column {column_name!r} holds {leaf.type} values, not numbers")
+        chunk = chunk_of(leaf, starts, maps)
+        for start in range(0, len(leaf), BLOCK):
+            if np.isinf(chunk.read(start, min(start + BLOCK, len(leaf)))).any():
+                raise UserError(f"{where}: column {column_name!r} holds infinite values")
+        chunks.append(chunk)
+        lengths.append(steps)
+        row0 += len(array)
+    return chunks, np.concatenate(lengths).astype(np.int32), width or 1
+
+
+def read_labels(table: Any, column_name: str, where: Path) -> tuple[np.ndarray, str]:
+    """The label column as one array (ints, or strings as objects) and its kind ('int' or 'str')."""
+    pa = import_pyarrow()
+    if column_name not in table.column_names:
+        raise UserError(f"{where}: no column {column_name!r} (columns: {', '.join(table.column_names)}); name yours "
+                        "with `label_column`")
+    column = table.column(column_name)
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise UserError(f"{where}: row {row}: no sequence (null)")
-    lengths = pa.compute.list_value_length(column).to_numpy(zero_copy_only=False)
-    if (lengths == 0).any():
-        raise UserError(f"{where}: row {int(np.flatnonzero(lengths == 0)[0])}: a sequence of length 0")
-    steps = column.flatten()
-    if pa.types.is_list(steps.type) or pa.types.is_large_list(steps.type):  # each step a list of features
-        widths = pa.compute.list_value_length(steps).to_numpy(zero_copy_only=False)
-        if len(set(widths.tolist())) != 1:
-            step = int(np.flatnonzero(widths != widths[0])[0])
-            row = int(np.searchsorted(np.cumsum(lengths), step, side="right"))
-            raise UserError(f"{where}: row {row}: its time steps have {widths[step]} features, others {widths[0]}")
-        values = steps.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, int(widths[0]))
-    else:
-        values = steps.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, 1)
-    if not np.isfinite(values[~np.isnan(values)]).all():
-        raise UserError(f"{where}: column {sequence_column!r} holds infinite values")
-    sequences = np.split(values, np.cumsum(lengths)[:-1])
-    labels = table.column(label_column).to_pylist()
-    kinds = {type(v).__name__ for v in labels}
-    if not kinds <= {"int"} and not kinds <= {"str"}:
-        what = f"mixes label types ({', '.join(sorted(kinds))})" if len(kinds) > 1 else f"holds {kinds.pop()} labels"
-        raise UserError(f"{where}: column {label_column!r} {what}: use ints or strings")
-    return sequences, labels
+        raise UserError(f"{where}: row {row}: no label (null)")
+    if pa.types.is_integer(column.type):
+        return column.to_numpy().astype(np.int64), "int"
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return np.array(column.to_pylist(), dtype=object), "str"
+    kind = "float" if pa.types.is_floating(column.type) else str(column.type)
+    raise UserError(f"{where}: column {column_name!r} holds {kind} labels: use ints or strings")
 
 
-def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor, torch.Tensor, SeriesInfo]:
-    """Both splits, padded as series.load_series pads the .ts problems; the classes are the training
-    split's labels, sorted (numbers as numbers)."""
+def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[ArrowSplit, ArrowSplit, SeriesInfo]:
+    """Both splits, read where they lie, and what a model of them must know; the classes are the
+    training split's labels, sorted (numbers as numbers)."""
     train_source, test_source = split_sources(dataset)
-    (train_x, train_l), (test_x, test_l) = (sequences_and_labels(read_table(s), sequence_column, label_column, s)
-                                            for s in (train_source, test_source))
-    kinds = {split: {type(v).__name__ for v in labels} for split, labels in (("train", train_l), ("test", test_l))}
+    read = {}
+    for split, source in (("train", train_source), ("test", test_source)):
+        table, maps = read_table(source)
+        if sequence_column not in table.column_names:
+            raise UserError(f"{source}: no column {sequence_column!r} (columns: {', '.join(table.column_names)}); "
+                            "name yours with `sequence_column`")
+        labels, kind = read_labels(table, label_column, source)
+        read[split] = (*read_chunks(table, sequence_column, source, maps), labels, kind)
+    kinds = {split: r[4] for split, r in read.items()}
     if kinds["train"] != kinds["test"]:
-        raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {', '.join(kinds['train'])}; "
-                        f"test: {', '.join(kinds['test'])})")
-    classes = sorted(set(train_l))
+        raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {kinds['train']}; "
+                        f"test: {kinds['test']})")
+    if read["train"][2] != read["test"][2]:
+        raise UserError(f"{dataset}: the training and test sequences have different numbers of channels "
+                        f"({sorted({read['train'][2], read['test'][2]})})")
+    classes = sorted(set(read["train"][3].tolist()))
     index = {label: i for i, label in enumerate(classes)}
-    unknown = sorted({str(v) for v in test_l if v not in index})
+    unknown = sorted({str(v) for v in set(read["test"][3].tolist()) if v not in index})
     if unknown:
         raise UserError(f"{test_source}: labels the training split does not have: {', '.join(unknown[:5])}")
-    names = [str(c) for c in classes]
-    train, test = (TsFile(x, np.array([index[v] for v in labels], dtype=np.int64), names, dataset)
-                   for x, labels in ((train_x, train_l), (test_x, test_l)))
-    return padded_splits(dataset, train, test)
+    all_lengths = np.concatenate([read["train"][1], read["test"][1]])
+    variable = bool((all_lengths != all_lengths[0]).any())
+    info = SeriesInfo(dataset, [str(c) for c in classes], read["train"][2], variable, int(all_lengths.max()))
+    train, test = (ArrowSplit(chunks, torch.tensor([index[v] for v in labels.tolist()], dtype=torch.int64), lengths,
+                              channels, variable)
+                   for chunks, lengths, channels, labels, _ in (read["train"], read["test"]))
+    return train, test, info

@@ -281,18 +281,32 @@ class SeriesView:
         self.std = torch.tensor(std, dtype=torch.float32)
 
     @classmethod
-    def fit(cls, info: SeriesInfo, inputs: torch.Tensor) -> "SeriesView":
-        """Standardisation from the real (not padded, not missing) values of the training inputs."""
-        values = inputs[..., :info.channels].double()
-        real = torch.ones(values.shape[:2], dtype=torch.bool)
-        if info.variable_length:
-            lengths = inputs[:, 0, info.channels].long()
-            real = torch.arange(values.shape[1])[None, :] < lengths[:, None]
-        mask = real[..., None] & ~values.isnan()
-        count = mask.sum((0, 1)).clamp(min=1)
-        mean = torch.where(mask, values, 0).sum((0, 1)) / count
-        var = torch.where(mask, (values - mean) ** 2, 0).sum((0, 1)) / count
-        std = var.sqrt()
+    def fit(cls, info: SeriesInfo, split: Any) -> "SeriesView":
+        """Standardisation from the real (not padded, not missing) values of the training split, read
+        a block of cases at a time (a split on disk is never held whole in memory): float64 sums for
+        the mean, then the squared deviations from it."""
+        blocks = range(0, len(split), max(1, (1 << 20) // max(1, info.max_length * (info.channels + 1))))
+        sums = torch.zeros(3, info.channels, dtype=torch.float64)  # count, sum, then squared deviations
+
+        def real_values(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+            inputs = split.inputs(slice(start, start + blocks.step)).cpu()
+            values = inputs[..., :info.channels].double()
+            real = torch.ones(values.shape[:2], dtype=torch.bool)
+            if info.variable_length:
+                lengths = inputs[:, 0, info.channels].long()
+                real = torch.arange(values.shape[1])[None, :] < lengths[:, None]
+            return values, real[..., None] & ~values.isnan()
+
+        for start in blocks:
+            values, mask = real_values(start)
+            sums[0] += mask.sum((0, 1))
+            sums[1] += torch.where(mask, values, 0).sum((0, 1))
+        count = sums[0].clamp(min=1)
+        mean = sums[1] / count
+        for start in blocks:
+            values, mask = real_values(start)
+            sums[2] += torch.where(mask, (values - mean) ** 2, 0).sum((0, 1))
+        std = (sums[2] / count).sqrt()
         # a constant channel (up to rounding) is only centred, not blown up
         std = torch.where(std > 1e-6 * mean.abs().clamp(min=1), std, torch.ones_like(std))
         return cls(info, mean.float().tolist(), std.float().tolist())

@@ -1,14 +1,14 @@
 """What --dataset names, loaded: an IDX image set (idx.py), a UCR/UEA problem or .ts file (series.py),
-or Arrow/Parquet data (arrow.py). Adding a source
-means one module that returns (train Split, test Split, what a model of it must know) and one branch
-here."""
+or Arrow/Parquet data (arrow.py). Adding a source means one module that returns (train split, test
+split, what a model of it must know) and one branch here; a split is a Split in memory or anything
+with its `inputs`/`subset`/`head`/`to` (ArrowSplit reads from disk)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from dist_rnn.config import TrainConfig, is_image_set
-from dist_rnn.data.arrow import is_arrow_source, load_arrow
+from dist_rnn.data.arrow import ArrowSplit, is_arrow_source, load_arrow
 from dist_rnn.data.idx import load_mnist, resolve_data_dir
 from dist_rnn.data.series import SeriesInfo, load_series
 from dist_rnn.data.splits import Split
@@ -19,14 +19,14 @@ def is_path(dataset: str) -> bool:
     return dataset.endswith(".ts") or is_arrow_source(dataset)
 
 
-def load_dataset(c: TrainConfig) -> tuple[Split, Split, Optional[SeriesInfo]]:
-    """The training and test splits --dataset names; for sequences also what the model must know
-    (classes, channels, lengths); None for the image sets (10 classes, a view decides the rest)."""
+def load_dataset(c: TrainConfig) -> tuple["Split | ArrowSplit", "Split | ArrowSplit", Optional[SeriesInfo]]:
+    """The training and test splits --dataset names (Arrow data stays on disk, the rest is read
+    into memory); for sequences also what the model must know (classes, channels, lengths); None
+    for the image sets (10 classes, a view decides the rest)."""
     if is_image_set(c.dataset):
         train, test = load_mnist(resolve_data_dir(c.data_dir))
         return train, test, None
     if is_arrow_source(c.dataset):
-        train_x, train_y, test_x, test_y, info = load_arrow(c.dataset, c.sequence_column, c.label_column)
-    else:
-        train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
+        return load_arrow(c.dataset, c.sequence_column, c.label_column)
+    train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
     return Split(train_x, train_y), Split(test_x, test_y), info

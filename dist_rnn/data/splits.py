@@ -1,14 +1,19 @@
 """One split in memory (images or padded sequences, and labels), and the validation split held out of
-the training set: seeded, stratified, the same at any world size."""
+the training set: seeded, stratified, the same at any world size. Arrow data keeps its sequences on
+disk instead (arrow.ArrowSplit): both kinds answer `inputs(index)` and `subset(index)`, and nothing
+else reads a split's inputs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from dist_rnn.errors import UserError
+
+if TYPE_CHECKING:
+    from dist_rnn.data.arrow import ArrowSplit
 
 
 @dataclass
@@ -22,15 +27,40 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def inputs(self, index: "torch.Tensor | slice") -> torch.Tensor:
+        """The inputs of the samples `index` picks (on this split's device)."""
+        return self.images[index]
+
+    def subset(self, index: "torch.Tensor | slice") -> "Split":
+        return Split(self.images[index], self.labels[index])
+
     def head(self, n: Optional[int]) -> "Split":
         """The first n samples (all when n is None), for small runs."""
-        return self if n is None else Split(self.images[:n], self.labels[:n])
+        return self if n is None else self.subset(slice(0, n))
 
     def to(self, device: torch.device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
 
+    def sequence_lengths(self, channels: int) -> torch.Tensor:
+        """Each padded sequence's length (int64, on the CPU), which series.padded keeps in channel
+        `channels` at step 0 when lengths differ."""
+        return self.images[:, 0, channels].long().cpu()
 
-def validation_split(train: Split, size: float, seed: int) -> tuple[Split, Split, torch.Tensor]:
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's input shape ((H, W), or (T, C[+1]))."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.images.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+
+def validation_split(train: "Split | ArrowSplit", size: float, seed: int) -> tuple[Split, Split, torch.Tensor]:
     """(training split without the validation samples, validation split, the kept training indices).
 
     `size` is a count (>= 1) or a fraction (< 1) of the training split. Stratified: each class gives
@@ -53,4 +83,4 @@ def validation_split(train: Split, size: float, seed: int) -> tuple[Split, Split
     keep = torch.ones(n, dtype=torch.bool)
     keep[held] = False
     kept = torch.nonzero(keep).flatten()
-    return (Split(train.images[kept], train.labels[kept]), Split(train.images[held], train.labels[held]), kept)
+    return train.subset(kept), train.subset(held), kept
