@@ -17,7 +17,8 @@
 # Environment: PYTHON (interpreter with dist_rnn installed; default python3, from the submitting
 # shell's PATH, which sbatch passes on), NPROC (processes per node; default: the node's GPUs, else 1),
 # MASTER_PORT (rendezvous port; default derived from the job id), MAX_RESTARTS (torchrun restarts
-# after a worker dies, default 3), DIST_RNN_DATA (the data directory).
+# after a worker dies, default 3), DIST_RNN_DATA (the data directory), GLOO_SOCKET_IFNAME (several
+# nodes: the network interface gloo binds to; default: the one towards the first node).
 set -uo pipefail
 
 echo "SLURM_JOB_ID=${SLURM_JOB_ID} SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}"
@@ -40,13 +41,21 @@ echo "nodes=$NNODES processes/node=$NPROC rendezvous=$HEAD_NODE:$MASTER_PORT pyt
 
 # One task per node; each runs torchrun. Only the first node hosts the rendezvous store
 # (is_host), which does not depend on how node names resolve.
+# With several nodes each sets GLOO_SOCKET_IFNAME (unless given) to its interface towards the
+# first node: see launch/gloo-ifname.sh.
 srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=0 \
-  bash -c 'trap "" USR1; exec "$0" -m torch.distributed.run --nnodes="$1" --nproc_per_node="$2" \
+  bash -c 'trap "" USR1
+           if [ "$1" -gt 1 ]; then
+             . "$4"; gloo_socket_ifname "${3%:*}"
+             echo "node ${SLURMD_NODENAME:-$(hostname)}: GLOO_SOCKET_IFNAME=${GLOO_SOCKET_IFNAME:-unset}"
+           fi
+           exec "$0" -m torch.distributed.run --nnodes="$1" --nproc_per_node="$2" \
              --rdzv-backend=c10d --rdzv-endpoint="$3" --rdzv-id="$SLURM_JOB_ID" \
              --max-restarts="${MAX_RESTARTS:-3}" \
              --rdzv-conf="is_host=$([ "$SLURM_NODEID" = 0 ] && echo 1 || echo 0)" \
-             -m dist_rnn.train --resume auto "${@:4}"' \
-  "$PYTHON" "$NNODES" "$NPROC" "$HEAD_NODE:$MASTER_PORT" "$@" &
+             -m dist_rnn.train --resume auto "${@:5}"' \
+  "$PYTHON" "$NNODES" "$NPROC" "$HEAD_NODE:$MASTER_PORT" "$(cd "$(dirname "$0")/.." && pwd)/launch/gloo-ifname.sh" \
+  "$@" &
 child=$!
 
 preempted=0

@@ -116,6 +116,8 @@ def test_multinode_sbatch_on_two_nodes(tmp_path):
     log = log_of(tmp_path, job)
     results = json.loads((out / "results.json").read_text())
     assert "nodes=2 processes/node=1" in log and results["world_size"] == 2, log
+    # each node chose gloo's interface towards the first node (node1 is 127.0.0.1 here: lo)
+    assert len(re.findall(r"node \S+: GLOO_SOCKET_IFNAME=lo\n", log)) == 2, log
     assert results["test_samples"] == 1001 and results["steps"] == 10
 
 
