@@ -36,10 +36,11 @@ class RuntimeOptions:
     """Where and how a command runs: every command that trains or scores takes these."""
 
     precision: Literal["fp32", "bf16", "fp16"] = option(
-        "fp32", "autocast precision; fp16 needs CUDA (training scales its loss with a GradScaler), bf16 works "
-        "on CPU and CUDA; on GPUs both were measured slower than fp32 for these small LSTMs (the weights are cast "
-        "again every step: see the README), on CPUs with BF16 instructions bf16 is faster; a CPU that cannot run "
-        "the cell in bf16 (an LSTM without AVX-512/AMX) is refused in one line")
+        "fp32", "autocast precision; fp16 needs CUDA (training scales its loss with a GradScaler); bf16 works on "
+        "CPU and CUDA, where the recurrent layers stay in fp32 (autocast's cuDNN RNN would run them in fp16, "
+        "unscaled) and only the head is bf16; on GPUs half precision was measured slower than fp32 for these small "
+        "LSTMs (the weights are cast again every step: see the README), on CPUs with BF16 instructions bf16 is "
+        "faster; a CPU that cannot run the cell in bf16 (an LSTM without AVX-512/AMX) is refused in one line")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
     backend: Literal["auto", "nccl", "gloo"] = option(
         "auto", "process-group backend under torchrun; 'auto': nccl on CUDA, gloo on CPU; 'gloo' on CUDA lets "

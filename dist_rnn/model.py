@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, ContextManager
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ class RNNClassifier(nn.Module):
         """What the classifier reads: (B, dirs * H), forward direction's half first. A PackedSequence
         (sequences of different lengths) reads each sequence's own steps only: h_n then holds, per
         sequence, the forward state after its real last step and the backward state after its first."""
-        out, state = self.rnn(x)  # out: (B, T, dirs * H), or packed
+        with recurrent_precision(x):
+            out, state = self.rnn(x)  # out: (B, T, dirs * H), or packed
         if self.readout == "last":
             if isinstance(out, PackedSequence):  # the output at each sequence's own last step
                 out, lengths = pad_packed_sequence(out, batch_first=True)
@@ -57,6 +59,19 @@ class RNNClassifier(nn.Module):
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
         # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
         return torch.cat(list(h_n[-self.num_directions:]), dim=1)
+
+
+def recurrent_precision(x: "torch.Tensor | PackedSequence") -> ContextManager:
+    """bf16 autocast on CUDA leaves the recurrent layers in fp32. Autocast's cuDNN RNN wrapper
+    (ATen's AutocastRNN.cpp) casts the weights, input and state to fp16 whatever dtype autocast was
+    asked for (and copies the weights into a new flat buffer at every forward): `--precision bf16`
+    would train the LSTM in fp16 with no loss scaling (GradScaler is fp16's only). fp16 autocast
+    keeps it (fp16 is what it asks for, and its GradScaler scales); CPU autocast runs oneDNN's real
+    bf16 RNN."""
+    data = x.data if isinstance(x, PackedSequence) else x
+    if data.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+        return torch.autocast("cuda", enabled=False)
+    return contextlib.nullcontext()
 
 
 def build_model(c: "TrainConfig", input_size: int, num_classes: int = 10) -> RNNClassifier:

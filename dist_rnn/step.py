@@ -19,6 +19,7 @@ moment the host waits for the device.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -170,8 +171,9 @@ class GraphedStep(EagerStep):
 
     def _record(self) -> list[Callable[[], None]]:
         """The phases of one step, captured (one graph alone, two around the gradient mean with
-        several processes); the warm-up steps that capture needs are undone, so the run is the
-        same as if it had started with the first replay."""
+        several processes); the warm-up steps that capture needs are undone (weights, optimizer
+        state, random streams, cuDNN's dropout state), so the run starts with the first replay as
+        the eager run starts with its first step."""
         eager = [self._backward_phase, self._mean_phase, self._update_phase] if self.env.is_distributed \
             else [self._backward_phase, self._update_phase]
         before = self._snapshot()
@@ -185,19 +187,41 @@ class GraphedStep(EagerStep):
                     phase()
         if side is not None:
             torch.cuda.current_stream(self.device).wait_stream(side)
-        self._restore(before)  # capturing records kernels without running them: nothing to undo after it
-        if not self.capture:
-            phases = eager
-        elif self.env.is_distributed:
-            phases = [self._graph(self._backward_phase), self._mean_phase, self._graph(self._update_phase)]
-        else:
-            phases = [self._graph(lambda: (self._backward_phase(), self._update_phase()))]
-        # The random streams last, after capture (setting CUDA's makes cuDNN re-seed its dropout state,
-        # which reads a value back to the host): dropout masks as if warm-up had never run.
+        # Undo the warm-up before capture (capturing records kernels without running them: nothing
+        # to undo after it): weights, optimizer state, and the random streams, so that the first
+        # replay draws what an eager first step would.
+        self._restore(before)
         torch.set_rng_state(before["rng"])
         if self.capture:
             torch.cuda.set_rng_state(before["cuda_rng"], self.device)
-        return phases
+            self._reseed_cudnn_dropout()
+            torch.set_rng_state(before["rng"])
+        if not self.capture:
+            return eager
+        if self.env.is_distributed:
+            return [self._graph(self._backward_phase), self._mean_phase, self._graph(self._update_phase)]
+        return [self._graph(lambda: (self._backward_phase(), self._update_phase()))]
+
+    def _reseed_cudnn_dropout(self) -> None:
+        """Give cuDNN's RNN dropout its first-step state again, outside the capture.
+
+        cuDNN's LSTM/GRU dropout (`--dropout`, between stacked layers) does not draw from the CUDA
+        generator per step: it keeps a state buffer of its own, seeded from the generator by the
+        first training forward after the generator was set (RNN.cpp `get_dropout_state`), and
+        advanced by every use. Warm-up seeded and advanced it; setting the generator back (above)
+        marks it for re-seeding. Left pending, the re-seed would happen at the next eager training
+        forward with dropout, reading a value back to the host and freeing the buffer the graph
+        still writes to. So it happens here, now: a 1-layer RNN with dropout asks for the state (and
+        gets it seeded from the restored generator, as the eager first step seeds it) without
+        using it (cuDNN applies dropout between layers only). Then the graph holds the new buffer,
+        in its first-step state, and nothing marks it for re-seeding again."""
+        rnn = self.model.rnn if isinstance(getattr(self.model, "rnn", None), nn.RNNBase) else None
+        if rnn is None or not rnn.dropout or not rnn.training:
+            return  # no dropout state in play: the eager first step does not seed one either
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "dropout expects num_layers greater than 1": that is the point
+            probe = nn.LSTM(1, 1, num_layers=1, dropout=rnn.dropout, batch_first=True).to(self.device)
+        probe(torch.zeros(1, 1, 1, device=self.device))
 
     def _graph(self, fn: Callable[[], object]) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()

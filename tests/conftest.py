@@ -141,9 +141,10 @@ def run_module(module: str, args: list[str], timeout: int = 300, env: Optional[d
 
 
 def run_step_worker(data: Path, out: Path, optimizer: str, nproc: Optional[int] = None,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", lstm_dropout: float = 0.2) -> dict:
     """tests/static_step_worker.py (the graphed step against the eager one), with python or torchrun."""
-    script = [str(REPO / "tests" / "static_step_worker.py"), str(data), str(out), optimizer, device]
+    script = [str(REPO / "tests" / "static_step_worker.py"), str(data), str(out), optimizer, device,
+              str(lstm_dropout)]
     cmd = [sys.executable, *script] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
                                                           *script]
     check_ok(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,

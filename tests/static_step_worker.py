@@ -3,7 +3,10 @@ off (static input buffers, one flat gradient buffer, warm-up undone, its dropout
 the rank-ordered gradient mean between phases) against the eager DDP step, on the same batches,
 with dropout. Writes what it found as JSON.
 
-    worker.py DATA_DIR OUT.json OPTIMIZER DEVICE
+    worker.py DATA_DIR OUT.json OPTIMIZER DEVICE LSTM_DROPOUT
+
+LSTM_DROPOUT is nn.LSTM's dropout between its layers: on CUDA it is cuDNN's, from a dropout state
+of its own (see GraphedStep._reseed_cudnn_dropout), so the GPU test compares the steps without it.
 """
 
 import json
@@ -47,9 +50,9 @@ def train(c: TrainConfig, env, train_set, graphed: bool) -> dict:
     return {"params": params, "losses": losses, "moved": moved}
 
 
-def main(data_dir: str, out: str, optimizer: str, device: str) -> None:
+def main(data_dir: str, out: str, optimizer: str, device: str, lstm_dropout: str = "0.2") -> None:
     c = TrainConfig(hidden_size=16, batch_size=20, optimizer=optimizer, lr=0.01, grad_clip=0.5,
-                    momentum=0.9 if optimizer == "sgd" else 0.0, dropout=0.2, head_dropout=0.3)
+                    momentum=0.9 if optimizer == "sgd" else 0.0, dropout=float(lstm_dropout), head_dropout=0.3)
     with process_group(device, "gloo", 60) as env:
         train_set = load_mnist(Path(data_dir))[0].head(STEPS * c.batch_size)
         eager, graphed = train(c, env, train_set, False), train(c, env, train_set, True)

@@ -66,19 +66,22 @@ def test_presets_reach_their_accuracy_on_cuda_and_evaluate_agrees(tmp_path, pres
     assert scored["test_accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-4)  # 1 image at most
 
 
-def test_fp16_unscales_before_clipping(data, tmp_path):
-    """fp16 with --grad-clip: GradScaler scales the loss, the gradients are unscaled before clipping,
-    and the scaler's state travels in the checkpoint."""
+def test_fp16_trains_and_its_scaler_travels_in_the_checkpoint(data, tmp_path):
+    """fp16 with --grad-clip trains (the clipping itself: test_fp16_step_clips_the_unscaled_gradients),
+    and the scaler's state is in the checkpoint: its scale and growth tracker after 60 steps."""
     results = train(data, tmp_path / "run", 60, extra=["--precision", "fp16", "--grad-clip", "1.0", "--lr", "0.01"])
     losses = [e["loss"] for e in events(tmp_path / "run", "train")]
     assert all(map(lambda v: v == v and v < 10, losses)), losses  # finite
     assert losses[-1] < losses[0] * 0.5 and results["test_accuracy"] > 0.5, losses
-    snapshot = load_checkpoint(Path(results["checkpoint"]))
-    assert snapshot["scaler"] and snapshot["scaler"]["scale"] > 0
+    scaler = load_checkpoint(Path(results["checkpoint"]))["scaler"]
+    # 65536 halved once per overflow; the tracker counts the steps since the last one (growth at 2000)
+    assert scaler["scale"] in [65536.0 / 2 ** k for k in range(17)] and 0 <= scaler["_growth_tracker"] <= 60, scaler
 
 
-def test_checkpoints_cross_between_gpu_and_cpu(data, tmp_path):
-    """Trained on one device, scored and resumed on the other."""
+def test_checkpoints_cross_between_gpu_and_cpu(data, tmp_path, monkeypatch):
+    """Trained on one device, scored and resumed on the other. TF32 off (cuDNN's fp32 LSTM would
+    otherwise round its products to 10 mantissa bits, about 1e-3 each, more than the tolerances)."""
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # read by cuBLAS and cuDNN in every child process
     for trained_on, other in (("cuda", "cpu"), ("cpu", "cuda")):
         out = tmp_path / f"{trained_on}-then-{other}"
         results = train(data, out, 30, device=trained_on)
@@ -122,11 +125,69 @@ def test_two_ranks_share_one_gpu_through_gloo(data, tmp_path):
 @pytest.mark.parametrize("nproc,optimizer", [(None, "adam"), (None, "sgd"), (2, "adam")])
 def test_graphed_step_follows_the_eager_step(tmp_path, nproc, optimizer):
     """The step captured in CUDA graphs (fused capturable Adam; with 2 ranks through gloo, the mean
-    between two graphs) against the eager step on the same batches: equal within float rounding."""
+    between two graphs) against the eager step on the same batches, with head dropout (its masks
+    drawn from the CUDA generator, which the warm-up's undoing rewinds): equal within float rounding.
+    Without the LSTM's own dropout: cuDNN's is a state of its own (test below)."""
     data = write_mnist(tmp_path / "data", n_train=500, n_test=10)
-    found = run_step_worker(data, tmp_path / "out.json", optimizer, nproc, device="cuda")
+    found = run_step_worker(data, tmp_path / "out.json", optimizer, nproc, device="cuda", lstm_dropout=0.0)
     assert found["moved"] > 0.01 and found["max_abs_diff"] < 1e-3, found
     assert found["graphed_losses"] == pytest.approx(found["eager_losses"], rel=1e-3)
+
+
+def test_graphed_step_with_lstm_dropout_leaves_no_reseed_pending():
+    """After capture, cuDNN's dropout state is the graph's for good: an eager training forward with
+    LSTM dropout does not re-seed it (which would draw from the CUDA generator, moving its offset,
+    and free the buffer the graph writes to), and the graph replays, training."""
+    from dist_rnn.amp import grad_scaler
+    from dist_rnn.config import TrainConfig
+    from dist_rnn.data import SequenceView
+    from dist_rnn.distributed import DistEnv
+    from dist_rnn.model import build_model
+    from dist_rnn.step import GraphedStep
+    from dist_rnn.train import build_optimizer
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    c = TrainConfig(hidden_size=32, batch_size=50, dropout=0.3, head_dropout=0.2)
+    model = build_model(c, input_size=28).to(device)
+    step = GraphedStep(model, list(model.parameters()), build_optimizer(c, model, graphed=True),
+                       grad_scaler("fp32", device), SequenceView("row"), "fp32", "ce", None,
+                       DistEnv(0, 0, 1, device), local_batch=50, image_shape=(28, 28))
+    generator = torch.cuda.default_generators[device.index or 0]
+    offset = generator.get_offset()
+    model.rnn(torch.rand(4, 28, 28, device=device))  # eager, training mode, dropout 0.3
+    assert generator.get_offset() == offset, "cuDNN re-seeded its dropout state after capture"
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (50,), device=device)
+    means = []
+    for _ in range(2):
+        for _ in range(10):
+            step(images, labels)
+        means.append(step.take_mean_loss().item())
+    assert means[1] < means[0], means  # it learns the one batch
+
+
+def test_fp16_step_clips_the_unscaled_gradients():
+    """One eager fp16 step with --grad-clip 0.01: GradScaler scales the loss (by 1024 here, far from
+    fp16's overflow), the step unscales before clipping, so the gradients it applies have norm 0.01
+    (clipping the scaled ones would leave 0.01 / 1024 after unscaling)."""
+    from dist_rnn.config import TrainConfig
+    from dist_rnn.data import SequenceView
+    from dist_rnn.model import build_model
+    from dist_rnn.step import EagerStep
+    from dist_rnn.train import build_optimizer
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    c = TrainConfig(hidden_size=32, lr=0.01, grad_clip=0.01)
+    model = build_model(c, input_size=28).to(device)
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    step = EagerStep(model, list(model.parameters()), build_optimizer(c, model, graphed=False), scaler,
+                     SequenceView("row"), "fp16", "ce", c.grad_clip, device)
+    step(torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8, device=device),
+         torch.randint(0, 10, (100,), device=device))
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in model.parameters()])).item()
+    assert scaler.get_scale() == 1024.0 and norm == pytest.approx(0.01, rel=1e-3), (scaler.get_scale(), norm)
 
 
 def test_graphed_two_ranks_follow_one_graphed_process(data, tmp_path):
@@ -176,4 +237,14 @@ def test_bench_on_gpu(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     figures = json.loads(out.read_text())
-    assert figures["device"] == "cuda" and figures["dist_rnn_median"] > 0 and "world1_samples_per_s" not in figures
+    from dist_rnn.bench import CUDA_VARIANTS
+    # every GPU variant measured (none refused on a GPU), each figure a real speed, the ratios theirs
+    assert figures["device"] == "cuda" and figures["skipped_variants"] == {} and "world1_samples_per_s" not in figures
+    assert figures["variants"] == {name: list(spec) for name, spec in CUDA_VARIANTS.items()}
+    for name in ("original", *CUDA_VARIANTS):
+        values = figures[f"{name}_samples_per_s"]
+        assert len(values) == 1 and all(0 < v < 1e8 for v in values), (name, values)
+    for name in CUDA_VARIANTS:
+        assert figures[f"ratio_{name}_vs_original"] == pytest.approx(figures[f"{name}_median"] /
+                                                                      figures["original_median"])
+    assert 0 < figures["seconds_to_first_step"] < 120 and figures["eval_samples_per_s"] > 0
