@@ -4,7 +4,7 @@ in one run on this machine, plus a world-size sweep and the costs around trainin
 (a) samples/s of the original pipeline (torchvision MNIST + ToTensor + DataLoader(batch 100,
     shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`) in fp32
     and with --precision bf16 where the machine can run it (left out, with the reason, where not; on
-    CUDA also with the step in CUDA graphs, and at batch 1000),
+    CUDA also fp16, the step in CUDA graphs, batch 1000, and the BiLSTM preset),
     alternated --repeats times, --steps each: medians and ratios. dist_rnn's figure is its steady
     speed, the first of its five reporting intervals (first kernels, cuDNN plans, allocations) left out; and the
     original's data path timed alone, which bounds what feeding from memory can win;
@@ -48,10 +48,19 @@ from dist_rnn.train import run
 
 SEED_LSTM = TrainConfig(preset="seed-lstm", **PRESETS["seed-lstm"])  # the original LSTM script
 
-# What (a) times besides the original: name -> (precision, --cuda-graphs, global batch).
-VARIANTS = {"dist_rnn": ("fp32", "off", 100), "dist_rnn_bf16": ("bf16", "off", 100)}
-CUDA_VARIANTS = {**VARIANTS, "dist_rnn_graphed": ("fp32", "on", 100), "dist_rnn_graphed_bf16": ("bf16", "on", 100),
-                 "dist_rnn_b1000": ("fp32", "off", 1000), "dist_rnn_graphed_b1000": ("fp32", "on", 1000)}
+# What (a) times besides the original: name -> (preset, precision, --cuda-graphs, global batch).
+VARIANTS = {"dist_rnn": ("seed-lstm", "fp32", "off", 100), "dist_rnn_bf16": ("seed-lstm", "bf16", "off", 100)}
+# On a GPU also: each precision, the step in CUDA graphs, batch 1000, and the BiLSTM preset (the
+# GPU targets name both presets' graphed figures at batch 100 and 1000).
+CUDA_VARIANTS = {**VARIANTS, "dist_rnn_fp16": ("seed-lstm", "fp16", "off", 100),
+                 "dist_rnn_graphed": ("seed-lstm", "fp32", "on", 100),
+                 "dist_rnn_graphed_bf16": ("seed-lstm", "bf16", "on", 100),
+                 "dist_rnn_b1000": ("seed-lstm", "fp32", "off", 1000),
+                 "dist_rnn_graphed_b1000": ("seed-lstm", "fp32", "on", 1000),
+                 "bilstm": ("seed-bilstm", "fp32", "off", 100), "bilstm_bf16": ("seed-bilstm", "bf16", "off", 100),
+                 "bilstm_fp16": ("seed-bilstm", "fp16", "off", 100),
+                 "bilstm_graphed": ("seed-bilstm", "fp32", "on", 100),
+                 "bilstm_graphed_b1000": ("seed-bilstm", "fp32", "on", 1000)}
 
 
 @dataclass
@@ -110,10 +119,10 @@ def original_loader_seconds_per_batch(root: Path, batches: int) -> float:
 
 
 def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, device: torch.device, precision: str = "fp32",
-                 cuda_graphs: str = "off", batch_size: int = 100) -> dict[str, Any]:
-    """dist_rnn's own loop, in this process, with the seed-lstm preset's hyperparameters; adds
+                 cuda_graphs: str = "off", batch_size: int = 100, preset: str = "seed-lstm") -> dict[str, Any]:
+    """dist_rnn's own loop, in this process, with a preset's hyperparameters; adds
     `steady_samples_per_s`, the median speed of its reporting intervals after the first."""
-    c = dataclasses.replace(SEED_LSTM, epochs=10 ** 6, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
+    c = dataclasses.replace(TrainConfig(preset=preset, **PRESETS[preset]), epochs=10 ** 6, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
                             limit_test=1000, resume="none", overwrite=True, log_every=max(1, steps // 5),
                             precision=precision, device=device.type, cuda_graphs=cuda_graphs, batch_size=batch_size)
     validate(c)
@@ -188,7 +197,7 @@ def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
     """(a) The original pipeline and dist_rnn's variants, alternated --repeats times."""
     variants, skipped = {}, {}
     for name, spec in (CUDA_VARIANTS if device.type == "cuda" else VARIANTS).items():
-        refusal = precision_refusal(spec[0], device, SEED_LSTM.cell)
+        refusal = precision_refusal(spec[1], device, SEED_LSTM.cell)
         if refusal:  # e.g. bf16 on a CPU without AVX-512: left out, the rest still measured
             skipped[name] = in_python_words(refusal)
             say(f"leaving out {name}: {skipped[name]}")
@@ -199,8 +208,8 @@ def speed(c: BenchConfig, root: Path, data_dir: Path, work: Path,
     runs = []
     for i in range(c.repeats):
         original.append(original_samples_per_s(root, c.steps, device))
-        for name, (precision, graphs, batch) in variants.items():
-            result = dist_rnn_run(data_dir, work / f"{name}-{i}", c.steps, device, precision, graphs, batch)
+        for name, (preset, precision, graphs, batch) in variants.items():
+            result = dist_rnn_run(data_dir, work / f"{name}-{i}", c.steps, device, precision, graphs, batch, preset)
             speeds[name].append(result["steady_samples_per_s"])
             if name == "dist_rnn":  # the fp32 runs also give the checkpoint figures of (c)
                 runs.append(result)
@@ -236,8 +245,10 @@ def costs(c: BenchConfig, data_dir: Path, work: Path, device: torch.device,
     model = build_model(SEED_LSTM, input_size=28).to(device)
     _, test = load_mnist(data_dir)
     test = test.to(device)
+    env = DistEnv(0, 0, 1, device)
+    evaluate(model, test.head(2000), env, 1000, "fp32")  # warm: first kernels, cuDNN plans, allocations
     start = time.perf_counter()
-    evaluate(model, test, DistEnv(0, 0, 1, device), 1000, "fp32")  # ends in .tolist(): the GPU has finished
+    evaluate(model, test, env, 1000, "fp32")  # ends in .tolist(): the GPU has finished
     figures["eval_samples_per_s"] = len(test) / (time.perf_counter() - start)
     figures["checkpoint_save_s"] = statistics.median(r["checkpoint_save_s"] for r in runs)
     start = time.perf_counter()
@@ -255,8 +266,8 @@ def costs(c: BenchConfig, data_dir: Path, work: Path, device: torch.device,
 
 def print_table(figures: dict[str, Any]) -> None:
     rows = [("original pipeline (batch 100, fp32), samples/s (median)", f"{figures['original_median']:.0f}")]
-    for name, (precision, graphs, batch) in figures["variants"].items():
-        label = f"dist_rnn, batch {batch}, {precision}" + (", CUDA graphs" if graphs == "on" else "")
+    for name, (preset, precision, graphs, batch) in figures["variants"].items():
+        label = f"dist_rnn {preset}, batch {batch}, {precision}" + (", CUDA graphs" if graphs == "on" else "")
         rows.append((f"{label}: samples/s (median), ratio to the original",
                      f"{figures[f'{name}_median']:.0f}  {figures[f'ratio_{name}_vs_original']:.2f}x"))
     rows += [("median of the per-alternation ratios (dist_rnn fp32)",

@@ -32,5 +32,5 @@ def test_bench_runs_and_writes_json(tmp_path, cpu):
         assert "this CPU cannot run the LSTM in bfloat16" in figures["skipped_variants"]["dist_rnn_bf16"]
         assert "not measured: dist_rnn_bf16: precision=bf16: this CPU cannot" in proc.stdout
     assert 0 < figures["original_loader_share_of_step"] < 1
-    assert "dist_rnn, batch 100, fp32: samples/s (median), ratio to the original" in proc.stdout
-    assert figures["seconds_to_first_step"] > 0 and figures["variants"]["dist_rnn"] == ["fp32", "off", 100]
+    assert "dist_rnn seed-lstm, batch 100, fp32: samples/s (median), ratio to the original" in proc.stdout
+    assert figures["seconds_to_first_step"] > 0 and figures["variants"]["dist_rnn"] == ["seed-lstm", "fp32", "off", 100]
