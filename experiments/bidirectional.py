@@ -14,7 +14,7 @@ from dist_rnn.config import TrainConfig
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.cells import step_times
-from experiments.lab import (BILSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, compare, fit_linear,
+from experiments.lab import (BILSTM, Lab, PROBE_SAMPLES, Report, accuracies, accuracy_cell, compare, fit_linear, holm,
                              lstm_at, lstm_runs, mean_std, measures, parameters, pct, runs)
 
 
@@ -67,9 +67,11 @@ def suite(lab: Lab, report: Report) -> None:
         uni=pct(accuracies(uni)), last=pct(accuracies(last)), final=pct(accuracies(final)),
         last1=pct(accuracies(last1)), final1=pct(accuracies(final1)),
         lstm3=pct(accuracies(lstm3)), bilstm01=pct(accuracies(bilstm01)),
-        readout1=compare(accuracies(final1), accuracies(last1)), readout2=compare(accuracies(final), accuracies(last)),
-        at003=compare(accuracies(last), accuracies(lstm3)), at001=compare(accuracies(bilstm01), accuracies(uni)),
-        presets=compare(accuracies(last), accuracies(uni)),
+        **holm(dict(readout1=compare(accuracies(final1), accuracies(last1)),
+                    readout2=compare(accuracies(final), accuracies(last)),
+                    at003=compare(accuracies(last), accuracies(lstm3)),
+                    at001=compare(accuracies(bilstm01), accuracies(uni)),
+                    presets=compare(accuracies(last), accuracies(uni)))),
         param_ratio=parameters("lstm", 128, bidirectional=True) / parameters("lstm", 128),
         time_ratio=statistics.median(t["ms_per_step"]["bilstm"] / t["ms_per_step"]["lstm"] for t in times),
         models_table=report.table(["model", "parameters", "seeds", "test accuracy %", "probe on forward half %",

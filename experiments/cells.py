@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from typing import Any
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 
 from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
-from experiments.lab import (Lab, Report, accuracies, accuracy_cell, best_rate, collapsed, compare, lstm_at,
-                             lstm_like_hidden, lstm_runs, measures, parameters, runs)
+from experiments.lab import (Lab, Report, accuracies, accuracy_cell, best_rate, both_ways, collapsed, compare, holm,
+                             lstm_at, lstm_like_hidden, lstm_runs, measures, parameters, runs)
 
 RATES = {"lstm": ("0.001", "0.003", "0.01"), "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
@@ -70,8 +71,8 @@ def suite(lab: Lab, report: Report) -> None:
     report.section(
         "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=sweep_seeds,
         acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
-        pairs={(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
-               for a in at_best for b in at_best if a != b},
+        pairs=both_ways(holm({(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
+                              for a, b in itertools.combinations(at_best, 2)})),
         rnn_fast=[r for r in sweep["rnn"]["0.01"] if collapsed(r)],
         failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in sweep["rnn"]["0.01"] if collapsed(r)),
         ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, lstm_runs,
-                             mean_std, measures, pct, runs)
+from experiments.lab import (LSTM, Lab, PROBE_SAMPLES, Report, accuracies, accuracy_cell, at_step, compare, holm,
+                             lstm_runs, mean_std, measures, pct, runs)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -52,15 +52,17 @@ def suite(lab: Lab, report: Report) -> None:
     results.update({name: runs(lab, "dropout", f"lstm-dropout-{i}", args) for i, (name, args) in enumerate(variants, 1)})
     if not check or not all(results.values()):
         return report.missing("dropout")
+    # every variant against no dropout: one family, Holm-corrected
+    versus = holm({name: compare(accuracies(rs), accuracies(results["none"]))
+                   for name, rs in results.items() if name != "none"})
     rows = []
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
-        vs_none = compare(accuracies(records), accuracies(results["none"]))
-        rows.append([name, accuracy_cell(records), "-" if name == "none" else
-                     f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f}" + (f" ({vs_none.words})" if vs_none.beyond else ""),
+        vs_none = versus.get(name)
+        rows.append([name, accuracy_cell(records), "-" if vs_none is None else
+                     f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f} ({vs_none.words})",
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results)
-    versus = {name: compare(accuracies(rs), accuracies(results["none"])) for name, rs in results.items() if name != "none"}
     low = min((r for rs in results.values() for r in rs), key=lambda r: r["results"]["test_accuracy"])
     first, last = at_step(low, 600), low["results"]["test_accuracy"]  # after the first epoch, and the last
     report.section(

@@ -79,11 +79,12 @@ def suite(lab: Lab, report: Report) -> None:
     lr_of = {kind: lr for kind, (_, lr, _) in base.items()}
     report.section(
         "easy", seed=first["seed"], seeds=len(lstm), logreg=pct(best["logreg"]), mlp=pct(best["mlp"]),
+        logreg_mean=statistics.mean(best["logreg"]),
         lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
         epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
         else None,  # (a run that never got there has no such figure)
         sweep_seeds=len(lab.seeds(sweep=True)),
-        lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),
+        lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),  # the section's one comparison
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,
         head_at={k: head[:, k - 1].mean() for k in (7, 14, 21, 28)},

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_CURVE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step, compare,
+from experiments.lab import (LSTM_CURVE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step, compare, holm,
                              lstm_runs, mean_std, pct, runs, steps_text)
 
 
@@ -40,11 +40,11 @@ def suite(lab: Lab, report: Report) -> None:
     rows = grads["values"]["rows"]
     draw(report, ce, mse, rows)
     report.section(
-        "loss", worst=rows[-1], mse_at_100=pct([at_step(r, 100) for r in mse]),
+        "loss", worst=rows[-1], first=rows[0], mse_at_100=pct([at_step(r, 100) for r in mse]),
         ce_at_100=pct([at_step(r, 100) for r in ce]), mse_steps=steps_text(mse), ce_steps=steps_text(ce),
         mse=pct(accuracies(mse)), ce=pct(accuracies(ce)), seeds=len(ce),
-        final=compare(accuracies(mse), accuracies(ce)),
-        early=compare([at_step(r, 100) for r in mse], [at_step(r, 100) for r in ce]),
+        **holm(dict(final=compare(accuracies(mse), accuracies(ce)),
+                    early=compare([at_step(r, 100) for r in mse], [at_step(r, 100) for r in ce]))),
         gradients_table=report.table(
             ["margin", "p(true class)", "|dL/dz| cross-entropy", "|dL/dz| MSE on softmax"],
             [[r["margin"], f"{r['p_true']:.2e}", f"{r['ce_grad_norm']:.3f}", f"{r['mse_grad_norm']:.2e}"]

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 from dist_rnn.plot import pyplot
-from experiments.lab import Lab, Report, accuracies, accuracy_cell, accuracy_curve, collapsed, compare, runs
+from experiments.lab import (Lab, Report, accuracies, accuracy_cell, accuracy_curve, collapsed, compare, holm, runs)
 
 # The pixel views are 784 steps long (28x the rows): on 2 CPU cores the presets would take hours,
 # so the views suite compares all four views at one small budget.
@@ -50,8 +50,8 @@ def suite(lab: Lab, report: Report) -> None:
         acc={v: statistics.mean(accuracies(results[v])) for v in views},
         collapsed={v: sum(collapsed(r) for r in results[v]) for v in views},
         best_seed={v: max(accuracies(results[v])) for v in views},
-        permuted_vs_pixel=compare(accuracies(results["permuted"]), accuracies(results["pixel"])),
-        column_vs_row=compare(accuracies(results["column"]), accuracies(results["row"])),
+        **holm(dict(permuted_vs_pixel=compare(accuracies(results["permuted"]), accuracies(results["pixel"])),
+                    column_vs_row=compare(accuracies(results["column"]), accuracies(results["row"])))),
         pixel_rate=rate["pixel"], concurrent=max(r.get("concurrent_runs", 1) for r in results["pixel"]),
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(

@@ -130,7 +130,7 @@ def test_parallel_runs_make_what_the_suites_ask_for_in_dependent_rounds(mnist_di
     assert len(lab.used) == 6 and len(list((tmp_path / "cache").glob("*.json"))) == 6
 
 
-def test_statistics_say_mean_sd_and_call_a_difference_only_beyond_its_interval():
+def test_statistics_say_mean_sd_and_call_a_difference_only_where_welch_p_is_small():
     assert experiments_lab.mean_std([0.97, 0.98, 0.99]) == "98.00 ± 1.00"  # sample standard deviation
     assert experiments_lab.mean_std([0.5]) == "50.00 ± 0.00"
     same = experiments_lab.compare([0.97, 0.98, 0.99], [0.99, 0.98, 0.97])
@@ -140,6 +140,10 @@ def test_statistics_say_mean_sd_and_call_a_difference_only_beyond_its_interval()
     # two seeds each, overlapping: Welch's interval (t = 12.7 at one degree of freedom) spans zero
     assert not experiments_lab.compare([0.97, 0.98], [0.96, 0.975]).beyond
     assert not experiments_lab.compare([0.97], [0.96]).beyond  # one seed: no spread, no claim
+    # Welch's p from Student's t: tables give 0.0734 at t = 2, 10 df, and 0.05 at t = 12.706, 1 df
+    assert experiments_lab.student_t_two_sided(2.0, 10) == pytest.approx(0.07339, abs=1e-5)
+    assert experiments_lab.student_t_two_sided(12.706, 1) == pytest.approx(0.05, abs=1e-4)
+    assert experiments_lab.student_t_two_sided(0.0, 4.5) == pytest.approx(1.0)
     # a template reads the verdict as an attribute (a dict's `.clear` would be dict.clear, always true)
     text = jinja2.Template("{% if c.beyond %}ahead{% else %}within{% endif %}").render(c=same)
     assert text == "within"
@@ -148,6 +152,22 @@ def test_statistics_say_mean_sd_and_call_a_difference_only_beyond_its_interval()
     assert experiments_lab.collapsed(one_class) and not experiments_lab.collapsed(learned)
     records = [{"results": {"test_accuracy": 0.1}, **one_class}, {"results": {"test_accuracy": 0.9}, **learned}]
     assert experiments_lab.accuracy_cell(records) == "50.00 ± 56.57 (1 of 2 collapsed)"
+
+
+def test_holm_holds_a_family_of_comparisons_to_five_per_cent():
+    """Holm's step-down: the k-th smallest of m p-values times (m - k + 1), never below the one
+    before: a raw p of 0.03 is a difference alone, and not when it is the smallest of three whose
+    others are large; the verdict and its words follow the corrected p."""
+    c = experiments_lab.Comparison
+    family = {"a": c(1.0, 0.9, 0.03, 0.03), "b": c(0.5, 0.9, 0.4, 0.4), "c": c(2.0, 0.5, 0.001, 0.001)}
+    adjusted = experiments_lab.holm(family)
+    assert list(adjusted) == ["a", "b", "c"]  # the family's order kept
+    assert [adjusted[k].p_holm for k in "cab"] == pytest.approx([0.003, 0.06, 0.4])
+    assert adjusted["c"].beyond and not adjusted["a"].beyond and family["a"].beyond
+    assert adjusted["a"].words == "within the spread: p = 0.060, Holm-corrected over 3"
+    assert family["a"].words == "beyond the spread: p = 0.030, one comparison"
+    flipped = experiments_lab.both_ways({("x", "y"): adjusted["c"]})
+    assert flipped[("y", "x")].diff == -2.0 and flipped[("y", "x")].p_holm == adjusted["c"].p_holm
 
 
 def test_a_section_that_answers_a_question_gets_a_row_of_the_closing_table(tmp_path, monkeypatch):
