@@ -64,7 +64,7 @@ def suite(lab: Lab, report: Report) -> None:
     if not all(at_best.values()) or not all(at_size.values()) or not times:
         return report.missing("cells")
     ms = {cell: [t["ms_per_step"][cell] for t in times] for cell in times[0]["ms_per_step"]}
-    draw(report, sweep, at_best)
+    draw(report, sweep, at_best, at_size)
     rows = [[cell, 128, lr, parameters(cell, 128), len(rs), accuracy_cell(rs)]
             for cell, by_lr in sweep.items() for lr, rs in by_lr.items()]
     ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
@@ -90,9 +90,12 @@ def suite(lab: Lab, report: Report) -> None:
                                  for cell, v in ms.items()]))
 
 
-def draw(report: Report, sweep: dict[str, dict[str, list[dict]]], at_best: dict[str, list[dict]]) -> None:
-    """Left: test accuracy against the Adam rate, one dot per seed. Right: each cell at its best rate."""
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6), width_ratios=(3, 2))
+def draw(report: Report, sweep: dict[str, dict[str, list[dict]]], at_best: dict[str, list[dict]],
+         at_size: dict[str, list[dict]]) -> None:
+    """Left: test accuracy against the Adam rate, one dot per seed. Middle: each cell at its best
+    rate. Right: the gap the text discusses, LSTM against GRU (and the GRU at the LSTM's parameter
+    count), on an axis a few tenths of a point wide."""
+    fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 2, 2))
     for i, (cell, by_lr) in enumerate(sweep.items()):
         rates = [float(lr) for lr in by_lr]
         for lr, rs in by_lr.items():
@@ -102,11 +105,19 @@ def draw(report: Report, sweep: dict[str, dict[str, list[dict]]], at_best: dict[
              title="learning-rate sweep (dots: seeds; line: mean)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    for i, (cell, rs) in enumerate(at_best.items()):
-        values = accuracies(rs)
-        right.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{list(sweep).index(cell)}")
-        right.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
-    right.set_xticks(range(len(at_best)), list(at_best))
-    right.set(ylabel="test accuracy", title="each at its best rate (bars: mean)")
-    right.grid(alpha=0.3, axis="y")
+
+    def columns(ax, groups: dict[str, tuple[str, list[dict]]], title: str) -> None:
+        for i, (label, (cell, rs)) in enumerate(groups.items()):
+            values = accuracies(rs)
+            ax.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{list(sweep).index(cell)}")
+            ax.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
+        ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+        ax.set(ylabel="test accuracy", title=title)
+        ax.grid(alpha=0.3, axis="y")
+
+    columns(middle, {cell: (cell, rs) for cell, rs in at_best.items()}, "each at its best rate (bars: mean)")
+    zoom = {"lstm": ("lstm", at_best["lstm"]), "gru": ("gru", at_best["gru"])}
+    if "gru" in at_size:
+        zoom["gru, LSTM's\nparameter count"] = ("gru", at_size["gru"])
+    columns(right, zoom, "LSTM against GRU, zoomed")
     report.draw("cells", fig)

@@ -106,9 +106,8 @@ def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[float]]) -
     fig, ax = pyplot().subplots(figsize=(7, 3.6))
     for r in lstm:
         ax.plot(*accuracy_curve(r), color="C0", alpha=0.6, lw=1, label="LSTM (one line per seed)" if r is lstm[0] else None)
-    for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP")):
-        ax.axhline(statistics.mean(base[kind]), ls="--", lw=1, color="gray")
-        ax.text(20, statistics.mean(base[kind]), f"{label} (2 epochs, mean)", va="bottom", ha="left", fontsize=8)
+    for kind, label, style in (("logreg", "logistic regression", ":"), ("mlp", "MLP", "--")):
+        ax.axhline(statistics.mean(base[kind]), ls=style, lw=1, color="gray", label=f"{label} (2 epochs, mean)")
     ax.axvline(600, color="k", lw=0.5)
     ax.set(xlabel="optimizer step (600 = one epoch)", ylabel="test accuracy", ylim=(0.5, 1.0))
     ax.grid(alpha=0.3)

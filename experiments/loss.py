@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,15 +59,22 @@ def suite(lab: Lab, report: Report) -> None:
 
 
 def draw(report: Report, ce: list[dict], mse: list[dict], rows: list[dict]) -> None:
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6))
-    for records, name in ((ce, "cross-entropy"), (mse, "MSE on softmax")):
+    """Left: training curves, every seed. Middle: the final accuracies per seed, on an axis that
+    shows their gap. Right: the gradient on the logits against the margin of a wrong class."""
+    fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 1.4, 3))
+    for records, name, color in ((ce, "cross-entropy", "C0"), (mse, "MSE on softmax", "C1")):
         for r in records:
-            left.plot(*accuracy_curve(r),
-                      color="C0" if name == "cross-entropy" else "C1", alpha=0.8,
-                      label=name if r["seed"] == 0 else None)
+            left.plot(*accuracy_curve(r), color=color, alpha=0.8, label=name if r["seed"] == 0 else None)
     left.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1), title="training (all seeds)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
+    for i, (records, color) in enumerate(((ce, "C0"), (mse, "C1"))):
+        values = accuracies(records)
+        middle.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=color)
+        middle.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
+    middle.set_xticks([0, 1], ["cross-\nentropy", "MSE"], fontsize=8)
+    middle.set(ylabel="test accuracy after 2 epochs", title="final (bars: mean)")
+    middle.grid(alpha=0.3, axis="y")
     right.semilogy([r["margin"] for r in rows], [r["ce_grad_norm"] for r in rows], marker="o", label="cross-entropy")
     right.semilogy([r["margin"] for r in rows], [r["mse_grad_norm"] for r in rows], marker="o", label="MSE on softmax")
     right.set(xlabel="margin of the wrong class (logits)", ylabel="|dL/dlogits|",

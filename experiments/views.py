@@ -68,14 +68,20 @@ def suite(lab: Lab, report: Report) -> None:
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
-    """Every seed's test accuracy during training, one colour per view."""
-    fig, ax = pyplot().subplots(figsize=(7, 3.6))
-    for i, (v, records) in enumerate(results.items()):
-        for r in records:
-            ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.7, lw=1, label=v if r is records[0] else None)
-    ax.axhline(0.1, color="gray", lw=0.8, ls=":")
-    ax.text(5, 0.11, "chance", fontsize=8, color="gray")
-    ax.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1), xticks=np.arange(0, 201, 50))
-    ax.legend(fontsize=8, title="one line per seed", title_fontsize=8)
-    ax.grid(alpha=0.3)
+    """Every seed's test accuracy during training: the 28-step views (row, column) and the 784-step
+    views (pixel, permuted) in panels of their own, so that no view's lines hide another's."""
+    fig, panels = pyplot().subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, names, title in ((panels[0], ("row", "column"), "28 steps per image"),
+                             (panels[1], ("pixel", "permuted"), "784 steps per image")):
+        for v in names:
+            i = list(results).index(v)
+            for r in results[v]:
+                ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.7, lw=1,
+                        ls="-" if v in ("row", "pixel") else "--", label=v if r is results[v][0] else None)
+        ax.axhline(0.1, color="gray", lw=0.8, ls=":")
+        ax.text(5, 0.11, "chance", fontsize=8, color="gray")
+        ax.set(xlabel="optimizer step", ylim=(0, 1), xticks=np.arange(0, 201, 50), title=title)
+        ax.legend(fontsize=8, title="one line per seed", title_fontsize=8)
+        ax.grid(alpha=0.3)
+    panels[0].set(ylabel="test accuracy")
     report.draw("views", fig)
