@@ -214,7 +214,9 @@ class GraphedStep(EagerStep):
         still writes to. So it happens here, now: a 1-layer RNN with dropout asks for the state (and
         gets it seeded from the restored generator, as the eager first step seeds it) without
         using it (cuDNN applies dropout between layers only). Then the graph holds the new buffer,
-        in its first-step state, and nothing marks it for re-seeding again."""
+        in its first-step state, and nothing marks it for re-seeding again. (That the graphed run
+        then draws the eager run's LSTM masks is not tested: tests/test_cuda.py compares the steps
+        without --dropout, and tests that graphed training with it trains, stops and resumes.)"""
         rnn = self.model.rnn if isinstance(getattr(self.model, "rnn", None), nn.RNNBase) else None
         if rnn is None or not rnn.dropout or not rnn.training:
             return  # no dropout state in play: the eager first step does not seed one either

@@ -154,8 +154,9 @@ def test_graphed_step_with_lstm_dropout_leaves_no_reseed_pending():
                        grad_scaler("fp32", device), SequenceView("row"), "fp32", "ce", None,
                        DistEnv(0, 0, 1, device), local_batch=50, image_shape=(28, 28))
     generator = torch.cuda.default_generators[device.index or 0]
+    x = torch.rand(4, 28, 28, device=device)  # (drawn before the offset is read: it moves it)
     offset = generator.get_offset()
-    model.rnn(torch.rand(4, 28, 28, device=device))  # eager, training mode, dropout 0.3
+    model.rnn(x)  # eager, training mode, dropout 0.3
     assert generator.get_offset() == offset, "cuDNN re-seeded its dropout state after capture"
     images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (50,), device=device)

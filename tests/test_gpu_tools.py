@@ -25,7 +25,7 @@ def test_without_a_gpu_the_gpu_tools_say_so_and_exit_2(command):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no CUDA device" in proc.stderr, proc.stderr
 
 
-def check_output(folder: Path, graphed_lstm: float = 160_000, audit_on: str = "0.00") -> Path:
+def check_output(folder: Path, graphed_lstm: float = 160_000, audit_on: int = 0) -> Path:
     """A check's output folder: the presets' results, bench.json, the probe's and the audits' logs."""
     for preset in ("seed-lstm", "seed-bilstm"):
         for graphs in ("off", "on"):
@@ -43,9 +43,10 @@ def check_output(folder: Path, graphed_lstm: float = 160_000, audit_on: str = "0
                                           "ms_per_step=0.558\n   final loss 0.0812\n")
     (folder / "probe-bi.log").write_text("bi cudagraph adam(fused,capt)   bs=  100 samples_per_s=   103179 "
                                          "ms_per_step=0.969\n")
-    for graphs, verdict in (("off", "0.00"), ("on", audit_on)):
+    for graphs, steady in (("off", 0), ("on", audit_on)):
         (folder / f"sync-audit-graphs-{graphs}.log").write_text(
-            f"seed-lstm ...\nsync audit: {verdict} syncs per step in the steady loop (target 0)\n")
+            f"seed-lstm ...\nsync audit: {steady} syncs in the steady loop over 300 steps (target 0), {steady + 5} "
+            "in all\n")
     (folder / "cuda-tests.log").write_text("21 passed in 97.10s\n")
     return folder
 
@@ -62,9 +63,9 @@ def test_the_gpu_check_summary_judges_every_target(tmp_path):
                  "seed-lstm graphed / probe's CUDA graph + fused capturable Adam (160,000 / 179,341): 0.89 "
                  "(target >= 0.85)", "seed-bilstm graphed, batch 1000, samples/s: 175,000 (target >= 170,000)",
                  "time to first step, s: 3.10 (target <= 5.00)",
-                 "CUDA graphs on: sync audit: 0.00 syncs per step in the steady loop (target 0)"):
+                 "CUDA graphs on: sync audit: 0 syncs in the steady loop over 300 steps (target 0), 5 in all"):
         assert line in passed.stdout, passed.stdout
-    failed = summary(check_output(tmp_path / "fail", graphed_lstm=140_000, audit_on="1.00"), seconds=400)
+    failed = summary(check_output(tmp_path / "fail", graphed_lstm=140_000, audit_on=1), seconds=400)
     assert failed.returncode == 1, failed.stdout
     assert "(140,000 / 179,341): 0.78 (target >= 0.85, MISSED)" in failed.stdout
     assert "result: FAIL; missed: seed-lstm graphed / probe's" in failed.stdout
@@ -82,6 +83,7 @@ def test_the_sync_audit_counts_the_steady_loop_only():
 
     assert audit.per_step(stack("train.py:train", "step.py:__call__", "step.py:_update"))
     assert audit.per_step(stack("train.py:train", "feeders.py:batches"))
+    assert audit.per_step(stack("train.py:main", "train.py:train"))  # the loop's own body
     assert not audit.per_step(stack("train.py:_build", "step.py:__init__", "step.py:_record", "step.py:_update"))
     assert not audit.per_step(stack("train.py:_report", "distributed.py:global_mean"))
     assert not audit.per_step(stack("train.py:score", "evaluate.py:evaluate", "views.py:__call__"))

@@ -53,20 +53,28 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it with its output in $OUT/NAME.
 }
 
 cuda_tests() {  # the GPU tests: 4 at a time through pytest-xdist, or in 4 pytest processes without it
+  # (--dist load: pyproject's loadfile would keep test_cuda.py's tests in one worker)
   if "$PYTHON" -c 'import xdist' 2>/dev/null; then
-    "$PYTHON" -m pytest -m cuda -p no:cacheprovider -q -n 4 tests/
+    "$PYTHON" -m pytest -m cuda -p no:cacheprovider -q -n 4 --dist load tests/
     return
   fi
   # (-o addopts=: pyproject's addopts ask for xdist's -n)
-  local ids rc=0 k pids=()
-  ids=$("$PYTHON" -m pytest -o addopts= -m cuda -p no:cacheprovider -q --collect-only tests/ | grep '::')
+  local ids rc=0 k shard pids=()
+  if ! ids=$("$PYTHON" -m pytest -o addopts= -m cuda -p no:cacheprovider -q --collect-only tests/); then
+    echo "$ids"
+    echo "collecting the cuda tests failed"
+    return 1
+  fi
+  ids=$(echo "$ids" | grep '::' || true)
+  [ -n "$ids" ] || { echo "no cuda tests collected"; return 1; }
   for k in 0 1 2 3; do
-    # shellcheck disable=SC2046  # one argument per test id
-    "$PYTHON" -m pytest -o addopts= -p no:cacheprovider -q $(echo "$ids" | awk -v k="$k" 'NR % 4 == k') \
-      >"$OUT/cuda-tests-$k.log" 2>&1 &
+    shard=$(echo "$ids" | awk -v k="$k" 'NR % 4 == k')
+    [ -n "$shard" ] || continue
+    # shellcheck disable=SC2086  # one argument per test id
+    "$PYTHON" -m pytest -o addopts= -m cuda -p no:cacheprovider -q $shard >"$OUT/cuda-tests-$k.log" 2>&1 &
     pids+=($!)
   done
-  for k in 0 1 2 3; do wait "${pids[$k]}" || rc=1; done
+  for k in "${!pids[@]}"; do wait "${pids[$k]}" || rc=1; done
   tail -q -n 1 "$OUT"/cuda-tests-?.log
   return "$rc"
 }

@@ -74,6 +74,7 @@ def read_table(source: Path) -> tuple[Any, list[tuple[Any, int, int]]]:
         if source.suffix == ".parquet":
             return pa.parquet.read_table(source, memory_map=True), []
         files = [f["filename"] for f in json.loads((source / "state.json").read_text())["_data_files"]]
+        allow_open_files(2 * len(files) + 64)  # while parsing, a file and its map's duplicate each
         tables, maps = [], []
         for name in files:
             file = open(source / name, "rb")
@@ -86,6 +87,21 @@ def read_table(source: Path) -> tuple[Any, list[tuple[Any, int, int]]]:
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:
         kind = "Parquet" if source.suffix == ".parquet" else "a saved dataset split"
         raise UserError(f"{source}: cannot read it as {kind} ({first_line(e)})") from None
+
+
+def allow_open_files(needed: int) -> None:
+    """Raise this process's soft limit on open files to `needed` where the hard limit allows it
+    (a large saved set has hundreds of shards, each kept open); one line where it does not."""
+    try:
+        import resource
+    except ImportError:  # (not on Windows)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise UserError(f"this data set needs about {needed} open files and `ulimit -n` allows {hard}: raise it")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 @dataclass
@@ -209,6 +225,10 @@ def read_chunks(table: Any, column_name: str, where: Path,
         if (steps == 0).any():
             raise UserError(f"{where}: row {row0 + int(np.flatnonzero(steps == 0)[0])}: a sequence of length 0")
         flat = array.flatten()
+        if flat.null_count:  # (flatten() drops a null step's values but not its place in the offsets)
+            step = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+            row = row0 + int(np.searchsorted(offsets, step, side="right")) - 1
+            raise UserError(f"{where}: row {row}: a time step is null (no features); write NaN for a missing value")
         if _is_list(flat.type):  # each step a list of features
             inner = _offsets(flat)
             widths = np.diff(inner)

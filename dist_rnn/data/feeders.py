@@ -33,7 +33,9 @@ class MemoryFeeder:
         """(inputs: images uint8 (b, H, W) or sequences, labels (b,)) from the sampler's position to
         its epoch's end; gathered straight into the tensors `into` when given (a graphed step reads
         those)."""
-        indices = sampler.epoch_indices().to(self.train.device)
+        indices = sampler.epoch_indices()
+        if self.train.device.type == "cuda":  # once an epoch, without making the host wait for the copy
+            indices = indices.pin_memory().to(self.train.device, non_blocking=True)
         for k in range(sampler.batch_in_epoch, sampler.steps_per_epoch):
             if into is None:
                 yield (self.train.inputs(indices[k]).to(self.device, non_blocking=True),
