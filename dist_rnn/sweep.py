@@ -462,7 +462,7 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows: dict[str, dict[str, Any]] = {}
     missing = []
     for run in runs:
-        row = rows.setdefault(run.configuration, {"configuration": run.point, "seeds": [], "val": [],
+        row = rows.setdefault(run.configuration, {"configuration": run.point, "seeds": [], "val": [], "val_final": [],
                                                   "test_best": [], "test_final": [], "planned": 0})
         row["planned"] += 1
         r = read_results(sweep_dir, run)
@@ -474,6 +474,8 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         row["seeds"].append(run.seed)
         row["test_final"].append(r["test_accuracy"])
+        if r.get("val_accuracy") is not None:  # the final weights' (what a refit without validation keeps)
+            row["val_final"].append(r["val_accuracy"])
         if r.get("best_val_accuracy") is not None:
             row["val"].append(r["best_val_accuracy"])
             if r.get("best_test_accuracy") is not None:
@@ -482,7 +484,7 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     for name, row in rows.items():
         out = {"configuration": name, **{k: v for k, v in row["configuration"].items()}, "seeds": len(row["seeds"]),
                "planned_seeds": row["planned"]}
-        for key in ("val", "test_best", "test_final"):
+        for key in ("val", "val_final", "test_best", "test_final"):
             out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(row[key])
         out["chosen"] = False
         table.append(out)
@@ -503,18 +505,21 @@ def percent(mean: Optional[float], sd: Optional[float]) -> str:
 
 def markdown(table: list[dict[str, Any]], missing: list[str]) -> str:
     validated = any(row["val_mean"] is not None for row in table)
-    lines = ["| configuration | seeds | validation accuracy % | test accuracy % (best checkpoint) | "
-             "test accuracy % (final weights) |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| configuration | seeds | validation accuracy % | validation accuracy % (final weights) | "
+             "test accuracy % (best checkpoint) | test accuracy % (final weights) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in table:
         mark = " **(chosen)**" if row["chosen"] else ""
         seeds = row["seeds"] if row["seeds"] == row["planned_seeds"] else f"{row['seeds']} of {row['planned_seeds']}"
         name = row["configuration"].replace("|", "\\|")
         lines.append(f"| {name}{mark} | {seeds} | {percent(row['val_mean'], row['val_sd'])} | "
+                     f"{percent(row['val_final_mean'], row['val_final_sd'])} | "
                      f"{percent(row['test_best_mean'], row['test_best_sd'])} | "
                      f"{percent(row['test_final_mean'], row['test_final_sd'])} |")
     notes = ["", "Mean ± sample standard deviation over the seeds that finished; the chosen configuration has "
-             "the best mean validation accuracy among those whose every seed finished (the test set plays no part "
-             "in the choice)."
+             "the best mean validation accuracy (of each run's best checkpoint) among those whose every seed "
+             "finished (the test set plays no part in the choice). The final weights' validation accuracy is the "
+             "one to choose by for a refit that keeps the final weights."
              if validated else "No run has a validation split (`val_size`): nothing is chosen, since choosing on "
              "the test set would report a biased score."]
     if missing:

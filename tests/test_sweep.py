@@ -41,6 +41,9 @@ def check_report(sweep_dir: Path, runs: int = 8) -> None:
         vals = [r["best_val_accuracy"] for name, r in results.items()
                 if name.startswith(f"lr={row['lr']},hidden_size={row['hidden_size']},")]
         assert abs(float(row["val_mean"]) - sum(vals) / 2) < 1e-12
+        finals = [r["val_accuracy"] for name, r in results.items()
+                  if name.startswith(f"lr={row['lr']},hidden_size={row['hidden_size']},")]
+        assert abs(float(row["val_final_mean"]) - sum(finals) / 2) < 1e-12
         means[row["configuration"]] = sum(vals) / 2
     chosen = [r["configuration"] for r in rows if r["chosen"] == "True"]
     assert chosen == [max(means, key=means.get)]
