@@ -87,6 +87,11 @@ class TrainConfig(RuntimeOptions):
                              "size); the epochs (and --eval-every) then score it instead of the test set, the test "
                              "set is scored once at the end, for the final weights and for the best ones "
                              "(checkpoints/best.pt); 0: no validation split, as the original scripts", min=0)
+    val_folds: int = option(
+        0, "k-fold validation instead of --val-size: split the training set into K stratified folds (drawn by "
+        "--seed alone, the same at any world size) and hold out fold --val-fold; a sweep runs every fold (its "
+        "spec's 'folds: K'); 0: off", min=0)
+    val_fold: int = option(0, "with --val-folds K: which fold (0 .. K-1) is the validation split", min=0)
     bucket_batches: int = option(
         0, "variable-length sequences: group the training samples by length, each epoch's shuffled order cut into "
         "pools of N global batches, each pool sorted by length into batches of similar lengths, the batches then "
@@ -176,7 +181,7 @@ class TrainConfig(RuntimeOptions):
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
     "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test",
-             "val_size", "bucket_batches", "loader", "num_workers", "sequence", "permutation_seed"),
+             "val_size", "val_folds", "val_fold", "bucket_batches", "loader", "num_workers", "sequence", "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
@@ -202,7 +207,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
-                     "permutation_seed", "batch_size", "seed", "limit_train", "val_size", "bucket_batches", "lr_schedule",
+                     "permutation_seed", "batch_size", "seed", "limit_train", "val_size", "val_folds", "val_fold",
+                     "bucket_batches", "lr_schedule",
                      "warmup_steps")
 
 
@@ -336,9 +342,14 @@ def validate(c: TrainConfig) -> None:
         raise UserError("`momentum` applies to `optimizer`=sgd only")
     if c.val_size >= 1 and c.val_size != int(c.val_size):
         raise UserError(f"`val_size` is a count (>= 1, whole) or a fraction (< 1), got {c.val_size:g}")
-    if c.lr_schedule == "plateau" and not c.val_size:
+    if c.val_folds == 1 or c.val_fold >= max(c.val_folds, 1):
+        raise UserError(f"`val_folds`={c.val_folds} `val_fold`={c.val_fold}: K-fold needs K >= 2 folds and a fold "
+                        "0 .. K-1" if c.val_folds else "`val_fold` needs `val_folds` (the number of folds)")
+    if c.val_folds and c.val_size:
+        raise UserError("`val_folds` and `val_size` each make the validation split: give one")
+    if c.lr_schedule == "plateau" and not (c.val_size or c.val_folds):
         raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
-    if c.early_stop and not c.val_size:
+    if c.early_stop and not (c.val_size or c.val_folds):
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
     if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "

@@ -8,6 +8,7 @@ The spec (YAML or JSON; option names as in config files):
     base: {preset: seed-lstm, max_steps: 40, limit_train: 3000, val_size: 500}
     grid: {lr: [0.001, 0.003], hidden_size: [32, 64]}     # or  runs: [{lr: 0.001}, {cell: gru}]
     seeds: [0, 1]                                          # or  seeds: 2  (0 and 1)
+    folds: 5                 # optional: K-fold validation, every seed x fold a run (--val-folds/--val-fold)
 
 Layout of SWEEP_DIR: sweep.json (the runs), configs/NAME.json (each run's options, what its
 `--config` reads), runs/NAME/ (each run's directory), logs/NAME.log (each local run's output),
@@ -43,11 +44,12 @@ from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
 from dist_rnn.lock import RunLock
 
-SPEC_KEYS = ("base", "grid", "runs", "seeds")
+SPEC_KEYS = ("base", "grid", "runs", "seeds", "folds")
 SET_BY_THE_SWEEP = {name: f"is set by the sweep ({why})" for name, why in (
     ("out_dir", "each run's is SWEEP_DIR/runs/NAME"), ("resume", "finished runs are skipped, the others resume"),
     ("overwrite", "delete a run's directory to start it again"), ("config", "write its options in 'base'"),
-    ("seed", "list them in 'seeds'"))}
+    ("seed", "list them in 'seeds'"), ("val_folds", "give 'folds: K' in the spec"),
+    ("val_fold", "'folds: K' runs every fold"))}
 POLL_S = 0.5
 
 
@@ -93,9 +95,11 @@ def label(point: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in point.items()) or "base"
 
 
-def run_name(point: dict[str, Any], seed: int) -> str:
-    """A run's directory name, readable and safe in a path: `lr=0.001,hidden_size=32,seed=0`."""
-    name = ",".join(f"{k}={v}" for k, v in [*point.items(), ("seed", seed)])
+def run_name(point: dict[str, Any], seed: int, fold: Optional[int] = None) -> str:
+    """A run's directory name, readable and safe in a path: `lr=0.001,hidden_size=32,seed=0` (and
+    `,fold=2` with K-fold validation)."""
+    name = ",".join(f"{k}={v}" for k, v in [*point.items(), ("seed", seed),
+                                              *([] if fold is None else [("fold", fold)])])
     name = re.sub(r"[^A-Za-z0-9=,._+-]", "_", name)
     if len(name) > 120:  # file names have limits: keep a readable start and make it unique
         name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
@@ -147,6 +151,16 @@ def grid_points(spec: dict[str, Any], path: str) -> list[dict[str, Any]]:
     return [options(dict(zip(keys, combo)), f"spec {path}: grid") for combo in itertools.product(*grid.values())]
 
 
+def folds_of(spec: dict[str, Any], path: str) -> list[Optional[int]]:
+    """The folds each configuration and seed runs: 0 .. K-1 with 'folds: K', else one run (None)."""
+    folds = spec.get("folds")
+    if folds is None:
+        return [None]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise UserError(f"spec {path}: 'folds' must be a number of folds >= 2, got {folds!r}")
+    return list(range(folds))
+
+
 def seeds_of(spec: dict[str, Any], path: str) -> list[int]:
     seeds = spec.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -167,20 +181,22 @@ def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None) -> list[Run
     if data_dir:
         base["data_dir"] = str(Path(data_dir).absolute())
     runs, names = [], {}
-    for point in grid_points(spec, path):
-        for seed in seeds_of(spec, path):
-            values = {**base, **point, "seed": seed}
-            name, same = run_name(point, seed), json.dumps({**point, "seed": seed}, sort_keys=True, default=str)
-            if name in names:
-                raise UserError(f"spec {path}: the run {name} is listed twice" if names[name] == same else
-                                f"spec {path}: two runs would share the directory {name} (their values differ only "
-                                "in characters a file name cannot hold)")
-            names[name] = same
-            try:
-                from_values({**values, "out_dir": str(sweep_dir / "runs" / name)})
-            except UserError as e:
-                raise UserError(f"spec {path}: run {name}: {e}") from None
-            runs.append(Run(name, point, seed, values))
+    folds = folds_of(spec, path)
+    for point, seed, fold in itertools.product(grid_points(spec, path), seeds_of(spec, path), folds):
+        kfold = {} if fold is None else {"val_folds": len(folds), "val_fold": fold}
+        values = {**base, **point, "seed": seed, **kfold}
+        name, same = run_name(point, seed, fold), json.dumps({**point, "seed": seed, **kfold}, sort_keys=True,
+                                                             default=str)
+        if name in names:
+            raise UserError(f"spec {path}: the run {name} is listed twice" if names[name] == same else
+                            f"spec {path}: two runs would share the directory {name} (their values differ only "
+                            "in characters a file name cannot hold)")
+        names[name] = same
+        try:
+            from_values({**values, "out_dir": str(sweep_dir / "runs" / name)})
+        except UserError as e:
+            raise UserError(f"spec {path}: run {name}: {e}") from None
+        runs.append(Run(name, point, seed, values))
     if not runs:
         raise UserError(f"spec {path}: no runs (an empty grid list, 'runs' or 'seeds')")
     return runs
@@ -516,7 +532,8 @@ def markdown(table: list[dict[str, Any]], missing: list[str]) -> str:
                      f"{percent(row['val_final_mean'], row['val_final_sd'])} | "
                      f"{percent(row['test_best_mean'], row['test_best_sd'])} | "
                      f"{percent(row['test_final_mean'], row['test_final_sd'])} |")
-    notes = ["", "Mean ± sample standard deviation over the seeds that finished; the chosen configuration has "
+    notes = ["", "Mean ± sample standard deviation over the runs that finished (each seed, and with 'folds' each "
+             "fold: the seeds column counts runs); the chosen configuration has "
              "the best mean validation accuracy (of each run's best checkpoint) among those whose every seed "
              "finished (the test set plays no part in the choice). The final weights' validation accuracy is the "
              "one to choose by for a refit that keeps the final weights."
@@ -582,7 +599,9 @@ def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -
     states = {r.name: status(sweep_dir, r) for r in runs}
     todo = [r for r in runs if states[r.name] != "done"]
     configurations, seeds = len({r.configuration for r in runs}), len({r.seed for r in runs})
-    print(f"{len(runs)} runs ({configurations} configurations x {seeds} seeds): "
+    folds = len(runs) // max(1, configurations * seeds)
+    print(f"{len(runs)} runs ({configurations} configurations x {seeds} seeds"
+          f"{f' x {folds} folds' if folds > 1 else ''}): "
           f"{len(runs) - len(todo)} finished, {sum(s == 'resume' for s in states.values())} to resume, "
           f"{sum(s == 'new' for s in states.values())} to start", flush=True)
     tasks = sweep_dir / "slurm" / f"tasks-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"

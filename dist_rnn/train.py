@@ -78,9 +78,9 @@ def prepare_data(c: TrainConfig) -> tuple[Split, Optional[Split], Split, Optiona
         download_mnist(Path(c.data_dir))
     train, test, info = load_dataset(c)
     train, test = train.head(c.limit_train), test.head(c.limit_test)
-    if not c.val_size:
+    if not (c.val_size or c.val_folds):
         return train, None, test, None, info
-    train, val, kept = validation_split(train, c.val_size, c.seed)
+    train, val, kept = validation_split(train, c.val_size, c.seed, c.val_folds, c.val_fold)
     return train, val, test, kept, info
 
 
@@ -240,7 +240,8 @@ class Trainer:
         self.test_set = test_set.to(env.device)
         self.val_set = None if val_set is None else val_set.to(env.device)
         if val_set is not None and len(train_set) < c.batch_size:
-            raise UserError(f"`val_size`={c.val_size:g} leaves {len(train_set)} training samples, fewer than one "
+            held_by = f"`val_folds`={c.val_folds} (fold {c.val_fold})" if c.val_folds else f"`val_size`={c.val_size:g}"
+            raise UserError(f"{held_by} leaves {len(train_set)} training samples, fewer than one "
                             f"global batch (`batch_size`={c.batch_size})")
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed,
                                           *bucketing(c, train_set, series))

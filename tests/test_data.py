@@ -10,6 +10,7 @@ import torch
 from conftest import idx_bytes, real_mnist_dir, synthetic_split, write_mnist
 from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, as_sequences, eval_shard, load_mnist,
                            resolve_data_dir, validation_split)
+from dist_rnn.cli import parse_config
 from dist_rnn.errors import UserError
 
 
@@ -140,6 +141,28 @@ def test_length_buckets_are_batches_of_similar_lengths_the_same_at_every_world_s
     first = single.epoch_indices()
     single.set_epoch(1)
     assert not torch.equal(first, single.epoch_indices())
+
+
+def test_k_fold_validation_splits_partition_the_training_set():
+    """--val-folds 5: the 5 folds of one seed hold every training sample exactly once, each class
+    spread over them within one sample, and the kept indices are the rest; another seed, other folds."""
+    labels = torch.arange(103) % 3
+    train = Split(torch.arange(103).float().unsqueeze(1), labels)
+    folds = [validation_split(train, 0, seed=4, folds=5, fold=f) for f in range(5)]
+    held = [vals.images.flatten().long() for _, vals, _ in folds]
+    assert sorted(torch.cat(held).tolist()) == list(range(103))
+    for (kept_split, _, kept), h in zip(folds, held):
+        assert sorted(kept.tolist() + h.tolist()) == list(range(103)) and torch.equal(kept_split.labels, labels[kept])
+    per_class = torch.stack([torch.bincount(labels[h], minlength=3) for h in held])
+    assert (per_class.max(0).values - per_class.min(0).values).max() <= 1
+    other = validation_split(train, 0, seed=5, folds=5, fold=0)[1].images.flatten().long()
+    assert not torch.equal(other, held[0])
+    for argv, words in ((["--val-folds", "1"], "K-fold needs K >= 2 folds"),
+                        (["--val-folds", "3", "--val-fold", "3"], "a fold 0 .. K-1"),
+                        (["--val-fold", "1"], "val_fold needs val_folds"),
+                        (["--val-folds", "3", "--val-size", "0.1"], "each make the validation split")):
+        with pytest.raises(UserError, match=words):
+            parse_config(argv)
 
 
 def test_sampler_is_a_distributed_sampler_that_resumes_inside_an_epoch():

@@ -128,6 +128,26 @@ def test_a_failed_run_is_listed_and_the_sweep_fails(tmp_path, capsys):
     assert f"(log: {log})" in out and "Not averaged over (1 runs):" in out
 
 
+def test_k_fold_sweep_runs_every_fold_and_reports_each_configuration_over_them(tmp_path, capsys):
+    """'folds: 3': each configuration x seed runs folds 0, 1 and 2 (--val-folds 3 --val-fold F), and
+    the report averages each configuration over its seeds and folds."""
+    data = write_mnist(tmp_path / "data", n_train=300, n_test=50)
+    (tmp_path / "spec.yaml").write_text("base: {max_steps: 2, hidden_size: 8, num_layers: 1, batch_size: 50, "
+                                        "device: cpu}\ngrid: {lr: [0.003, 0.03]}\nseeds: 1\nfolds: 3\n")
+    code = sweep_cli.main([str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "s"), "--data-dir", str(data),
+                           "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "6 runs (2 configurations x 1 seeds x 3 folds)" in out, out
+    configs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "s" / "configs").glob("*.json")}
+    assert sorted(configs) == [f"lr={lr},seed=0,fold={f}" for lr in ("0.003", "0.03") for f in range(3)]
+    assert all((c["val_folds"], c["val_fold"]) == (3, int(name[-1])) for name, c in configs.items())
+    rows = report_rows(tmp_path / "s")
+    assert [(r["lr"], r["seeds"], r["planned_seeds"]) for r in rows] == [("0.003", "3", "3"), ("0.03", "3", "3")]
+    (tmp_path / "bad.yaml").write_text("base: {val_fold: 1}\n")
+    assert sweep_cli.main([str(tmp_path / "bad.yaml"), "--out-dir", str(tmp_path / "b")]) == 2
+    assert "base: 'val_fold' is set by the sweep ('folds: K' runs every fold)" in capsys.readouterr().err
+
+
 def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "spec.yaml").write_text("seeds: 1\n")
     monkeypatch.setenv("PATH", str(tmp_path))  # a machine without SLURM's commands

@@ -60,26 +60,36 @@ class Split:
         return self.images.device
 
 
-def validation_split(train: "Split | ArrowSplit", size: float, seed: int) -> tuple[Split, Split, torch.Tensor]:
+def validation_split(train: "Split | ArrowSplit", size: float, seed: int, folds: int = 0,
+                     fold: int = 0) -> tuple["Split | ArrowSplit", "Split | ArrowSplit", torch.Tensor]:
     """(training split without the validation samples, validation split, the kept training indices).
 
-    `size` is a count (>= 1) or a fraction (< 1) of the training split. Stratified: each class gives
-    its share (largest remainders settle the rounding), drawn from a generator seeded by `seed`
-    alone, so every rank, every world size and every resume holds out the same samples."""
+    `size` is a count (>= 1) or a fraction (< 1) of the training split; or, with `folds` K, the
+    validation split is fold `fold` of K: each class's samples, shuffled, cut into K near-equal parts
+    (so the K folds of one seed hold every sample exactly once). Stratified either way, drawn from a
+    generator seeded by `seed` alone, so every rank, every world size and every resume holds out the
+    same samples."""
     n = len(train)
-    count = int(size) if size >= 1 else round(size * n)
-    if not 0 < count < n:
-        raise UserError(f"`val_size`={size:g} holds out {count} of the {n} training samples: it must leave "
-                        "some for each of training and validation")
     classes = train.labels.unique(sorted=True)
     members = [torch.nonzero(train.labels == c).flatten() for c in classes]
-    exact = [count * len(m) / n for m in members]
-    quota = [int(q) for q in exact]
-    by_remainder = sorted(range(len(members)), key=lambda i: (-(exact[i] - quota[i]), i))
-    for i in by_remainder[:count - sum(quota)]:
-        quota[i] += 1
     g = torch.Generator().manual_seed(seed)
-    held = torch.cat([m[torch.randperm(len(m), generator=g)[:k]] for m, k in zip(members, quota)]).sort().values
+    if folds:
+        held = torch.cat([m[torch.randperm(len(m), generator=g)].tensor_split(folds)[fold] for m in members])
+        count = len(held)
+        if not 0 < count < n:
+            raise UserError(f"`val_folds`={folds}: fold {fold} holds {count} of the {n} training samples")
+    else:
+        count = int(size) if size >= 1 else round(size * n)
+        if not 0 < count < n:
+            raise UserError(f"`val_size`={size:g} holds out {count} of the {n} training samples: it must leave "
+                            "some for each of training and validation")
+        exact = [count * len(m) / n for m in members]
+        quota = [int(q) for q in exact]
+        by_remainder = sorted(range(len(members)), key=lambda i: (-(exact[i] - quota[i]), i))
+        for i in by_remainder[:count - sum(quota)]:
+            quota[i] += 1
+        held = torch.cat([m[torch.randperm(len(m), generator=g)[:k]] for m, k in zip(members, quota)])
+    held = held.sort().values
     keep = torch.ones(n, dtype=torch.bool)
     keep[held] = False
     kept = torch.nonzero(keep).flatten()
