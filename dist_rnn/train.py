@@ -240,7 +240,8 @@ class Trainer:
         self.test_set = test_set.to(env.device)
         self.val_set = None if val_set is None else val_set.to(env.device)
         if val_set is not None and len(train_set) < c.batch_size:
-            held_by = f"`val_folds`={c.val_folds} (fold {c.val_fold})" if c.val_folds else f"`val_size`={c.val_size:g}"
+            held_by = (f"`val_folds`={c.val_folds} (fold {c.val_fold})" if c.val_folds
+                       else f"`val_size`={c.val_size:g}")
             raise UserError(f"{held_by} leaves {len(train_set)} training samples, fewer than one "
                             f"global batch (`batch_size`={c.batch_size})")
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed,
