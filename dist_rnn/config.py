@@ -181,7 +181,8 @@ class TrainConfig(RuntimeOptions):
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
     "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test",
-             "val_size", "val_folds", "val_fold", "bucket_batches", "loader", "num_workers", "sequence", "permutation_seed"),
+             "val_size", "val_folds", "val_fold", "bucket_batches", "loader", "num_workers", "sequence",
+             "permutation_seed"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",

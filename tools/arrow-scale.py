@@ -43,7 +43,8 @@ def write_split(folder: Path, rows: int, channels: int, lengths: tuple[int, int]
     step_type = pa.list_(pa.float32())
     schema = pa.schema([("sequence", pa.list_(step_type)), ("label", pa.int64())])
     mean_length = sum(lengths) / 2
-    rows_per_file = max(ROWS_PER_BATCH, int(FILE_BYTES / (mean_length * channels * 4)) // ROWS_PER_BATCH * ROWS_PER_BATCH)
+    batches_per_file = int(FILE_BYTES / (mean_length * channels * 4)) // ROWS_PER_BATCH
+    rows_per_file = max(1, batches_per_file) * ROWS_PER_BATCH
     files = [(start, min(rows, start + rows_per_file)) for start in range(0, rows, rows_per_file)]
     written = 0
     for k, (first, last) in enumerate(files):
@@ -61,8 +62,8 @@ def write_split(folder: Path, rows: int, channels: int, lengths: tuple[int, int]
                                                 steps)
                 writer.write_batch(pa.record_batch([seqs, pa.array(label)], schema=schema))
         written += path.stat().st_size
-    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": f"data-{k:05d}-of-{len(files):05d}.arrow"}
-                                                                   for k in range(len(files))]}))
+    names = [f"data-{k:05d}-of-{len(files):05d}.arrow" for k in range(len(files))]
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": name} for name in names]}))
     return written
 
 

@@ -5,9 +5,9 @@ number or a list of features) and a `label` column (int or string); --sequence-c
 --label-column name others. Read with pyarrow (`datasets` itself is not imported) and never copied
 whole: a saved split's .arrow files are parsed from memory maps, and each batch's rows are read from
 the files when a step asks for them (ArrowSplit), padded as series.padded pads the .ts problems, so
-a set larger than memory trains with each process holding only its labels and the batch in hand. Parquet is compressed on
-disk, so it is decoded into memory (unpadded, as compact as the data): save sets larger than memory
-with `DatasetDict.save_to_disk`.
+a set larger than memory trains with each process holding only its labels and the batch in hand.
+Parquet is compressed on disk, so it is decoded into memory (unpadded, as compact as the data): save
+sets larger than memory with `DatasetDict.save_to_disk`.
 """
 
 from __future__ import annotations

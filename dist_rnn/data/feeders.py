@@ -122,7 +122,8 @@ class DataLoaderFeeder:
 
 
 def feeder(kind: str, train: "Split | ArrowSplit", device: torch.device, num_workers: int,
-           mnist_dir: Optional[str] = None, indices: Optional[torch.Tensor] = None) -> "MemoryFeeder | DataLoaderFeeder":
+           mnist_dir: Optional[str] = None,
+           indices: Optional[torch.Tensor] = None) -> "MemoryFeeder | DataLoaderFeeder":
     """The batch feeder --loader names. `mnist_dir`: the image files torchvision reads for `train`
     (None for sequences); `indices`: which samples of its training file `train` holds (a validation
     split takes some out), default its first len(train)."""
