@@ -46,7 +46,11 @@ from dist_rnn.model import build_model
 from dist_rnn.train import run
 
 
-SEED_LSTM = TrainConfig(preset="seed-lstm", **PRESETS["seed-lstm"])  # the original LSTM script
+def preset_config(preset: str) -> TrainConfig:
+    return TrainConfig(preset=preset, **PRESETS[preset])
+
+
+SEED_LSTM = preset_config("seed-lstm")  # the original LSTM script
 
 # What (a) times besides the original: name -> (preset, precision, --cuda-graphs, global batch).
 VARIANTS = {"dist_rnn": ("seed-lstm", "fp32", "off", 100), "dist_rnn_bf16": ("seed-lstm", "bf16", "off", 100)}
@@ -122,7 +126,8 @@ def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, device: torch.device
                  cuda_graphs: str = "off", batch_size: int = 100, preset: str = "seed-lstm") -> dict[str, Any]:
     """dist_rnn's own loop, in this process, with a preset's hyperparameters; adds
     `steady_samples_per_s`, the median speed of its reporting intervals after the first."""
-    c = dataclasses.replace(TrainConfig(preset=preset, **PRESETS[preset]), epochs=10 ** 6, max_steps=steps, data_dir=str(data_dir), out_dir=str(out_dir),
+    c = dataclasses.replace(preset_config(preset), epochs=10 ** 6, max_steps=steps, data_dir=str(data_dir),
+                            out_dir=str(out_dir),
                             limit_test=1000, resume="none", overwrite=True, log_every=max(1, steps // 5),
                             precision=precision, device=device.type, cuda_graphs=cuda_graphs, batch_size=batch_size)
     validate(c)

@@ -185,8 +185,8 @@ def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None) -> list[Run
     for point, seed, fold in itertools.product(grid_points(spec, path), seeds_of(spec, path), folds):
         kfold = {} if fold is None else {"val_folds": len(folds), "val_fold": fold}
         values = {**base, **point, "seed": seed, **kfold}
-        name, same = run_name(point, seed, fold), json.dumps({**point, "seed": seed, **kfold}, sort_keys=True,
-                                                             default=str)
+        name = run_name(point, seed, fold)
+        same = json.dumps({**point, "seed": seed, **kfold}, sort_keys=True, default=str)
         if name in names:
             raise UserError(f"spec {path}: the run {name} is listed twice" if names[name] == same else
                             f"spec {path}: two runs would share the directory {name} (their values differ only "

@@ -17,7 +17,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -154,13 +154,21 @@ class ArrowSplit:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _rows(self, index: "torch.Tensor | slice") -> np.ndarray:
+        """The table rows `index` (into this split) picks."""
+        return self.rows[index.cpu().numpy() if torch.is_tensor(index) else index]
+
+    @property
+    def width(self) -> int:
+        """Features per padded step: the channels, and the length channel when lengths differ."""
+        return self.channels + (1 if self.variable_length else 0)
+
     def inputs(self, index: "torch.Tensor | slice") -> torch.Tensor:
-        rows = self.rows[index.cpu().numpy() if torch.is_tensor(index) else index]
+        rows = self._rows(index)
         lengths = self.lengths[rows]
-        width = self.channels + (1 if self.variable_length else 0)
-        out = np.zeros((len(rows), int(lengths.max(initial=1)), width), dtype=np.float32)
-        chunk_of = np.searchsorted(self.first_row, rows, side="right") - 1
-        for i, (row, c) in enumerate(zip(rows.tolist(), chunk_of.tolist())):
+        out = np.zeros((len(rows), int(lengths.max(initial=1)), self.width), dtype=np.float32)
+        in_chunk = np.searchsorted(self.first_row, rows, side="right") - 1
+        for i, (row, c) in enumerate(zip(rows.tolist(), in_chunk.tolist())):
             chunk, r = self.chunks[c], row - self.first_row[c]
             out[i, :lengths[i], :self.channels] = chunk.read(chunk.starts[r], chunk.starts[r + 1]).reshape(
                 -1, self.channels)
@@ -169,9 +177,8 @@ class ArrowSplit:
         return torch.from_numpy(out)
 
     def subset(self, index: "torch.Tensor | slice") -> "ArrowSplit":
-        picked = index.cpu().numpy() if torch.is_tensor(index) else index
         return ArrowSplit(self.chunks, self.labels[index], self.lengths, self.channels, self.variable_length,
-                          self.rows[picked])
+                          self._rows(index))
 
     def sequence_lengths(self, channels: int) -> torch.Tensor:
         return torch.from_numpy(self.lengths[self.rows]).long()
@@ -185,7 +192,7 @@ class ArrowSplit:
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return (int(self.lengths[self.rows].max(initial=1)), self.channels + (1 if self.variable_length else 0))
+        return (int(self.lengths[self.rows].max(initial=1)), self.width)
 
     dtype = torch.float32
     device = torch.device("cpu")
@@ -270,6 +277,16 @@ def read_labels(table: Any, column_name: str, where: Path) -> tuple[np.ndarray, 
     raise UserError(f"{where}: column {column_name!r} holds {kind} labels: use ints or strings")
 
 
+class SplitColumns(NamedTuple):
+    """One split as read_chunks and read_labels found it."""
+
+    chunks: list[Chunk]
+    lengths: np.ndarray
+    channels: int
+    labels: np.ndarray
+    kind: str
+
+
 def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[ArrowSplit, ArrowSplit, SeriesInfo]:
     """Both splits, read where they lie, and what a model of them must know; the classes are the
     training split's labels, sorted (numbers as numbers)."""
@@ -281,23 +298,24 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
             raise UserError(f"{source}: no column {sequence_column!r} (columns: {', '.join(table.column_names)}); "
                             "name yours with `sequence_column`")
         labels, kind = read_labels(table, label_column, source)
-        read[split] = (*read_chunks(table, sequence_column, source, maps), labels, kind)
-    kinds = {split: r[4] for split, r in read.items()}
-    if kinds["train"] != kinds["test"]:
-        raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {kinds['train']}; "
-                        f"test: {kinds['test']})")
-    if read["train"][2] != read["test"][2]:
+        read[split] = SplitColumns(*read_chunks(table, sequence_column, source, maps), labels, kind)
+    train, test = read["train"], read["test"]
+    if train.kind != test.kind:
+        raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {train.kind}; test: {test.kind})")
+    if train.channels != test.channels:
         raise UserError(f"{dataset}: the training and test sequences have different numbers of channels "
-                        f"({sorted({read['train'][2], read['test'][2]})})")
-    classes = sorted(set(read["train"][3].tolist()))
+                        f"({sorted({train.channels, test.channels})})")
+    classes = sorted(set(train.labels.tolist()))
     index = {label: i for i, label in enumerate(classes)}
-    unknown = sorted({str(v) for v in set(read["test"][3].tolist()) if v not in index})
+    unknown = sorted({str(v) for v in set(test.labels.tolist()) if v not in index})
     if unknown:
         raise UserError(f"{test_source}: labels the training split does not have: {', '.join(unknown[:5])}")
-    all_lengths = np.concatenate([read["train"][1], read["test"][1]])
+    all_lengths = np.concatenate([train.lengths, test.lengths])
     variable = bool((all_lengths != all_lengths[0]).any())
-    info = SeriesInfo(dataset, [str(c) for c in classes], read["train"][2], variable, int(all_lengths.max()))
-    train, test = (ArrowSplit(chunks, torch.tensor([index[v] for v in labels.tolist()], dtype=torch.int64), lengths,
-                              channels, variable)
-                   for chunks, lengths, channels, labels, _ in (read["train"], read["test"]))
-    return train, test, info
+    info = SeriesInfo(dataset, [str(c) for c in classes], train.channels, variable, int(all_lengths.max()))
+
+    def on_disk(r: SplitColumns) -> ArrowSplit:
+        labels = torch.tensor([index[v] for v in r.labels.tolist()], dtype=torch.int64)
+        return ArrowSplit(r.chunks, labels, r.lengths, r.channels, variable)
+
+    return on_disk(train), on_disk(test), info
