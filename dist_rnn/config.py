@@ -109,9 +109,10 @@ class TrainConfig(RuntimeOptions):
         "model is bound by kernel launches on a GPU); 'auto' is off until graphed training has been measured on a "
         "GPU to match eager training; 'on' on CPU, or with fp16 (its GradScaler waits for the host), trains eagerly "
         "and says so")
-    sequence: Literal["row", "column", "pixel", "permuted"] = option(
+    sequence: Literal["row", "column", "pixel", "reversed", "permuted"] = option(
         "row", "how an image becomes a sequence: 'row' (28 steps of 28 pixels), 'column' (the transposed "
-        "image), 'pixel' (784 steps of 1 pixel), 'permuted' (784 steps, pixels in a fixed random order)")
+        "image), 'pixel' (784 steps of 1 pixel), 'reversed' (the pixels last to first), 'permuted' (784 steps, "
+        "pixels in a fixed random order)")
     permutation_seed: int = option(0, "seed of the pixel order of --sequence permuted (the order is also saved "
                                    "in each checkpoint)")
     # -- model
@@ -135,8 +136,9 @@ class TrainConfig(RuntimeOptions):
                              "--batch-size (global) = micro-batch x K x processes; the same global batch gives the "
                              "same trajectory whatever the split between K and processes", min=1)
     eval_batch_size: int = option(1000, "per-process batch size for evaluation", min=1)
-    loss: Literal["ce", "mse"] = option("ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax "
-                                        "outputs and one-hot targets (the slow-learning loss, for comparison)")
+    loss: Literal["ce", "mse", "mse-sum"] = option(
+        "ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax outputs and one-hot targets (the "
+        "slow-learning loss, for comparison); 'mse-sum': the same errors summed over the classes (10x 'mse')")
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
     lr: float = option(0.003, "learning rate (the peak, with a schedule)", above=0)
     lr_schedule: Literal["constant", "cosine", "step", "plateau"] = option(

@@ -35,9 +35,11 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN and the a
 
 
 def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Cross-entropy, or (to compare, see docs/experiments.md) MSE between softmax outputs and one-hot targets."""
-    if kind == "mse":
-        return F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
+    """Cross-entropy, or (to compare, see docs/experiments.md) the squared error between softmax outputs and
+    one-hot targets: averaged over batch and classes ('mse'), or summed over the classes ('mse-sum')."""
+    if kind in ("mse", "mse-sum"):
+        error = F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
+        return error * logits.shape[1] if kind == "mse-sum" else error
     return F.cross_entropy(logits, y)
 
 

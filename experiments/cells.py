@@ -1,7 +1,9 @@
-"""Suite `cells`: LSTM, GRU and plain RNN, each at its own best learning rate, and their cost per step."""
+"""Suite `cells`: LSTM, GRU and plain RNN, each at its own learning rate (chosen on validation), and their cost
+per step."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import time
@@ -13,10 +15,11 @@ import torch.nn.functional as F
 
 from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
-from experiments.lab import (Lab, Report, accuracies, accuracy_cell, best_rate, both_ways, collapsed, compare, holm,
-                             lstm_at, lstm_like_hidden, lstm_runs, measures, parameters, runs)
+from experiments.lab import (LSTM_RATES, VAL_SIZE, Lab, Report, Selection, accuracies, accuracy_cell, both_ways, collapsed, compare,
+                             holm, lstm_at, lstm_like_hidden, lstm_runs, mcnemar, mcnemar_text, measures, parameters,
+                             runs, select)
 
-RATES = {"lstm": ("0.001", "0.003", "0.01"), "gru": ("0.001", "0.003", "0.01"),
+RATES = {"lstm": LSTM_RATES, "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
 
 
@@ -44,41 +47,46 @@ def step_times(seed: int, repeats: int = 7, steps: int = 10) -> dict[str, Any]:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    def at(cell: str, lr: str, sweep: bool, hidden: int = 128) -> list[dict]:
+    def final(cell: str, lr: str, hidden: int = 128, sweep: bool = False) -> list[dict]:
+        """A cell on the whole training set, scored once on the test set (seeds 0, 1, ...)."""
         if (cell, lr, hidden) == ("lstm", "0.01", 128):
             return lstm_runs(lab, "cells")  # the preset itself: shared with the other suites
         name = f"{cell}-{hidden}" + ("" if lr == "0.01" else f"-lr{lr}")
-        return runs(lab, "cells", name, lstm_at(lr, cell, hidden), sweep=sweep)
+        return runs(lab, "cells", name, lstm_at(lr, cell, hidden), sweep=sweep, paired=not sweep)
 
-    sweep_seeds = len(lab.seeds(sweep=True))
-    sweep = {cell: {lr: at(cell, lr, sweep=True)[:sweep_seeds] for lr in rates} for cell, rates in RATES.items()}
+    chosen = {cell: select(lab, "cells", f"{cell}-128", functools.partial(lstm_at, cell=cell), rates)
+              for cell, rates in RATES.items()}
     times = measures(lab, "cells", "step-times", step_times)
-    if not all(all(by_lr.values()) for by_lr in sweep.values()):
+    if not all(s.chosen for s in chosen.values()):
         return report.missing("cells")
-    # each cell's best rate by the sweep's mean, then that rate at every seed, and at the LSTM's size
-    best = {cell: best_rate({lr: accuracies(rs) for lr, rs in by_lr.items()}) for cell, by_lr in sweep.items()}
+    # each cell at its chosen rate on the whole training set, and at the LSTM's parameter count
+    best = {cell: s.chosen for cell, s in chosen.items()}
     target = parameters("lstm", 128)
     sized = {cell: lstm_like_hidden(cell, target) for cell in ("gru", "rnn")}
-    at_best = {cell: at(cell, lr, sweep=False) for cell, lr in best.items()}
-    at_size = {cell: at(cell, best[cell], sweep=True, hidden=h) for cell, h in sized.items()}
+    at_best = {cell: final(cell, lr) for cell, lr in best.items()}
+    at_size = {cell: final(cell, best[cell], hidden=h, sweep=True) for cell, h in sized.items()}
     if not all(at_best.values()) or not all(at_size.values()) or not times:
         return report.missing("cells")
     ms = {cell: [t["ms_per_step"][cell] for t in times] for cell in times[0]["ms_per_step"]}
-    draw(report, sweep, at_best, at_size)
-    rows = [[cell, 128, lr, parameters(cell, 128), len(rs), accuracy_cell(rs)]
-            for cell, by_lr in sweep.items() for lr, rs in by_lr.items()]
+    draw(report, chosen, at_best, at_size)
+    rows = [[cell, 128, lr, parameters(cell, 128), len(s.sweep[lr]), s.cell(lr)]
+            for cell, s in chosen.items() for lr in s.sweep]
     ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
+    rnn_fast = [r for r in chosen["rnn"].sweep["0.01"] if collapsed(r)]
+    seeds = lab.selection_seeds()
     report.section(
-        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=sweep_seeds,
+        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=len(seeds),
+        selection_seeds=f"{seeds[0]} to {seeds[-1]}", val_size=int(VAL_SIZE),
         acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
         pairs=both_ways(holm({(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
                               for a, b in itertools.combinations(at_best, 2)})),
-        rnn_fast=[r for r in sweep["rnn"]["0.01"] if collapsed(r)],
-        failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in sweep["rnn"]["0.01"] if collapsed(r)),
+        paired={"lstm-gru": mcnemar_text(mcnemar(at_best["lstm"], at_best["gru"]))},
+        rnn_fast=rnn_fast, failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in rnn_fast),
         ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],
-        sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds", "test accuracy %"], rows),
+        sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds",
+                                  "validation accuracy % (final weights)"], rows),
         best_table=report.table(
-            ["cell", "hidden", "Adam lr (best of the sweep)", "parameters", "seeds", "test accuracy %"],
+            ["cell", "hidden", "Adam lr (chosen on validation)", "parameters", "seeds", "test accuracy %"],
             [[cell, 128, best[cell], parameters(cell, 128), len(at_best[cell]), accuracy_cell(at_best[cell])]
              for cell in at_best] +
             [[cell, h, best[cell], parameters(cell, h), len(at_size[cell]), accuracy_cell(at_size[cell])]
@@ -90,32 +98,32 @@ def suite(lab: Lab, report: Report) -> None:
                                  for cell, v in ms.items()]))
 
 
-def draw(report: Report, sweep: dict[str, dict[str, list[dict]]], at_best: dict[str, list[dict]],
+def draw(report: Report, chosen: dict[str, Selection], at_best: dict[str, list[dict]],
          at_size: dict[str, list[dict]]) -> None:
-    """Left: test accuracy against the Adam rate, one dot per seed. Middle: each cell at its best
+    """Left: validation accuracy against the Adam rate, one dot per selection seed. Middle: each cell at its best
     rate. Right: the gap the text discusses, LSTM against GRU (and the GRU at the LSTM's parameter
     count), on an axis a few tenths of a point wide."""
     fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 2, 2))
-    for i, (cell, by_lr) in enumerate(sweep.items()):
-        rates = [float(lr) for lr in by_lr]
-        for lr, rs in by_lr.items():
-            left.scatter([float(lr)] * len(rs), accuracies(rs), s=14, color=f"C{i}", alpha=0.8)
-        left.plot(rates, [statistics.mean(accuracies(rs)) for rs in by_lr.values()], color=f"C{i}", label=cell)
-    left.set(xscale="log", xlabel="Adam learning rate", ylabel="test accuracy", ylim=(0, 1),
-             title="learning-rate sweep (dots: seeds; line: mean)")
+    for i, (cell, selection) in enumerate(chosen.items()):
+        rates = [float(lr) for lr in selection.sweep]
+        for lr in selection.sweep:
+            left.scatter([float(lr)] * len(selection.val(lr)), selection.val(lr), s=14, color=f"C{i}", alpha=0.8)
+        left.plot(rates, [statistics.mean(selection.val(lr)) for lr in selection.sweep], color=f"C{i}", label=cell)
+    left.set(xscale="log", xlabel="Adam learning rate", ylabel="validation accuracy", ylim=(0, 1),
+             title="selection sweep (dots: seeds; line: mean)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
 
     def columns(ax, groups: dict[str, tuple[str, list[dict]]], title: str) -> None:
         for i, (label, (cell, rs)) in enumerate(groups.items()):
             values = accuracies(rs)
-            ax.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{list(sweep).index(cell)}")
+            ax.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{list(chosen).index(cell)}")
             ax.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
         ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
         ax.set(ylabel="test accuracy", title=title)
         ax.grid(alpha=0.3, axis="y")
 
-    columns(middle, {cell: (cell, rs) for cell, rs in at_best.items()}, "each at its best rate (bars: mean)")
+    columns(middle, {cell: (cell, rs) for cell, rs in at_best.items()}, "each at its chosen rate (bars: mean)")
     zoom = {"lstm": ("lstm", at_best["lstm"]), "gru": ("gru", at_best["gru"])}
     if "gru" in at_size:
         zoom["gru, LSTM's\nparameter count"] = ("gru", at_size["gru"])

@@ -11,17 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dist_rnn.data.splits import validation_split
 from dist_rnn.plot import pyplot
-from experiments.lab import (Lab, Report, accuracies, accuracy_cell, accuracy_curve, best_rate, compare, lstm_runs,
+from experiments.lab import (VAL_SIZE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, best_rate, compare, lstm_runs,
                              mean_std, measures, parameters, pct, steps_text, steps_to)
 
 
 BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
 
 
-def baseline(kind: str, lr: str, lab: "Lab", seed: int) -> dict[str, Any]:
-    """A non-recurrent model on the flattened 784 pixels, trained like the presets (batch 100, 2 epochs, Adam)."""
+def baseline(kind: str, lr: str, lab: "Lab", split: str, seed: int) -> dict[str, Any]:
+    """A non-recurrent model on the flattened 784 pixels, trained like the presets (batch 100, 2 epochs, Adam):
+    on the whole training set, scored on the test set (`split` 'test'), or on the training set less a
+    validation split of VAL_SIZE images, the same as the training runs' (`--val-size`), scored there ('val')."""
     train, test = lab.data
+    if split == "val":
+        train, test, _ = validation_split(train, float(VAL_SIZE), seed)
     torch.manual_seed(seed)
     if kind == "logreg":
         model: nn.Module = nn.Linear(784, 10)
@@ -40,20 +45,20 @@ def baseline(kind: str, lr: str, lab: "Lab", seed: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     with torch.no_grad():
         accuracy = (model(test.images.reshape(len(test), -1).float() / 255).argmax(1) == test.labels).float().mean()
-    return {"test_accuracy": float(accuracy), "parameters": sum(p.numel() for p in model.parameters()),
+    return {f"{split}_accuracy": float(accuracy), "parameters": sum(p.numel() for p in model.parameters()),
             "train_seconds": round(seconds, 1)}
 
 
 def baselines(lab: Lab, kind: str) -> tuple[dict[str, list[dict]], Optional[str], list[dict]]:
-    """A baseline's rate sweep (SWEEP_SEEDS seeds a rate), its best rate, and its runs there at every seed."""
-    def at(lr: str, sweep: bool) -> list[dict]:
-        return measures(lab, "easy", f"baseline-{kind}-lr{lr}", baseline, kind, lr, lab, sweep=sweep)
-
-    sweep = {lr: at(lr, sweep=True) for lr in BASELINE_RATES}
-    if not all(sweep.values()):
-        return sweep, None, []
-    best = best_rate({lr: [v["test_accuracy"] for v in found] for lr, found in sweep.items()})
-    return sweep, best, at(best, sweep=False)
+    """A baseline's rate sweep on the validation split (at the selection seeds), the rate chosen there,
+    and its runs at that rate on the whole training set, scored on the test set, at every seed."""
+    sweep = {lr: [lab.measure("easy", f"baseline-{kind}-lr{lr}-val", seed, baseline, kind, lr, lab, "val")
+                  for seed in lab.selection_seeds()] for lr in BASELINE_RATES}
+    if not all(all(found) for found in sweep.values()):
+        return {}, None, []
+    values = {lr: [m["values"] for m in found] for lr, found in sweep.items()}
+    best = best_rate({lr: [v["val_accuracy"] for v in found] for lr, found in values.items()})
+    return values, best, measures(lab, "easy", f"baseline-{kind}-lr{best}-test", baseline, kind, best, lab, "test")
 
 
 def suite(lab: Lab, report: Report) -> None:
@@ -83,7 +88,7 @@ def suite(lab: Lab, report: Report) -> None:
         lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
         epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
         else None,  # (a run that never got there has no such figure)
-        sweep_seeds=len(lab.seeds(sweep=True)),
+        sweep_seeds=len(lab.selection_seeds()), val_size=int(VAL_SIZE),
         lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),  # the section's one comparison
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,
@@ -97,8 +102,10 @@ def suite(lab: Lab, report: Report) -> None:
                  mean_std(best["mlp"]), "-"],
                 ["2-layer LSTM over 28 rows (`seed-lstm`)", parameters("lstm", 128), "0.01",
                  accuracy_cell(lstm), steps_text(lstm)]]),
-        sweep_table=report.table(["Adam lr"] + [f"{kind} test accuracy %" for kind in ("logistic regression", "MLP")],
-                                 [[lr] + [mean_std([v["test_accuracy"] for v in base[kind][0][lr]])
+        sweep_table=report.table(["Adam lr"] + [f"{kind} validation accuracy %"
+                                                for kind in ("logistic regression", "MLP")],
+                                 [[lr] + [mean_std([v["val_accuracy"] for v in base[kind][0][lr]]) +
+                                          (" (chosen)" if lr == lr_of[kind] else "")
                                           for kind in ("logreg", "mlp")] for lr in BASELINE_RATES]))
 
 

@@ -62,6 +62,12 @@ class ExperimentsConfig:
 
 SWEEP_SEEDS = 3  # seeds per point of a learning-rate sweep
 
+# A selection sweep trains on the training set less a validation split of VAL_SIZE images (stratified,
+# drawn by the seed) and chooses by the final weights' accuracy there, with seeds from SELECTION_SEED
+# on; the test set plays no part in any choice.
+VAL_SIZE = "5000"
+SELECTION_SEED = 100
+
 
 @functools.lru_cache(maxsize=None)
 def machine() -> dict[str, Any]:
@@ -188,10 +194,11 @@ class Lab:
         return list(dict(self.used).values())
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
-              analyse: Optional[Callable[..., dict[str, Any]]] = None) -> Optional[dict]:
+              analyse: Optional[Callable[..., dict[str, Any]]] = None, paired: bool = False) -> Optional[dict]:
         """One training run of `python -m dist_rnn.train ARGS --seed SEED`, with an optional analysis
         of its final checkpoint, `analyse(config, model, view, train_features, test_features)` (None: not
-        cached, and not to be run now)."""
+        cached, and not to be run now). `paired`: the record must say which test images it got right
+        (records made before they did are made again)."""
         path = self._path("train", f"{name}-s{seed}", [list(args), seed])
 
         def make() -> dict[str, Any]:
@@ -214,12 +221,13 @@ class Lab:
                     "started": started,
                     "seconds": round(time.perf_counter() - start, 1), "results": results,
                     "curve": [{k: e[k] for k in ("step", "loss")} for e in events if e["event"] == "train"],
-                    "evals": [{k: e[k] for k in ("step", "test_accuracy", "test_loss")}
-                              for e in events if e["event"] == "eval"],
+                    # (a run with a validation split is scored on it as it trains, on the test set at the end)
+                    "evals": [{k: e[k] for k in ("step", "test_accuracy", "test_loss", "val_accuracy", "val_loss")
+                               if k in e} for e in events if e["event"] == "eval"],
                     "analysis": self._analyse(results["checkpoint"], analyse)}
 
         # A record made before its analysis was asked for lacks the analysis: made again, not half-used.
-        wanted = getattr(getattr(analyse, "func", analyse), "provides", ())
+        wanted = getattr(getattr(analyse, "func", analyse), "provides", ()) + (("test_correct",) if paired else ())
         return self._record(suite, path, make, lambda record: all(k in record["analysis"] for k in wanted))
 
     def _analyse(self, checkpoint: str, analyse: Optional[Callable]) -> dict[str, Any]:
@@ -242,6 +250,8 @@ class Lab:
             "test_accuracy": float((test_pred == test.labels.numpy()).mean()),
             "confusion": confusion.tolist(),
             "misclassified": [[int(i), int(test.labels[i]), int(test_pred[i])] for i in wrong[:40]],
+            # which test images it got right, one bit each (packed, hex): what a paired test compares
+            "test_correct": np.packbits(test_pred == test.labels.numpy()).tobytes().hex(),
         }
         if analyse:
             analysis.update(analyse(config, model, view, train_features, test_features))
@@ -267,6 +277,11 @@ class Lab:
     def seeds(self, sweep: bool = False) -> range:
         """The seeds of a headline configuration, or of a sweep point (at most SWEEP_SEEDS)."""
         return range(min(self.c.seeds, SWEEP_SEEDS) if sweep else self.c.seeds)
+
+    def selection_seeds(self) -> range:
+        """The seeds of a selection sweep: never those of a headline configuration, so that the runs
+        a choice is reported on did not make it."""
+        return range(SELECTION_SEED, SELECTION_SEED + min(self.c.seeds, SWEEP_SEEDS))
 
 
 def readout_features(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -514,11 +529,74 @@ class Report:
 
 
 def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None,
-         sweep: bool = False) -> list[dict]:
+         sweep: bool = False, paired: bool = False) -> list[dict]:
     """The run `args` at every seed (trained now where missing and allowed), or [] while any is missing:
     a figure is never the mean of fewer seeds than the report says."""
-    records = [lab.train(suite, name, args, seed, analyse) for seed in lab.seeds(sweep)]
+    records = [lab.train(suite, name, args, seed, analyse, paired) for seed in lab.seeds(sweep)]
     return records if all(records) else []
+
+
+@dataclass
+class Selection:
+    """A learning-rate sweep on the validation split: rate -> its runs (one per selection seed), and
+    the rate chosen (None while any run is missing)."""
+
+    sweep: dict[str, list[dict]]
+    chosen: Optional[str]
+
+    def val(self, lr: str) -> list[float]:
+        """The final weights' validation accuracies of one rate's runs."""
+        return [r["results"]["val_accuracy"] for r in self.sweep[lr]]
+
+    def cell(self, lr: str) -> str:
+        """A table cell: mean ± std of the validation accuracy, '(chosen)' on the chosen rate."""
+        return mean_std(self.val(lr)) + (" (chosen)" if lr == self.chosen else "")
+
+
+def select(lab: Lab, suite: str, name: str, args_at: Callable[[str], tuple[str, ...]],
+           rates: tuple[str, ...]) -> Selection:
+    """Sweep `rates` (`args_at(lr)`: a run's arguments at that rate) on the validation split, at the
+    selection seeds, and choose the rate whose final weights score best there on average (the first
+    listed on a tie)."""
+    sweep = {lr: [lab.train(suite, f"{name}-lr{lr}-val", args_at(lr) + ("--val-size", VAL_SIZE), seed)
+                  for seed in lab.selection_seeds()] for lr in rates}
+    if not all(all(rs) for rs in sweep.values()):
+        return Selection({}, None)
+    selection = Selection(sweep, None)
+    selection.chosen = best_rate({lr: selection.val(lr) for lr in rates})
+    return selection
+
+
+@dataclass(frozen=True)
+class Paired:
+    """An exact McNemar test of two runs on the same test images, per seed pair: the images only the
+    first got right (`only_a`), only the second (`only_b`), and the two-sided binomial p of that split."""
+
+    only_a: int
+    only_b: int
+    p: float
+
+
+def mcnemar(a: list[dict], b: list[dict]) -> list[Paired]:
+    """Run a[i] against run b[i], each pair on the same 10,000 test images: the test set's own sampling
+    noise, which a comparison over seeds ignores. Exact: the discordant images' split against
+    Binomial(n, 1/2), two-sided (twice the smaller tail, at most 1)."""
+    found = []
+    for ra, rb in zip(a, b):
+        right_a, right_b = (np.unpackbits(np.frombuffer(bytes.fromhex(r["analysis"]["test_correct"]), np.uint8))
+                            .astype(bool) for r in (ra, rb))
+        only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+        n, k = only_a + only_b, min(only_a, only_b)
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
+        found.append(Paired(only_a, only_b, min(1.0, 2 * tail)))
+    return found
+
+
+def mcnemar_text(pairs: list[Paired]) -> str:
+    """For prose and tables: 'per seed pair, images only the first / only the second got right:
+    52/40 (p = 0.25), ...; 1 of 5 pairs below 0.05'."""
+    each = ", ".join(f"{p.only_a}/{p.only_b} (p = {p.p:.3f})" for p in pairs)
+    return f"{each}; {sum(p.p < ALPHA for p in pairs)} of {len(pairs)} pairs below {ALPHA}"
 
 
 def measures(lab: Lab, suite: str, name: str, fn: Callable[..., dict[str, Any]], *args: Any,
@@ -536,7 +614,10 @@ def best_rate(sweep: dict[str, list[float]]) -> str:
 def lstm_runs(lab: Lab, suite: str) -> list[dict]:
     """The `seed-lstm` preset's runs, scored every 50 steps and after every number of rows read: the
     reference every suite compares with (one set of records, shared)."""
-    return runs(lab, suite, "lstm-curve", LSTM_CURVE, functools.partial(rows_read, lab))
+    return runs(lab, suite, "lstm-curve", LSTM_CURVE, functools.partial(rows_read, lab), paired=True)
+
+
+LSTM_RATES = ("0.001", "0.003", "0.01")  # Adam rates an LSTM arm's selection sweep tries
 
 
 def lstm_at(lr: str, cell: str = "lstm", hidden: int = 128) -> tuple[str, ...]:

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_CURVE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step, compare, holm,
-                             lstm_runs, mean_std, pct, runs, steps_text)
+from experiments.lab import (LSTM_CURVE, LSTM_RATES, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step,
+                             compare, holm, lstm_at, lstm_runs, mcnemar, mcnemar_text, mean_std, pct, runs, select,
+                             steps_text)
 
 
 def loss_gradients(seed: int) -> dict[str, Any]:
@@ -33,46 +34,69 @@ def loss_gradients(seed: int) -> dict[str, Any]:
     return {"rows": rows}
 
 
+LOSSES = {"ce": "cross-entropy", "mse": "MSE on softmax", "mse-sum": "MSE on softmax, summed over classes"}
+
+
+def curve_runs(lab: Lab, loss: str, lr: str) -> list[dict]:
+    """The preset with `loss` at Adam rate `lr`, scored every 50 steps (seeds 0, 1, ...; per-image results kept)."""
+    if (loss, lr) == ("ce", "0.01"):
+        return lstm_runs(lab, "loss")  # the preset itself
+    args = LSTM_CURVE + (() if lr == "0.01" else ("--lr", lr)) + (() if loss == "ce" else ("--loss", loss))
+    name = ("lstm-curve" if loss == "ce" else f"lstm-{loss}-curve") + ("" if lr == "0.01" else f"-lr{lr}")
+    return runs(lab, "loss", name, args, paired=True)
+
+
 def suite(lab: Lab, report: Report) -> None:
-    ce = lstm_runs(lab, "loss")
-    mse = runs(lab, "loss", "lstm-mse-curve", LSTM_CURVE + ("--loss", "mse"))
+    # Each loss gets its own rate, chosen on validation (cross-entropy's is the cells suite's LSTM sweep).
+    chosen = {loss: select(lab, "loss", "lstm-128" if loss == "ce" else f"lstm-{loss}",
+                           lambda lr, loss=loss: lstm_at(lr) + (() if loss == "ce" else ("--loss", loss)), LSTM_RATES)
+              for loss in LOSSES}
     grads = lab.measure("loss", "loss-gradients", 0, loss_gradients)
-    if not (ce and mse and grads):
+    if not all(s.chosen for s in chosen.values()) or not grads:
         return report.missing("loss")
+    trained = {loss: curve_runs(lab, loss, s.chosen) for loss, s in chosen.items()}
+    if not all(trained.values()):
+        return report.missing("loss")
+    ce, mse, mse_sum = trained["ce"], trained["mse"], trained["mse-sum"]
     rows = grads["values"]["rows"]
-    draw(report, ce, mse, rows)
+    draw(report, trained, rows)
+    early = {loss: [at_step(r, 100) for r in rs] for loss, rs in trained.items()}
     report.section(
-        "loss", worst=rows[-1], first=rows[0], mse_at_100=pct([at_step(r, 100) for r in mse]),
-        ce_at_100=pct([at_step(r, 100) for r in ce]), mse_steps=steps_text(mse), ce_steps=steps_text(ce),
-        mse=pct(accuracies(mse)), ce=pct(accuracies(ce)), seeds=len(ce),
-        **holm(dict(final=compare(accuracies(mse), accuracies(ce)),
-                    early=compare([at_step(r, 100) for r in mse], [at_step(r, 100) for r in ce]))),
+        "loss", worst=rows[-1], first=rows[0], lr={loss: s.chosen for loss, s in chosen.items()},
+        at_100={loss: pct(v) for loss, v in early.items()}, steps={loss: steps_text(rs) for loss, rs in trained.items()},
+        acc={loss: pct(accuracies(rs)) for loss, rs in trained.items()}, seeds=len(ce),
+        sweep_seeds=len(lab.selection_seeds()),
+        **holm(dict(final=compare(accuracies(mse), accuracies(ce)), final_sum=compare(accuracies(mse_sum), accuracies(ce)),
+                    sum_vs_mean=compare(accuracies(mse_sum), accuracies(mse)),
+                    early=compare(early["mse"], early["ce"]), early_sum=compare(early["mse-sum"], early["ce"]))),
+        paired={"mse-ce": mcnemar_text(mcnemar(mse, ce)), "sum-mean": mcnemar_text(mcnemar(mse_sum, mse))},
+        sweep_table=report.table(["loss"] + [f"Adam {lr}" for lr in LSTM_RATES],
+                                 [[LOSSES[loss]] + [s.cell(lr) for lr in LSTM_RATES] for loss, s in chosen.items()]),
         gradients_table=report.table(
             ["margin", "p(true class)", "|dL/dz| cross-entropy", "|dL/dz| MSE on softmax"],
             [[r["margin"], f"{r['p_true']:.2e}", f"{r['ce_grad_norm']:.3f}", f"{r['mse_grad_norm']:.2e}"]
              for r in rows]),
         training_table=report.table(
-            ["loss", "test accuracy % after 2 epochs", "steps to 90 %", "test accuracy % at step 100"],
-            [[name, accuracy_cell(records), steps_text(records),
-              mean_std([at_step(r, 100) for r in records])]
-             for name, records in (("cross-entropy", ce), ("MSE on softmax", mse))]))
+            ["loss", "Adam lr (chosen on validation)", "test accuracy % after 2 epochs", "steps to 90 %",
+             "test accuracy % at step 100"],
+            [[LOSSES[loss], chosen[loss].chosen, accuracy_cell(rs), steps_text(rs), mean_std(early[loss])]
+             for loss, rs in trained.items()]))
 
 
-def draw(report: Report, ce: list[dict], mse: list[dict], rows: list[dict]) -> None:
+def draw(report: Report, trained: dict[str, list[dict]], rows: list[dict]) -> None:
     """Left: training curves, every seed. Middle: the final accuracies per seed, on an axis that
     shows their gap. Right: the gradient on the logits against the margin of a wrong class."""
-    fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 1.4, 3))
-    for records, name, color in ((ce, "cross-entropy", "C0"), (mse, "MSE on softmax", "C1")):
+    fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 1.8, 3))
+    for i, (loss, records) in enumerate(trained.items()):
         for r in records:
-            left.plot(*accuracy_curve(r), color=color, alpha=0.8, label=name if r["seed"] == 0 else None)
+            left.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.8, lw=1, label=LOSSES[loss] if r is records[0] else None)
+        values = accuracies(records)
+        middle.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{i}")
+        middle.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
     left.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1), title="training (all seeds)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    for i, (records, color) in enumerate(((ce, "C0"), (mse, "C1"))):
-        values = accuracies(records)
-        middle.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=color)
-        middle.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
-    middle.set_xticks([0, 1], ["cross-\nentropy", "MSE"], fontsize=8)
+    middle.set_xticks(range(len(trained)), ["cross-\nentropy", "MSE", "MSE,\nsummed"], fontsize=8)
     middle.set(ylabel="test accuracy after 2 epochs", title="final (bars: mean)")
     middle.grid(alpha=0.3, axis="y")
     right.semilogy([r["margin"] for r in rows], [r["ce_grad_norm"] for r in rows], marker="o", label="cross-entropy")

@@ -1,4 +1,5 @@
-"""Suite `views`: Rows, columns, pixels and permuted pixels as sequences, and the published pixel-MNIST figures."""
+"""Suite `views`: Rows, columns, pixels (forwards and backwards) and permuted pixels as sequences, and the
+published pixel-MNIST figures."""
 
 from __future__ import annotations
 
@@ -52,8 +53,18 @@ def literature_range(view: int) -> tuple[float, float]:
     return min(values), max(values)
 
 
+def blank_tail(lab: Lab) -> dict[str, float]:
+    """How the pixel view ends: the mean number of blank (zero) pixels after the last inked one of a
+    training image, and the share of images whose last 28 pixels (the bottom row) are all blank."""
+    images = lab.data[0].images.reshape(len(lab.data[0].images), -1)
+    inked = images > 0
+    last = inked.shape[1] - 1 - inked.flip(1).int().argmax(1)  # index of the last inked pixel
+    return {"mean_blank_tail": float((inked.shape[1] - 1 - last).float().mean()),
+            "blank_bottom_row": float((~inked[:, -28:]).all(1).float().mean())}
+
+
 def suite(lab: Lab, report: Report) -> None:
-    views = ["row", "column", "pixel", "permuted"]
+    views = ["row", "column", "pixel", "reversed", "permuted"]
     results = {v: runs(lab, "views", f"view-{v}", VIEW_BUDGET + ("--sequence", v)) for v in views}
     if not all(results.values()):
         return report.missing("views")
@@ -65,7 +76,9 @@ def suite(lab: Lab, report: Report) -> None:
         collapsed={v: sum(collapsed(r) for r in results[v]) for v in views},
         best_seed={v: max(accuracies(results[v])) for v in views},
         **holm(dict(permuted_vs_pixel=compare(accuracies(results["permuted"]), accuracies(results["pixel"])),
-                    column_vs_row=compare(accuracies(results["column"]), accuracies(results["row"])))),
+                    column_vs_row=compare(accuracies(results["column"]), accuracies(results["row"])),
+                    reversed_vs_pixel=compare(accuracies(results["reversed"]), accuracies(results["pixel"])))),
+        blank_tail=blank_tail(lab),
         pixel_rate=rate["pixel"], concurrent=max(r.get("concurrent_runs", 1) for r in results["pixel"]),
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
@@ -84,15 +97,16 @@ def suite(lab: Lab, report: Report) -> None:
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
     """Every seed's test accuracy during training: the 28-step views (row, column) and the 784-step
-    views (pixel, permuted) in panels of their own, so that no view's lines hide another's."""
+    views (pixel, reversed, permuted) in panels of their own, so that no view's lines hide another's."""
     fig, panels = pyplot().subplots(1, 2, figsize=(11, 3.6), sharey=True)
     for ax, names, title in ((panels[0], ("row", "column"), "28 steps per image"),
-                             (panels[1], ("pixel", "permuted"), "784 steps per image")):
+                             (panels[1], ("pixel", "reversed", "permuted"), "784 steps per image")):
         for v in names:
             i = list(results).index(v)
             for r in results[v]:
                 ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.7, lw=1,
-                        ls="-" if v in ("row", "pixel") else "--", label=v if r is results[v][0] else None)
+                        ls="-" if v in ("row", "pixel") else "--" if v != "reversed" else ":",
+                        label=v if r is results[v][0] else None)
         ax.axhline(0.1, color="gray", lw=0.8, ls=":")
         ax.text(5, 0.11, "chance", fontsize=8, color="gray")
         ax.set(xlabel="optimizer step", ylim=(0, 1), xticks=np.arange(0, 201, 50), title=title)

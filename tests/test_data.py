@@ -198,6 +198,9 @@ def test_sequence_views():
     assert columns.shape == (3, 28, 28) and torch.equal(columns[:, 5, :], rows[:, :, 5])  # step t = column t
     pixels = SequenceView("pixel")(images)
     assert pixels.shape == (3, 784, 1) and torch.equal(pixels[:, 28 * 4 + 9, 0], rows[:, 4, 9])  # row-major
+    backwards = SequenceView("reversed")(images)
+    assert backwards.shape == (3, 784, 1) and torch.equal(backwards[:, 0, 0], rows[:, 27, 27])  # last pixel first
+    assert torch.equal(backwards.flip(1), pixels)
     view = SequenceView("permuted", permutation_seed=5)
     permuted = view(images)
     assert permuted.shape == (3, 784, 1) and torch.equal(permuted[:, :, 0], pixels[:, view.permutation, 0])
@@ -206,8 +209,8 @@ def test_sequence_views():
     assert not torch.equal(SequenceView("permuted", permutation_seed=6).permutation, view.permutation)
     saved = SequenceView("permuted", permutation_seed=6, permutation=view.permutation.tolist())
     assert torch.equal(saved.permutation, view.permutation)  # a checkpoint's order wins over the seed
-    assert [(v.input_size, v.steps) for v in (SequenceView(k) for k in ("row", "column", "pixel"))] == \
-        [(28, 28), (28, 28), (1, 784)]
+    assert [(v.input_size, v.steps) for v in (SequenceView(k) for k in ("row", "column", "pixel", "reversed"))] == \
+        [(28, 28), (28, 28), (1, 784), (1, 784)]
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint():

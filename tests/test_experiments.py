@@ -206,3 +206,39 @@ def test_a_cached_run_lacking_an_analysis_asked_for_now_is_made_again(mnist_dir,
     assert len(head) == 28 and head[-1] == pytest.approx(analysed["analysis"]["test_accuracy"])
     assert analysed["analysis"]["rows_read_probe"]["rows"] == list(range(1, 29, 3))
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # the same record, made again in place
+
+
+def test_mcnemar_counts_the_images_only_one_run_got_right_and_tests_them_exactly():
+    def record(right: list[bool]) -> dict:
+        return {"analysis": {"test_correct": experiments_lab.np.packbits(right).tobytes().hex()}}
+
+    a = [True] * 12 + [False] * 4  # 16 test images
+    b = [True] * 2 + [False] * 10 + [True] * 4
+    (pair,) = experiments_lab.mcnemar([record(a)], [record(b)])
+    assert (pair.only_a, pair.only_b) == (10, 4)
+    assert pair.p == pytest.approx(2 * sum(experiments_lab.math.comb(14, i) for i in range(5)) / 2 ** 14)  # 0.180
+    (same,) = experiments_lab.mcnemar([record(a)], [record(a)])
+    assert (same.only_a, same.only_b, same.p) == (0, 0, 1.0)
+    (lopsided,) = experiments_lab.mcnemar([record([True] * 10 + [False] * 6)], [record([False] * 16)])
+    assert lopsided.p == pytest.approx(2 / 2 ** 10)
+    assert experiments_lab.mcnemar_text([pair, lopsided]) == \
+        "10/4 (p = 0.180), 10/0 (p = 0.002); 1 of 2 pairs below 0.05"
+
+
+def test_selection_chooses_a_rate_on_the_validation_split_with_seeds_of_its_own(mnist_dir, tmp_path, monkeypatch):
+    """The sweep's runs hold out a validation split and use the selection seeds (never a headline
+    seed); the rate chosen is the one with the best mean validation accuracy; every run says which
+    test images it got right."""
+    monkeypatch.setattr(experiments_lab, "PROBE_SAMPLES", 200)
+    monkeypatch.setattr(experiments_lab, "VAL_SIZE", "40")
+    c = ExperimentsConfig(data_dir=str(mnist_dir), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
+                          seeds=1)
+    tiny = ("--hidden-size", "4", "--num-layers", "1", "--epochs", "1", "--limit-train", "160", "--batch-size", "20",
+            "--device", "cpu", "--lr")
+    selection = experiments_lab.select(Lab(c, ["easy"]), "easy", "tiny", lambda lr: tiny + (lr,), ("0.0001", "0.05"))
+    (low,), (high,) = selection.sweep["0.0001"], selection.sweep["0.05"]
+    assert [low["seed"], high["seed"]] == [experiments_lab.SELECTION_SEED] * 2
+    assert all(r["command"][r["command"].index("--val-size") + 1] == "40" for r in (low, high))
+    assert all(r["results"]["val_samples"] == 40 and len(r["analysis"]["test_correct"]) > 0 for r in (low, high))
+    best = max(("0.0001", "0.05"), key=lambda lr: selection.val(lr)[0])
+    assert selection.chosen == best and selection.cell(best).endswith("(chosen)")

@@ -56,3 +56,15 @@ def test_cuda_graphs_on_falls_back_on_cpu_in_one_line(tmp_path, nproc):
                       "--hidden-size", "8", "--cuda-graphs", "on"], nproc=nproc)
     check_ok(proc)
     assert (proc.stdout + proc.stderr).count("warning: CUDA graphs need a CUDA device: training eagerly") == 1
+
+
+def test_mse_losses_average_or_sum_the_squared_errors_over_the_classes():
+    """'mse' is F.mse_loss's mean over batch and classes; 'mse-sum' sums over the classes (the textbook
+    per-sample squared error), 10x the first with 10 classes; cross-entropy is F.cross_entropy."""
+    from dist_rnn.step import loss_function
+
+    logits, y = torch.randn(6, 10, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 9, 1, 1, 2])
+    squared = (torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, 10).float()) ** 2
+    torch.testing.assert_close(loss_function(logits, y, "mse"), squared.mean())
+    torch.testing.assert_close(loss_function(logits, y, "mse-sum"), squared.sum(1).mean())
+    torch.testing.assert_close(loss_function(logits, y, "ce"), torch.nn.functional.cross_entropy(logits, y))

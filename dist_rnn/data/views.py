@@ -1,4 +1,4 @@
-"""How an image becomes a sequence (rows, columns, pixels, permuted pixels)."""
+"""How an image becomes a sequence (rows, columns, pixels, pixels backwards, permuted pixels)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import torch
 
 from dist_rnn.config import TrainConfig
 
-SEQUENCES = ("row", "column", "pixel", "permuted")
+SEQUENCES = ("row", "column", "pixel", "reversed", "permuted")
 
 
 class SequenceView:
     """How an image becomes a sequence: `row` (28 steps of 28 pixels, the default), `column` (the
-    transposed image), `pixel` (784 steps of 1 pixel) or `permuted` (784 steps of 1 pixel, in one
-    fixed random order drawn from `permutation_seed`). Call it on uint8 (B, H, W) images."""
+    transposed image), `pixel` (784 steps of 1 pixel), `reversed` (the pixels last to first: the
+    blank bottom rows come first) or `permuted` (784 steps of 1 pixel, in one fixed random order
+    drawn from `permutation_seed`). Call it on uint8 (B, H, W) images."""
 
     def __init__(self, kind: str, height: int = 28, width: int = 28, permutation_seed: int = 0,
                  permutation: Optional[list[int]] = None):
@@ -57,6 +58,8 @@ class SequenceView:
         if self.kind == "row":
             return x
         x = x.reshape(len(x), -1)
+        if self.kind == "reversed":
+            x = x.flip(1)
         if self.permutation is not None:
             x = x[:, self.permutation]
         return x.unsqueeze(-1)
