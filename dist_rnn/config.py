@@ -115,6 +115,10 @@ class TrainConfig(RuntimeOptions):
         "pixels in a fixed random order)")
     permutation_seed: int = option(0, "seed of the pixel order of --sequence permuted (the order is also saved "
                                    "in each checkpoint)")
+    crop_top: int = option(0, "image data: drop this many rows at the top of every image before it becomes a "
+                           "sequence (MNIST's digits sit in the middle 20 rows: the rows around them are blank)", min=0)
+    crop_bottom: int = option(0, "image data: drop this many rows at the bottom of every image (see --crop-top)",
+                              min=0)
     # -- model
     cell: Literal["rnn", "gru", "lstm"] = option("lstm", "recurrent cell")
     hidden_size: int = option(128, "hidden units per direction and layer", min=1)
@@ -184,7 +188,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
     "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test",
              "val_size", "val_folds", "val_fold", "bucket_batches", "loader", "num_workers", "sequence",
-             "permutation_seed"),
+             "permutation_seed", "crop_top", "crop_bottom"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
@@ -210,7 +214,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
-                     "permutation_seed", "batch_size", "seed", "limit_train", "val_size", "val_folds", "val_fold",
+                     "permutation_seed", "crop_top", "crop_bottom", "batch_size", "seed", "limit_train", "val_size", "val_folds", "val_fold",
                      "bucket_batches", "lr_schedule",
                      "warmup_steps")
 
@@ -360,7 +364,8 @@ def validate(c: TrainConfig) -> None:
     if is_image_set(c.dataset) and c.bucket_batches:
         raise UserError(f"`bucket_batches` groups sequences by length: every image of `dataset` {c.dataset} has one")
     if not is_image_set(c.dataset):
-        for name, value, default in (("sequence", c.sequence, "row"), ("download", c.download, False)):
+        for name, value, default in (("sequence", c.sequence, "row"), ("download", c.download, False),
+                                     ("crop_top", c.crop_top, 0), ("crop_bottom", c.crop_bottom, 0)):
             if value != default:
                 raise UserError(f"`{name}`={value} applies to the image data sets (mnist, fashion-mnist, kmnist), "
                                 f"not to `dataset` {c.dataset}")

@@ -213,6 +213,19 @@ def test_sequence_views():
         [(28, 28), (28, 28), (1, 784), (1, 784)]
 
 
+def test_cropped_views_read_the_rows_the_crop_leaves():
+    images = (torch.arange(2 * 28 * 28) % 251).to(torch.uint8).reshape(2, 28, 28)
+    rows = SequenceView("row")(images)
+    cropped = SequenceView("row", crop=(4, 4))
+    assert (cropped.input_size, cropped.steps) == (28, 20) and torch.equal(cropped(images), rows[:, 4:24])
+    pixels = SequenceView("pixel", crop=(8, 0))
+    assert pixels.steps == 560 and torch.equal(pixels(images)[:, :, 0], rows[:, 8:].reshape(2, -1))
+    assert SequenceView("permuted", crop=(0, 8)).permutation.shape == (560,)
+    assert torch.equal(SequenceView("column", crop=(0, 3))(images), rows[:, :25].transpose(1, 2))
+    with pytest.raises(UserError, match="leave none of the images' 28 rows"):
+        SequenceView("row", crop=(14, 14))
+
+
 def test_validation_split_is_stratified_seeded_and_disjoint():
     """Each class gives its share (the rounding settled by largest remainders), the seed alone picks
     the samples (nothing about ranks goes in), and no held-out sample stays in the training split."""

@@ -66,16 +66,18 @@ def test_max_steps_stops_mid_epoch_and_console(mnist_dir, tmp_path):
 
 
 def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
-    """--sequence permuted trains on 784 x 1 sequences in the seeded order, which the checkpoint keeps,
-    so `dist_rnn.evaluate` scores in the same order; --eval-every adds learning-curve points."""
+    """--sequence permuted trains on 1-pixel steps in the seeded order, which the checkpoint keeps, so
+    `dist_rnn.evaluate` scores in the same order, of the same rows (--crop-top/--crop-bottom, kept in the
+    checkpoint's config); --eval-every adds learning-curve points."""
     out = tmp_path / "run"
     check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--hidden-size", "8", "--num-layers", "1",
                         "--epochs", "1", "--sequence", "permuted", "--permutation-seed", "5", "--loss", "mse",
-                        "--eval-every", "2", "--head-dropout", "0.2"]))
+                        "--eval-every", "2", "--head-dropout", "0.2", "--crop-top", "2", "--crop-bottom", "1"]))
     results = read_results(out)
     snapshot = load_checkpoint(results["checkpoint"])
     saved_order = TrainState.from_checkpoint(snapshot).pixel_order
-    assert saved_order == SequenceView("permuted", permutation_seed=5).permutation.tolist()
+    assert len(saved_order) == 25 * 28  # the rows the crop leaves
+    assert saved_order == SequenceView("permuted", permutation_seed=5, crop=(2, 1)).permutation.tolist()
     assert snapshot["model"]["rnn.weight_ih_l0"].shape == (32, 1)  # one pixel per step
     evals = [e["step"] for e in events(out, "eval")]
     assert evals == [2, 4, 6]

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from dist_rnn.config import TrainConfig
+from dist_rnn.errors import UserError
 
 SEQUENCES = ("row", "column", "pixel", "reversed", "permuted")
 
@@ -15,18 +16,22 @@ class SequenceView:
     """How an image becomes a sequence: `row` (28 steps of 28 pixels, the default), `column` (the
     transposed image), `pixel` (784 steps of 1 pixel), `reversed` (the pixels last to first: the
     blank bottom rows come first) or `permuted` (784 steps of 1 pixel, in one fixed random order
-    drawn from `permutation_seed`). Call it on uint8 (B, H, W) images."""
+    drawn from `permutation_seed`), of the rows left after dropping `crop` = (top, bottom) rows. Call
+    it on uint8 (B, H, W) images."""
 
     def __init__(self, kind: str, height: int = 28, width: int = 28, permutation_seed: int = 0,
-                 permutation: Optional[list[int]] = None):
+                 permutation: Optional[list[int]] = None, crop: tuple[int, int] = (0, 0)):
         if kind not in SEQUENCES:
             raise ValueError(f"sequence must be one of {SEQUENCES}, got {kind!r}")
-        self.kind, self.height, self.width = kind, height, width
+        if sum(crop) >= height:
+            raise UserError(f"`crop_top`={crop[0]} and `crop_bottom`={crop[1]} leave none of the images' {height} rows")
+        # `height` is the images'; the view reads the rows that the crop leaves
+        self.kind, self.height, self.width, self.crop = kind, height - sum(crop), width, crop
         self.permutation: Optional[torch.Tensor] = None
         if kind == "permuted" and permutation is not None:
             self.permutation = torch.tensor(permutation)
         elif kind == "permuted":
-            self.permutation = torch.randperm(height * width,
+            self.permutation = torch.randperm(self.height * self.width,
                                               generator=torch.Generator().manual_seed(permutation_seed))
 
     @classmethod
@@ -35,7 +40,8 @@ class SequenceView:
         """The view a run trains with, for images like `images` (N, H, W); with a checkpoint's
         saved pixel order (the one its model learned) when there is one."""
         height, width = images.shape[1:]
-        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=pixel_order)
+        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=pixel_order,
+                   crop=(c.crop_top, c.crop_bottom))
 
     @property
     def input_size(self) -> int:
@@ -52,7 +58,8 @@ class SequenceView:
         return self
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = as_sequences(images)
+        top, bottom = self.crop
+        x = as_sequences(images[:, top:images.shape[1] - bottom] if top or bottom else images)
         if self.kind == "column":
             return x.transpose(1, 2).contiguous()
         if self.kind == "row":
