@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import warnings
 from typing import Any
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM, Lab, PROBE_SAMPLES, Report, accuracies, accuracy_cell, at_step, compare, holm,
-                             lstm_runs, mean_std, measures, pct, runs)
+from experiments.lab import (LSTM_RATES, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, holm,
+                             lstm_at, lstm_runs, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at, runs, select)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -44,13 +45,26 @@ def dropout_check(seed: int) -> dict[str, Any]:
         }
 
 
+VARIANTS = {"nn.LSTM dropout 0.2": ("--dropout", "0.2"), "nn.LSTM dropout 0.5": ("--dropout", "0.5"),
+            "dropout 0.5 before the classifier": ("--head-dropout", "0.5")}
+
+
 def suite(lab: Lab, report: Report) -> None:
     check = measures(lab, "dropout", "dropout-check", dropout_check, sweep=True)
-    variants = [("nn.LSTM dropout 0.2", LSTM + ("--dropout", "0.2")), ("nn.LSTM dropout 0.5", LSTM + ("--dropout", "0.5")),
-                ("dropout 0.5 before the classifier", LSTM + ("--head-dropout", "0.5"))]
-    results = {"none": lstm_runs(lab, "dropout")}
-    results.update({name: runs(lab, "dropout", f"lstm-dropout-{i}", args) for i, (name, args) in enumerate(variants, 1)})
-    if not check or not all(results.values()):
+    # Each variant, and no dropout (the cells suite's LSTM sweep), at its own rate chosen on validation.
+    chosen = {"none": select(lab, "dropout", "lstm-128", lstm_at, LSTM_RATES)}
+    chosen.update({name: select(lab, "dropout", f"lstm-dropout-{i}", functools.partial(preset_at, extra=extra),
+                                LSTM_RATES) for i, (name, extra) in enumerate(VARIANTS.items(), 1)})
+    if not check or not all(s.chosen for s in chosen.values()):
+        return report.missing("dropout")
+    none_lr = chosen["none"].chosen
+    results = {"none": lstm_runs(lab, "dropout") if none_lr == "0.01" else
+               runs(lab, "dropout", f"lstm-128-lr{none_lr}", lstm_at(none_lr), paired=True)}
+    results.update({name: runs(lab, "dropout", f"lstm-dropout-{i}" + ("" if chosen[name].chosen == "0.01" else
+                                                                    f"-lr{chosen[name].chosen}"),
+                               preset_at(chosen[name].chosen, extra), paired=True)
+                    for i, (name, extra) in enumerate(VARIANTS.items(), 1)})
+    if not all(results.values()):
         return report.missing("dropout")
     # every variant against no dropout: one family, Holm-corrected
     versus = holm({name: compare(accuracies(rs), accuracies(results["none"]))
@@ -59,8 +73,9 @@ def suite(lab: Lab, report: Report) -> None:
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
         vs_none = versus.get(name)
-        rows.append([name, accuracy_cell(records), "-" if vs_none is None else
+        rows.append([name, chosen[name].chosen, accuracy_cell(records), "-" if vs_none is None else
                      f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f} ({vs_none.words})",
+                     "-" if vs_none is None else mcnemar_text(mcnemar(records, results["none"])),
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results)
     low = min((r for rs in results.values() for r in rs), key=lambda r: r["results"]["test_accuracy"])
@@ -73,7 +88,12 @@ def suite(lab: Lab, report: Report) -> None:
         clear=[name for name, v in versus.items() if v.beyond],
         low={"name": next(n for n, rs in results.items() if low in rs), "seed": low["seed"], "first": first,
              "last": last} if last < first else None,
-        variants_table=report.table(["dropout", "test accuracy %", "difference from none, points (95 % CI)",
+        sweep_seeds=len(lab.selection_seeds()), lr={name: s.chosen for name, s in chosen.items()},
+        sweep_table=report.table(["dropout"] + [f"Adam {lr}" for lr in LSTM_RATES],
+                                 [[name] + [s.cell(lr) for lr in LSTM_RATES] for name, s in chosen.items()]),
+        variants_table=report.table(["dropout", "Adam lr (chosen on validation)", "test accuracy %",
+                                     "difference from none, points (95 % CI)",
+                                     "McNemar per seed pair: images only this / only none got right",
                                      "train accuracy %", "train - test gap, points"], rows))
 
 

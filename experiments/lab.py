@@ -625,6 +625,12 @@ def lstm_at(lr: str, cell: str = "lstm", hidden: int = 128) -> tuple[str, ...]:
     return LSTM + ("--cell", cell, "--hidden-size", str(hidden)) + (() if lr == "0.01" else ("--lr", lr))
 
 
+def preset_at(lr: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The `seed-lstm` preset with `extra` arguments at Adam rate `lr` (the preset's own 0.01 unspelled,
+    as the records made before selection sweeps spell it)."""
+    return LSTM + extra + (() if lr == "0.01" else ("--lr", lr))
+
+
 def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:
     """The steps a run was scored at, and its test accuracy there (for plotting)."""
     return [e["step"] for e in record["evals"]], [e["test_accuracy"] for e in record["evals"]]

@@ -19,7 +19,7 @@ from typing import Optional
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, theory, views
-from experiments.lab import SWEEP_SEEDS, ExperimentsConfig, Lab, Report, provenance
+from experiments.lab import SELECTION_SEED, SWEEP_SEEDS, VAL_SIZE, ExperimentsConfig, Lab, Report, provenance
 
 SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, "batch_first": batch_first.suite,
           "dropout": dropout.suite, "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite,
@@ -82,6 +82,7 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     records = lab.records()
     concurrent = [r for r in records if r.get("concurrent_runs", 1) > 1]
     report.section("header", at_start=True, cache_dir=c.cache_dir, seeds=c.seeds, sweep_seeds=min(c.seeds, SWEEP_SEEDS),
+                   val_size=int(VAL_SIZE), selection_seed=SELECTION_SEED,
                    total_seconds=sum(r.get("seconds", 0) for r in records), records=len(records),
                    concurrent=len(concurrent), jobs=max((r["concurrent_runs"] for r in concurrent), default=1),
                    threads=sorted({threads(r) for r in concurrent}), made_at=made_at(lab))

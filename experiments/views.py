@@ -53,59 +53,77 @@ def literature_range(view: int) -> tuple[float, float]:
     return min(values), max(values)
 
 
-def blank_tail(lab: Lab) -> dict[str, float]:
-    """How the pixel view ends: the mean number of blank (zero) pixels after the last inked one of a
-    training image, and the share of images whose last 28 pixels (the bottom row) are all blank."""
-    images = lab.data[0].images.reshape(len(lab.data[0].images), -1)
-    inked = images > 0
-    last = inked.shape[1] - 1 - inked.flip(1).int().argmax(1)  # index of the last inked pixel
-    return {"mean_blank_tail": float((inked.shape[1] - 1 - last).float().mean()),
-            "blank_bottom_row": float((~inked[:, -28:]).all(1).float().mean())}
+# Each view: its arguments. The last two read the pixel view of 20 of the 28 rows: the middle rows
+# 4-23 (the blank rows at both ends dropped: the sequence ends near the ink) and rows 8-27 (as long,
+# but ending in the blank bottom rows, as the whole pixel view does).
+VIEWS = {"row": ("--sequence", "row"), "column": ("--sequence", "column"), "pixel": ("--sequence", "pixel"),
+         "reversed": ("--sequence", "reversed"), "permuted": ("--sequence", "permuted"),
+         "pixel, rows 4-23": ("--sequence", "pixel", "--crop-top", "4", "--crop-bottom", "4"),
+         "pixel, rows 8-27": ("--sequence", "pixel", "--crop-top", "8")}
+CROPS = {"pixel": (0, 0), "reversed": (0, 0), "pixel, rows 4-23": (4, 4), "pixel, rows 8-27": (8, 0)}
+
+
+def blank_tail(lab: Lab, crop: tuple[int, int], backwards: bool = False) -> float:
+    """How a pixel view of the training images (rows `crop` dropped, read `backwards` or not) ends: the mean
+    number of blank pixels after the last inked one."""
+    images = lab.data[0].images
+    inked = images[:, crop[0]:images.shape[1] - crop[1]].reshape(len(images), -1) > 0
+    inked = inked if backwards else inked.flip(1)  # the sequence's end first
+    return float(inked.int().argmax(1).float().mean())
+
+
+def steps(view: str) -> int:
+    """Steps per image of a view."""
+    return 28 if view in ("row", "column") else 28 * (28 - sum(CROPS.get(view, (0, 0))))
 
 
 def suite(lab: Lab, report: Report) -> None:
-    views = ["row", "column", "pixel", "reversed", "permuted"]
-    results = {v: runs(lab, "views", f"view-{v}", VIEW_BUDGET + ("--sequence", v)) for v in views}
+    results = {v: runs(lab, "views", "view-" + v.replace(", rows ", "-rows"), VIEW_BUDGET + args)
+               for v, args in VIEWS.items()}
     if not all(results.values()):
         return report.missing("views")
     draw(report, results)
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
+    acc = {v: accuracies(rs) for v, rs in results.items()}
     report.section(
         "views", budget=" ".join(VIEW_BUDGET), steps=BUDGET_STEPS, seeds=len(results["row"]),
-        acc={v: statistics.mean(accuracies(results[v])) for v in views},
-        collapsed={v: sum(collapsed(r) for r in results[v]) for v in views},
-        best_seed={v: max(accuracies(results[v])) for v in views},
-        **holm(dict(permuted_vs_pixel=compare(accuracies(results["permuted"]), accuracies(results["pixel"])),
-                    column_vs_row=compare(accuracies(results["column"]), accuracies(results["row"])),
-                    reversed_vs_pixel=compare(accuracies(results["reversed"]), accuracies(results["pixel"])))),
-        blank_tail=blank_tail(lab),
+        acc={v: statistics.mean(a) for v, a in acc.items()},
+        collapsed={v: sum(collapsed(r) for r in rs) for v, rs in results.items()},
+        best_seed={v: max(a) for v, a in acc.items()},
+        **holm(dict(permuted_vs_pixel=compare(acc["permuted"], acc["pixel"]),
+                    column_vs_row=compare(acc["column"], acc["row"]),
+                    reversed_vs_pixel=compare(acc["reversed"], acc["pixel"]),
+                    ink_last_vs_blank_last=compare(acc["pixel, rows 4-23"], acc["pixel, rows 8-27"]),
+                    ink_last_vs_pixel=compare(acc["pixel, rows 4-23"], acc["pixel"]))),
+        tail={v: blank_tail(lab, crop, backwards=v == "reversed") for v, crop in CROPS.items()},
         pixel_rate=rate["pixel"], concurrent=max(r.get("concurrent_runs", 1) for r in results["pixel"]),
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
-            ["view", "steps per image", "seeds", "test accuracy %", "best seed %", "training samples/s (median)"],
-            [[v, 28 if v in ("row", "column") else 784, len(rs), accuracy_cell(rs), f"{max(accuracies(rs)) * 100:.2f}",
-              f"{rate[v]:.0f}"] for v, rs in results.items()]),
+            ["view", "steps per image", "blank pixels at the end (mean)", "seeds", "test accuracy %", "best seed %",
+             "training samples/s (median)"],
+            [[v, steps(v), f"{blank_tail(lab, CROPS[v], v == 'reversed'):.0f}" if v in CROPS else "-", len(rs),
+              accuracy_cell(rs), f"{max(acc[v]) * 100:.2f}", f"{rate[v]:.0f}"] for v, rs in results.items()]),
         published={"pixel": literature_range(0), "permuted": literature_range(1)},
         literature_table=report.table(
             ["paper", "model: pixel / permuted test accuracy %", "their budget", "checked against"],
             [[p["paper"], "; ".join(f"{m}: {a:.1f} / {b:.1f}" for m, a, b in p["models"]), p["budget"], p["checked"]]
              for p in LITERATURE] +
-            [["this report", f"1-layer LSTM, 64 units: {statistics.mean(accuracies(results['pixel'])) * 100:.1f} / "
-              f"{statistics.mean(accuracies(results['permuted'])) * 100:.1f}",
+            [["this report", f"1-layer LSTM, 64 units: {statistics.mean(acc['pixel']) * 100:.1f} / "
+              f"{statistics.mean(acc['permuted']) * 100:.1f}",
               f"{BUDGET_STEPS} steps of batch 100 (a third of an epoch)", "the records below"]]))
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
-    """Every seed's test accuracy during training: the 28-step views (row, column) and the 784-step
-    views (pixel, reversed, permuted) in panels of their own, so that no view's lines hide another's."""
-    fig, panels = pyplot().subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, names, title in ((panels[0], ("row", "column"), "28 steps per image"),
-                             (panels[1], ("pixel", "reversed", "permuted"), "784 steps per image")):
-        for v in names:
+    """Every seed's test accuracy during training: the 28-step views, the 784-step views and the
+    560-step crops in panels of their own, so that no view's lines hide another's."""
+    fig, panels = pyplot().subplots(1, 3, figsize=(14, 3.6), sharey=True)
+    groups = (("row", "column"), ("pixel", "reversed", "permuted"), ("pixel, rows 4-23", "pixel, rows 8-27"))
+    for ax, names, title in zip(panels, groups, ("28 steps per image", "784 steps per image",
+                                                 "560 steps: the pixel view of 20 rows")):
+        for k, v in enumerate(names):
             i = list(results).index(v)
             for r in results[v]:
-                ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.7, lw=1,
-                        ls="-" if v in ("row", "pixel") else "--" if v != "reversed" else ":",
+                ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.7, lw=1, ls=("-", "--", ":")[k],
                         label=v if r is results[v][0] else None)
         ax.axhline(0.1, color="gray", lw=0.8, ls=":")
         ax.text(5, 0.11, "chance", fontsize=8, color="gray")
