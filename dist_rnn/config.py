@@ -116,7 +116,8 @@ class TrainConfig(RuntimeOptions):
     permutation_seed: int = option(0, "seed of the pixel order of --sequence permuted (the order is also saved "
                                    "in each checkpoint)")
     crop_top: int = option(0, "image data: drop this many rows at the top of every image before it becomes a "
-                           "sequence (MNIST's digits sit in the middle 20 rows: the rows around them are blank)", min=0)
+                           "sequence (MNIST's digits fill a 20x20 box centred by mass: the edge rows are mostly "
+                           "blank)", min=0)
     crop_bottom: int = option(0, "image data: drop this many rows at the bottom of every image (see --crop-top)",
                               min=0)
     # -- model
@@ -214,7 +215,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
-                     "permutation_seed", "crop_top", "crop_bottom", "batch_size", "seed", "limit_train", "val_size", "val_folds", "val_fold",
+                     "permutation_seed", "crop_top", "crop_bottom", "batch_size", "seed", "limit_train", "val_size",
+                     "val_folds", "val_fold",
                      "bucket_batches", "lr_schedule",
                      "warmup_steps")
 

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_RATES, VAL_SIZE, Lab, Report, Selection, accuracies, accuracy_cell, both_ways, collapsed, compare,
-                             holm, lstm_at, lstm_like_hidden, lstm_runs, mcnemar, mcnemar_text, measures, parameters,
-                             runs, select)
+from experiments.lab import (LSTM_RATES, VAL_SIZE, Lab, Report, Selection, accuracies, accuracy_cell, both_ways,
+                             collapsed, compare, holm, lstm_at, lstm_like_hidden, lstm_reference, mcnemar, mcnemar_text,
+                             measures, parameters, runs, select)
 
 RATES = {"lstm": LSTM_RATES, "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
@@ -49,8 +49,8 @@ def step_times(seed: int, repeats: int = 7, steps: int = 10) -> dict[str, Any]:
 def suite(lab: Lab, report: Report) -> None:
     def final(cell: str, lr: str, hidden: int = 128, sweep: bool = False) -> list[dict]:
         """A cell on the whole training set, scored once on the test set (seeds 0, 1, ...)."""
-        if (cell, lr, hidden) == ("lstm", "0.01", 128):
-            return lstm_runs(lab, "cells")  # the preset itself: shared with the other suites
+        if (cell, hidden) == ("lstm", 128):
+            return lstm_reference(lab, "cells", lr)  # shared with the other suites
         name = f"{cell}-{hidden}" + ("" if lr == "0.01" else f"-lr{lr}")
         return runs(lab, "cells", name, lstm_at(lr, cell, hidden), sweep=sweep, paired=not sweep)
 

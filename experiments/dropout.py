@@ -14,7 +14,8 @@ from torch import nn
 
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_RATES, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, holm,
-                             lstm_at, lstm_runs, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at, runs, select)
+                             lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at, runs,
+                             select)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -58,8 +59,7 @@ def suite(lab: Lab, report: Report) -> None:
     if not check or not all(s.chosen for s in chosen.values()):
         return report.missing("dropout")
     none_lr = chosen["none"].chosen
-    results = {"none": lstm_runs(lab, "dropout") if none_lr == "0.01" else
-               runs(lab, "dropout", f"lstm-128-lr{none_lr}", lstm_at(none_lr), paired=True)}
+    results = {"none": lstm_reference(lab, "dropout", none_lr)}
     results.update({name: runs(lab, "dropout", f"lstm-dropout-{i}" + ("" if chosen[name].chosen == "0.01" else
                                                                     f"-lr{chosen[name].chosen}"),
                                preset_at(chosen[name].chosen, extra), paired=True)

@@ -13,8 +13,8 @@ from torch import nn
 
 from dist_rnn.data.splits import validation_split
 from dist_rnn.plot import pyplot
-from experiments.lab import (VAL_SIZE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, best_rate, compare, lstm_runs,
-                             mean_std, measures, parameters, pct, steps_text, steps_to)
+from experiments.lab import (SELECTION_SEED, VAL_SIZE, Lab, Report, accuracies, accuracy_cell, accuracy_curve,
+                             best_rate, compare, lstm_runs, mean_std, measures, parameters, pct, steps_text, steps_to)
 
 
 BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
@@ -52,7 +52,7 @@ def baseline(kind: str, lr: str, lab: "Lab", split: str, seed: int) -> dict[str,
 def baselines(lab: Lab, kind: str) -> tuple[dict[str, list[dict]], Optional[str], list[dict]]:
     """A baseline's rate sweep on the validation split (at the selection seeds), the rate chosen there,
     and its runs at that rate on the whole training set, scored on the test set, at every seed."""
-    sweep = {lr: [lab.measure("easy", f"baseline-{kind}-lr{lr}-val", seed, baseline, kind, lr, lab, "val")
+    sweep = {lr: [lab.measure("easy", f"baseline-{kind}-lr{lr}-val{VAL_SIZE}", seed, baseline, kind, lr, lab, "val")
                   for seed in lab.selection_seeds()] for lr in BASELINE_RATES}
     if not all(all(found) for found in sweep.values()):
         return {}, None, []
@@ -88,7 +88,7 @@ def suite(lab: Lab, report: Report) -> None:
         lstm=pct(accuracies(lstm)), steps=steps_text(lstm),
         epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
         else None,  # (a run that never got there has no such figure)
-        sweep_seeds=len(lab.selection_seeds()), val_size=int(VAL_SIZE),
+        sweep_seeds=len(lab.selection_seeds()), val_size=int(VAL_SIZE), selection_seed=SELECTION_SEED,
         lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),  # the section's one comparison
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,

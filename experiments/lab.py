@@ -611,6 +611,14 @@ def best_rate(sweep: dict[str, list[float]]) -> str:
     return max(sweep, key=lambda lr: statistics.mean(sweep[lr]))
 
 
+def lstm_reference(lab: Lab, suite: str, lr: str) -> list[dict]:
+    """The `seed-lstm` preset at Adam rate `lr` (its own 0.01: lstm_runs()), scored every 50 steps, with
+    per-image results: one set of records for every suite that needs the LSTM at a chosen rate."""
+    if lr == "0.01":
+        return lstm_runs(lab, suite)
+    return runs(lab, suite, f"lstm-curve-lr{lr}", LSTM_CURVE + ("--lr", lr), paired=True)
+
+
 def lstm_runs(lab: Lab, suite: str) -> list[dict]:
     """The `seed-lstm` preset's runs, scored every 50 steps and after every number of rows read: the
     reference every suite compares with (one set of records, shared)."""

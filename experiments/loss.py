@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_CURVE, LSTM_RATES, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step,
-                             compare, holm, lstm_at, lstm_runs, mcnemar, mcnemar_text, mean_std, pct, runs, select,
+                             compare, holm, lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, pct, runs, select,
                              steps_text)
 
 
@@ -39,8 +39,8 @@ LOSSES = {"ce": "cross-entropy", "mse": "MSE on softmax", "mse-sum": "MSE on sof
 
 def curve_runs(lab: Lab, loss: str, lr: str) -> list[dict]:
     """The preset with `loss` at Adam rate `lr`, scored every 50 steps (seeds 0, 1, ...; per-image results kept)."""
-    if (loss, lr) == ("ce", "0.01"):
-        return lstm_runs(lab, "loss")  # the preset itself
+    if loss == "ce":
+        return lstm_reference(lab, "loss", lr)  # shared with the other suites
     args = LSTM_CURVE + (() if lr == "0.01" else ("--lr", lr)) + (() if loss == "ce" else ("--loss", loss))
     name = ("lstm-curve" if loss == "ce" else f"lstm-{loss}-curve") + ("" if lr == "0.01" else f"-lr{lr}")
     return runs(lab, "loss", name, args, paired=True)
@@ -63,13 +63,17 @@ def suite(lab: Lab, report: Report) -> None:
     early = {loss: [at_step(r, 100) for r in rs] for loss, rs in trained.items()}
     report.section(
         "loss", worst=rows[-1], first=rows[0], lr={loss: s.chosen for loss, s in chosen.items()},
-        at_100={loss: pct(v) for loss, v in early.items()}, steps={loss: steps_text(rs) for loss, rs in trained.items()},
+        at_100={loss: pct(v) for loss, v in early.items()},
+        steps={loss: steps_text(rs) for loss, rs in trained.items()},
         acc={loss: pct(accuracies(rs)) for loss, rs in trained.items()}, seeds=len(ce),
         sweep_seeds=len(lab.selection_seeds()),
-        **holm(dict(final=compare(accuracies(mse), accuracies(ce)), final_sum=compare(accuracies(mse_sum), accuracies(ce)),
+        **holm(dict(final=compare(accuracies(mse), accuracies(ce)),
+                    final_sum=compare(accuracies(mse_sum), accuracies(ce)),
                     sum_vs_mean=compare(accuracies(mse_sum), accuracies(mse)),
                     early=compare(early["mse"], early["ce"]), early_sum=compare(early["mse-sum"], early["ce"]))),
         paired={"mse-ce": mcnemar_text(mcnemar(mse, ce)), "sum-mean": mcnemar_text(mcnemar(mse_sum, mse))},
+        # summed against averaged MSE at each rate of the sweep: the same rate, so only the loss's scale differs
+        same_rate=holm({lr: compare(chosen["mse-sum"].val(lr), chosen["mse"].val(lr)) for lr in LSTM_RATES}),
         sweep_table=report.table(["loss"] + [f"Adam {lr}" for lr in LSTM_RATES],
                                  [[LOSSES[loss]] + [s.cell(lr) for lr in LSTM_RATES] for loss, s in chosen.items()]),
         gradients_table=report.table(
@@ -89,7 +93,8 @@ def draw(report: Report, trained: dict[str, list[dict]], rows: list[dict]) -> No
     fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 1.8, 3))
     for i, (loss, records) in enumerate(trained.items()):
         for r in records:
-            left.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.8, lw=1, label=LOSSES[loss] if r is records[0] else None)
+            left.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.8, lw=1,
+                      label=LOSSES[loss] if r is records[0] else None)
         values = accuracies(records)
         middle.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{i}")
         middle.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)

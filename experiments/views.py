@@ -53,9 +53,10 @@ def literature_range(view: int) -> tuple[float, float]:
     return min(values), max(values)
 
 
-# Each view: its arguments. The last two read the pixel view of 20 of the 28 rows: the middle rows
-# 4-23 (the blank rows at both ends dropped: the sequence ends near the ink) and rows 8-27 (as long,
-# but ending in the blank bottom rows, as the whole pixel view does).
+# Each view: its arguments. The last two read the pixel view of 20 of the 28 rows: rows 4-23 (the
+# sequence ends about 20 pixels after the ink) and rows 8-27 (as long, but ending, as the whole pixel
+# view does, about 109 blank pixels after it). Rows 8-27 also lose rows 4-7, which hold more ink than
+# rows 24-27 do: the whole pixel view, with all the ink, is the control for that.
 VIEWS = {"row": ("--sequence", "row"), "column": ("--sequence", "column"), "pixel": ("--sequence", "pixel"),
          "reversed": ("--sequence", "reversed"), "permuted": ("--sequence", "permuted"),
          "pixel, rows 4-23": ("--sequence", "pixel", "--crop-top", "4", "--crop-bottom", "4"),
@@ -70,6 +71,13 @@ def blank_tail(lab: Lab, crop: tuple[int, int], backwards: bool = False) -> floa
     inked = images[:, crop[0]:images.shape[1] - crop[1]].reshape(len(images), -1) > 0
     inked = inked if backwards else inked.flip(1)  # the sequence's end first
     return float(inked.int().argmax(1).float().mean())
+
+
+def ink_lost(lab: Lab, crop: tuple[int, int]) -> float:
+    """The mean number of inked pixels of a training image in the rows a crop drops."""
+    images = lab.data[0].images > 0
+    return float(images[:, :crop[0]].sum((1, 2)).float().mean() + images[:, images.shape[1] - crop[1]:]
+                 .sum((1, 2)).float().mean())
 
 
 def steps(view: str) -> int:
@@ -96,6 +104,8 @@ def suite(lab: Lab, report: Report) -> None:
                     ink_last_vs_blank_last=compare(acc["pixel, rows 4-23"], acc["pixel, rows 8-27"]),
                     ink_last_vs_pixel=compare(acc["pixel, rows 4-23"], acc["pixel"]))),
         tail={v: blank_tail(lab, crop, backwards=v == "reversed") for v, crop in CROPS.items()},
+        ink_lost={v: ink_lost(lab, crop) for v, crop in CROPS.items()},
+        ink=ink_lost(lab, (28, 0)),
         pixel_rate=rate["pixel"], concurrent=max(r.get("concurrent_runs", 1) for r in results["pixel"]),
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
