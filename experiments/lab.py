@@ -58,6 +58,8 @@ class ExperimentsConfig:
     runs_dir: str = option("runs/experiments", "run directories (checkpoints) of the training runs")
     rerun: bool = option(False, "repeat the selected suites' runs even when cached")
     report_only: bool = option(False, "train nothing: regenerate the report from the cache")
+    prune: bool = option(False, "after regenerating the whole report, delete the cached records it does not use "
+                                "(those of superseded runs; git history keeps them)")
 
 
 SWEEP_SEEDS = 3  # seeds per point of a learning-rate sweep
@@ -458,6 +460,7 @@ class Report:
         self.written: list[Path] = []
         self.drawn: dict[str, Any] = {}  # figures a suite drew, saved when its template places them
         self.answers: dict[str, dict[str, Any]] = {}  # section -> its short answer, for the closing table
+        self.absent: list[str] = []  # suites whose section is missing or failed
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(self.TEMPLATES),
                                             undefined=jinja2.StrictUndefined, trim_blocks=True, autoescape=False)
         self.templates.filters["fmt"] = format  # {{ x|fmt(".1%") }}: Python's format spec
@@ -481,6 +484,7 @@ class Report:
 
     def missing(self, suite: str, why: str = "missing", **values: Any) -> None:
         """A suite's heading (its template's first line), then why its section is absent (template `why`)."""
+        self.absent.append(suite)
         source = (self.TEMPLATES / f"{suite}.md").read_text()
         heading = source.splitlines()[0]
         self.parts.append(heading + "\n")

@@ -68,6 +68,20 @@ def run_suites(lab: Lab, report: Report) -> list[str]:
     return failed
 
 
+def prune(lab: Lab, suites: list[str], report: Report) -> None:
+    """Delete the cached records that the whole report, just regenerated, did not use (only when every
+    section is complete: a missing one would lose records it needs)."""
+    if sorted(suites) != sorted(SUITES):
+        raise UserError("`prune` needs every suite (it deletes what the whole report does not use): name none")
+    if report.absent:
+        raise UserError(f"`prune` deletes nothing while sections are missing: {', '.join(report.absent)}")
+    used = {path.resolve() for path, _ in lab.used}
+    unused = [path for path in sorted(lab.cache.glob("*.json")) if path.resolve() not in used]
+    for path in unused:
+        path.unlink()
+    print(f"pruned {len(unused)} cached records the report does not use")
+
+
 def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     """Run (or take from the cache) the selected suites, then regenerate the whole report."""
     lab = Lab(c, suites)
@@ -88,6 +102,8 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
                    threads=sorted({threads(r) for r in concurrent}), made_at=made_at(lab))
     report.write()
     print(f"wrote {report.path} and {len(report.written)} figures in {report.figures}")
+    if c.prune:
+        prune(lab, suites, report)
     if failed:
         raise UserError(f"suites that failed (their cached runs are kept): {', '.join(failed)}")
 

@@ -3,6 +3,7 @@ regenerated from the cache alone (the committed docs/experiments.md included).""
 
 import functools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,28 @@ def test_selection_chooses_a_rate_on_the_validation_split_with_seeds_of_its_own(
     assert all(r["results"]["val_samples"] == 40 and len(r["analysis"]["test_correct"]) > 0 for r in (low, high))
     best = max(("0.0001", "0.05"), key=lambda lr: selection.val(lr)[0])
     assert selection.chosen == best and selection.cell(best).endswith("(chosen)")
+
+
+def test_prune_deletes_only_the_records_the_whole_report_does_not_use(tmp_path):
+    """From a copy of the committed cache plus one stray record: the report, regenerated, is the same,
+    and only the stray record is gone; with a section missing, nothing is deleted."""
+    if real_mnist_dir() is None:
+        pytest.skip("the report's analyses read the real MNIST files")
+    cache = tmp_path / "cache"
+    shutil.copytree(REPO / "docs" / "experiments" / "cache", cache)
+    stray = cache / "train-stray-s0-0123456789.json"
+    some_record = next(cache.glob("train-*.json")).read_text()
+    stray.write_text(some_record)
+    kept = sorted(p.name for p in cache.glob("*.json") if p != stray)
+    report = tmp_path / "out" / "report.md"
+    args = ["--report-only", "--cache-dir", str(cache), "--report", str(report), "--data-dir", str(real_mnist_dir())]
+    done = run_experiments(args + ["--prune"])
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in cache.glob("*.json")) == kept and "pruned 1 cached records" in done.stdout
+    committed = (REPO / "docs" / "experiments.md").read_text()
+    assert report.read_text().replace(str(cache), "docs/experiments/cache") == committed
+    (cache / kept[0]).unlink()  # now a section lacks a record: nothing more may go
+    stray.write_text(some_record)
+    refused = run_experiments(args + ["--prune"])
+    assert refused.returncode != 0 and "deletes nothing while sections are missing" in refused.stderr
+    assert stray.exists()
