@@ -17,7 +17,7 @@ from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_RATES, VAL_SIZE, Lab, Report, Selection, accuracies, accuracy_cell, both_ways,
                              collapsed, compare, holm, lstm_at, lstm_like_hidden, lstm_reference, mcnemar, mcnemar_text,
-                             measures, parameters, runs, select)
+                             measures, parameters, pct, runs, select)
 
 RATES = {"lstm": LSTM_RATES, "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
@@ -59,13 +59,17 @@ def suite(lab: Lab, report: Report) -> None:
     times = measures(lab, "cells", "step-times", step_times)
     if not all(s.chosen for s in chosen.values()):
         return report.missing("cells")
+    # the LSTM at the rate its sweep ranked second: how much the gap to the GRU rests on that choice
+    lstm_sweep = chosen["lstm"]
+    runner_up = sorted(lstm_sweep.sweep, key=lambda lr: statistics.mean(lstm_sweep.val(lr)))[-2]
+    lstm_alt = runs(lab, "cells", f"lstm-128-lr{runner_up}", lstm_at(runner_up))
     # each cell at its chosen rate on the whole training set, and at the LSTM's parameter count
     best = {cell: s.chosen for cell, s in chosen.items()}
     target = parameters("lstm", 128)
     sized = {cell: lstm_like_hidden(cell, target) for cell in ("gru", "rnn")}
     at_best = {cell: final(cell, lr) for cell, lr in best.items()}
     at_size = {cell: final(cell, best[cell], hidden=h, sweep=True) for cell, h in sized.items()}
-    if not all(at_best.values()) or not all(at_size.values()) or not times:
+    if not all(at_best.values()) or not all(at_size.values()) or not times or not lstm_alt:
         return report.missing("cells")
     ms = {cell: [t["ms_per_step"][cell] for t in times] for cell in times[0]["ms_per_step"]}
     draw(report, chosen, at_best, at_size)
@@ -81,6 +85,9 @@ def suite(lab: Lab, report: Report) -> None:
         pairs=both_ways(holm({(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
                               for a, b in itertools.combinations(at_best, 2)})),
         paired={"lstm-gru": mcnemar_text(mcnemar(at_best["lstm"], at_best["gru"]))},
+        runner_up={"lr": runner_up, "val": lstm_sweep.cell(runner_up), "chosen_val": lstm_sweep.cell(best["lstm"]),
+                   "test": pct(accuracies(lstm_alt)),
+                   "gap": (statistics.mean(accuracies(at_best["gru"])) - statistics.mean(accuracies(lstm_alt))) * 100},
         rnn_fast=rnn_fast, failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in rnn_fast),
         ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],
         sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds",
