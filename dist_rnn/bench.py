@@ -47,6 +47,7 @@ from dist_rnn.train import run
 
 
 def preset_config(preset: str) -> TrainConfig:
+    """A preset's configuration, as `--preset NAME` gives it."""
     return TrainConfig(preset=preset, **PRESETS[preset])
 
 
@@ -127,8 +128,8 @@ def dist_rnn_run(data_dir: Path, out_dir: Path, steps: int, device: torch.device
     """dist_rnn's own loop, in this process, with a preset's hyperparameters; adds
     `steady_samples_per_s`, the median speed of its reporting intervals after the first."""
     c = dataclasses.replace(preset_config(preset), epochs=10 ** 6, max_steps=steps, data_dir=str(data_dir),
-                            out_dir=str(out_dir),
-                            limit_test=1000, resume="none", overwrite=True, log_every=max(1, steps // 5),
+                            out_dir=str(out_dir), limit_test=1000, resume="none", overwrite=True,
+                            log_every=max(1, steps // 5),
                             precision=precision, device=device.type, cuda_graphs=cuda_graphs, batch_size=batch_size)
     validate(c)
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)

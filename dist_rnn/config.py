@@ -216,9 +216,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
                      "permutation_seed", "crop_top", "crop_bottom", "batch_size", "seed", "limit_train", "val_size",
-                     "val_folds", "val_fold",
-                     "bucket_batches", "lr_schedule",
-                     "warmup_steps")
+                     "val_folds", "val_fold", "bucket_batches", "lr_schedule", "warmup_steps")
 
 
 def field_type(cls: type, f: dataclasses.Field) -> tuple[type, Optional[tuple]]:

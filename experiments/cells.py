@@ -17,7 +17,7 @@ from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_RATES, VAL_SIZE, Lab, Report, Selection, accuracies, accuracy_cell, both_ways,
                              collapsed, compare, holm, lstm_at, lstm_like_hidden, lstm_reference, mcnemar, mcnemar_text,
-                             measures, parameters, pct, runs, select)
+                             measures, parameters, pct, rate_name, runs, select)
 
 RATES = {"lstm": LSTM_RATES, "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)
@@ -51,8 +51,8 @@ def suite(lab: Lab, report: Report) -> None:
         """A cell on the whole training set, scored once on the test set (seeds 0, 1, ...)."""
         if (cell, hidden) == ("lstm", 128):
             return lstm_reference(lab, "cells", lr)  # shared with the other suites
-        name = f"{cell}-{hidden}" + ("" if lr == "0.01" else f"-lr{lr}")
-        return runs(lab, "cells", name, lstm_at(lr, cell, hidden), sweep=sweep, paired=not sweep)
+        return runs(lab, "cells", rate_name(f"{cell}-{hidden}", lr), lstm_at(lr, cell, hidden), sweep=sweep,
+                    paired=not sweep)
 
     chosen = {cell: select(lab, "cells", f"{cell}-128", functools.partial(lstm_at, cell=cell), rates)
               for cell, rates in RATES.items()}
@@ -107,8 +107,8 @@ def suite(lab: Lab, report: Report) -> None:
 
 def draw(report: Report, chosen: dict[str, Selection], at_best: dict[str, list[dict]],
          at_size: dict[str, list[dict]]) -> None:
-    """Left: validation accuracy against the Adam rate, one dot per selection seed. Middle: each cell at its best
-    rate. Right: the gap the text discusses, LSTM against GRU (and the GRU at the LSTM's parameter
+    """Left: validation accuracy against the Adam rate, one dot per selection seed. Middle: each cell
+    at its chosen rate. Right: the gap the text discusses, LSTM against GRU (and the GRU at the LSTM's parameter
     count), on an axis a few tenths of a point wide."""
     fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 2, 2))
     for i, (cell, selection) in enumerate(chosen.items()):

@@ -14,8 +14,8 @@ from torch import nn
 
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_RATES, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, holm,
-                             lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at, runs,
-                             select)
+                             lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at,
+                             rate_name, runs, select)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -60,8 +60,7 @@ def suite(lab: Lab, report: Report) -> None:
         return report.missing("dropout")
     none_lr = chosen["none"].chosen
     results = {"none": lstm_reference(lab, "dropout", none_lr)}
-    results.update({name: runs(lab, "dropout", f"lstm-dropout-{i}" + ("" if chosen[name].chosen == "0.01" else
-                                                                    f"-lr{chosen[name].chosen}"),
+    results.update({name: runs(lab, "dropout", rate_name(f"lstm-dropout-{i}", chosen[name].chosen),
                                preset_at(chosen[name].chosen, extra), paired=True)
                     for i, (name, extra) in enumerate(VARIANTS.items(), 1)})
     if not all(results.values()):

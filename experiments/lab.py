@@ -620,7 +620,7 @@ def lstm_reference(lab: Lab, suite: str, lr: str) -> list[dict]:
     per-image results: one set of records for every suite that needs the LSTM at a chosen rate."""
     if lr == "0.01":
         return lstm_runs(lab, suite)
-    return runs(lab, suite, f"lstm-curve-lr{lr}", LSTM_CURVE + ("--lr", lr), paired=True)
+    return runs(lab, suite, rate_name("lstm-curve", lr), LSTM_CURVE + at_rate(lr), paired=True)
 
 
 def lstm_runs(lab: Lab, suite: str) -> list[dict]:
@@ -634,13 +634,23 @@ LSTM_RATES = ("0.001", "0.003", "0.01")  # Adam rates an LSTM arm's selection sw
 
 def lstm_at(lr: str, cell: str = "lstm", hidden: int = 128) -> tuple[str, ...]:
     """The preset's arguments for another cell, size or Adam rate (one spelling, so that suites share records)."""
-    return LSTM + ("--cell", cell, "--hidden-size", str(hidden)) + (() if lr == "0.01" else ("--lr", lr))
+    return LSTM + ("--cell", cell, "--hidden-size", str(hidden)) + at_rate(lr)
 
 
 def preset_at(lr: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The `seed-lstm` preset with `extra` arguments at Adam rate `lr` (the preset's own 0.01 unspelled,
-    as the records made before selection sweeps spell it)."""
-    return LSTM + extra + (() if lr == "0.01" else ("--lr", lr))
+    """The `seed-lstm` preset with `extra` arguments at Adam rate `lr`."""
+    return LSTM + extra + at_rate(lr)
+
+
+def at_rate(lr: str) -> tuple[str, ...]:
+    """`--lr LR`, left out at the preset's own 0.01: the records made before the selection sweeps spell
+    it so, and a record's cache key is its arguments."""
+    return () if lr == "0.01" else ("--lr", lr)
+
+
+def rate_name(name: str, lr: str) -> str:
+    """A record name with its Adam rate (none at the preset's 0.01, as at_rate())."""
+    return name if lr == "0.01" else f"{name}-lr{lr}"
 
 
 def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_CURVE, LSTM_RATES, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step,
-                             compare, holm, lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, pct, runs, select,
-                             steps_text)
+from experiments.lab import (LSTM_CURVE, LSTM_RATES, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_rate,
+                             at_step, compare, holm, lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, pct,
+                             rate_name, runs, select, steps_text)
 
 
 def loss_gradients(seed: int) -> dict[str, Any]:
@@ -41,9 +41,8 @@ def curve_runs(lab: Lab, loss: str, lr: str) -> list[dict]:
     """The preset with `loss` at Adam rate `lr`, scored every 50 steps (seeds 0, 1, ...; per-image results kept)."""
     if loss == "ce":
         return lstm_reference(lab, "loss", lr)  # shared with the other suites
-    args = LSTM_CURVE + (() if lr == "0.01" else ("--lr", lr)) + (() if loss == "ce" else ("--loss", loss))
-    name = ("lstm-curve" if loss == "ce" else f"lstm-{loss}-curve") + ("" if lr == "0.01" else f"-lr{lr}")
-    return runs(lab, "loss", name, args, paired=True)
+    return runs(lab, "loss", rate_name(f"lstm-{loss}-curve", lr), LSTM_CURVE + at_rate(lr) + ("--loss", loss),
+                paired=True)
 
 
 def suite(lab: Lab, report: Report) -> None:

@@ -7,6 +7,7 @@ import statistics
 
 import numpy as np
 
+from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.lab import (Lab, Report, accuracies, accuracy_cell, accuracy_curve, collapsed, compare, holm, runs)
 
@@ -57,11 +58,16 @@ def literature_range(view: int) -> tuple[float, float]:
 # sequence ends about 20 pixels after the ink) and rows 8-27 (as long, but ending, as the whole pixel
 # view does, about 109 blank pixels after it). Rows 8-27 also lose rows 4-7, which hold more ink than
 # rows 24-27 do: the whole pixel view, with all the ink, is the control for that.
-VIEWS = {"row": ("--sequence", "row"), "column": ("--sequence", "column"), "pixel": ("--sequence", "pixel"),
-         "reversed": ("--sequence", "reversed"), "permuted": ("--sequence", "permuted"),
-         "pixel, rows 4-23": ("--sequence", "pixel", "--crop-top", "4", "--crop-bottom", "4"),
-         "pixel, rows 8-27": ("--sequence", "pixel", "--crop-top", "8")}
-CROPS = {"pixel": (0, 0), "reversed": (0, 0), "pixel, rows 4-23": (4, 4), "pixel, rows 8-27": (8, 0)}
+VIEWS = {"row": ("row", (0, 0)), "column": ("column", (0, 0)), "pixel": ("pixel", (0, 0)),
+         "reversed": ("reversed", (0, 0)), "permuted": ("permuted", (0, 0)),
+         "pixel, rows 4-23": ("pixel", (4, 4)), "pixel, rows 8-27": ("pixel", (8, 0))}
+SCANS = ("pixel", "reversed")  # the views read pixel by pixel in scanline order, whose ends are measured
+
+
+def view_args(kind: str, crop: tuple[int, int]) -> tuple[str, ...]:
+    """A view's arguments (a crop's flags only where it drops rows)."""
+    return (("--sequence", kind) + (("--crop-top", str(crop[0])) if crop[0] else ()) +
+            (("--crop-bottom", str(crop[1])) if crop[1] else ()))
 
 
 def blank_tail(lab: Lab, crop: tuple[int, int], backwards: bool = False) -> float:
@@ -80,19 +86,16 @@ def ink_lost(lab: Lab, crop: tuple[int, int]) -> float:
                  .sum((1, 2)).float().mean())
 
 
-def steps(view: str) -> int:
-    """Steps per image of a view."""
-    return 28 if view in ("row", "column") else 28 * (28 - sum(CROPS.get(view, (0, 0))))
-
-
 def suite(lab: Lab, report: Report) -> None:
-    results = {v: runs(lab, "views", "view-" + v.replace(", rows ", "-rows"), VIEW_BUDGET + args)
-               for v, args in VIEWS.items()}
+    results = {v: runs(lab, "views", "view-" + v.replace(", rows ", "-rows"), VIEW_BUDGET + view_args(*VIEWS[v]))
+               for v in VIEWS}
     if not all(results.values()):
         return report.missing("views")
     draw(report, results)
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
+    scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
+    tail = {v: blank_tail(lab, crop, backwards=kind == "reversed") for v, (kind, crop) in scans.items()}
     report.section(
         "views", budget=" ".join(VIEW_BUDGET), steps=BUDGET_STEPS, seeds=len(results["row"]),
         acc={v: statistics.mean(a) for v, a in acc.items()},
@@ -103,15 +106,14 @@ def suite(lab: Lab, report: Report) -> None:
                     reversed_vs_pixel=compare(acc["reversed"], acc["pixel"]),
                     ink_last_vs_blank_last=compare(acc["pixel, rows 4-23"], acc["pixel, rows 8-27"]),
                     ink_last_vs_pixel=compare(acc["pixel, rows 4-23"], acc["pixel"]))),
-        tail={v: blank_tail(lab, crop, backwards=v == "reversed") for v, crop in CROPS.items()},
-        ink_lost={v: ink_lost(lab, crop) for v, crop in CROPS.items()},
-        ink=ink_lost(lab, (28, 0)),
+        tail=tail, ink_lost={v: ink_lost(lab, crop) for v, (_, crop) in scans.items()},
+        ink=ink_lost(lab, (lab.data[0].images.shape[1], 0)),  # every row dropped: all of an image's ink
         pixel_rate=rate["pixel"], concurrent=max(r.get("concurrent_runs", 1) for r in results["pixel"]),
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
             ["view", "steps per image", "blank pixels at the end (mean)", "seeds", "test accuracy %", "best seed %",
              "training samples/s (median)"],
-            [[v, steps(v), f"{blank_tail(lab, CROPS[v], v == 'reversed'):.0f}" if v in CROPS else "-", len(rs),
+            [[v, SequenceView(VIEWS[v][0], crop=VIEWS[v][1]).steps, f"{tail[v]:.0f}" if v in tail else "-", len(rs),
               accuracy_cell(rs), f"{max(acc[v]) * 100:.2f}", f"{rate[v]:.0f}"] for v, rs in results.items()]),
         published={"pixel": literature_range(0), "permuted": literature_range(1)},
         literature_table=report.table(
