@@ -14,8 +14,9 @@ from dist_rnn.config import TrainConfig
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.cells import step_times
-from experiments.lab import (BILSTM, Lab, PROBE_SAMPLES, Report, accuracies, accuracy_cell, compare, fit_linear, holm,
-                             lstm_at, lstm_runs, mean_std, measures, parameters, pct, runs)
+from experiments.lab import (BILSTM, BILSTM_LR, LSTM_RATES, PROBE_SAMPLES, VAL_SIZE, Lab, Report, accuracies,
+                             accuracy_cell, at_rate, compare, fit_linear, holm, lstm_at, lstm_reference, mcnemar,
+                             mcnemar_text, mean_std, measures, parameters, pct, rate_name, runs, select)
 
 
 def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,
@@ -32,65 +33,76 @@ def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: Sequenc
 half_probes.provides = ("probe_forward_half", "probe_backward_half", "probe_both")  # type: ignore[attr-defined]
 
 
+# The arms compared with the LSTM: record name and arguments on top of the `seed-bilstm` preset.
+ARMS = {"BiLSTM, `out[:, -1, :]`": ("bilstm-last", ()),
+        "BiLSTM, `--readout final`": ("bilstm-final", ("--readout", "final")),
+        "1-layer BiLSTM, `out[:, -1, :]`": ("bilstm1-last", ("--num-layers", "1")),
+        "1-layer BiLSTM, `--readout final`": ("bilstm1-final", ("--num-layers", "1", "--readout", "final"))}
+
+
+def bilstm_at(lr: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The `seed-bilstm` preset with `extra` arguments at Adam rate `lr` (no `--lr` at its own 0.003)."""
+    return BILSTM + extra + at_rate(lr, own=BILSTM_LR)
+
+
 def suite(lab: Lab, report: Report) -> None:
     probes = functools.partial(half_probes, lab)
-    one_layer = ("--num-layers", "1")
-    found = {"LSTM (`seed-lstm`)": lstm_runs(lab, "bidirectional"),
-             "BiLSTM, `out[:, -1, :]` (`seed-bilstm`)": runs(lab, "bidirectional", "bilstm-last", BILSTM, probes),
-             "BiLSTM, `--readout final`": runs(lab, "bidirectional", "bilstm-final", BILSTM + ("--readout", "final"),
-                                               probes),
-             "1-layer BiLSTM, `out[:, -1, :]`": runs(lab, "bidirectional", "bilstm1-last", BILSTM + one_layer, probes),
-             "1-layer BiLSTM, `--readout final`": runs(lab, "bidirectional", "bilstm1-final",
-                                                       BILSTM + one_layer + ("--readout", "final"), probes)}
-    # The presets differ in learning rate (LSTM 0.01, BiLSTM 0.003): each also at the other's rate.
-    rates = {"LSTM at Adam 0.003": runs(lab, "bidirectional", "lstm-128-lr0.003", lstm_at("0.003")),
-             "BiLSTM `out[:, -1, :]` at Adam 0.01": runs(lab, "bidirectional", "bilstm-last-lr0.01",
-                                                         BILSTM + ("--lr", "0.01"), probes)}
+    # Every arm at its own rate, chosen on validation; the LSTM's sweep is the cells suite's.
+    chosen = {"LSTM": select(lab, "bidirectional", "lstm-128", lstm_at, LSTM_RATES)}
+    chosen.update({label: select(lab, "bidirectional", name, functools.partial(bilstm_at, extra=extra), LSTM_RATES)
+                   for label, (name, extra) in ARMS.items()})
     times = measures(lab, "bidirectional", "step-times", step_times)  # the cells suite's records
-    if not all(found.values()) or not all(rates.values()) or not times:
+    if not all(s.chosen for s in chosen.values()) or not times:
+        return report.missing("bidirectional")
+    lr = {label: s.chosen for label, s in chosen.items()}
+    found = {"LSTM": lstm_reference(lab, "bidirectional", lr["LSTM"])}
+    found.update({label: runs(lab, "bidirectional", rate_name(name, lr[label], own=BILSTM_LR),
+                              bilstm_at(lr[label], extra), probes, paired=True)
+                  for label, (name, extra) in ARMS.items()})
+    if not all(found.values()):
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()
+    pairs = {"readout1": (final1, last1), "readout2": (final, last), "last_vs_uni": (last, uni),
+             "final_vs_uni": (final, uni)}
     rows = []
-    for name, records in {**found, **rates}.items():
-        bi = "BiLSTM" in name
+    for label, records in found.items():
+        bi = label != "LSTM"
         probe = lambda half: mean_std([r["analysis"][f"probe_{half}_half"] for r in records]) if bi else "-"  # noqa
-        rows.append([name, parameters("lstm", 128, 1 if name.startswith("1-layer") else 2, bidirectional=bi),
-                     len(records), accuracy_cell(records), probe("forward"), probe("backward")])
-    draw(report, found, rates)
+        rows.append([label, parameters("lstm", 128, 1 if label.startswith("1-layer") else 2, bidirectional=bi),
+                     lr[label], len(records), accuracy_cell(records), probe("forward"), probe("backward")])
+    draw(report, found, lr)
     draw_readouts(report)
-    lstm3, bilstm01 = rates.values()
+    seeds = lab.selection_seeds()
     report.section(
-        "bidirectional", probe_samples=PROBE_SAMPLES,
+        "bidirectional", probe_samples=PROBE_SAMPLES, lr=lr, sweep_seeds=len(seeds),
+        selection_seeds=f"{seeds[0]} to {seeds[-1]}", val_size=int(VAL_SIZE),
         back={key: statistics.mean(r["analysis"]["probe_backward_half"] for r in records)
               for key, records in (("last", last), ("final", final), ("last1", last1), ("final1", final1))},
         fwd1=statistics.mean(r["analysis"]["probe_forward_half"] for r in last1),
         uni=pct(accuracies(uni)), last=pct(accuracies(last)), final=pct(accuracies(final)),
         last1=pct(accuracies(last1)), final1=pct(accuracies(final1)),
-        lstm3=pct(accuracies(lstm3)), bilstm01=pct(accuracies(bilstm01)),
-        **holm(dict(readout1=compare(accuracies(final1), accuracies(last1)),
-                    readout2=compare(accuracies(final), accuracies(last)),
-                    at003=compare(accuracies(last), accuracies(lstm3)),
-                    at001=compare(accuracies(bilstm01), accuracies(uni)),
-                    presets=compare(accuracies(last), accuracies(uni)))),
+        **holm({key: compare(accuracies(a), accuracies(b)) for key, (a, b) in pairs.items()}),
+        paired={key: mcnemar_text(mcnemar(a, b)) for key, (a, b) in pairs.items()},
         param_ratio=parameters("lstm", 128, bidirectional=True) / parameters("lstm", 128),
         time_ratio=statistics.median(t["ms_per_step"]["bilstm"] / t["ms_per_step"]["lstm"] for t in times),
-        models_table=report.table(["model", "parameters", "seeds", "test accuracy %", "probe on forward half %",
-                                   "probe on backward half %"], rows))
+        sweep_table=report.table(["model"] + [f"Adam {rate}" for rate in LSTM_RATES],
+                                 [[label] + [s.cell(rate) for rate in LSTM_RATES] for label, s in chosen.items()]),
+        models_table=report.table(["model", "parameters", "Adam lr (chosen on validation)", "seeds",
+                                   "test accuracy %", "probe on forward half %", "probe on backward half %"], rows))
 
 
-def draw(report: Report, found: dict[str, list[dict]], rates: dict[str, list[dict]]) -> None:
-    """Each model's test accuracy and the two half-probes, one dot per seed, on an axis that shows
-    the gaps; with the equal-rate controls (the LSTM at 0.003, the BiLSTM at 0.01) the text's
-    comparison rests on."""
-    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(10, 5.2), sharex=True, height_ratios=(1, 1))
-    labels = ["LSTM\n(0.01)", "BiLSTM\nout[:, -1]\n(0.003)", "BiLSTM\nfinal", "1-layer BiLSTM\nout[:, -1]",
-              "1-layer BiLSTM\nfinal", "LSTM\nat 0.003", "BiLSTM\nout[:, -1]\nat 0.01"]
-    for i, records in enumerate([*found.values(), *rates.values()]):
+def draw(report: Report, found: dict[str, list[dict]], lr: dict[str, str]) -> None:
+    """Each model's test accuracy at its chosen rate and the two half-probes, one dot per seed, on an
+    axis that shows the gaps."""
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(9, 5.2), sharex=True, height_ratios=(1, 1))
+    labels = [label.replace("`", "").replace("BiLSTM, ", "BiLSTM\n") + f"\n(Adam {lr[label]})"
+              for label in found]
+    for i, records in enumerate(found.values()):
         dots = [r["results"]["test_accuracy"] for r in records]
         top.scatter(i + np.linspace(-0.08, 0.08, len(dots)), dots, s=14, color="C0",
                     label="model test accuracy (one dot per seed)" if i == 0 else None)
         top.hlines(statistics.mean(dots), i - 0.15, i + 0.15, color="C0", lw=2)
-        if "probe_forward_half" not in records[0].get("analysis", {}):  # the LSTMs: no halves to probe
+        if "probe_forward_half" not in records[0].get("analysis", {}):  # the LSTM: no halves to probe
             continue
         for half, dx, color in (("forward", -0.15, "C1"), ("backward", 0.15, "C3")):
             values = [r["analysis"][f"probe_{half}_half"] for r in records]

@@ -43,6 +43,7 @@ LSTM = ("--preset", "seed-lstm")  # 2-layer LSTM, hidden 128, batch 100, 2 epoch
 LSTM_CURVE = LSTM + ("--eval-every", "50")  # the preset scored every 50 steps: the runs every suite compares with
 
 BILSTM = ("--preset", "seed-bilstm")  # the same, bidirectional, Adam 0.003, readout out[:, -1]
+BILSTM_LR = "0.003"  # its Adam rate
 
 
 @dataclass
@@ -642,15 +643,15 @@ def preset_at(lr: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     return LSTM + extra + at_rate(lr)
 
 
-def at_rate(lr: str) -> tuple[str, ...]:
-    """`--lr LR`, left out at the preset's own 0.01: the records made before the selection sweeps spell
-    it so, and a record's cache key is its arguments."""
-    return () if lr == "0.01" else ("--lr", lr)
+def at_rate(lr: str, own: str = "0.01") -> tuple[str, ...]:
+    """`--lr LR`, left out at the preset's own rate (`seed-lstm`: 0.01, `seed-bilstm`: 0.003): the records
+    made before the selection sweeps spell it so, and a record's cache key is its arguments."""
+    return () if lr == own else ("--lr", lr)
 
 
-def rate_name(name: str, lr: str) -> str:
-    """A record name with its Adam rate (none at the preset's 0.01, as at_rate())."""
-    return name if lr == "0.01" else f"{name}-lr{lr}"
+def rate_name(name: str, lr: str, own: str = "0.01") -> str:
+    """A record name with its Adam rate (none at the preset's own rate, as at_rate())."""
+    return name if lr == own else f"{name}-lr{lr}"
 
 
 def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:
