@@ -74,7 +74,8 @@ def suite(lab: Lab, report: Report) -> None:
     draw_readouts(report)
     seeds = lab.selection_seeds()
     report.section(
-        "bidirectional", probe_samples=PROBE_SAMPLES, lr=lr, sweep_seeds=len(seeds),
+        "bidirectional", probe_samples=PROBE_SAMPLES, sweep_seeds=len(seeds),
+        rate=dict(zip(("uni", "last", "final", "last1", "final1"), lr.values())),
         selection_seeds=f"{seeds[0]} to {seeds[-1]}", val_size=int(VAL_SIZE),
         back={key: statistics.mean(r["analysis"]["probe_backward_half"] for r in records)
               for key, records in (("last", last), ("final", final), ("last1", last1), ("final1", final1))},
