@@ -16,7 +16,7 @@ from dist_rnn.plot import pyplot
 from experiments.cells import step_times
 from experiments.lab import (BILSTM, BILSTM_LR, LSTM_RATES, PROBE_SAMPLES, VAL_SIZE, Lab, Report, accuracies,
                              accuracy_cell, at_rate, compare, fit_linear, holm, lstm_at, lstm_reference, mcnemar,
-                             mcnemar_text, mean_std, measures, parameters, pct, rate_name, runs, select)
+                             mcnemar_text, mean_std, measures, parameters, pct, rate_name, runs, select, sweep_table)
 
 
 def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,
@@ -45,8 +45,14 @@ def bilstm_at(lr: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     return BILSTM + extra + at_rate(lr, own=BILSTM_LR)
 
 
+def bilstm_runs(lab: Lab, name: str, extra: tuple[str, ...], lr: str) -> list[dict]:
+    """A BiLSTM arm at its chosen rate on the whole training set, with per-image results and half-probes
+    (the record's name and arguments spell the rate alike: none at the preset's own)."""
+    return runs(lab, "bidirectional", rate_name(name, lr, own=BILSTM_LR), bilstm_at(lr, extra),
+                functools.partial(half_probes, lab), paired=True)
+
+
 def suite(lab: Lab, report: Report) -> None:
-    probes = functools.partial(half_probes, lab)
     # Every arm at its own rate, chosen on validation; the LSTM's sweep is the cells suite's.
     chosen = {"LSTM": select(lab, "bidirectional", "lstm-128", lstm_at, LSTM_RATES)}
     chosen.update({label: select(lab, "bidirectional", name, functools.partial(bilstm_at, extra=extra), LSTM_RATES)
@@ -56,9 +62,7 @@ def suite(lab: Lab, report: Report) -> None:
         return report.missing("bidirectional")
     lr = {label: s.chosen for label, s in chosen.items()}
     found = {"LSTM": lstm_reference(lab, "bidirectional", lr["LSTM"])}
-    found.update({label: runs(lab, "bidirectional", rate_name(name, lr[label], own=BILSTM_LR),
-                              bilstm_at(lr[label], extra), probes, paired=True)
-                  for label, (name, extra) in ARMS.items()})
+    found.update({label: bilstm_runs(lab, name, extra, lr[label]) for label, (name, extra) in ARMS.items()})
     if not all(found.values()):
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()
@@ -74,7 +78,7 @@ def suite(lab: Lab, report: Report) -> None:
     draw_readouts(report)
     seeds = lab.selection_seeds()
     report.section(
-        "bidirectional", probe_samples=PROBE_SAMPLES, sweep_seeds=len(seeds),
+        "bidirectional", probe_samples=PROBE_SAMPLES,
         rate=dict(zip(("uni", "last", "final", "last1", "final1"), lr.values())),
         selection_seeds=f"{seeds[0]} to {seeds[-1]}", val_size=int(VAL_SIZE),
         back={key: statistics.mean(r["analysis"]["probe_backward_half"] for r in records)
@@ -86,8 +90,7 @@ def suite(lab: Lab, report: Report) -> None:
         paired={key: mcnemar_text(mcnemar(a, b)) for key, (a, b) in pairs.items()},
         param_ratio=parameters("lstm", 128, bidirectional=True) / parameters("lstm", 128),
         time_ratio=statistics.median(t["ms_per_step"]["bilstm"] / t["ms_per_step"]["lstm"] for t in times),
-        sweep_table=report.table(["model"] + [f"Adam {rate}" for rate in LSTM_RATES],
-                                 [[label] + [s.cell(rate) for rate in LSTM_RATES] for label, s in chosen.items()]),
+        sweep_table=sweep_table(report, "model", chosen),
         models_table=report.table(["model", "parameters", "Adam lr (chosen on validation)", "seeds",
                                    "test accuracy %", "probe on forward half %", "probe on backward half %"], rows))
 

@@ -15,7 +15,7 @@ from torch import nn
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_RATES, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, holm,
                              lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at,
-                             rate_name, runs, select)
+                             rate_name, runs, select, sweep_table)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:
@@ -88,8 +88,7 @@ def suite(lab: Lab, report: Report) -> None:
         low={"name": next(n for n, rs in results.items() if low in rs), "seed": low["seed"], "first": first,
              "last": last} if last < first else None,
         sweep_seeds=len(lab.selection_seeds()), lr={name: s.chosen for name, s in chosen.items()},
-        sweep_table=report.table(["dropout"] + [f"Adam {lr}" for lr in LSTM_RATES],
-                                 [[name] + [s.cell(lr) for lr in LSTM_RATES] for name, s in chosen.items()]),
+        sweep_table=sweep_table(report, "dropout", chosen),
         variants_table=report.table(["dropout", "Adam lr (chosen on validation)", "test accuracy %",
                                      "difference from none, points (95 % CI)",
                                      "McNemar per seed pair: images only this / only none got right",

@@ -633,6 +633,12 @@ def lstm_runs(lab: Lab, suite: str) -> list[dict]:
 LSTM_RATES = ("0.001", "0.003", "0.01")  # Adam rates an LSTM arm's selection sweep tries
 
 
+def sweep_table(report: Report, arm: str, chosen: dict[str, Selection], rates: tuple[str, ...] = LSTM_RATES) -> str:
+    """Selection sweeps side by side: a row per arm (label -> its sweep), its validation accuracy at each rate."""
+    return report.table([arm] + [f"Adam {lr}" for lr in rates],
+                        [[label] + [s.cell(lr) for lr in rates] for label, s in chosen.items()])
+
+
 def lstm_at(lr: str, cell: str = "lstm", hidden: int = 128) -> tuple[str, ...]:
     """The preset's arguments for another cell, size or Adam rate (one spelling, so that suites share records)."""
     return LSTM + ("--cell", cell, "--hidden-size", str(hidden)) + at_rate(lr)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dist_rnn.plot import pyplot
 from experiments.lab import (LSTM_CURVE, LSTM_RATES, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_rate,
                              at_step, compare, holm, lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, pct,
-                             rate_name, runs, select, steps_text)
+                             rate_name, runs, select, steps_text, sweep_table)
 
 
 def loss_gradients(seed: int) -> dict[str, Any]:
@@ -73,8 +73,7 @@ def suite(lab: Lab, report: Report) -> None:
         paired={"mse-ce": mcnemar_text(mcnemar(mse, ce)), "sum-mean": mcnemar_text(mcnemar(mse_sum, mse))},
         # summed against averaged MSE at each rate of the sweep: the same rate, so only the loss's scale differs
         same_rate=holm({lr: compare(chosen["mse-sum"].val(lr), chosen["mse"].val(lr)) for lr in LSTM_RATES}),
-        sweep_table=report.table(["loss"] + [f"Adam {lr}" for lr in LSTM_RATES],
-                                 [[LOSSES[loss]] + [s.cell(lr) for lr in LSTM_RATES] for loss, s in chosen.items()]),
+        sweep_table=sweep_table(report, "loss", {LOSSES[loss]: s for loss, s in chosen.items()}),
         gradients_table=report.table(
             ["margin", "p(true class)", "|dL/dz| cross-entropy", "|dL/dz| MSE on softmax"],
             [[r["margin"], f"{r['p_true']:.2e}", f"{r['ce_grad_norm']:.3f}", f"{r['mse_grad_norm']:.2e}"]
