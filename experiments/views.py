@@ -92,6 +92,14 @@ def blank_tail(lab: Lab, crop: tuple[int, int], backwards: bool = False) -> floa
     return float(inked.int().argmax(1).float().mean())
 
 
+def chance_line(lab: Lab) -> float:
+    """The accuracy a net must beat to have left chance: always answering the test set's commonest class,
+    plus three binomial standard errors of a test set that size."""
+    labels = lab.data[1].labels
+    share = float(labels.bincount().max()) / len(labels)
+    return share + 3 * (share * (1 - share) / len(labels)) ** 0.5
+
+
 def ink_lost(lab: Lab, crop: tuple[int, int]) -> float:
     """The mean number of inked pixels of a training image in the rows a crop drops."""
     images = lab.data[0].images > 0
@@ -109,6 +117,7 @@ def suite(lab: Lab, report: Report) -> None:
     draw(report, results)
     draw_long(report, long)
     long_acc = {v: accuracies(rs) for v, rs in long.items()}
+    chance = chance_line(lab)
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
@@ -128,6 +137,7 @@ def suite(lab: Lab, report: Report) -> None:
         long_seeds=len(long["pixel"]),
         long_acc={v: statistics.mean(a) for v, a in long_acc.items()},
         long_collapsed={v: sum(collapsed(r) for r in rs) for v, rs in long.items()},
+        long_learned={v: sum(a > chance for a in acc_) for v, acc_ in long_acc.items()}, chance=chance,
         long_best={v: max(a) for v, a in long_acc.items()},
         long_table=report.table(
             ["view", "seeds", "test accuracy %", "best seed %", "test accuracy % after each epoch, per seed"],
