@@ -198,7 +198,7 @@ def draw_long(report: Report, long: dict[str, list[dict]]) -> None:
             ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.8, lw=1.2, marker=".",
                     label=f"{v} (one line per seed)" if r is rs[0] else None)
     ax.axhline(0.1, color="gray", lw=0.8, ls=":")
-    ax.text(20, 0.11, "chance", fontsize=8, color="gray")
+    ax.text(0.01, 0.11, "chance", fontsize=8, color="gray", transform=ax.get_yaxis_transform())
     for step in range(EPOCH_STEPS, LONG_STEPS, EPOCH_STEPS):
         ax.axvline(step, color="gray", lw=0.6, alpha=0.5)
     ax.set(xlabel="optimizer step (grey lines: epoch ends)", ylabel="test accuracy", ylim=(0, 1))
