@@ -76,11 +76,10 @@ def suite(lab: Lab, report: Report) -> None:
                      lr[label], len(records), accuracy_cell(records), probe("forward"), probe("backward")])
     draw(report, found, lr)
     draw_readouts(report)
-    seeds = lab.selection_seeds()
     report.section(
         "bidirectional", probe_samples=PROBE_SAMPLES,
         rate=dict(zip(("uni", "last", "final", "last1", "final1"), lr.values())),
-        selection_seeds=f"{seeds[0]} to {seeds[-1]}", val_size=int(VAL_SIZE),
+        selection_seeds=lab.selection_span(), val_size=int(VAL_SIZE),
         back={key: statistics.mean(r["analysis"]["probe_backward_half"] for r in records)
               for key, records in (("last", last), ("final", final), ("last1", last1), ("final1", final1))},
         fwd1=statistics.mean(r["analysis"]["probe_forward_half"] for r in last1),

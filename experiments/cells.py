@@ -62,7 +62,7 @@ def suite(lab: Lab, report: Report) -> None:
     # the LSTM at the rate its sweep ranked second: how much the gap to the GRU rests on that choice
     lstm_sweep = chosen["lstm"]
     runner_up = sorted(lstm_sweep.sweep, key=lambda lr: statistics.mean(lstm_sweep.val(lr)))[-2]
-    lstm_alt = runs(lab, "cells", f"lstm-128-lr{runner_up}", lstm_at(runner_up))
+    lstm_alt = runs(lab, "cells", rate_name("lstm-128", runner_up), lstm_at(runner_up))
     # each cell at its chosen rate on the whole training set, and at the LSTM's parameter count
     best = {cell: s.chosen for cell, s in chosen.items()}
     target = parameters("lstm", 128)
@@ -77,10 +77,9 @@ def suite(lab: Lab, report: Report) -> None:
             for cell, s in chosen.items() for lr in s.sweep]
     ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
     rnn_fast = [r for r in chosen["rnn"].sweep["0.01"] if collapsed(r)]
-    seeds = lab.selection_seeds()
     report.section(
-        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=len(seeds),
-        selection_seeds=f"{seeds[0]} to {seeds[-1]}", val_size=int(VAL_SIZE),
+        "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=len(lab.selection_seeds()),
+        selection_seeds=lab.selection_span(), val_size=int(VAL_SIZE),
         acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
         pairs=both_ways(holm({(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
                               for a, b in itertools.combinations(at_best, 2)})),

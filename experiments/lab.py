@@ -286,6 +286,11 @@ class Lab:
         a choice is reported on did not make it."""
         return range(SELECTION_SEED, SELECTION_SEED + min(self.c.seeds, SWEEP_SEEDS))
 
+    def selection_span(self) -> str:
+        """The selection seeds, for prose: '100 to 102'."""
+        seeds = self.selection_seeds()
+        return f"{seeds[0]} to {seeds[-1]}"
+
 
 def readout_features(model: nn.Module, view: SequenceView, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     """What the classifier reads for each image, in batches."""

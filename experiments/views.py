@@ -118,6 +118,7 @@ def suite(lab: Lab, report: Report) -> None:
     draw_long(report, long)
     long_acc = {v: accuracies(rs) for v, rs in long.items()}
     chance = chance_line(lab)
+    long_best = {v: max(a) for v, a in long_acc.items()}
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
@@ -138,10 +139,10 @@ def suite(lab: Lab, report: Report) -> None:
         long_acc={v: statistics.mean(a) for v, a in long_acc.items()},
         long_collapsed={v: sum(collapsed(r) for r in rs) for v, rs in long.items()},
         long_learned={v: sum(a > chance for a in acc_) for v, acc_ in long_acc.items()}, chance=chance,
-        long_best={v: max(a) for v, a in long_acc.items()},
+        long_best=long_best,
         long_table=report.table(
             ["view", "seeds", "test accuracy %", "best seed %", "test accuracy % after each epoch, per seed"],
-            [[v, len(rs), accuracy_cell(rs), f"{max(long_acc[v]) * 100:.2f}",
+            [[v, len(rs), accuracy_cell(rs), f"{long_best[v] * 100:.2f}",
               "; ".join(" / ".join(f"{at_step(r, step) * 100:.1f}"
                                    for step in range(EPOCH_STEPS, LONG_STEPS + 1, EPOCH_STEPS)) for r in rs)]
              for v, rs in long.items()]),
