@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -197,18 +198,26 @@ class Lab:
         return list(dict(self.used).values())
 
     def train(self, suite: str, name: str, args: tuple[str, ...], seed: int,
-              analyse: Optional[Callable[..., dict[str, Any]]] = None, paired: bool = False) -> Optional[dict]:
+              analyse: Optional[Callable[..., dict[str, Any]]] = None, paired: bool = False,
+              extends: Optional[tuple[str, ...]] = None) -> Optional[dict]:
         """One training run of `python -m dist_rnn.train ARGS --seed SEED`, with an optional analysis
         of its final checkpoint, `analyse(config, model, view, train_features, test_features)` (None: not
         cached, and not to be run now). `paired`: the record must say which test images it got right
-        (records made before they did are made again)."""
+        (records made before they did are made again). `extends`: the same run's arguments with fewer
+        `--epochs`; where its run directory is still here, this run continues a copy of it instead of
+        starting again (on CPU a resume is bitwise the run from scratch, so only the time differs; the loss
+        curve too where the shorter run ends on a multiple of the 25 steps it is logged over)."""
         path = self._path("train", f"{name}-s{seed}", [list(args), seed])
 
         def make() -> dict[str, Any]:
             out_dir = Path(self.c.runs_dir) / path.stem
+            start_from = self._shorter_run(args, extends, seed)
+            if start_from:  # the copy, not the original: that run's own record keeps its directory
+                shutil.rmtree(out_dir, ignore_errors=True)
+                shutil.copytree(start_from, out_dir)
+            how = ["--resume", "auto"] if start_from else ["--resume", "none", "--overwrite"]
             command = [sys.executable, "-m", "dist_rnn.train", *args, "--seed", str(seed), "--data-dir",
-                       str(self.data_dir), "--out-dir", str(out_dir), "--resume", "none", "--overwrite",
-                       "--log-every", "25"]
+                       str(self.data_dir), "--out-dir", str(out_dir), *how, "--log-every", "25"]
             if self.c.jobs > 1:
                 command += ["--threads", str(self.threads_per_job())]
             print(f"[{suite}] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
@@ -227,11 +236,26 @@ class Lab:
                     # (a run with a validation split is scored on it as it trains, on the test set at the end)
                     "evals": [{k: e[k] for k in ("step", "test_accuracy", "test_loss", "val_accuracy", "val_loss")
                                if k in e} for e in events if e["event"] == "eval"],
-                    "analysis": self._analyse(results["checkpoint"], analyse)}
+                    "analysis": self._analyse(results["checkpoint"], analyse),
+                    # where it continued a shorter run: that run's directory, and the step it went on from
+                    **({"extends": start_from.name, "resumed_from_step": results["resumed_from_step"]}
+                       if start_from else {})}
 
         # A record made before its analysis was asked for lacks the analysis: made again, not half-used.
         wanted = getattr(getattr(analyse, "func", analyse), "provides", ()) + (("test_correct",) if paired else ())
         return self._record(suite, path, make, lambda record: all(k in record["analysis"] for k in wanted))
+
+    def _shorter_run(self, args: tuple[str, ...], extends: Optional[tuple[str, ...]], seed: int) -> Optional[Path]:
+        """The run directory of `extends` at `seed`, where it holds checkpoints to go on from (else None).
+        `extends` may differ from `args` in the number of epochs only: anything else would continue
+        another run."""
+        if extends is None:
+            return None
+        differ = [i for i, (a, b) in enumerate(zip(args, extends)) if a != b]
+        if len(args) != len(extends) or any(args[i - 1] != "--epochs" for i in differ):
+            raise ValueError(f"a run extends one that differs in its epochs only: {args} vs {extends}")
+        found = Path(self.c.runs_dir) / self._path("train", "shorter", [list(extends), seed]).stem
+        return found if any((found / "checkpoints").glob("step-*.pt")) else None
 
     def _analyse(self, checkpoint: str, analyse: Optional[Callable]) -> dict[str, Any]:
         """Scores every run needs (train and test accuracy, confusion), plus the suite's own analysis of
@@ -539,10 +563,10 @@ class Report:
 
 
 def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None,
-         sweep: bool = False, paired: bool = False) -> list[dict]:
+         sweep: bool = False, paired: bool = False, extends: Optional[tuple[str, ...]] = None) -> list[dict]:
     """The run `args` at every seed (trained now where missing and allowed), or [] while any is missing:
-    a figure is never the mean of fewer seeds than the report says."""
-    records = [lab.train(suite, name, args, seed, analyse, paired) for seed in lab.seeds(sweep)]
+    a figure is never the mean of fewer seeds than the report says. (`extends`: as Lab.train.)"""
+    records = [lab.train(suite, name, args, seed, analyse, paired, extends) for seed in lab.seeds(sweep)]
     return records if all(records) else []
 
 
