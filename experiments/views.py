@@ -149,6 +149,9 @@ def suite(lab: Lab, report: Report) -> None:
     long_acc = {v: accuracies(rs) for v, rs in long.items()}
     chance = chance_line(lab)
     long_best = {v: max(a) for v, a in long_acc.items()}
+    # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
+    pixel_rate = statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"])
+    concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
@@ -184,9 +187,11 @@ def suite(lab: Lab, report: Report) -> None:
              for v, rs in long.items()]),
         tail=tail, ink_lost={v: ink_lost(lab, crop) for v, (_, crop) in scans.items()},
         ink=ink_lost(lab, (lab.data[0].images.shape[1], 0)),  # every row dropped: all of an image's ink
-        # the longer budget's pixel runs: the network of the published LSTMs' size
-        pixel_rate=statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"]),
-        concurrent=max(r.get("concurrent_runs", 1) for r in long["pixel"]),
+        pixel_rate=pixel_rate, concurrent=concurrent,
+        # a sweep like the small budget's (its rates, these seeds) for both views, at the pixel runs' speed
+        long_sweep_hours=len(LONG_VIEWS) * len(VIEW_RATES) * len(long["pixel"]) * LONG_EPOCHS * 60_000 / pixel_rate
+        / 3600 / concurrent,
+        long_extended=any("extends" in r for rs in long.values() for r in rs), long_from=LONG_FROM,
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
             ["view", "steps per image", "blank pixels at the end (mean)", "Adam rate (chosen)", "seeds",
