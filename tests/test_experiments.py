@@ -209,6 +209,38 @@ def test_a_cached_run_lacking_an_analysis_asked_for_now_is_made_again(mnist_dir,
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1  # the same record, made again in place
 
 
+def test_a_longer_run_continues_the_shorter_ones_directory_to_the_same_record(mnist_dir, tmp_path, monkeypatch):
+    """`extends`: 2 epochs made from a copy of a 1-epoch run's directory are the 2 epochs from scratch
+    (same evaluations, per-image results and loss curve); the shorter run's directory is left as it was,
+    and a run that differs in more than its epochs is refused."""
+    monkeypatch.setattr(experiments_lab, "PROBE_SAMPLES", 200)
+
+    def lab(name: str) -> Lab:
+        return Lab(ExperimentsConfig(data_dir=str(mnist_dir), cache_dir=str(tmp_path / name / "cache"),
+                                     runs_dir=str(tmp_path / name / "runs"), seeds=1), ["easy"])
+
+    # 100 training images in batches of 20: an epoch is 5 steps, and the loss is logged every 25,
+    # so 5 epochs end on a logging step (as the lab's long runs do)
+    tiny = ("--hidden-size", "4", "--num-layers", "1", "--limit-train", "100", "--batch-size", "20", "--eval-every",
+            "5", "--device", "cpu", "--epochs")
+    scratch = lab("scratch").train("easy", "tiny", tiny + ("10",), 0)
+    went_on = lab("went-on")
+    short = went_on.train("easy", "tiny-short", tiny + ("5",), 0)
+    short_dir = Path(short["command"][short["command"].index("--out-dir") + 1])
+    before = sorted(p.name for p in (short_dir / "checkpoints").iterdir())
+    longer = went_on.train("easy", "tiny", tiny + ("10",), 0, extends=tiny + ("5",))
+    assert longer["extends"] == short_dir.name and longer["resumed_from_step"] == 25
+    assert longer["command"][longer["command"].index("--resume") + 1] == "auto"
+    assert [e["step"] for e in longer["evals"]] == list(range(5, 51, 5))
+    for key in ("evals", "curve"):
+        assert longer[key] == scratch[key]
+    assert longer["analysis"]["test_correct"] == scratch["analysis"]["test_correct"]
+    assert longer["results"]["test_accuracy"] == scratch["results"]["test_accuracy"]
+    assert sorted(p.name for p in (short_dir / "checkpoints").iterdir()) == before
+    with pytest.raises(ValueError, match="epochs only"):
+        went_on.train("easy", "other", tiny + ("10", "--lr", "0.1"), 0, extends=tiny + ("5", "--lr", "0.2"))
+
+
 def test_mcnemar_counts_the_images_only_one_run_got_right_and_tests_them_exactly():
     def record(right: list[bool]) -> dict:
         return {"analysis": {"test_correct": experiments_lab.np.packbits(right).tobytes().hex()}}
