@@ -23,7 +23,7 @@ VIEW_LR = "0.005"  # the rate every view was first compared at: its records' nam
 
 def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
     """The small budget at Adam rate `lr`: one pass over the first `images` training images (a selection
-    run holds 5,000 of them out, so it gets 5,000 more: as many steps as the final runs)."""
+    run holds VAL_SIZE of them out, so it gets VAL_SIZE more: as many steps as the final runs)."""
     return ("--hidden-size", "64", "--num-layers", "1", "--batch-size", "100", "--lr", lr, "--grad-clip", "1",
             "--epochs", "1", "--limit-train", str(images), "--eval-every", "50")
 
@@ -158,7 +158,8 @@ def suite(lab: Lab, report: Report) -> None:
     tail = {v: blank_tail(lab, crop, backwards=kind == "reversed") for v, (kind, crop) in scans.items()}
     report.section(
         "views", budget=" ".join(view_budget("LR")), steps=BUDGET_STEPS, seeds=len(results["row"]),
-        sweep_seeds=len(chosen["row"].sweep[VIEW_RATES[0]]), rates=VIEW_RATES, lr=lr,
+        sweep_seeds=len(chosen["row"].sweep[VIEW_RATES[0]]), rates=VIEW_RATES, lr=lr, train_images=TRAIN_IMAGES,
+        val_size=int(VAL_SIZE),
         sweep_table=sweep_table(report, "view", chosen, VIEW_RATES),
         # views whose every selection run collapsed: their rate was chosen among nets that learned nothing
         sweep_collapsed=[v for v, s in chosen.items() if all(collapsed(r) for rs in s.sweep.values() for r in rs)],
