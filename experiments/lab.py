@@ -204,14 +204,15 @@ class Lab:
         of its final checkpoint, `analyse(config, model, view, train_features, test_features)` (None: not
         cached, and not to be run now). `paired`: the record must say which test images it got right
         (records made before they did are made again). `extends`: the same run's arguments with fewer
-        `--epochs`; where its run directory is still here, this run continues a copy of it instead of
-        starting again (on CPU a resume is bitwise the run from scratch, so only the time differs; the loss
-        curve too where the shorter run ends on a multiple of the 25 steps it is logged over)."""
+        `--epochs`: where that run is cached and its directory is here, this run continues a copy of it
+        instead of starting again (see _shorter_run for when that is the same run)."""
         path = self._path("train", f"{name}-s{seed}", [list(args), seed])
+        if extends is not None:
+            check_extends(args, extends)
 
         def make() -> dict[str, Any]:
             out_dir = Path(self.c.runs_dir) / path.stem
-            start_from = self._shorter_run(args, extends, seed)
+            start_from = self._shorter_run(extends, seed)
             if start_from:  # the copy, not the original: that run's own record keeps its directory
                 shutil.rmtree(out_dir, ignore_errors=True)
                 shutil.copytree(start_from, out_dir)
@@ -237,7 +238,8 @@ class Lab:
                     "evals": [{k: e[k] for k in ("step", "test_accuracy", "test_loss", "val_accuracy", "val_loss")
                                if k in e} for e in events if e["event"] == "eval"],
                     "analysis": self._analyse(results["checkpoint"], analyse),
-                    # where it continued a shorter run: that run's directory, and the step it went on from
+                    # where it continued a shorter run: that run's record (the stem of its file and of its
+                    # directory), and the step it went on from
                     **({"extends": start_from.name, "resumed_from_step": results["resumed_from_step"]}
                        if start_from else {})}
 
@@ -245,17 +247,29 @@ class Lab:
         wanted = getattr(getattr(analyse, "func", analyse), "provides", ()) + (("test_correct",) if paired else ())
         return self._record(suite, path, make, lambda record: all(k in record["analysis"] for k in wanted))
 
-    def _shorter_run(self, args: tuple[str, ...], extends: Optional[tuple[str, ...]], seed: int) -> Optional[Path]:
-        """The run directory of `extends` at `seed`, where it holds checkpoints to go on from (else None).
-        `extends` may differ from `args` in the number of epochs only: anything else would continue
-        another run."""
+    def _shorter_run(self, extends: Optional[tuple[str, ...]], seed: int) -> Optional[Path]:
+        """The directory of the cached run `extends` at `seed`, where continuing it makes the same run as
+        starting again, else None (start again). On CPU a dist_rnn resume is bitwise the uninterrupted
+        run, given the same torch, CPU, thread count and training code: the shorter run's record must say
+        so (and with --rerun, it must itself be new). The loss curve matches too where the shorter run
+        ends on a multiple of the 25 steps the loss is logged over."""
         if extends is None:
             return None
-        differ = [i for i, (a, b) in enumerate(zip(args, extends)) if a != b]
-        if len(args) != len(extends) or any(args[i - 1] != "--epochs" for i in differ):
-            raise ValueError(f"a run extends one that differs in its epochs only: {args} vs {extends}")
-        found = Path(self.c.runs_dir) / self._path("train", "shorter", [list(extends), seed]).stem
-        return found if any((found / "checkpoints").glob("step-*.pt")) else None
+        record_path = self._path("train", "shorter", [list(extends), seed])
+        found = Path(self.c.runs_dir) / record_path.stem
+        if not record_path.exists() or not any((found / "checkpoints").glob("step-*.pt")):
+            return None
+        record, now = json.loads(record_path.read_text()), machine()
+        was, command = record["machine"], record["command"]
+        threads = [str(self.threads_per_job())] if self.c.jobs > 1 else []
+        same_machine = (was["gpu"] is None and now["gpu"] is None and was["torch"] == now["torch"]
+                        and was["cpu"] == now["cpu"]
+                        and (command[command.index("--threads") + 1:][:1] if "--threads" in command else []) == threads)
+        # the training code: unchanged since the commit the shorter run came from (the tree's changes included)
+        same_code = (was.get("dirty") is False and bool(git("cat-file", "-t", was["commit"]))
+                     and git("diff", "--name-only", was["commit"], "--", ":/dist_rnn") == "")
+        fresh = not self.c.rerun or record_path in self.made
+        return found if same_machine and same_code and fresh else None
 
     def _analyse(self, checkpoint: str, analyse: Optional[Callable]) -> dict[str, Any]:
         """Scores every run needs (train and test accuracy, confusion), plus the suite's own analysis of
@@ -560,6 +574,16 @@ class Report:
     def write(self) -> None:
         if not self.draft:
             atomic_write(self.path, lambda fh: fh.write("\n".join(self.parts).encode()))
+
+
+def check_extends(args: tuple[str, ...], extends: tuple[str, ...]) -> None:
+    """A run may extend (Lab.train) only a run with the same arguments but fewer `--epochs`, and none whose
+    schedule or stopping depends on the epochs: anything else would continue another run."""
+    differ = [i for i, (a, b) in enumerate(zip(args, extends)) if a != b]
+    if (len(args) != len(extends) or len(differ) != 1 or args[differ[0] - 1] != "--epochs"
+            or int(extends[differ[0]]) >= int(args[differ[0]])
+            or any(flag in args for flag in ("--lr-schedule", "--early-stop", "--max-steps"))):
+        raise ValueError(f"a run extends one with the same arguments but fewer epochs: {args} vs {extends}")
 
 
 def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Optional[Callable] = None,
