@@ -186,6 +186,9 @@ def suite(lab: Lab, report: Report) -> None:
         long_acc={v: statistics.mean(a) for v, a in long_acc.items()},
         long_collapsed={v: sum(collapsed(r) for r in rs) for v, rs in long.items()},
         long_learned={v: sum(a > chance for a in acc_) for v, acc_ in long_acc.items()}, chance=chance,
+        # seeds above chance at some evaluation during training, but not at the end
+        long_fell={v: sum(max(accuracy_curve(r)[1]) > chance >= a for r, a in zip(rs, long_acc[v]))
+                   for v, rs in long.items()},
         long_best=long_best,
         long_table=report.table(
             ["view", "seeds", "test accuracy %", "best seed %", "test accuracy % after each epoch, per seed"],
