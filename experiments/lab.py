@@ -188,6 +188,10 @@ class Lab:
                 torch.set_num_threads(cores)
         raise RuntimeError(f"the suites still ask for new records after {max_rounds} rounds of runs")
 
+    def _thread_args(self) -> list[str]:
+        """A training run's `--threads` (none with one job at a time: the run takes every core)."""
+        return ["--threads", str(self.threads_per_job())] if self.c.jobs > 1 else []
+
     def threads_per_job(self) -> int:
         """CPU threads for each of the `jobs` runs at a time: the cores shared out (each taking all of
         them, the default, would oversubscribe)."""
@@ -218,9 +222,8 @@ class Lab:
                 shutil.copytree(start_from, out_dir)
             how = ["--resume", "auto"] if start_from else ["--resume", "none", "--overwrite"]
             command = [sys.executable, "-m", "dist_rnn.train", *args, "--seed", str(seed), "--data-dir",
-                       str(self.data_dir), "--out-dir", str(out_dir), *how, "--log-every", "25"]
-            if self.c.jobs > 1:
-                command += ["--threads", str(self.threads_per_job())]
+                       str(self.data_dir), "--out-dir", str(out_dir), *how, "--log-every", "25",
+                       *self._thread_args()]
             print(f"[{suite}] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
             started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
             proc = subprocess.run(command, capture_output=True, text=True)
@@ -261,10 +264,9 @@ class Lab:
             return None
         record, now = json.loads(record_path.read_text()), machine()
         was, command = record["machine"], record["command"]
-        threads = [str(self.threads_per_job())] if self.c.jobs > 1 else []
+        had_threads = command[command.index("--threads"):][:2] if "--threads" in command else []
         same_machine = (was["gpu"] is None and now["gpu"] is None and was["torch"] == now["torch"]
-                        and was["cpu"] == now["cpu"]
-                        and (command[command.index("--threads") + 1:][:1] if "--threads" in command else []) == threads)
+                        and was["cpu"] == now["cpu"] and had_threads == self._thread_args())
         # the training code: unchanged since the commit the shorter run came from (the tree's changes included)
         same_code = (was.get("dirty") is False and bool(git("cat-file", "-t", was["commit"]))
                      and git("diff", "--name-only", was["commit"], "--", ":/dist_rnn") == "")

@@ -132,20 +132,20 @@ def view_name(view: str) -> str:
 def suite(lab: Lab, report: Report) -> None:
     # The longer budget first, its runs being the longest: LONG_FROM epochs, then on to LONG_EPOCHS (the
     # first part's records are kept, and counted in the time the report took).
-    first = {v: runs(lab, "views", f"view-{v}-long", long_budget(LONG_FROM) + view_args(*VIEWS[v]), sweep=True)
-             for v in LONG_VIEWS}
-    long = {v: runs(lab, "views", f"view-{v}-long", long_budget(LONG_EPOCHS) + view_args(*VIEWS[v]), sweep=True,
-                    extends=long_budget(LONG_FROM) + view_args(*VIEWS[v])) if all(first.values()) else []
+    of = {v: view_args(*VIEWS[v]) for v in VIEWS}  # each view's own arguments
+    first = {v: runs(lab, "views", f"view-{v}-long", long_budget(LONG_FROM) + of[v], sweep=True) for v in LONG_VIEWS}
+    long = {v: runs(lab, "views", f"view-{v}-long", long_budget(LONG_EPOCHS) + of[v], sweep=True,
+                    extends=long_budget(LONG_FROM) + of[v]) if all(first.values()) else []
             for v in LONG_VIEWS}
     chosen = {v: select(lab, "views", view_name(v),
-                        lambda lr, v=v: view_budget(lr, TRAIN_IMAGES + int(VAL_SIZE)) + view_args(*VIEWS[v]),
-                        VIEW_RATES) for v in VIEWS}
+                        lambda lr, v=v: view_budget(lr, TRAIN_IMAGES + int(VAL_SIZE)) + of[v], VIEW_RATES)
+              for v in VIEWS}
     if not all(s.chosen for s in chosen.values()) or not all(long.values()):
         return report.missing("views")
     lr = {v: s.chosen for v, s in chosen.items()}
     # per-image results for the 28-step views, whose gap is under a point: McNemar beside Welch
-    results = {v: runs(lab, "views", rate_name(view_name(v), lr[v], own=VIEW_LR), view_budget(lr[v]) +
-                       view_args(*VIEWS[v]), paired=v in SHORT_VIEWS) for v in VIEWS}
+    results = {v: runs(lab, "views", rate_name(view_name(v), lr[v], own=VIEW_LR), view_budget(lr[v]) + of[v],
+                       paired=v in SHORT_VIEWS) for v in VIEWS}
     if not all(results.values()):
         return report.missing("views")
     draw(report, results)
@@ -158,8 +158,10 @@ def suite(lab: Lab, report: Report) -> None:
     concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
     # views whose every selection run collapsed: their rate was chosen among nets that learned next to
     # nothing; how far apart their rates' mean validation accuracies were says how little the choice meant
-    sweep_collapsed = [v for v, s in chosen.items() if all(collapsed(r) for rs in s.sweep.values() for r in rs)]
-    val_means = {v: [statistics.mean(s.val(rate)) for rate in VIEW_RATES] for v, s in chosen.items()}
+    val_means = {v: [statistics.mean(s.val(rate)) for rate in VIEW_RATES] for v, s in chosen.items()
+                 if all(collapsed(r) for rs in s.sweep.values() for r in rs)}
+    # a sweep like the small budget's (its rates, these seeds) for both longer-budget views
+    long_sweep_runs = len(LONG_VIEWS) * len(VIEW_RATES) * len(long["pixel"])
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
@@ -169,7 +171,7 @@ def suite(lab: Lab, report: Report) -> None:
         sweep_seeds=len(chosen["row"].sweep[VIEW_RATES[0]]), rates=VIEW_RATES, lr=lr, train_images=TRAIN_IMAGES,
         val_size=int(VAL_SIZE),
         sweep_table=sweep_table(report, "view", chosen, VIEW_RATES),
-        sweep_collapsed={v: max(val_means[v]) - min(val_means[v]) for v in sweep_collapsed},
+        sweep_collapsed={v: max(means) - min(means) for v, means in val_means.items()},
         row_column_mcnemar=mcnemar_text(mcnemar(results["column"], results["row"])),
         acc={v: statistics.mean(a) for v, a in acc.items()},
         collapsed={v: sum(collapsed(r) for r in rs) for v, rs in results.items()},
@@ -199,11 +201,10 @@ def suite(lab: Lab, report: Report) -> None:
         tail=tail, ink_lost={v: ink_lost(lab, crop) for v, (_, crop) in scans.items()},
         ink=ink_lost(lab, (lab.data[0].images.shape[1], 0)),  # every row dropped: all of an image's ink
         pixel_rate=pixel_rate, concurrent=concurrent,
-        # a sweep like the small budget's (its rates, these seeds) for both views, at the pixel runs' speed
-        long_sweep_hours=len(LONG_VIEWS) * len(VIEW_RATES) * len(long["pixel"]) * LONG_EPOCHS * 60_000 / pixel_rate
-        / 3600 / concurrent,
+        long_sweep_runs=long_sweep_runs,  # and the hours it would take at the pixel runs' speed
+        long_sweep_hours=long_sweep_runs * LONG_EPOCHS * 60_000 / pixel_rate / 3600 / concurrent,
         long_extended=sum("extends" in r for rs in long.values() for r in rs), long_runs=sum(map(len, long.values())),
-        long_from=LONG_FROM, long_sweep_runs=len(VIEW_RATES) * len(long["pixel"]),
+        long_from=LONG_FROM,
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
             ["view", "steps per image", "blank pixels at the end (mean)", "Adam rate (chosen)", "seeds",
