@@ -715,9 +715,10 @@ def rate_name(name: str, lr: str, own: str = "0.01") -> str:
     return name if lr == own else f"{name}-lr{lr}"
 
 
-def accuracy_curve(record: dict) -> tuple[list[int], list[float]]:
-    """The steps a run was scored at, and its test accuracy there (for plotting)."""
-    return [e["step"] for e in record["evals"]], [e["test_accuracy"] for e in record["evals"]]
+def accuracy_curve(record: dict, split: str = "test") -> tuple[list[int], list[float]]:
+    """The steps a run was scored at, and its accuracy there on `split` (for plotting): "test", or "val"
+    for a run with a validation split, which is scored on it while it trains."""
+    return [e["step"] for e in record["evals"]], [e[f"{split}_accuracy"] for e in record["evals"]]
 
 
 def steps_to(record: dict, accuracy: float) -> Optional[int]:
@@ -730,9 +731,9 @@ def steps_text(records: list[dict], accuracy: float = 0.9) -> str:
     return " / ".join(str(steps_to(r, accuracy) or "never") for r in records)
 
 
-def at_step(record: dict, step: int) -> float:
-    """Test accuracy at the first score at or after `step`."""
-    return next(e["test_accuracy"] for e in record["evals"] if e["step"] >= step)
+def at_step(record: dict, step: int, split: str = "test") -> float:
+    """Accuracy on `split` (as accuracy_curve) at the first score at or after `step`."""
+    return next(e[f"{split}_accuracy"] for e in record["evals"] if e["step"] >= step)
 
 
 def parameters(cell: str, hidden: int, layers: int = 2, inputs: int = 28, bidirectional: bool = False) -> int:

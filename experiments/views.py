@@ -10,7 +10,7 @@ import numpy as np
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.lab import (VAL_SIZE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step, collapsed,
-                             compare, holm, mcnemar, mcnemar_text, rate_name, runs, select, sweep_table)
+                             compare, holm, mcnemar, mcnemar_text, mean_std, rate_name, runs, select, sweep_table)
 
 # The pixel views are 784 steps long (28x the rows): on 2 CPU cores the presets would take hours,
 # so the views suite compares all the views at one small budget (and the pixel and permuted views also
@@ -154,8 +154,10 @@ def suite(lab: Lab, report: Report) -> None:
         return report.missing("views")
     draw(report, results)
     draw_long(report, long)
-    long_acc = {v: accuracies(rs) for v, rs in long.items()}
     chance = chance_line(lab)
+    # each run judged by the weights of its best validation score; the final weights' scores beside them
+    long_acc = {v: [r["results"]["best_test_accuracy"] for r in rs] for v, rs in long.items()}
+    long_final = {v: accuracies(rs) for v, rs in long.items()}
     long_best = {v: max(a) for v, a in long_acc.items()}
     # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
     pixel_rate = statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"])
@@ -166,6 +168,7 @@ def suite(lab: Lab, report: Report) -> None:
                  if all(collapsed(r) for rs in s.sweep.values() for r in rs)}
     # a sweep like the small budget's (its rates, these seeds) for both longer-budget views
     long_sweep_runs = len(LONG_VIEWS) * len(VIEW_RATES) * len(long["pixel"])
+    epoch_images = LONG_EPOCH_STEPS * 100
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
@@ -187,26 +190,30 @@ def suite(lab: Lab, report: Report) -> None:
                     ink_last_vs_pixel=compare(acc["pixel, rows 4-23"], acc["pixel"]),
                     long_permuted_vs_pixel=compare(long_acc["permuted"], long_acc["pixel"]))),
         long_budget=" ".join(long_budget(LONG_EPOCHS)), long_steps=LONG_STEPS, long_epochs=LONG_EPOCHS,
-        long_eval=LONG_EVAL,
+        long_eval=LONG_EVAL, epoch_images=epoch_images,
         long_seeds=len(long["pixel"]),
         long_acc={v: statistics.mean(a) for v, a in long_acc.items()},
-        long_collapsed={v: sum(collapsed(r) for r in rs) for v, rs in long.items()},
+        long_final={v: statistics.mean(a) for v, a in long_final.items()},
+        long_collapsed={v: sum(collapsed(r) for r in rs) for v, rs in long.items()},  # the final weights
         long_learned={v: sum(a > chance for a in acc_) for v, acc_ in long_acc.items()}, chance=chance,
-        # seeds above chance at some evaluation during training, but not at the end
-        long_fell={v: sum(max(accuracy_curve(r)[1]) > chance >= a for r, a in zip(rs, long_acc[v]))
-                   for v, rs in long.items()},
+        # seeds whose best validation weights are above chance and whose final weights are not
+        long_fell={v: sum(best > chance >= final for best, final in zip(long_acc[v], long_final[v]))
+                   for v in long},
+        long_early={v: sum(r["results"]["best_step"] < LONG_STEPS for r in rs) for v, rs in long.items()},
         long_best=long_best,
         long_table=report.table(
-            ["view", "seeds", "test accuracy %", "best seed %", "test accuracy % after each epoch, per seed"],
-            [[v, len(rs), accuracy_cell(rs), f"{long_best[v] * 100:.2f}",
-              "; ".join(" / ".join(f"{at_step(r, step) * 100:.1f}"
+            ["view", "seeds", "test % (best validation weights)", "best seed %", "test % (final weights)",
+             "step of the best validation score, per seed", "validation % after each epoch, per seed"],
+            [[v, len(rs), mean_std(long_acc[v]), f"{long_best[v] * 100:.2f}", accuracy_cell(rs),
+              " / ".join(str(r["results"]["best_step"]) for r in rs),
+              "; ".join(" / ".join(f"{at_step(r, step, 'val') * 100:.1f}"
                                    for step in range(LONG_EPOCH_STEPS, LONG_STEPS + 1, LONG_EPOCH_STEPS)) for r in rs)]
              for v, rs in long.items()]),
         tail=tail, ink_lost={v: ink_lost(lab, crop) for v, (_, crop) in scans.items()},
         ink=ink_lost(lab, (lab.data[0].images.shape[1], 0)),  # every row dropped: all of an image's ink
         pixel_rate=pixel_rate, concurrent=concurrent,
         long_sweep_runs=long_sweep_runs,  # and the hours it would take at the pixel runs' speed
-        long_sweep_hours=long_sweep_runs * LONG_EPOCHS * 60_000 / pixel_rate / 3600 / concurrent,
+        long_sweep_hours=long_sweep_runs * LONG_EPOCHS * epoch_images / pixel_rate / 3600 / concurrent,
         long_extended=sum("extends" in r for rs in long.values() for r in rs), long_runs=sum(map(len, long.values())),
         long_from=LONG_FROM,
         gpu=results["pixel"][0]["machine"]["gpu"],
@@ -225,7 +232,8 @@ def suite(lab: Lab, report: Report) -> None:
               f"{BUDGET_STEPS} steps of batch 100 (a third of an epoch)", "the records below"],
              ["this report", f"1-layer LSTM, 100 units: {statistics.mean(long_acc['pixel']) * 100:.1f} / "
               f"{statistics.mean(long_acc['permuted']) * 100:.1f}",
-              f"{LONG_STEPS} steps of batch 100 ({LONG_EPOCHS} epochs), Adam 1e-3, clip 1", "the records below"]]))
+              f"{LONG_STEPS} steps of batch 100 ({LONG_EPOCHS} epochs), Adam 1e-3, clip 1; the weights of the best "
+              "validation score", "the records below"]]))
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
@@ -250,17 +258,20 @@ def draw(report: Report, results: dict[str, list[dict]]) -> None:
 
 
 def draw_long(report: Report, long: dict[str, list[dict]]) -> None:
-    """Every seed's test accuracy during the epochs of the longer budget, the two views on one axis."""
+    """Every seed's validation accuracy during the epochs of the longer budget, the two views on one
+    axis, each seed's best score (the weights it is judged by) ringed."""
     fig, ax = pyplot().subplots(figsize=(7, 3.4))
     for i, (v, rs) in enumerate(long.items()):
         for r in rs:
-            ax.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.8, lw=1.2, marker=".",
+            ax.plot(*accuracy_curve(r, "val"), color=f"C{i}", alpha=0.8, lw=1.2, marker=".",
                     label=f"{v} (one line per seed)" if r is rs[0] else None)
+            ax.plot(r["results"]["best_step"], r["results"]["best_val_accuracy"], "o", mfc="none", color=f"C{i}",
+                    ms=9, label="best validation score (the weights scored)" if i == 0 and r is rs[0] else None)
     ax.axhline(0.1, color="gray", lw=0.8, ls=":")
     ax.text(0.01, 0.11, "chance", fontsize=8, color="gray", transform=ax.get_yaxis_transform())
     for step in range(LONG_EPOCH_STEPS, LONG_STEPS, LONG_EPOCH_STEPS):
         ax.axvline(step, color="gray", lw=0.6, alpha=0.5)
-    ax.set(xlabel="optimizer step (grey lines: epoch ends)", ylabel="test accuracy", ylim=(0, 1))
+    ax.set(xlabel="optimizer step (grey lines: epoch ends)", ylabel="validation accuracy", ylim=(0, 1))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     report.draw("views-long", fig)
