@@ -30,9 +30,9 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 
 # The two long-memory views again, trained for LONG_EPOCHS full epochs with the settings of Cooijmans et
 # al. where dist_rnn has them (100 units, clipping 1, rate 1e-3); Adam stands in for their RMSProp, and
-# the recurrent weights keep PyTorch's initialisation. About 8 minutes an epoch per run here (2 at a
-# time): too dear to sweep rates, so the rate is theirs. The pixel view is unstable at this rate (a run
-# can climb well above chance and fall back to it), so each run holds out VAL_SIZE training images and
+# the recurrent weights keep PyTorch's initialisation. About 7 minutes an epoch per run here (2 at a
+# time): too dear to sweep rates, so the rate is theirs. The pixel view is unstable at this rate (in
+# runs without a validation split, 2 of 3 climbed well above chance and fell back: commit f797cce), so each run holds out VAL_SIZE training images and
 # scores them every LONG_EVAL steps: the weights it is judged by are those of its best validation score
 # (the test set scored once for them, and once for the final weights). The runs continue those of
 # LONG_FROM epochs where their directories are still here (bitwise the same as starting again, in less time).
@@ -157,6 +157,8 @@ def suite(lab: Lab, report: Report) -> None:
     chance = chance_line(lab)
     # each run judged by the weights of its best validation score; the final weights' scores beside them
     long_acc = {v: [r["results"]["best_test_accuracy"] for r in rs] for v, rs in long.items()}
+    if None in sum(long_acc.values(), []):  # dist_rnn found best.pt holding another step (it warns)
+        raise ValueError("a longer-budget run has no test score for its best validation weights")
     long_final = {v: accuracies(rs) for v, rs in long.items()}
     long_best = {v: max(a) for v, a in long_acc.items()}
     # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
