@@ -75,7 +75,8 @@ SELECTION_SEED = 100
 
 @functools.lru_cache(maxsize=None)
 def machine() -> dict[str, Any]:
-    """What a record was measured on (the same for every record of one invocation: asked once)."""
+    """What a record was measured on (the same for every record of one invocation: asked once, when its
+    Lab is made)."""
     cpu = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -119,6 +120,9 @@ class Lab:
         self.made: set[Path] = set()  # records made by this invocation (a --rerun repeats each once)
         self.planning = False  # run_parallel's planning passes: queue missing records in `pending`
         self.pending: dict[Path, Callable[[], dict[str, Any]]] = {}
+        # What the records will say they were made with, asked at launch: a commit made while the runs go
+        # on (its code is not the code running) must not be the one they name.
+        machine()
 
     @property
     def data(self) -> tuple[Split, Split]:
