@@ -30,12 +30,13 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 
 # The two long-memory views again, trained for LONG_EPOCHS full epochs with the settings of Cooijmans et
 # al. where dist_rnn has them (100 units, clipping 1, rate 1e-3); Adam stands in for their RMSProp, and
-# the recurrent weights keep PyTorch's initialisation. About 7 minutes an epoch per run here (2 at a
+# the recurrent weights keep PyTorch's initialisation. About 8 minutes an epoch per run here (2 at a
 # time): too dear to sweep rates, so the rate is theirs. The pixel view is unstable at this rate (in
-# runs without a validation split, 2 of 3 climbed well above chance and fell back: commit f797cce), so each run holds out VAL_SIZE training images and
-# scores them every LONG_EVAL steps: the weights it is judged by are those of its best validation score
-# (the test set scored once for them, and once for the final weights). The runs continue those of
-# LONG_FROM epochs where their directories are still here (bitwise the same as starting again, in less time).
+# runs without a validation split, 2 of 3 climbed well above chance and fell back: commit f797cce),
+# so each run holds out VAL_SIZE training images and scores them every LONG_EVAL steps: the weights it
+# is judged by are those of its best validation score (the test set scored once for them, and once for
+# the final weights). The runs continue those of LONG_FROM epochs where their directories are still
+# here (bitwise the same as starting again, in less time).
 LONG_EPOCHS, LONG_FROM = 4, 2
 LONG_EPOCH_STEPS = (60_000 - int(VAL_SIZE)) // 100  # the training set less the validation split, batches of 100
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
