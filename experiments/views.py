@@ -38,7 +38,8 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 # the final weights). The runs continue those of LONG_FROM epochs where their directories are still
 # here (bitwise the same as starting again, in less time).
 LONG_EPOCHS, LONG_FROM = 4, 2
-LONG_EPOCH_STEPS = (60_000 - int(VAL_SIZE)) // 100  # the training set less the validation split, batches of 100
+LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
+LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
 LONG_STEPS = LONG_EPOCHS * LONG_EPOCH_STEPS
 
@@ -171,7 +172,6 @@ def suite(lab: Lab, report: Report) -> None:
                  if all(collapsed(r) for rs in s.sweep.values() for r in rs)}
     # a sweep like the small budget's (its rates, these seeds) for both longer-budget views
     long_sweep_runs = len(LONG_VIEWS) * len(VIEW_RATES) * len(long["pixel"])
-    epoch_images = LONG_EPOCH_STEPS * 100
     rate = {v: statistics.median(r["results"]["train_samples_per_s"] for r in rs) for v, rs in results.items()}
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
@@ -193,7 +193,7 @@ def suite(lab: Lab, report: Report) -> None:
                     ink_last_vs_pixel=compare(acc["pixel, rows 4-23"], acc["pixel"]),
                     long_permuted_vs_pixel=compare(long_acc["permuted"], long_acc["pixel"]))),
         long_budget=" ".join(long_budget(LONG_EPOCHS)), long_steps=LONG_STEPS, long_epochs=LONG_EPOCHS,
-        long_eval=LONG_EVAL, epoch_images=epoch_images,
+        long_eval=LONG_EVAL, epoch_images=LONG_EPOCH_IMAGES,
         long_seeds=len(long["pixel"]),
         long_acc={v: statistics.mean(a) for v, a in long_acc.items()},
         long_final={v: statistics.mean(a) for v, a in long_final.items()},
@@ -216,7 +216,7 @@ def suite(lab: Lab, report: Report) -> None:
         ink=ink_lost(lab, (lab.data[0].images.shape[1], 0)),  # every row dropped: all of an image's ink
         pixel_rate=pixel_rate, concurrent=concurrent,
         long_sweep_runs=long_sweep_runs,  # and the hours it would take at the pixel runs' speed
-        long_sweep_hours=long_sweep_runs * LONG_EPOCHS * epoch_images / pixel_rate / 3600 / concurrent,
+        long_sweep_hours=long_sweep_runs * LONG_EPOCHS * LONG_EPOCH_IMAGES / pixel_rate / 3600 / concurrent,
         long_extended=sum("extends" in r for rs in long.values() for r in rs), long_runs=sum(map(len, long.values())),
         long_from=LONG_FROM,
         gpu=results["pixel"][0]["machine"]["gpu"],
