@@ -35,9 +35,10 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 # runs without a validation split, 2 of 3 climbed well above chance and fell back: commit f797cce),
 # so each run holds out VAL_SIZE training images and scores them every LONG_EVAL steps: the weights it
 # is judged by are those of its best validation score (the test set scored once for them, and once for
-# the final weights). The runs continue those of LONG_FROM epochs where their directories are still
-# here (bitwise the same as starting again, in less time).
-LONG_EPOCHS, LONG_FROM = 4, 2
+# the final weights). The runs are trained in LONG_STAGES, each stage continuing the last one's runs where
+# their directories are still here (bitwise the same as starting again, in less time).
+LONG_STAGES = (2, 4)  # epochs
+LONG_EPOCHS = LONG_STAGES[-1]
 LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
 LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
@@ -136,13 +137,11 @@ def view_name(view: str) -> str:
 
 
 def suite(lab: Lab, report: Report) -> None:
-    # The longer budget first, its runs being the longest: LONG_FROM epochs, then on to LONG_EPOCHS (the
-    # first part's records are kept, and counted in the time the report took).
+    # The longer budget first, its runs being the longest, stage by stage (every stage's records are
+    # kept, and counted in the time the report took).
     of = {v: view_args(*VIEWS[v]) for v in VIEWS}  # each view's own arguments
-    first = {v: runs(lab, "views", f"view-{v}-long", long_budget(LONG_FROM) + of[v], sweep=True) for v in LONG_VIEWS}
-    long = {v: runs(lab, "views", f"view-{v}-long", long_budget(LONG_EPOCHS) + of[v], sweep=True,
-                    extends=long_budget(LONG_FROM) + of[v]) if all(first.values()) else []
-            for v in LONG_VIEWS}
+    stages = {v: long_stages(lab, of[v], v) for v in LONG_VIEWS}
+    long = {v: rs[-1] if len(rs) == len(LONG_STAGES) else [] for v, rs in stages.items()}
     chosen = {v: select(lab, "views", view_name(v),
                         lambda lr, v=v: view_budget(lr, TRAIN_IMAGES + int(VAL_SIZE)) + of[v], VIEW_RATES)
               for v in VIEWS}
@@ -217,8 +216,9 @@ def suite(lab: Lab, report: Report) -> None:
         pixel_rate=pixel_rate, concurrent=concurrent,
         long_sweep_runs=long_sweep_runs,  # and the hours it would take at the pixel runs' speed
         long_sweep_hours=long_sweep_runs * LONG_EPOCHS * LONG_EPOCH_IMAGES / pixel_rate / 3600 / concurrent,
-        long_extended=sum("extends" in r for rs in long.values() for r in rs), long_runs=sum(map(len, long.values())),
-        long_from=LONG_FROM,
+        # the runs of every stage after the first, and how many of them went on from the stage before
+        long_extended=sum("extends" in r for rs in stages.values() for stage in rs[1:] for r in stage),
+        long_runs=sum(len(stage) for rs in stages.values() for stage in rs[1:]), long_stages=LONG_STAGES,
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
             ["view", "steps per image", "blank pixels at the end (mean)", "Adam rate (chosen)", "seeds",
@@ -237,6 +237,19 @@ def suite(lab: Lab, report: Report) -> None:
               f"{statistics.mean(long_acc['permuted']) * 100:.1f}",
               f"{LONG_STEPS} steps of batch 100 ({LONG_EPOCHS} epochs), Adam 1e-3, clip 1; the weights of the best "
               "validation score", "the records below"]]))
+
+
+def long_stages(lab: Lab, args: tuple[str, ...], view: str) -> list[list[dict]]:
+    """The longer budget's runs of `view` (its own arguments `args`), one list per stage of LONG_STAGES,
+    as far as they are all there: a stage is trained (continuing the one before) once that one is complete."""
+    done: list[list[dict]] = []
+    for k, epochs in enumerate(LONG_STAGES):
+        shorter = long_budget(LONG_STAGES[k - 1]) + args if k else None
+        stage = runs(lab, "views", f"view-{view}-long", long_budget(epochs) + args, sweep=True, extends=shorter)
+        if not stage:
+            break
+        done.append(stage)
+    return done
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
