@@ -41,6 +41,7 @@ LONG_STAGES = (2, 4, 6)  # epochs
 LONG_EPOCHS = LONG_STAGES[-1]
 LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
 LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
+LONG_FLAT = 1.0  # points of validation accuracy: a view whose every seed moved less in the last stage is flat
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
 LONG_STEPS = LONG_EPOCHS * LONG_EPOCH_STEPS
 
@@ -162,6 +163,9 @@ def suite(lab: Lab, report: Report) -> None:
         raise ValueError("a longer-budget run has no test score for its best validation weights")
     long_final = {v: accuracies(rs) for v, rs in long.items()}
     long_best = {v: max(a) for v, a in long_acc.items()}
+    # what the last stage added: each seed's validation points at its end less those at its start
+    long_gain = {v: [100 * (at_step(r, LONG_STEPS, "val") - at_step(r, LONG_STAGES[-2] * LONG_EPOCH_STEPS, "val"))
+                     for r in rs] for v, rs in long.items()}
     # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
     pixel_rate = statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"])
     concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
@@ -202,6 +206,8 @@ def suite(lab: Lab, report: Report) -> None:
         long_fell={v: sum(best > chance >= final for best, final in zip(long_acc[v], long_final[v]))
                    for v in long},
         long_early={v: sum(r["results"]["best_step"] < LONG_STEPS for r in rs) for v, rs in long.items()},
+        long_gain=long_gain, long_flat={v: max(map(abs, g)) < LONG_FLAT for v, g in long_gain.items()},
+        flat_points=LONG_FLAT,
         long_best=long_best,
         long_table=report.table(
             ["view", "seeds", "test % (best validation weights)", "best seed %", "test % (final weights)",
