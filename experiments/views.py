@@ -37,7 +37,7 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 # is judged by are those of its best validation score (the test set scored once for them, and once for
 # the final weights). The runs are trained in LONG_STAGES, each stage continuing the last one's runs where
 # their directories are still here (bitwise the same as starting again, in less time).
-LONG_STAGES = (2, 4, 6)  # epochs
+LONG_STAGES = (2, 4, 6, 8)  # epochs
 LONG_EPOCHS = LONG_STAGES[-1]
 LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
 LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
