@@ -35,13 +35,13 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 # runs without a validation split, 2 of 3 climbed well above chance and fell back: commit f797cce),
 # so each run holds out VAL_SIZE training images and scores them every LONG_EVAL steps: the weights it
 # is judged by are those of its best validation score (the test set scored once for them, and once for
-# the final weights). The runs are trained in LONG_STAGES, each stage continuing the last one's runs where
-# their directories are still here (bitwise the same as starting again, in less time).
+# the final weights). The runs are trained in stages ending at LONG_STAGES, each stage continuing the
+# previous stage's runs where their directories are still here (bitwise the same as starting again, in
+# less time).
 LONG_STAGES = (2, 4, 6, 8)  # epochs
 LONG_EPOCHS = LONG_STAGES[-1]
 LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
 LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
-LONG_FLAT = 1.0  # points of validation accuracy: a view whose every seed moved less in the last stage is flat
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
 LONG_STEPS = LONG_EPOCHS * LONG_EPOCH_STEPS
 
@@ -141,7 +141,7 @@ def suite(lab: Lab, report: Report) -> None:
     # The longer budget first, its runs being the longest, stage by stage (every stage's records are
     # kept, and counted in the time the report took).
     of = {v: view_args(*VIEWS[v]) for v in VIEWS}  # each view's own arguments
-    stages = {v: long_stages(lab, of[v], v) for v in LONG_VIEWS}
+    stages = {v: long_stage_runs(lab, of[v], v) for v in LONG_VIEWS}
     long = {v: rs[-1] if len(rs) == len(LONG_STAGES) else [] for v, rs in stages.items()}
     chosen = {v: select(lab, "views", view_name(v),
                         lambda lr, v=v: view_budget(lr, TRAIN_IMAGES + int(VAL_SIZE)) + of[v], VIEW_RATES)
@@ -163,9 +163,10 @@ def suite(lab: Lab, report: Report) -> None:
         raise ValueError("a longer-budget run has no test score for its best validation weights")
     long_final = {v: accuracies(rs) for v, rs in long.items()}
     long_best = {v: max(a) for v, a in long_acc.items()}
-    # what the last stage added: each seed's validation points at its end less those at its start
-    long_gain = {v: [100 * (at_step(r, LONG_STEPS, "val") - at_step(r, LONG_STAGES[-2] * LONG_EPOCH_STEPS, "val"))
-                     for r in rs] for v, rs in long.items()}
+    # what the last stage added: how far each seed's best validation score rose in it (0: no new best)
+    last_start = LONG_STAGES[-2] * LONG_EPOCH_STEPS if len(LONG_STAGES) > 1 else None
+    long_gain = {v: [100 * max(0.0, best_val(r, last_start, LONG_STEPS) - best_val(r, 0, last_start)) for r in rs]
+                 for v, rs in long.items()} if last_start else {}
     # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
     pixel_rate = statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"])
     concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
@@ -205,9 +206,10 @@ def suite(lab: Lab, report: Report) -> None:
         # seeds whose best validation weights are above chance and whose final weights are not
         long_fell={v: sum(best > chance >= final for best, final in zip(long_acc[v], long_final[v]))
                    for v in long},
-        long_early={v: sum(r["results"]["best_step"] < LONG_STEPS for r in rs) for v, rs in long.items()},
-        long_gain=long_gain, long_flat={v: max(map(abs, g)) < LONG_FLAT for v, g in long_gain.items()},
-        flat_points=LONG_FLAT,
+        # seeds whose final weights score below their best on validation (a tie keeps the earlier step)
+        long_early={v: sum(at_step(r, LONG_STEPS, "val") < r["results"]["best_val_accuracy"] for r in rs)
+                    for v, rs in long.items()},
+        long_gain=long_gain, last_stage=(LONG_STAGES[-2] + 1, LONG_EPOCHS) if last_start else None,
         long_best=long_best,
         long_table=report.table(
             ["view", "seeds", "test % (best validation weights)", "best seed %", "test % (final weights)",
@@ -224,7 +226,7 @@ def suite(lab: Lab, report: Report) -> None:
         long_sweep_hours=long_sweep_runs * LONG_EPOCHS * LONG_EPOCH_IMAGES / pixel_rate / 3600 / concurrent,
         # the runs of every stage after the first, and how many of them went on from the stage before
         long_extended=sum("extends" in r for rs in stages.values() for stage in rs[1:] for r in stage),
-        long_runs=sum(len(stage) for rs in stages.values() for stage in rs[1:]), long_stages=LONG_STAGES,
+        long_runs=sum(len(stage) for rs in stages.values() for stage in rs[1:]), stage_epochs=LONG_STAGES,
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
             ["view", "steps per image", "blank pixels at the end (mean)", "Adam rate (chosen)", "seeds",
@@ -245,7 +247,7 @@ def suite(lab: Lab, report: Report) -> None:
               "validation score", "the records below"]]))
 
 
-def long_stages(lab: Lab, args: tuple[str, ...], view: str) -> list[list[dict]]:
+def long_stage_runs(lab: Lab, args: tuple[str, ...], view: str) -> list[list[dict]]:
     """The longer budget's runs of `view` (its own arguments `args`), one list per stage of LONG_STAGES,
     as far as they are all there: a stage is trained (continuing the one before) once that one is complete."""
     done: list[list[dict]] = []
@@ -256,6 +258,11 @@ def long_stages(lab: Lab, args: tuple[str, ...], view: str) -> list[list[dict]]:
             break
         done.append(stage)
     return done
+
+
+def best_val(record: dict, after: int, until: int) -> float:
+    """A run's best validation accuracy among its scores after step `after`, up to step `until`."""
+    return max(e["val_accuracy"] for e in record["evals"] if after < e["step"] <= until)
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
