@@ -386,6 +386,11 @@ T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31,
 ALPHA = 0.05  # the family-wise error rate each section's comparisons are held to (Holm)
 
 
+def p_text(p: float) -> str:
+    """A p-value as the report writes it: three decimals, and 'p < 0.001' rather than a false 'p = 0.000'."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
+
+
 @dataclass(frozen=True)
 class Comparison:
     """mean(a) - mean(b) in points, the half-width of its 95 % confidence interval (Welch, not
@@ -409,7 +414,7 @@ class Comparison:
         """The verdict in the report's words, with the corrected p it follows."""
         corrected = f"Holm-corrected over {self.family}" if self.family > 1 else "one comparison"
         verdict = "beyond the spread" if self.beyond else "within the spread"
-        return f"{verdict}: p = {self.p_holm:.3f}, {corrected}"
+        return f"{verdict}: {p_text(self.p_holm)}, {corrected}"
 
 
 def compare(a: list[float], b: list[float]) -> Comparison:
@@ -659,7 +664,7 @@ def mcnemar(a: list[dict], b: list[dict]) -> list[Paired]:
 def mcnemar_text(pairs: list[Paired]) -> str:
     """For prose and tables: 'per seed pair, images only the first / only the second got right:
     52/40 (p = 0.25), ...; 1 of 5 pairs below 0.05'."""
-    each = ", ".join(f"{p.only_a}/{p.only_b} (p = {p.p:.3f})" for p in pairs)
+    each = ", ".join(f"{p.only_a}/{p.only_b} ({p_text(p.p)})" for p in pairs)
     return f"{each}; {sum(p.p < ALPHA for p in pairs)} of {len(pairs)} pairs below {ALPHA}"
 
 

@@ -167,6 +167,9 @@ def test_holm_holds_a_family_of_comparisons_to_five_per_cent():
     assert adjusted["c"].beyond and not adjusted["a"].beyond and family["a"].beyond
     assert adjusted["a"].words == "within the spread: p = 0.060, Holm-corrected over 3"
     assert family["a"].words == "beyond the spread: p = 0.030, one comparison"
+    assert adjusted["c"].words == "beyond the spread: p = 0.003, Holm-corrected over 3"
+    assert c(1.0, 0.1, 0.0004, 0.0004).words == "beyond the spread: p < 0.001, one comparison"  # never "p = 0.000"
+    assert experiments_lab.p_text(0.0005) == "p = 0.001"
     flipped = experiments_lab.both_ways({("x", "y"): adjusted["c"]})
     assert flipped[("y", "x")].diff == -2.0 and flipped[("y", "x")].p_holm == adjusted["c"].p_holm
 
@@ -268,6 +271,8 @@ def test_mcnemar_counts_the_images_only_one_run_got_right_and_tests_them_exactly
     assert lopsided.p == pytest.approx(2 / 2 ** 10)
     assert experiments_lab.mcnemar_text([pair, lopsided]) == \
         "10/4 (p = 0.180), 10/0 (p = 0.002); 1 of 2 pairs below 0.05"
+    (tiny,) = experiments_lab.mcnemar([record([True] * 12)], [record([False] * 12)])  # p = 2 / 2 ** 12
+    assert experiments_lab.mcnemar_text([tiny]) == "12/0 (p < 0.001); 1 of 1 pairs below 0.05"
 
 
 def test_selection_chooses_a_rate_on_the_validation_split_with_seeds_of_its_own(mnist_dir, tmp_path, monkeypatch):
