@@ -163,10 +163,9 @@ def suite(lab: Lab, report: Report) -> None:
         raise ValueError("a longer-budget run has no test score for its best validation weights")
     long_final = {v: accuracies(rs) for v, rs in long.items()}
     long_best = {v: max(a) for v, a in long_acc.items()}
-    # what the last stage added: how far each seed's best validation score rose in it (0: no new best)
-    last_start = LONG_STAGES[-2] * LONG_EPOCH_STEPS if len(LONG_STAGES) > 1 else None
-    long_gain = {v: [100 * max(0.0, best_val(r, last_start, LONG_STEPS) - best_val(r, 0, last_start)) for r in rs]
-                 for v, rs in long.items()} if last_start else {}
+    # what the last stage added: how far each seed's best validation score rose in it (0: no new best), in points
+    long_gain = {v: [100 * (r["results"]["best_val_accuracy"] - before["results"]["best_val_accuracy"])
+                     for r, before in zip(rs[-1], rs[-2])] for v, rs in stages.items()} if len(LONG_STAGES) > 1 else {}
     # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
     pixel_rate = statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"])
     concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
@@ -209,7 +208,7 @@ def suite(lab: Lab, report: Report) -> None:
         # seeds whose final weights score below their best on validation (a tie keeps the earlier step)
         long_early={v: sum(at_step(r, LONG_STEPS, "val") < r["results"]["best_val_accuracy"] for r in rs)
                     for v, rs in long.items()},
-        long_gain=long_gain, last_stage=(LONG_STAGES[-2] + 1, LONG_EPOCHS) if last_start else None,
+        long_gain=long_gain,
         long_best=long_best,
         long_table=report.table(
             ["view", "seeds", "test % (best validation weights)", "best seed %", "test % (final weights)",
@@ -258,11 +257,6 @@ def long_stage_runs(lab: Lab, args: tuple[str, ...], view: str) -> list[list[dic
             break
         done.append(stage)
     return done
-
-
-def best_val(record: dict, after: int, until: int) -> float:
-    """A run's best validation accuracy among its scores after step `after`, up to step `until`."""
-    return max(e["val_accuracy"] for e in record["evals"] if after < e["step"] <= until)
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
