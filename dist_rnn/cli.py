@@ -23,8 +23,15 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar
 import torch
 
 from dist_rnn import __version__
-from dist_rnn.config import (HELP_GROUPS, PRESETS, TrainConfig, field_type, from_values,
-                             precision_from_accelerate, read_config_file)
+from dist_rnn.config import (
+    HELP_GROUPS,
+    PRESETS,
+    TrainConfig,
+    field_type,
+    from_values,
+    precision_from_accelerate,
+    read_config_file,
+)
 from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
 from dist_rnn.errors import OPTION, OutOfMemory, PeerLost, Stopped, UserError, out_of_memory
 

@@ -13,8 +13,8 @@ import difflib
 import json
 import math
 import typing
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from dist_rnn.errors import UserError, first_line

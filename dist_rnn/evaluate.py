@@ -20,8 +20,16 @@ from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
 from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, is_image_set, option
-from dist_rnn.data import (SequenceView, SeriesView, Split, as_sequences, eval_shard, load_dataset, load_split,
-                           resolve_data_dir)
+from dist_rnn.data import (
+    SequenceView,
+    SeriesView,
+    Split,
+    as_sequences,
+    eval_shard,
+    load_dataset,
+    load_split,
+    resolve_data_dir,
+)
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json

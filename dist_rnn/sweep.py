@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
-from dist_rnn.config import (TrainConfig, check_limits, checked_values, did_you_mean, from_values, option,
-                             read_file)
+from dist_rnn.config import TrainConfig, check_limits, checked_values, did_you_mean, from_values, option, read_file
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
 from dist_rnn.lock import RunLock

@@ -25,17 +25,37 @@ from torch import nn
 
 from dist_rnn import __version__, distributed, tracking
 from dist_rnn.amp import check_precision, grad_scaler
-from dist_rnn.checkpoint import (BEST_NAME, CheckpointManager, TrainState, checkpoint_dir, load_checkpoint,
-                                 load_weights, set_rng_state)
+from dist_rnn.checkpoint import (
+    BEST_NAME,
+    CheckpointManager,
+    TrainState,
+    checkpoint_dir,
+    load_checkpoint,
+    load_weights,
+    set_rng_state,
+)
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
-from dist_rnn.data import (NUM_CLASSES, ArrowSplit, GlobalBatchSampler, SequenceView, SeriesInfo, SeriesView, Split,
-                           download_mnist, feeder, is_path, load_dataset, resolve_data_dir, validation_split)
+from dist_rnn.data import (
+    NUM_CLASSES,
+    ArrowSplit,
+    GlobalBatchSampler,
+    SequenceView,
+    SeriesInfo,
+    SeriesView,
+    Split,
+    download_mnist,
+    feeder,
+    is_path,
+    load_dataset,
+    resolve_data_dir,
+    validation_split,
+)
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
 from dist_rnn.evaluate import describe_inputs, evaluate
-from dist_rnn.log import RunLog
 from dist_rnn.lock import RunLock
+from dist_rnn.log import RunLog
 from dist_rnn.model import build_model, count_parameters
 from dist_rnn.schedule import Schedule, schedules_the_rate
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal

@@ -43,12 +43,12 @@ def suite(lab: Lab, report: Report) -> None:
     if not checks:
         return report.missing("batch_first")
     layouts = list(checks[0]["ms_per_forward_backward"])
-    times = {l: statistics.mean(c["ms_per_forward_backward"][l] for c in checks) for l in layouts}
+    times = {name: statistics.mean(c["ms_per_forward_backward"][name] for c in checks) for name in layouts}
     report.section(
         "batch_first", max_diff=max(c["max_abs_output_difference"] for c in checks),
         ratio=times[layouts[0]] / times[layouts[1]], ms_first=times[layouts[0]], ms_second=times[layouts[1]],
         ratios=[c["ms_per_forward_backward"][layouts[0]] / c["ms_per_forward_backward"][layouts[1]] for c in checks],
         checks_table=report.table(
-            ["seed", "same state_dict keys", "max |output difference|", *[f"ms: {l}" for l in layouts]],
+            ["seed", "same state_dict keys", "max |output difference|", *[f"ms: {name}" for name in layouts]],
             [[s, c["same_state_dict_keys"], f"{c['max_abs_output_difference']:.1e}",
-              *[f"{c['ms_per_forward_backward'][l]:.1f}" for l in layouts]] for s, c in zip(lab.seeds(), checks)]))
+              *[f"{c['ms_per_forward_backward'][name]:.1f}" for name in layouts]] for s, c in zip(lab.seeds(), checks)]))

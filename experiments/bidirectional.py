@@ -14,9 +14,33 @@ from dist_rnn.config import TrainConfig
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
 from experiments.cells import step_times
-from experiments.lab import (BILSTM, BILSTM_LR, LSTM_RATES, PROBE_SAMPLES, VAL_SIZE, Lab, Report, accuracies,
-                             accuracy_cell, at_rate, compare, fit_linear, holm, lstm_at, lstm_reference, mcnemar,
-                             mcnemar_text, mean_std, measures, parameters, pct, rate_name, runs, select, sweep_table)
+from experiments.lab import (
+    BILSTM,
+    BILSTM_LR,
+    LSTM_RATES,
+    PROBE_SAMPLES,
+    VAL_SIZE,
+    Lab,
+    Report,
+    accuracies,
+    accuracy_cell,
+    at_rate,
+    compare,
+    fit_linear,
+    holm,
+    lstm_at,
+    lstm_reference,
+    mcnemar,
+    mcnemar_text,
+    mean_std,
+    measures,
+    parameters,
+    pct,
+    rate_name,
+    runs,
+    select,
+    sweep_table,
+)
 
 
 def half_probes(lab: "Lab", config: TrainConfig, model: nn.Module, view: SequenceView, x_train: torch.Tensor,

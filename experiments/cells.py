@@ -15,9 +15,30 @@ import torch.nn.functional as F
 
 from dist_rnn.model import RNNClassifier
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_RATES, VAL_SIZE, Lab, Report, Selection, accuracies, accuracy_cell, both_ways,
-                             collapsed, compare, holm, lstm_at, lstm_like_hidden, lstm_reference, mcnemar, mcnemar_text,
-                             measures, parameters, pct, rate_name, runs, select)
+from experiments.lab import (
+    LSTM_RATES,
+    VAL_SIZE,
+    Lab,
+    Report,
+    Selection,
+    accuracies,
+    accuracy_cell,
+    both_ways,
+    collapsed,
+    compare,
+    holm,
+    lstm_at,
+    lstm_like_hidden,
+    lstm_reference,
+    mcnemar,
+    mcnemar_text,
+    measures,
+    parameters,
+    pct,
+    rate_name,
+    runs,
+    select,
+)
 
 RATES = {"lstm": LSTM_RATES, "gru": ("0.001", "0.003", "0.01"),
          "rnn": ("0.0003", "0.001", "0.003", "0.01")}  # Adam rates swept per cell (the plain RNN's lower)

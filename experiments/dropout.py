@@ -13,9 +13,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_RATES, PROBE_SAMPLES, Lab, Report, accuracies, accuracy_cell, at_step, compare, holm,
-                             lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, measures, pct, preset_at,
-                             rate_name, runs, select, sweep_table)
+from experiments.lab import (
+    LSTM_RATES,
+    PROBE_SAMPLES,
+    Lab,
+    Report,
+    accuracies,
+    accuracy_cell,
+    at_step,
+    compare,
+    holm,
+    lstm_at,
+    lstm_reference,
+    mcnemar,
+    mcnemar_text,
+    mean_std,
+    measures,
+    pct,
+    preset_at,
+    rate_name,
+    runs,
+    select,
+    sweep_table,
+)
 
 
 def dropout_check(seed: int) -> dict[str, Any]:

@@ -13,9 +13,24 @@ from torch import nn
 
 from dist_rnn.data.splits import validation_split
 from dist_rnn.plot import pyplot
-from experiments.lab import (SELECTION_SEED, VAL_SIZE, Lab, Report, accuracies, accuracy_cell, accuracy_curve,
-                             best_rate, compare, lstm_runs, mean_std, measures, parameters, pct, steps_text, steps_to)
-
+from experiments.lab import (
+    SELECTION_SEED,
+    VAL_SIZE,
+    Lab,
+    Report,
+    accuracies,
+    accuracy_cell,
+    accuracy_curve,
+    best_rate,
+    compare,
+    lstm_runs,
+    mean_std,
+    measures,
+    parameters,
+    pct,
+    steps_text,
+    steps_to,
+)
 
 BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
 

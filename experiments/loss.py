@@ -10,9 +10,30 @@ import torch
 import torch.nn.functional as F
 
 from dist_rnn.plot import pyplot
-from experiments.lab import (LSTM_CURVE, LSTM_RATES, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_rate,
-                             at_step, compare, holm, lstm_at, lstm_reference, mcnemar, mcnemar_text, mean_std, pct,
-                             rate_name, runs, select, steps_text, sweep_table)
+from experiments.lab import (
+    LSTM_CURVE,
+    LSTM_RATES,
+    Lab,
+    Report,
+    accuracies,
+    accuracy_cell,
+    accuracy_curve,
+    at_rate,
+    at_step,
+    compare,
+    holm,
+    lstm_at,
+    lstm_reference,
+    mcnemar,
+    mcnemar_text,
+    mean_std,
+    pct,
+    rate_name,
+    runs,
+    select,
+    steps_text,
+    sweep_table,
+)
 
 
 def loss_gradients(seed: int) -> dict[str, Any]:

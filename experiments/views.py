@@ -9,8 +9,25 @@ import numpy as np
 
 from dist_rnn.data import SequenceView
 from dist_rnn.plot import pyplot
-from experiments.lab import (VAL_SIZE, Lab, Report, accuracies, accuracy_cell, accuracy_curve, at_step, collapsed,
-                             compare, holm, mcnemar, mcnemar_text, mean_std, rate_name, runs, select, sweep_table)
+from experiments.lab import (
+    VAL_SIZE,
+    Lab,
+    Report,
+    accuracies,
+    accuracy_cell,
+    accuracy_curve,
+    at_step,
+    collapsed,
+    compare,
+    holm,
+    mcnemar,
+    mcnemar_text,
+    mean_std,
+    rate_name,
+    runs,
+    select,
+    sweep_table,
+)
 
 # The pixel views are 784 steps long (28x the rows): on 2 CPU cores the presets would take hours,
 # so the views suite compares all the views at one small budget (and the pixel and permuted views also

@@ -16,7 +16,6 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 import torch
-
 import warm
 
 from dist_rnn.data import SPLIT_FILES

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CPU_WITHOUT_BF16, REPO, TORCHRUN, idx_bytes, write_mnist
-from dist_rnn.data import __main__ as data_cli
+
 from dist_rnn import evaluate as evaluate_cli
 from dist_rnn import sweep as sweep_cli
 from dist_rnn import train as train_cli
+from dist_rnn.data import __main__ as data_cli
 from dist_rnn.errors import out_of_memory
 
 MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "data": data_cli.main, "sweep": sweep_cli.main}

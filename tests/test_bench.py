@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import CPU_WITHOUT_BF16, REPO, cpu_runs_bf16_lstm, write_mnist
 
 

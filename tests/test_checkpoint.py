@@ -13,10 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, TORCHRUN, check_ok, read_results, run_module, run_train, write_mnist
-from dist_rnn.checkpoint import (CheckpointManager, TrainState, latest_valid, list_checkpoints, load_checkpoint,
-                                 metadata_path, prune, rng_state, set_rng_state, write_checkpoint)
+
+from dist_rnn.checkpoint import (
+    CheckpointManager,
+    TrainState,
+    latest_valid,
+    list_checkpoints,
+    load_checkpoint,
+    metadata_path,
+    prune,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from dist_rnn.errors import UserError
 
 

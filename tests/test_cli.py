@@ -9,8 +9,8 @@ from typing import Optional
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from dist_rnn import __version__
 from dist_rnn.cli import as_flags, build_parser, parse_config
 from dist_rnn.config import HELP_GROUPS, PRESETS, TrainConfig, check_limits, option

@@ -13,9 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    REPO,
+    check_ok,
+    events,
+    read_results,
+    real_mnist_dir,
+    run_step_worker,
+    run_train,
+    signal_when_training,
+    write_mnist,
+)
 
-from conftest import (REPO, check_ok, events, read_results, real_mnist_dir, run_step_worker, run_train,
-                      signal_when_training, write_mnist)
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.cuda

@@ -6,11 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import idx_bytes, real_mnist_dir, synthetic_split, write_mnist
-from dist_rnn.data import (GlobalBatchSampler, SequenceView, Split, as_sequences, eval_shard, load_mnist,
-                           resolve_data_dir, validation_split)
+
 from dist_rnn.cli import parse_config
+from dist_rnn.data import (
+    GlobalBatchSampler,
+    SequenceView,
+    Split,
+    as_sequences,
+    eval_shard,
+    load_mnist,
+    resolve_data_dir,
+    validation_split,
+)
 from dist_rnn.errors import UserError
 
 

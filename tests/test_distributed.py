@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TORCHRUN, check_ok, events, free_port, read_results, run_train, write_mnist
+
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.cli import as_flags
 from dist_rnn.distributed import resolve_device, threads_per_rank

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, TORCHRUN, check_ok, cpu_runs_bf16_lstm, events, needs, read_results, run_module, run_train
 from PIL import Image
 
-from conftest import REPO, TORCHRUN, check_ok, cpu_runs_bf16_lstm, events, needs, read_results, run_module, run_train
 from dist_rnn.cli import parse_config
 from dist_rnn.errors import UserError
 from dist_rnn.plot import log_scale, plot_runs

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
-
 from conftest import REPO, real_mnist_dir
+
 from dist_rnn.plot import pyplot
-from experiments import lab as experiments_lab, run
+from experiments import lab as experiments_lab
+from experiments import run
 from experiments.bidirectional import half_probes
 from experiments.lab import ExperimentsConfig, Lab, Report
 

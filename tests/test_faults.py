@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, write_mnist
+
 from dist_rnn.checkpoint import list_checkpoints, problem
 
 

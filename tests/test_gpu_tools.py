@@ -11,7 +11,6 @@ import traceback
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, check_ok, read_results, signal_when_training
+
 from dist_rnn.errors import UserError
 from dist_rnn.lock import LOCK_NAME, RunLock
 

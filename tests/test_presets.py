@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import check_ok, read_results, real_mnist_dir, run_module, run_train
 from PIL import Image
 
-from conftest import check_ok, read_results, real_mnist_dir, run_module, run_train
 from dist_rnn.predict import to_mnist
 
 

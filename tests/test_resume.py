@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import check_ok, events, read_results, run_module, run_train, write_mnist
+
 from dist_rnn.checkpoint import list_checkpoints, load_checkpoint
 
 

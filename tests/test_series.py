@@ -9,15 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    REPO,
+    TORCHRUN,
+    check_ok,
+    read_results,
+    run_module,
+    run_train,
+    synthetic_series,
+    ts_text,
+    write_mnist,
+    write_ts,
+)
 
-from conftest import (REPO, TORCHRUN, check_ok, read_results, run_module, run_train, synthetic_series, ts_text,
-                      write_mnist, write_ts)
 from dist_rnn import train as train_cli
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.errors import UserError
-from dist_rnn.model import RNNClassifier
 from dist_rnn.data.series import SeriesInfo, SeriesView, TsFile, load_series, package_data_dirs, padded, read_ts
 from dist_rnn.data.splits import Split, validation_split
+from dist_rnn.errors import UserError
+from dist_rnn.model import RNNClassifier
 
 GOOD = ts_text(*synthetic_series(6, seed=0), classes=("low", "mid", "high"))
 HEADER, DATA = GOOD.split("@data\n")

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, real_mnist_dir, write_mnist
 from test_sweep import SPEC, check_report
 

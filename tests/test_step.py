@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-
 from conftest import check_ok, events, run_step_worker, run_train, write_mnist
+
 from dist_rnn.train import keep_optimizer_mode
 
 

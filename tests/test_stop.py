@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TORCHRUN, check_ok, events, read_results, run_train, signal_when_training, write_mnist
+
 from dist_rnn.checkpoint import list_checkpoints
 from dist_rnn.stop import CHECK_EVERY
 

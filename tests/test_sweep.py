@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, check_ok, events, run_module, signal_when_training, write_mnist
+
 from dist_rnn import sweep as sweep_cli
 
 # 4 configurations x 2 seeds of tiny runs with a validation split (what test_slurm.py submits too).

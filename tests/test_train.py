@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, check_ok, events, idx_bytes, read_results, run_module, run_train, write_mnist
+
 from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.config import TrainConfig
 from dist_rnn.data import SPLIT_FILES, SequenceView, load_mnist

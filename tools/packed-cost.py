@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from dist_rnn.model import RNNClassifier
 from dist_rnn.data.series import SeriesInfo, SeriesView, load_series
 from dist_rnn.data.splits import Split
+from dist_rnn.model import RNNClassifier
 
 
 def epoch(model: RNNClassifier, optimizer: torch.optim.Optimizer, batches: list) -> float:

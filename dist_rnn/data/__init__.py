@@ -11,9 +11,21 @@ here imports the command layer (the `python -m dist_rnn.data` command is __main_
 
 from dist_rnn.data.arrow import ArrowSplit
 from dist_rnn.data.feeders import DataLoaderFeeder, MemoryFeeder, feeder
-from dist_rnn.data.idx import (IMAGES_MAGIC, LABELS_MAGIC, NUM_CLASSES, SPLIT_FILES, download_mnist, find_file,
-                               have_files, import_torchvision, load_mnist, load_split, read_idx, resolve_data_dir,
-                               torchvision_root)
+from dist_rnn.data.idx import (
+                               IMAGES_MAGIC,
+                               LABELS_MAGIC,
+                               NUM_CLASSES,
+                               SPLIT_FILES,
+                               download_mnist,
+                               find_file,
+                               have_files,
+                               import_torchvision,
+                               load_mnist,
+                               load_split,
+                               read_idx,
+                               resolve_data_dir,
+                               torchvision_root,
+)
 from dist_rnn.data.sampler import GlobalBatchSampler, eval_shard
 from dist_rnn.data.series import SeriesInfo, SeriesView, load_series
 from dist_rnn.data.sources import is_path, load_dataset
