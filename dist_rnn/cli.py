@@ -32,8 +32,8 @@ from dist_rnn.config import (
     precision_from_accelerate,
     read_config_file,
 )
-from dist_rnn.distributed import DistEnv, is_peer_failure, make_deterministic, process_group, threads_per_rank
-from dist_rnn.errors import OPTION, OutOfMemory, PeerLost, Stopped, UserError, out_of_memory
+from dist_rnn.distributed import DistEnv, configured
+from dist_rnn.errors import OPTION, OutOfMemory, PeerLost, Stopped, UserError
 
 C = TypeVar("C")  # a command's config dataclass (RuntimeOptions' fields, and its own)
 
@@ -201,20 +201,9 @@ def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], 
     def command() -> None:
         nonlocal joined
         config = parse()
-        torch.set_num_threads(threads_per_rank(config.threads))
-        if config.deterministic:
-            make_deterministic()
-        with process_group(config.device, config.backend, config.dist_timeout) as env:
+        with configured(config) as env:
             joined = env.is_distributed
-            try:
-                body(config, env)
-            except Exception as e:
-                oom = out_of_memory(e, env.device.type)
-                if oom is not None:
-                    raise oom from None
-                if env.is_distributed and is_peer_failure(e):
-                    raise PeerLost(env.rank, config.dist_timeout, e) from None
-                raise
+            body(config, env)
 
     try:
         code = run_cli(prog, command)

@@ -339,7 +339,7 @@ def check_limits(c: Any) -> None:
             raise UserError(f"{flag} must be > {limits['above']:g}, got {value}")
 
 
-def validate(c: TrainConfig) -> None:
+def validate(c: TrainConfig, validation_given: bool = False) -> None:
     """Reject settings that cannot work, with one line naming the option: the declared limits, then
     the combinations."""
     check_limits(c)
@@ -354,9 +354,9 @@ def validate(c: TrainConfig) -> None:
                         "0 .. K-1" if c.val_folds else "`val_fold` needs `val_folds` (the number of folds)")
     if c.val_folds and c.val_size:
         raise UserError("`val_folds` and `val_size` each make the validation split: give one")
-    if c.lr_schedule == "plateau" and not (c.val_size or c.val_folds):
+    if c.lr_schedule == "plateau" and not (c.val_size or c.val_folds or validation_given):
         raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
-    if c.early_stop and not (c.val_size or c.val_folds):
+    if c.early_stop and not (c.val_size or c.val_folds or validation_given):
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
     if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
@@ -389,6 +389,26 @@ IMAGE_SETS = ("mnist", "fashion-mnist", "kmnist")  # the IDX sets: the same four
 def is_image_set(dataset: str) -> bool:
     """Whether --dataset names one of the IDX image sets (else sequences: UCR/UEA, .ts, Arrow)."""
     return dataset in IMAGE_SETS
+
+
+class _PresetConstructor:
+    """`TrainConfig.preset("seed-bilstm", epochs=5)`: a checked config from a preset and overrides.
+    On an instance, `.preset` stays the field (an instance's own value hides this descriptor)."""
+
+    def __get__(self, obj: Optional[TrainConfig], owner: type) -> Any:
+        return lambda name, **overrides: from_values(checked_values({**overrides, "preset": name}, owner,
+                                                                    "TrainConfig.preset", word="option"))
+
+
+TrainConfig.preset = _PresetConstructor()  # after @dataclass, which took the field's default already
+
+
+def checked_config(c: TrainConfig, where: str = "config", validation_given: bool = False) -> TrainConfig:
+    """A TrainConfig made in Python, checked as a config file is: each value's type, the limits and
+    the combinations (`validation_given`: a validation set comes with the data)."""
+    c = TrainConfig(**checked_values(to_dict(c), TrainConfig, where, word="option"))
+    validate(c, validation_given)
+    return c
 
 
 def to_dict(c: TrainConfig) -> dict[str, Any]:

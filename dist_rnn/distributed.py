@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dist_rnn.config import DEFAULT_DIST_TIMEOUT_S
-from dist_rnn.errors import UserError, first_line
+from dist_rnn.config import DEFAULT_DIST_TIMEOUT_S, RuntimeOptions
+from dist_rnn.errors import PeerLost, UserError, first_line, out_of_memory
 
 T = TypeVar("T")
 
@@ -140,12 +140,46 @@ def free_memory_per_process(device: torch.device) -> Optional[int]:
 @contextlib.contextmanager
 def process_group(device_choice: str, backend: str = "auto",
                   timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> Iterator[DistEnv]:
-    """setup() on entry, teardown() on exit, whatever happens in between."""
+    """setup() on entry, teardown() on exit, whatever happens in between. A group the caller
+    already made (a script's own init_process_group) is used as it is and left to it."""
+    if dist.is_available() and dist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device, _ = resolve_device(device_choice, "auto", local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                                   visible_gpus(device_choice))
+        yield DistEnv(dist.get_rank(), local_rank, dist.get_world_size(), device, dist.get_backend())
+        return
     env = setup(device_choice, backend, timeout_s)
     try:
         yield env
     finally:
         teardown(env)
+
+
+@contextlib.contextmanager
+def configured(c: RuntimeOptions) -> Iterator[DistEnv]:
+    """This process set up as `c` says (CPU threads, determinism), in its process group; an
+    allocation failure or a lost peer comes out as OutOfMemory or PeerLost. The threads and
+    determinism settings are put back afterwards (a library call leaves the process as it was)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.set_num_threads(threads_per_rank(c.threads))
+    if c.deterministic:
+        make_deterministic()
+    try:
+        with process_group(c.device, c.backend, c.dist_timeout) as env:
+            try:
+                yield env
+            except Exception as e:
+                oom = out_of_memory(e, env.device.type)
+                if oom is not None:
+                    raise oom from None
+                if env.is_distributed and is_peer_failure(e):
+                    raise PeerLost(env.rank, c.dist_timeout, e) from None
+                raise
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
 def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> DistEnv:

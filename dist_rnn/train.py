@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -90,16 +90,32 @@ def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].to(device=param.device if on_device else "cpu", dtype=torch.float32)
 
 
-def prepare_data(c: TrainConfig) -> tuple[Split, Optional[Split], Split, Optional[torch.Tensor], Optional[SeriesInfo]]:
-    """Download if asked and needed, read and verify the data, and hold out the validation split
-    (--val-size): (train, validation or None, test, the training file's indices train keeps, what a
-    model of sequences must know or None for images)."""
-    if c.download:
-        download_mnist(Path(c.data_dir))
-    train, test, info = load_dataset(c)
-    train, test = train.head(c.limit_train), test.head(c.limit_test)
-    if not (c.val_size or c.val_folds):
-        return train, None, test, None, info
+# What a data source returns: (train, validation or None, test or None, what a model of sequences
+# must know, or None for images). fit() hands the Trainer one for data given in Python.
+DataSource = Callable[[], "tuple[Split | ArrowSplit, Optional[Split], Optional[Split], Optional[SeriesInfo]]"]
+
+
+def config_source(c: TrainConfig) -> DataSource:
+    """The data the config names (`dataset`, `data_dir`), as the command reads it."""
+    def load() -> tuple:
+        if c.download:
+            download_mnist(Path(c.data_dir))
+        train, test, info = load_dataset(c)
+        return train, None, test, info
+    return load
+
+
+def prepare_data(c: TrainConfig, source: DataSource) -> tuple[Split, Optional[Split], Optional[Split],
+                                                               Optional[torch.Tensor], Optional[SeriesInfo]]:
+    """Read and verify the data, and hold out the validation split (--val-size) unless the source
+    gives one: (train, validation or None, test or None, the training file's indices train keeps,
+    what a model of sequences must know or None for images)."""
+    train, val, test, info = source()
+    train, test = train.head(c.limit_train), None if test is None else test.head(c.limit_test)
+    if val is not None and (c.val_size or c.val_folds):
+        raise UserError("a validation set was given: leave `val_size` and `val_folds` at 0")
+    if val is not None or not (c.val_size or c.val_folds):
+        return train, val, test, None, info
     train, val, kept = validation_split(train, c.val_size, c.seed, c.val_folds, c.val_fold)
     return train, val, test, kept, info
 
@@ -233,16 +249,19 @@ class Trainer:
     to continue; train() runs it; train_step (dist_rnn/step.py) is one optimizer step on
     fixed-shape tensors."""
 
-    def __init__(self, c: TrainConfig, env: DistEnv):
+    def __init__(self, c: TrainConfig, env: DistEnv, source: Optional[DataSource] = None,
+                 command: Optional[str] = None):
         # Every rank asks its own CPU or GPU (nodes may differ); all refuse together if one cannot.
         distributed.main_first(env, lambda: check_precision(c.precision, env.device, c.cell))
         self.out_dir_chosen = c.out_dir is not None  # else a new timestamped directory: a rerun starts afresh
         self.c = c = resolve_config(c, env)
         self.env, self.out_dir = env, Path(c.out_dir)
+        self.source = source or config_source(c)
+        self.command = command or command_line()  # how the run was started: the lock and the log say it
         self.log = RunLog(self.out_dir, active=env.is_main)
         # One run per out-dir: taken before anything there is read or written, let go however the run
         # ends (train()'s finally, or here when building fails).
-        self.lock = RunLock(self.out_dir, command_line(), made=not self.out_dir_chosen)
+        self.lock = RunLock(self.out_dir, self.command, made=not self.out_dir_chosen)
         distributed.on_main(env, lambda: self.lock.acquire(self.log.info))
         try:
             self._build()
@@ -256,9 +275,10 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out_dir, c.keep_last, c.save_every)
         snapshot = self._resume_snapshot()  # nothing is written before this: a refusal leaves no trace
         # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
-        train_set, val_set, test_set, kept, series = distributed.main_first(env, lambda: prepare_data(c))
-        self.test_set = test_set.to(env.device)
+        train_set, val_set, test_set, kept, series = distributed.main_first(env, lambda: prepare_data(c, self.source))
+        self.test_set = None if test_set is None else test_set.to(env.device)
         self.val_set = None if val_set is None else val_set.to(env.device)
+        self.watched = "val" if val_set is not None else "test" if test_set is not None else None  # what epochs score
         if val_set is not None and len(train_set) < c.batch_size:
             held_by = (f"`val_folds`={c.val_folds} (fold {c.val_fold})" if c.val_folds
                        else f"`val_size`={c.val_size:g}")
@@ -357,7 +377,7 @@ class Trainer:
         if not graphed:
             return EagerStep(self.ddp_model, device=env.device, accumulate=c.grad_accum, **common)
         return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,
-                           image_shape=self.test_set.sample_shape, input_dtype=self.test_set.dtype,
+                           image_shape=self.feeder.train.sample_shape, input_dtype=self.feeder.train.dtype,
                            **common)
 
     def train(self) -> dict[str, Any]:
@@ -428,8 +448,10 @@ class Trainer:
     def score(self, split: Optional[str] = None, model: Optional[nn.Module] = None) -> dict[str, Any]:
         """Exact evaluation of the current weights (or `model`'s), tagged with the step, on `split`:
         by default the one training watches, the validation split when there is one."""
-        split = split or ("val" if self.val_set is not None else "test")
+        split = split or self.watched
         data = self.val_set if split == "val" else self.test_set
+        if data is None:  # no test set given, and no validation split: nothing to score
+            return {"step": self.state.step}
         return {"step": self.state.step, **evaluate(model or self.ddp_model, data, self.env, self.c.eval_batch_size,
                                                     self.c.precision, self.view, split=split)}
 
@@ -438,7 +460,8 @@ class Trainer:
         (checkpoints/best.pt; ties keep the earlier) and count the scores since for --early-stop."""
         s = self.state
         result = self.score()
-        self.log.event("eval", epoch=s.epoch + 1, **result)
+        if self.watched is not None:
+            self.log.event("eval", epoch=s.epoch + 1, **result)
         if self.val_set is None or not track:
             return result
         self.schedule.after_score(result["val_loss"])  # plateau: cut the rate when the loss stalls
@@ -477,7 +500,8 @@ class Trainer:
                       f"{batches.steps_per_epoch} steps/epoch, "
                       f"{self.total_steps} steps, {batches.n} train / "
                       f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}"
-                      f"{len(self.test_set)} test samples ({describe_inputs(c, self.state)}), "
+                      f"{'no' if self.test_set is None else len(self.test_set)} test samples "
+                      f"({describe_inputs(c, self.state)}), "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
         checkpoint_bytes = self.parameter_count * 4 * (1 + optimizer_states(c))  # weights + optimizer state
         if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one
@@ -487,7 +511,7 @@ class Trainer:
         # Who (re)started the run, and how: a resume, or a change of world size, is visible in the log.
         self.log.event("start" if self.resumed_from_step is None else "resume", step=self.state.step,
                        world_size=env.world_size, device=env.device.type, dist_rnn_version=__version__,
-                       torch_version=torch.__version__, command=command_line(),
+                       torch_version=torch.__version__, command=self.command,
                        launcher="torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "python")
         if self.graphs_refused:
             self.log.info(f"warning: {self.graphs_refused}")
@@ -523,6 +547,8 @@ class Trainer:
 
     def _score_epoch(self, track: bool = True) -> dict[str, Any]:
         result = self._score_and_track(track)
+        if self.watched is None:
+            return result
         split, name = ("val", "validation") if self.val_set is not None else ("test", "test")
         self.log.info(f"Epoch [{self.state.epoch + 1}/{self.c.epochs}] {name} accuracy "
                       f"{result[f'{split}_accuracy']:.4f} ({result[f'{split}_correct']}/{result[f'{split}_samples']}), "
@@ -532,26 +558,29 @@ class Trainer:
 
     def _test_final_and_best(self) -> dict[str, Any]:
         """The test set scored for the final weights and for the best validation score's (from
-        checkpoints/best.pt, which every rank reads once rank 0 has written it); logged as one event."""
+        checkpoints/best.pt, which every rank reads once rank 0 has written it); logged as one event.
+        Without a test set: where the best weights are."""
         s = self.state
         final = self.score("test")
-        best_path, best_test = checkpoint_dir(self.out_dir) / BEST_NAME, None
-        if s.best_step == s.step:
-            best_test = final["test_accuracy"]
-        elif s.best_step is not None:
+        best_path, best_model = checkpoint_dir(self.out_dir) / BEST_NAME, None
+        if s.best_step is not None and s.best_step != s.step:
             snapshot = distributed.main_first(self.env, lambda: load_checkpoint(best_path))
             saved_at = TrainState.from_checkpoint(snapshot).step  # the same on every rank: one file
             if saved_at == s.best_step:
-                model = build_model(self.c, input_size=self.view.input_size, num_classes=self.num_classes)
-                load_weights(model, snapshot)
-                best_test = self.score("test", model=model.to(self.env.device))["test_accuracy"]
+                best_model = build_model(self.c, input_size=self.view.input_size, num_classes=self.num_classes)
+                load_weights(best_model, snapshot)
             else:  # written by an attempt whose later steps were lost (resumed from an older checkpoint)
                 self.log.info(f"warning: {best_path} holds step {saved_at}, not the best validation score's step "
-                              f"{s.best_step}: its test accuracy is not reported")
-        figures = {"test_accuracy": final["test_accuracy"], "test_samples": final["test_samples"],
-                   "test_loss": final["test_loss"], "best_step": s.best_step, "best_val_accuracy": s.best_val_accuracy,
-                   "best_test_accuracy": best_test,
-                   "best_checkpoint": str(best_path) if best_test is not None else None}
+                              f"{s.best_step}: its weights are not reported")
+        have_best = s.best_step == s.step or best_model is not None
+        best_test = None
+        if self.test_set is not None and have_best:
+            best_test = final["test_accuracy"] if best_model is None else \
+                self.score("test", model=best_model.to(self.env.device))["test_accuracy"]
+        figures = {"test_accuracy": final.get("test_accuracy"), "test_samples": final.get("test_samples"),
+                   "test_loss": final.get("test_loss"), "best_step": s.best_step,
+                   "best_val_accuracy": s.best_val_accuracy, "best_test_accuracy": best_test,
+                   "best_checkpoint": str(best_path) if have_best else None}
         self.log.event("test", step=s.step, **{k: v for k, v in figures.items() if k != "best_checkpoint"})
         return figures
 
@@ -571,13 +600,14 @@ class Trainer:
         s, c = self.state, self.c
         if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
             last_eval = self.score()
-            self.log.event("eval", epoch=s.epoch, **last_eval)
+            if self.watched is not None:
+                self.log.event("eval", epoch=s.epoch, **last_eval)
         self.save("end")  # a no-op when the epoch's end already saved this step
         if self.val_set is not None:  # the test set, once, for the final weights and the best ones
             last_eval = {**last_eval, **self._test_final_and_best()}
         results = {
-            "test_accuracy": last_eval["test_accuracy"], "test_samples": last_eval["test_samples"],
-            "test_loss": last_eval["test_loss"], "world_size": self.env.world_size, "global_batch_size": c.batch_size,
+            "test_accuracy": last_eval.get("test_accuracy"), "test_samples": last_eval.get("test_samples"),
+            "test_loss": last_eval.get("test_loss"), "world_size": self.env.world_size, "global_batch_size": c.batch_size,
             "epochs": c.epochs, "steps": s.step, "train_seconds": s.train_seconds,
             "train_samples_per_s": s.step * c.batch_size / s.train_seconds if s.train_seconds else None,
             "precision": c.precision, "device": self.env.device.type,
@@ -603,7 +633,8 @@ class Trainer:
         rate = f"{r['invocation_samples_per_s']:.0f} samples/s" if r["invocation_samples_per_s"] else "no training"
         this = (f"{r['steps']} steps" if r["resumed_from_step"] is None else
                 f"this invocation: steps {r['resumed_from_step']}-{r['steps']} ({r['invocation_steps']} steps)")
-        lines = [f"done: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']} samples, test loss "
+        lines = ["done: no test set" if r["test_accuracy"] is None else
+                 f"done: test accuracy {r['test_accuracy']:.4f} on {r['test_samples']} samples, test loss "
                  f"{r['test_loss']:.4f}"]
         if "best_step" in r:
             stopped = ", stopped early" if r["early_stopped"] else ""
@@ -611,8 +642,8 @@ class Trainer:
             if r["best_step"] is None:
                 lines.append("no validation score yet (nothing was trained): no best weights")
             else:
-                test = "not reported" if r["best_test_accuracy"] is None else \
-                    f"test accuracy {r['best_test_accuracy']:.4f} ({r['best_checkpoint']})"
+                test = (f"test accuracy {r['best_test_accuracy']:.4f} ({r['best_checkpoint']})"
+                        if r["best_test_accuracy"] is not None else r["best_checkpoint"] or "not reported")
                 lines.append(f"best validation accuracy {r['best_val_accuracy']:.4f} at step {r['best_step']}"
                              f"{stopped}: {test}")
         lines.append(f"{this}, {r['invocation_train_seconds']:.1f} s of training ({rate}), world size "

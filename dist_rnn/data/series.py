@@ -18,6 +18,7 @@ A missing value (`?`) becomes NaN, then the channel's mean (0 after standardisat
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from dist_rnn.config import IMAGE_SETS
@@ -267,6 +269,40 @@ def padded(split: TsFile, info: SeriesInfo) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(x), torch.from_numpy(split.labels)
 
 
+def as_sequence_list(X: Any, what: str = "X") -> list[np.ndarray]:
+    """X as float32 `(T_i, C)` arrays: an array `(n, T, C)`, a 2-D `(n, T)` (one channel), or a list
+    of `(T_i, C)` or `(T_i,)` arrays; one line naming what is wrong."""
+    if torch.is_tensor(X):
+        X = X.detach().cpu().numpy()
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim not in (2, 3):
+            raise UserError(f"{what}: a {X.ndim}-d array: expected (cases, time, channels) or (cases, time)")
+        items: list[Any] = list(X)
+    elif isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.ndim == 1):
+        items = list(X)
+    else:
+        raise UserError(f"{what}: a {type(X).__name__}: expected an array or a list of (time, channels) arrays")
+    sequences = []
+    for i, item in enumerate(items):
+        s = np.asarray(item.detach().cpu() if torch.is_tensor(item) else item)
+        if s.ndim == 1:
+            s = s[:, None]
+        if s.ndim != 2 or len(s) == 0:
+            raise UserError(f"{what}[{i}]: a sequence of shape {s.shape}: expected (time >= 1, channels)")
+        if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
+            raise UserError(f"{what}[{i}]: holds {s.dtype} values, not real numbers")
+        s = s.astype(np.float32)
+        if np.isinf(s).any():
+            raise UserError(f"{what}[{i}]: holds infinite values (NaN marks a missing one)")
+        sequences.append(s)
+    if not sequences:
+        raise UserError(f"{what}: no sequences")
+    channels = {s.shape[1] for s in sequences}
+    if len(channels) > 1:
+        raise UserError(f"{what}: sequences with different numbers of channels ({sorted(channels)})")
+    return sequences
+
+
 class SeriesView:
     """Padded cases -> what the RNN reads: each channel standardised with the training split's mean
     and standard deviation (fitted once, saved in checkpoints), a missing value made 0 (the mean),
@@ -345,10 +381,43 @@ class SeriesView:
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self
 
+    def read(self, X: Any, device: torch.device) -> PackedSequence:
+        """Sequences handed over in Python (see arrays.as_sequence_list), each packed at its own
+        length (equal lengths give what an unpacked batch gives) and standardised as in training."""
+        sequences = as_sequence_list(X)
+        if sequences[0].shape[1] != self.info.channels:
+            raise UserError(f"X: sequences of {sequences[0].shape[1]} channel(s): the model reads {self.info.channels}")
+        info = dataclasses.replace(self.info, variable_length=True, max_length=max(len(s) for s in sequences))
+        inputs, _ = padded(TsFile(sequences, np.zeros(len(sequences), dtype=np.int64), info.classes, ""), info)
+        return SeriesView(info, self.mean.tolist(), self.std.tolist()).to(device)(inputs.to(device))
+
+    def exportable(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        """This view as a module of raw inputs (a padded float batch (N, T, C), and the lengths (N,)
+        when lengths differ), and example inputs to trace it with."""
+        lengths = torch.tensor([2, 1]) if self.info.variable_length else None
+        example = (torch.zeros(2, 2, self.info.channels),) + (() if lengths is None else (lengths,))
+        return Standardise(self.mean.cpu(), self.std.cpu(), packed=lengths is not None), example
+
     def __call__(self, inputs: torch.Tensor) -> "torch.Tensor | PackedSequence":
         x = ((inputs[..., :self.info.channels] - self.mean) / self.std).nan_to_num_(0.0, posinf=0.0, neginf=0.0)
         if not self.info.variable_length:
             return x
         lengths = inputs[:, 0, self.info.channels].long()
         # pack_padded_sequence wants the lengths on the CPU (one small copy per batch on a GPU)
+        return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+
+
+class Standardise(nn.Module):
+    """SeriesView's arithmetic on raw inputs: standardised, a missing value made 0, packed by `lengths`."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, packed: bool):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.packed = packed
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> "torch.Tensor | PackedSequence":
+        x = ((x - self.mean) / self.std).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+        if lengths is None:
+            return x
         return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

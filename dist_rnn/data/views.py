@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
+from torch import nn
 
 from dist_rnn.config import TrainConfig
+from dist_rnn.data.series import SeriesView
 from dist_rnn.errors import UserError
 
 SEQUENCES = ("row", "column", "pixel", "reversed", "permuted")
+IMAGE_SHAPE = (28, 28)  # every IDX image set's (MNIST, Fashion-MNIST, KMNIST)
 
 
 class SequenceView:
@@ -57,6 +61,19 @@ class SequenceView:
             self.permutation = self.permutation.to(device)
         return self
 
+    def read(self, X: Any, device: torch.device) -> torch.Tensor:
+        """Images handed over in Python (uint8, (n, H, W) as the training images) as the model reads them."""
+        images = torch.as_tensor(np.asarray(X))
+        shape = (self.height + sum(self.crop), self.width)
+        if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != shape:
+            raise UserError(f"X: {images.dtype} images of shape {tuple(images.shape)}: this model reads uint8 images "
+                            f"(n, {shape[0]}, {shape[1]}), as it was trained on")
+        return self(images.to(device))
+
+    def exportable(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+        """This view as a module of raw uint8 images (N, H, W), and example inputs to trace it with."""
+        return ImageView(self), (torch.zeros(2, self.height + sum(self.crop), self.width, dtype=torch.uint8),)
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         top, bottom = self.crop
         x = as_sequences(images[:, top:images.shape[1] - bottom] if top or bottom else images)
@@ -64,12 +81,38 @@ class SequenceView:
             return x.transpose(1, 2).contiguous()
         if self.kind == "row":
             return x
-        x = x.reshape(len(x), -1)
+        x = x.flatten(1)  # (traced by Classifier.export: no batch size baked in)
         if self.kind == "reversed":
             x = x.flip(1)
         if self.permutation is not None:
             x = x[:, self.permutation]
         return x.unsqueeze(-1)
+
+
+class ImageView(nn.Module):
+    """A SequenceView as a module, for Classifier.export (tracing keeps its pixel order)."""
+
+    def __init__(self, view: SequenceView):
+        super().__init__()
+        self.view = view
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.view(images)
+
+
+def trained_view(config: TrainConfig, state: Any) -> "SequenceView | SeriesView":
+    """How a checkpoint's model reads its inputs, from its config and TrainState: the sequences'
+    standardisation it was trained with, or the images' view (its pixel order included)."""
+    if state.series is not None:
+        return SeriesView.from_state(state.series)
+    height, width = IMAGE_SHAPE
+    return SequenceView(config.sequence, height, width, permutation_seed=config.permutation_seed,
+                        permutation=state.pixel_order, crop=(config.crop_top, config.crop_bottom))
+
+
+def trained_classes(state: Any, num_classes: int) -> list[Any]:
+    """A checkpoint's classes as its training labels were: the sequences' labels, or the digits."""
+    return list(state.series["classes"]) if state.series is not None else list(range(num_classes))
 
 
 def as_sequences(images: torch.Tensor) -> torch.Tensor:
