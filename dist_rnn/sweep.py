@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from dist_rnn import slurm_files
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import TrainConfig, check_limits, checked_values, did_you_mean, from_values, option, read_file
 from dist_rnn.errors import UserError, first_line
@@ -348,9 +349,9 @@ def scores(r: dict[str, Any]) -> str:
 
 ARRAY_SCRIPT = """#!/usr/bin/env bash
 # Written by python -m dist_rnn.sweep: task I of the array trains the run whose config file is on
-# line I+1 of the task list ($1), through the launch logic of every dist_rnn job (slurm/job.sh:
-# torchrun on the task's node, USR1 at the time limit or on preemption checkpoints, the task
-# requeues itself and resumes).
+# line I+1 of the task list ($1), through the launch logic of every dist_rnn job (slurm/job.sh, of
+# the checkout or the installed package the sweep set DIST_RNN_HOME to: torchrun on the task's
+# node, USR1 at the time limit or on preemption checkpoints, the task requeues itself and resumes).
 #SBATCH --job-name=dist_rnn-sweep
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
@@ -366,12 +367,12 @@ exec bash "$DIST_RNN_HOME/slurm/job.sh" --config "$config" "$@"
 
 
 def slurm_home() -> Path:
-    """The checkout whose slurm/job.sh the array's tasks run: $DIST_RNN_HOME, else the one this
-    package is in."""
-    home = Path(os.environ.get("DIST_RNN_HOME") or Path(__file__).resolve().parent.parent)
-    if not (home / "slurm" / "job.sh").is_file():
-        raise UserError(f"--slurm: no slurm/job.sh in {home}: set DIST_RNN_HOME to a dist_rnn checkout")
-    return home
+    """The directory whose slurm/job.sh the array's tasks run: $DIST_RNN_HOME, else the installed
+    package's (its package data), else the checkout this package is in (see dist_rnn.slurm_files)."""
+    try:
+        return slurm_files.home()
+    except UserError as e:
+        raise UserError(f"--slurm: {e}") from None
 
 
 def throttle(array: Optional[str]) -> str:

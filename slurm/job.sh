@@ -38,6 +38,8 @@ if [ -n "${SLURM_CPUS_PER_TASK:-}" ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
   export OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK / NPROC > 0 ? SLURM_CPUS_PER_TASK / NPROC : 1 ))
 fi
 echo "nodes=$NNODES processes/node=$NPROC rendezvous=$HEAD_NODE:$MASTER_PORT python=$PYTHON"
+# Which job script and which dist_rnn (a checkout, or an installed package) the job runs.
+echo "job script: $0; dist_rnn: $("$PYTHON" -c 'import dist_rnn; print(dist_rnn.__file__)' 2>&1 | tail -n 1)"
 
 # One task per node; each runs torchrun. Only the first node hosts the rendezvous store
 # (is_host), which does not depend on how node names resolve.
