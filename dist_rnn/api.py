@@ -22,7 +22,7 @@ from torch import nn
 from dist_rnn.checkpoint import BEST_NAME, TrainState, checkpoint_dir, latest_valid, load_checkpoint, problem
 from dist_rnn.config import TrainConfig, checked_config
 from dist_rnn.data.arrays import ARRAYS, array_splits
-from dist_rnn.data.views import trained_classes, trained_view
+from dist_rnn.data.views import trained_view
 from dist_rnn.distributed import configured
 from dist_rnn.errors import UserError
 from dist_rnn.evaluate import trained_config, trained_model
@@ -56,7 +56,7 @@ def fit(config: Optional[TrainConfig] = None, train: Any = None, test: Any = Non
         c = dataclasses.replace(c, dataset=ARRAYS)
     c = checked_config(c, validation_given=val is not None)
     source = None if train is None else (lambda: array_splits(train, val, test))
-    with configured(c) as env:
+    with configured(c, restore=True) as env:
         trainer = Trainer(c, env, source, command=f"dist_rnn.fit in {' '.join(map(shlex.quote, sys.argv)) or 'python'}")
         out_dir, main = trainer.out_dir, env.is_main
         try:
@@ -151,8 +151,8 @@ def load(path: "str | Path", device: str = "cpu", verbose: bool = True) -> Class
     state = TrainState.from_checkpoint(snapshot)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    view = trained_view(config, state).to(target)
+    view = trained_view(config, state.view).to(target)
     model = trained_model(snapshot, config, input_size=view.input_size).to(target)
     if verbose and Path(path).is_dir():
         print(f"dist_rnn.load: {file} (step {state.step})", file=sys.stderr)
-    return Classifier(model, view, trained_classes(state, model.fc.out_features), config, file, target)
+    return Classifier(model, view, view.classes, config, file, target)

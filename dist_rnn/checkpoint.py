@@ -1,14 +1,6 @@
-"""Checkpoints: everything needed to continue a run exactly, written by global rank 0, atomically.
-
-A checkpoint is two files in <out-dir>/checkpoints/: `step-<N>.pt` (the state, a plain dict that
-`torch.load(..., weights_only=True)` reads: tensors, numbers, strings, lists, dicts; never a pickled
-object) and, written after it, `step-<N>.json` (its size and SHA-256). A checkpoint counts only
-when both exist and agree; a crash between the two leaves a file that is ignored, never one that
-is half-read. Loading never runs code: weights_only=True refuses any other pickle.
-
-The format is written in one place, `snapshot()`, and read back through `TrainState.from_checkpoint`
-(which also reads the unversioned checkpoints of dist_rnn before format 2). `CheckpointManager`
-owns the policy: when to save, rotation, and what to resume from.
+"""Checkpoints: everything needed to continue a run exactly, written by global rank 0, atomically (a
+`step-<N>.pt` counts only once its `.json` checksum is written). `snapshot()` writes the format, `TrainState`
+reads it back, `CheckpointManager` owns the policy (docs/design-notes.md, 'The checkpoint files').
 """
 
 from __future__ import annotations
@@ -31,12 +23,15 @@ from torch import nn
 
 from dist_rnn import __version__, distributed
 from dist_rnn.config import RESUME_MUST_MATCH, TrainConfig
+from dist_rnn.data.views import format_2_view_state
 from dist_rnn.distributed import DistEnv, unwrap
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
-FORMAT_VERSION = 2  # 1: the unversioned layout of dist_rnn up to a3bc583 (position keys at the top level)
+# 1: the unversioned layout of dist_rnn up to a3bc583 (position keys at the top level); 2: the state
+# kept the image views' pixel order and the sequences' standardisation apart (see format_2_view_state)
+FORMAT_VERSION = 3
 # What a checkpoint must hold to resume from (besides its position: `state`, or format 1's keys).
 REQUIRED_KEYS = {"model", "optimizer", "scaler", "rng", "config", "world_size"}
 
@@ -54,8 +49,7 @@ class TrainState:
     batch_in_epoch: int = 0
     train_seconds: float = 0.0            # summed over every attempt of the run
     tracker_run_id: Optional[str] = None  # the wandb run a resume continues
-    pixel_order: Optional[list[int]] = None  # --sequence permuted: the order the model learned
-    series: Optional[dict[str, Any]] = None  # sequences (not images): their classes and standardisation
+    view: Optional[dict[str, Any]] = None  # how the model reads its inputs (data.trained_view rebuilds it)
     # With a validation split (--val-size): the best score so far (ties keep the earlier), and how
     # many scores since then did not beat it (--early-stop); checkpoints/best.pt holds its weights.
     best_val_accuracy: Optional[float] = None
@@ -72,13 +66,17 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, snapshot: dict[str, Any]) -> "TrainState":
-        """The state a checkpoint holds, in format 2 or in format 1 (its keys at the top level)."""
-        if snapshot.get("format_version", 1) >= 2:
+        """The state a checkpoint holds, in format 3, 2 or 1 (its keys at the top level)."""
+        version = snapshot.get("format_version", 1)
+        if version >= 3:
             return cls.from_dict(snapshot["state"])
+        if version == 2:
+            old = snapshot["state"]
+            return cls.from_dict({**old, "view": format_2_view_state(old.get("series"), old.get("pixel_order"))})
         return cls(step=snapshot["step"], epoch=snapshot.get("epoch", 0),
                    batch_in_epoch=snapshot.get("batch_in_epoch", 0),
-                   train_seconds=snapshot.get("train_seconds", 0.0),
-                   tracker_run_id=snapshot.get("wandb_run_id"), pixel_order=snapshot.get("sequence_permutation"))
+                   train_seconds=snapshot.get("train_seconds", 0.0), tracker_run_id=snapshot.get("wandb_run_id"),
+                   view=format_2_view_state(None, snapshot.get("sequence_permutation")))
 
 
 def snapshot(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -48,13 +48,9 @@ class DistEnv:
 
 def resolve_device(choice: str, backend: str, local_rank: int, local_world_size: int,
                    cuda_devices: int) -> tuple[torch.device, str]:
-    """This process's device and the process group's backend, from --device and --backend.
-
-    Every process of a node computes the same answer from the same inputs (LOCAL_WORLD_SIZE, not
-    its own LOCAL_RANK, decides whether there are enough GPUs), so a refusal is the same line on
-    every rank and is printed once. NCCL needs one GPU per process; gloo lets local ranks beyond
-    the GPU count share them (local_rank modulo the count), for debugging on a one-GPU machine.
-    """
+    """This process's device and the process group's backend, from --device and --backend; every process
+    of a node gets the same answer (so a refusal is printed once), and gloo may share GPUs, NCCL not
+    (docs/design-notes.md, 'Choosing the device and backend')."""
     if choice == "auto":
         choice = "cuda" if cuda_devices > 0 else "cpu"
     if backend == "auto":
@@ -83,11 +79,9 @@ def single_process_device(choice: str) -> torch.device:
 
 
 def make_deterministic() -> None:
-    """What PyTorch's reproducibility notes ask for, set before any CUDA work: deterministic cuDNN
-    without autotuning, deterministic algorithms everywhere (an op that has none raises), and the
-    cuBLAS workspace setting those need. Not the NaN-filling of fresh tensors that comes with them:
-    it only catches reads of uninitialized memory, which this program does not make, and it cost
-    14 % of CPU training speed here, 0.86x (torch.utils.deterministic's docs allow turning it off)."""
+    """What PyTorch's reproducibility notes ask for, set before any CUDA work: deterministic cuDNN without
+    autotuning, deterministic algorithms, the cuBLAS workspace they need; not the NaN-filling of fresh
+    tensors, which catches nothing here and slows CPU training (docs/design-notes.md, 'Determinism settings')."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -107,12 +101,8 @@ def is_peer_failure(error: BaseException) -> bool:
 
 def threads_per_rank(requested: int, environ: Optional[dict] = None) -> int:
     """Intra-op CPU threads for this process: --threads when given (> 0), else an OMP_NUM_THREADS the
-    user set, else the cores this process may use divided by the processes on this node.
-
-    torchrun sets OMP_NUM_THREADS=1 for its workers when it starts several per node and the user set
-    nothing; a worker cannot tell that default from a user's choice, so under torchrun with several
-    local processes a value of 1 counts as unset (pass --threads 1 to insist on one thread).
-    """
+    user set (torchrun's own default of 1 counts as unset), else the cores this process may use divided
+    by the processes on this node (docs/design-notes.md, 'CPU threads per rank')."""
     if requested > 0:
         return requested
     environ = os.environ if environ is None else environ
@@ -156,12 +146,14 @@ def process_group(device_choice: str, backend: str = "auto",
 
 
 @contextlib.contextmanager
-def configured(c: RuntimeOptions) -> Iterator[DistEnv]:
+def configured(c: RuntimeOptions, restore: bool = False) -> Iterator[DistEnv]:
     """This process set up as `c` says (CPU threads, determinism), in its process group; an
-    allocation failure or a lost peer comes out as OutOfMemory or PeerLost. The threads and
-    determinism settings are put back afterwards (a library call leaves the process as it was)."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    allocation failure or a lost peer comes out as OutOfMemory or PeerLost. `restore`: the threads
+    and determinism settings are put back afterwards (a library call leaves the process as it was;
+    a command exits instead, at once: under torchrun a slow exit gets a rank killed before it prints)."""
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark)
     torch.set_num_threads(threads_per_rank(c.threads))
     if c.deterministic:
         make_deterministic()
@@ -177,9 +169,11 @@ def configured(c: RuntimeOptions) -> Iterator[DistEnv]:
                     raise PeerLost(env.rank, c.dist_timeout, e) from None
                 raise
     finally:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+        if restore:
+            torch.set_num_threads(threads)
+        if restore and c.deterministic:  # only what was changed: use_deterministic_algorithms() takes about 1 s
+            torch.use_deterministic_algorithms(deterministic[0])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic[1:]
 
 
 def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> DistEnv:
@@ -187,7 +181,7 @@ def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_
     group if WORLD_SIZE > 1.
 
     timeout_s bounds every collective: a peer that died or hangs makes the others fail after it
-    instead of waiting forever (with NCCL, through its watchdog: see the README).
+    instead of waiting forever (with NCCL, through its watchdog: see docs/guide.md).
     """
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -211,15 +205,9 @@ def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_
 
 
 def _restart_safe_store(timeout: datetime.timedelta) -> Optional[dist.Store]:
-    """A per-attempt view of torchrun's store, when torchrun restarts workers on one node.
-
-    By default torchrun hands its workers its own rendezvous store, and in torch 2.14 a group
-    restarted by --max-restarts reads the dead group's keys from it (pytorch/pytorch#135712):
-    "Connection refused" or a hang. Prefixing the keys with the restart count keeps attempts
-    apart. This only works on one node: with several nodes, restart counts differ between nodes,
-    so the launch/ and slurm/ scripts set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 instead (each
-    attempt then gets a fresh store, and this returns None).
-    """
+    """A per-attempt view of torchrun's store when torchrun restarts workers on one node (keys prefixed
+    with the restart count, so a restarted group never reads the dead group's keys); None otherwise
+    (docs/design-notes.md, 'A restart-safe store')."""
     shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     one_node = os.environ.get("GROUP_WORLD_SIZE") == "1"
     if not (shared and one_node):
@@ -264,16 +252,9 @@ _all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_i
 
 
 def rank_ordered_mean_hook(state: object, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: average a gradient bucket by summing the ranks' copies in rank order.
-
-    DDP's default all-reduce adds each gradient element in an order that depends on where the
-    element sits in its bucket, and DDP re-lays its buckets after the first iteration. A resumed
-    run's first iteration therefore sums in another order than the uninterrupted run's (with 3+
-    ranks; with 2, a + b == b + a), and the runs part by rounding. Gathering every rank's bucket
-    and adding them as g0 + g1 + g2 + ... gives each element the same order wherever it sits, so
-    resume is bitwise exact at any world size. The price, (world_size - 1) x the bucket received
-    instead of about 2x, is small for models of this size.
-    """
+    """DDP communication hook: average a gradient bucket by summing the ranks' copies in rank order, so
+    every element is added in the same order wherever it sits and a resumed run stays bitwise equal to
+    an uninterrupted one (docs/design-notes.md, 'The rank-ordered gradient mean')."""
     buffer = bucket.buffer()
     gathered = torch.empty(dist.get_world_size(), buffer.numel(), dtype=buffer.dtype, device=buffer.device)
     future = _all_gather_flat(gathered.view(-1), buffer, async_op=True).get_future()
@@ -365,14 +346,9 @@ def _picklable(error: BaseException) -> bool:
 
 
 def main_first(env: DistEnv, fn: Callable[[], T]) -> T:
-    """Run fn on rank 0 first (it may download or write), then on the others.
-
-    A UserError on rank 0 reaches every rank (through on_main), so the others fail with it instead
-    of waiting forever for a rank that has gone. Only the error travels, never fn's result. When
-    rank 0 succeeded and other ranks fail (their node lacks the files, say), the ranks compare
-    outcomes and all raise the first failing rank's error, naming it: one line per node, and no
-    rank is left waiting in the next collective.
-    """
+    """Run fn on rank 0 first (it may download or write), then on the others; a UserError on any rank
+    reaches every rank, so none waits forever for a rank that has gone (only the error travels, never
+    fn's result) (docs/design-notes.md, 'Errors in rank-0-first sections')."""
     kept: dict[str, T] = {}
 
     def first() -> None:

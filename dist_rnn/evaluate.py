@@ -21,14 +21,13 @@ from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
 from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, is_image_set, option
 from dist_rnn.data import (
-    SequenceView,
-    SeriesView,
+    InputView,
     Split,
     as_sequences,
     eval_shard,
     load_dataset,
-    load_split,
     resolve_data_dir,
+    trained_view,
 )
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
@@ -38,7 +37,7 @@ from dist_rnn.model import build_model
 
 @torch.no_grad()
 def evaluate(model: nn.Module, test: Split, env: DistEnv, batch_size: int, precision: str,
-             view: Optional[SequenceView] = None, split: str = "test") -> dict[str, Any]:
+             view: Optional[InputView] = None, split: str = "test") -> dict[str, Any]:
     """Accuracy and mean (cross-entropy) loss over the whole split, each sample counted exactly
     once; images become sequences through `view` (default: rows). Keys are named for `split`
     (test_accuracy, or val_accuracy for the validation split).
@@ -122,35 +121,23 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
     config = dataclasses.replace(config, data_dir=str(data_dir))
     state = TrainState.from_checkpoint(snapshot)
-    if state.series is None:  # images
-        test = distributed.main_first(env, lambda: load_split(data_dir, "test"))
-        view = SequenceView.from_config(config, test.images, state.pixel_order)
-    else:  # sequences: standardised as in training, whatever this data's own statistics
-        _, test, info = distributed.main_first(env, lambda: load_dataset(config))
-        view = SeriesView.from_state(state.series)
-        view.check_data(info, config.dataset)
+    # The test split read as training reads it, through the view the model was trained with (the
+    # sequences' standardisation as fitted then, whatever this data's own statistics).
+    _, test, info = distributed.main_first(env, lambda: load_dataset(config, test_only=True))
+    view = trained_view(config, state.view)
+    view.check_data(info, config.dataset)
     test, view = test.head(c.limit_test).to(env.device), view.to(env.device)
     model = trained_model(snapshot, config, input_size=view.input_size).to(env.device)
     result = {"checkpoint": str(c.checkpoint), "step": state.step, "world_size": env.world_size,
-              "dataset": config.dataset, "sequence": config.sequence if state.series is None else None,
+              "dataset": config.dataset, "inputs": view.describe(config.dataset),
               **evaluate(model, test, env, c.batch_size, c.precision, view)}
     if env.is_main:
         print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_correct']}/{result['test_samples']} "
               f"samples), test loss {result['test_loss']:.4f}, checkpoint step {result['step']}, "
-              f"{describe_inputs(config, state)} (as trained)", flush=True)
+              f"{result['inputs']} (as trained)", flush=True)
         if c.out:
             atomic_write_json(Path(c.out), result)
     return result
-
-
-def describe_inputs(config: TrainConfig, state: TrainState) -> str:
-    """`mnist, row view`, or `JapaneseVowels: 9 classes, 12 channels, lengths up to 29, packed`."""
-    if state.series is None:
-        return f"{config.dataset}, {config.sequence} view"
-    s = state.series
-    return (f"{s['dataset']}: {len(s['classes'])} classes, {s['channels']} channel(s), "
-            f"{'lengths up to' if s['variable_length'] else 'length'} {s['max_length']}"
-            f"{', packed' if s['variable_length'] else ''}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

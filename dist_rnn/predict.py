@@ -7,13 +7,13 @@ a dark background, fitted into a 20x20 box and centred by its centre of mass in 
 itself was made), so a photo or a drawing of a dark digit on white paper works.
 
 Sequences: a .ts file (every case in it; its labels are not read), a .npy array (time, channels) or
-(cases, time, channels), or a .csv file of one sequence (a row per time step, a column per channel),
+(cases, time, channels), a .csv file of one sequence (a row per time step, a column per channel), or
+a Parquet file or saved dataset split (every row of the model's sequence column, as at training),
 standardised as in training; each may have its own length.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -26,8 +26,9 @@ import torch
 from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import option
-from dist_rnn.data import SequenceView
-from dist_rnn.data.series import SeriesView, TsFile, padded, read_ts
+from dist_rnn.data import SequenceView, trained_view
+from dist_rnn.data.arrow import read_sequences as read_arrow_sequences
+from dist_rnn.data.series import SeriesView, read_ts
 from dist_rnn.distributed import single_process_device
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.evaluate import trained_config, trained_model
@@ -121,9 +122,15 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
     snapshot = load_checkpoint(Path(c.checkpoint))
     config = trained_config(snapshot, c.checkpoint)
     device = single_process_device(c.device)
-    state = TrainState.from_checkpoint(snapshot)
-    if state.series is not None:
-        return predict_sequences(snapshot, config, SeriesView.from_state(state.series), images, device)
+    view_state = TrainState.from_checkpoint(snapshot).view
+    view = trained_view(config, view_state).to(device)
+    model = trained_model(snapshot, config, input_size=view.input_size).to(device)
+    return READERS[view_state["kind"]](c, config, view, model, images, device)
+
+
+def predict_images(c: PredictConfig, config: Any, view: SequenceView, model: torch.nn.Module, images: list[str],
+                   device: torch.device) -> list[dict[str, Any]]:
+    """Each image file made to look like an MNIST digit, and classified."""
     if config.dataset != "mnist":  # predict makes each image look like an MNIST digit
         raise UserError(f"{c.checkpoint}: trained on images of `dataset` {config.dataset}, and predict reads "
                         f"handwritten digits (MNIST); score it with python -m dist_rnn.evaluate --checkpoint "
@@ -138,23 +145,23 @@ def predict(c: PredictConfig, images: list[str]) -> list[dict[str, Any]]:
             records.append({"file": path, "error": str(e)})
     if not read:
         return records
-    digits = torch.from_numpy(np.stack([digit for digit, _ in read.values()]))
-    pixel_order = TrainState.from_checkpoint(snapshot).pixel_order  # --sequence permuted: the order it learned
-    view = SequenceView.from_config(config, digits, pixel_order).to(device)
-    model = trained_model(snapshot, config, input_size=view.input_size).to(device)
+    digits = np.stack([digit for digit, _ in read.values()])
     with torch.no_grad():
-        probabilities = torch.softmax(model(view(digits.to(device))).float(), dim=1).cpu()
+        probabilities = torch.softmax(model(view.read(digits, device)).float(), dim=1).cpu()
     for (i, (_, warning)), p in zip(read.items(), probabilities):
         records[i].update(digit=int(p.argmax()), probability=round(float(p.max()), 6),
                           probabilities=[round(float(v), 6) for v in p], warning=warning)
     return records
 
 
-def read_sequences(path: str, channels: int) -> list[np.ndarray]:
-    """The (time, channels) sequences of a .ts, .npy or .csv file; one line naming the file if not."""
+def read_sequences(path: str, channels: int, column: str = "sequence") -> list[np.ndarray]:
+    """The (time, channels) sequences of a .ts, .npy or .csv file, or of a Parquet file or saved
+    dataset split (its `column`); one line naming the file if not."""
     suffix = Path(path).suffix.lower()
     try:
-        if suffix == ".ts":
+        if suffix == ".parquet" or (Path(path) / "state.json").is_file():
+            sequences = read_arrow_sequences(Path(path), column)
+        elif suffix == ".ts":
             sequences = read_ts(Path(path)).sequences
         elif suffix == ".npy":
             array = np.load(path, allow_pickle=False)
@@ -164,7 +171,7 @@ def read_sequences(path: str, channels: int) -> list[np.ndarray]:
         elif suffix == ".csv":
             sequences = [np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)]
         else:
-            raise UserError(f"{path}: not a sequence file (.ts, .npy or .csv)")
+            raise UserError(f"{path}: not a sequence file (.ts, .npy, .csv, .parquet or a saved dataset split)")
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot read it ({first_line(e)})") from None
     for s in sequences:
@@ -173,7 +180,7 @@ def read_sequences(path: str, channels: int) -> list[np.ndarray]:
     return [np.asarray(s, dtype=np.float32) for s in sequences]
 
 
-def predict_sequences(snapshot: dict[str, Any], config: Any, view: SeriesView, files: list[str],
+def predict_sequences(c: PredictConfig, config: Any, view: SeriesView, model: torch.nn.Module, files: list[str],
                       device: torch.device) -> list[dict[str, Any]]:
     """Classify every sequence of each file (FILE, or FILE#i for the i-th of several); a file that
     cannot be read gets a record with its `error`, and the others are still classified."""
@@ -181,7 +188,7 @@ def predict_sequences(snapshot: dict[str, Any], config: Any, view: SeriesView, f
     read: list[tuple[int, np.ndarray]] = []
     for path in files:
         try:
-            sequences = read_sequences(path, view.info.channels)
+            sequences = read_sequences(path, view.info.channels, config.sequence_column)
         except UserError as e:
             records.append({"file": path, "error": str(e)})
             continue
@@ -190,24 +197,24 @@ def predict_sequences(snapshot: dict[str, Any], config: Any, view: SeriesView, f
             records.append({"file": path if len(sequences) == 1 else f"{path}#{i}"})
     if not read:
         return records
-    # Each sequence packed at its own length (equal lengths give what an unpacked batch gives).
-    info = dataclasses.replace(view.info, variable_length=True, max_length=max(len(s) for _, s in read))
-    inputs, _ = padded(TsFile([s for _, s in read], np.zeros(len(read), dtype=np.int64), info.classes, ""), info)
-    packing = SeriesView(info, view.mean.tolist(), view.std.tolist()).to(device)
-    model = trained_model(snapshot, config, input_size=info.channels).to(device)
-    with torch.no_grad():
-        probabilities = torch.softmax(model(packing(inputs.to(device))).float(), dim=1).cpu()
+    with torch.no_grad():  # each sequence packed at its own length
+        probabilities = torch.softmax(model(view.read([s for _, s in read], device)).float(), dim=1).cpu()
     for (i, _), p in zip(read, probabilities):
-        records[i].update({"class": info.classes[int(p.argmax())], "class_index": int(p.argmax()),
+        records[i].update({"class": view.classes[int(p.argmax())], "class_index": int(p.argmax()),
                            "probability": round(float(p.max()), 6),
                            "probabilities": [round(float(v), 6) for v in p], "warning": None})
     return records
 
 
+# What a model's files are read as, by the kind of data it was trained on.
+READERS = {"images": predict_images, "series": predict_sequences}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=prog("dist_rnn.predict"), description=describe(__doc__))
     parser.add_argument("images", nargs="+", metavar="FILE", help="image files (PNG, JPEG, ...; any size) for an "
-                        "MNIST model; .ts, .npy or .csv sequences for a model of sequences")
+                        "MNIST model; .ts, .npy, .csv or .parquet files (or a saved dataset split) for a model of "
+                        "sequences")
     add_dataclass_flags(parser, PredictConfig)
 
     def command() -> None:

@@ -1,19 +1,6 @@
-"""The training step: one optimizer step on fixed-shape tensors, run eagerly or captured in CUDA graphs.
-
-`EagerStep` is the textbook step: autocast forward, loss, GradScaler backward, unscale then clip,
-optimizer step; DDP averages the gradients during backward.
-
-`GraphedStep` (`--cuda-graphs on`) records the same step once and replays it. For this small model
-at batch 100 a GPU step is bound by launching its few hundred kernels one by one, not by running
-them: a bare loop measured 37,915 samples/s eager against 179,341 graphed on an H200 (issue 14).
-Everything a replay touches has a fixed address: the batch is copied into `images` / `labels`,
-gradients live in one flat buffer, the optimizer is capturable, nothing reads a value back to the
-host. With several processes the step is two graphs, forward + backward and the update, with the
-gradient mean between them run eagerly: the same rank-ordered mean as the DDP hook (so graphed
-runs resume bitwise like eager ones), and it works over gloo, which a graph cannot capture.
-
-Both keep the loss summed on the device; `take_mean_loss` reads it at --log-every, the only
-moment the host waits for the device.
+"""The training step: one optimizer step on fixed-shape tensors, run eagerly (`EagerStep`) or captured in
+CUDA graphs and replayed (`GraphedStep`, --cuda-graphs on: a small model's GPU step is bound by kernel launches);
+both keep the loss summed on the device until read (docs/design-notes.md, 'The training step').
 """
 
 from __future__ import annotations
@@ -28,7 +15,7 @@ from torch import nn
 
 from dist_rnn import distributed
 from dist_rnn.amp import autocast
-from dist_rnn.data import SequenceView
+from dist_rnn.data import InputView
 from dist_rnn.distributed import DistEnv
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN and the allocator settle), then undone
@@ -70,7 +57,7 @@ class EagerStep:
     autocast_cache = True  # autocast keeps the casts of the weights within a forward
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, view: SequenceView, precision: str, loss: str,
+                 scaler: torch.amp.GradScaler, view: InputView, precision: str, loss: str,
                  grad_clip: Optional[float], device: torch.device, accumulate: int = 1):
         self.model, self.params, self.optimizer, self.scaler = model, params, optimizer, scaler
         self.view, self.precision, self.loss, self.grad_clip = view, precision, loss, grad_clip
@@ -124,7 +111,7 @@ class EagerStep:
 
 
 class GraphedStep(EagerStep):
-    """The same step captured in CUDA graphs and replayed (see the module's docstring).
+    """The same step captured in CUDA graphs and replayed (docs/design-notes.md, 'The training step').
 
     `capture=False` runs the very same phases (static buffers, flat gradients, the eager mean
     between them) without recording them: how the logic is tested on CPU, where graphs do not exist.
@@ -133,7 +120,7 @@ class GraphedStep(EagerStep):
     autocast_cache = False  # nothing cached across a captured region
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, view: SequenceView, precision: str, loss: str,
+                 scaler: torch.amp.GradScaler, view: InputView, precision: str, loss: str,
                  grad_clip: Optional[float], env: DistEnv, local_batch: int, image_shape: tuple[int, ...],
                  capture: bool = True, input_dtype: torch.dtype = torch.uint8):
         super().__init__(model, params, optimizer, scaler, view, precision, loss, grad_clip, env.device)
@@ -205,20 +192,9 @@ class GraphedStep(EagerStep):
         return [self._graph(lambda: (self._backward_phase(), self._update_phase()))]
 
     def _reseed_cudnn_dropout(self) -> None:
-        """Give cuDNN's RNN dropout its first-step state again, outside the capture.
-
-        cuDNN's LSTM/GRU dropout (`--dropout`, between stacked layers) does not draw from the CUDA
-        generator per step: it keeps a state buffer of its own, seeded from the generator by the
-        first training forward after the generator was set (RNN.cpp `get_dropout_state`), and
-        advanced by every use. Warm-up seeded and advanced it; setting the generator back (above)
-        marks it for re-seeding. Left pending, the re-seed would happen at the next eager training
-        forward with dropout, reading a value back to the host and freeing the buffer the graph
-        still writes to. So it happens here, now: a 1-layer RNN with dropout asks for the state (and
-        gets it seeded from the restored generator, as the eager first step seeds it) without
-        using it (cuDNN applies dropout between layers only). Then the graph holds the new buffer,
-        in its first-step state, and nothing marks it for re-seeding again. (That the graphed run
-        then draws the eager run's LSTM masks is not tested: tests/test_cuda.py compares the steps
-        without --dropout, and tests that graphed training with it trains, stops and resumes.)"""
+        """Give cuDNN's RNN dropout its first-step state again, now and outside the capture: a probe LSTM
+        makes cuDNN re-seed it from the restored generator, instead of a later eager forward freeing the buffer
+        the graph writes to (docs/design-notes.md, 'Re-seeding cuDNN's dropout before capture')."""
         rnn = self.model.rnn if isinstance(getattr(self.model, "rnn", None), nn.RNNBase) else None
         if rnn is None or not rnn.dropout or not rnn.training:
             return  # no dropout state in play: the eager first step does not seed one either

@@ -37,12 +37,9 @@ from dist_rnn.checkpoint import (
 from dist_rnn.cli import parse_config, prog, run_command
 from dist_rnn.config import TrainConfig, to_dict
 from dist_rnn.data import (
-    NUM_CLASSES,
     ArrowSplit,
+    DataInfo,
     GlobalBatchSampler,
-    SequenceView,
-    SeriesInfo,
-    SeriesView,
     Split,
     download_mnist,
     feeder,
@@ -53,7 +50,7 @@ from dist_rnn.data import (
 )
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
-from dist_rnn.evaluate import describe_inputs, evaluate
+from dist_rnn.evaluate import evaluate
 from dist_rnn.lock import RunLock
 from dist_rnn.log import RunLog
 from dist_rnn.model import build_model, count_parameters
@@ -63,11 +60,9 @@ from dist_rnn.stop import StopRequest
 
 
 def build_optimizer(c: TrainConfig, model: nn.Module, graphed: bool) -> torch.optim.Optimizer:
-    """The optimizer. On CUDA Adam is the fused kernel, the fastest there (a bare loop measured
-    26.7k against 23.6k samples/s for the foreach one, BiLSTM), and with fp16 the only form that
-    takes GradScaler's scale and inf flag on the device: with the others GradScaler.step reads the
-    flag back to the host (.item()) every step. A graphed step also needs its capturable form (the
-    step count on the device). On the CPU: the plain (foreach) Adam, as the trajectories were measured."""
+    """The optimizer. On CUDA the fused Adam (the fastest, and with fp16 the one that keeps GradScaler's inf
+    flag on the device), capturable when graphed; on the CPU the plain (foreach) Adam
+    (docs/design-notes.md, 'Which Adam')."""
     if c.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum)
     if graphed:
@@ -90,9 +85,9 @@ def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].to(device=param.device if on_device else "cpu", dtype=torch.float32)
 
 
-# What a data source returns: (train, validation or None, test or None, what a model of sequences
-# must know, or None for images). fit() hands the Trainer one for data given in Python.
-DataSource = Callable[[], "tuple[Split | ArrowSplit, Optional[Split], Optional[Split], Optional[SeriesInfo]]"]
+# What a data source returns: (train, validation or None, test or None, what a model of the data
+# must know: its DataInfo). fit() hands the Trainer one for data given in Python.
+DataSource = Callable[[], "tuple[Split | ArrowSplit, Optional[Split], Optional[Split], DataInfo]"]
 
 
 def config_source(c: TrainConfig) -> DataSource:
@@ -106,10 +101,10 @@ def config_source(c: TrainConfig) -> DataSource:
 
 
 def prepare_data(c: TrainConfig, source: DataSource) -> tuple[Split, Optional[Split], Optional[Split],
-                                                               Optional[torch.Tensor], Optional[SeriesInfo]]:
+                                                               Optional[torch.Tensor], DataInfo]:
     """Read and verify the data, and hold out the validation split (--val-size) unless the source
     gives one: (train, validation or None, test or None, the training file's indices train keeps,
-    what a model of sequences must know or None for images)."""
+    what a model of the data must know)."""
     train, val, test, info = source()
     train, test = train.head(c.limit_train), None if test is None else test.head(c.limit_test)
     if val is not None and (c.val_size or c.val_folds):
@@ -120,32 +115,15 @@ def prepare_data(c: TrainConfig, source: DataSource) -> tuple[Split, Optional[Sp
     return train, val, test, kept, info
 
 
-def make_view(c: TrainConfig, train: Split, series: Optional[SeriesInfo],
-              state: TrainState) -> "SequenceView | SeriesView":
-    """How the inputs reach the model, recorded in `state` for checkpoints: an image view (a resumed
-    run keeps its pixel order), or the sequences' standardisation (fitted on the training split, or
-    the checkpoint's when resuming, which must describe the same data)."""
-    if series is None:
-        view = SequenceView.from_config(c, train.images, state.pixel_order)
-        state.pixel_order = None if view.permutation is None else view.permutation.tolist()
-        return view
-    if state.series is None:
-        state.series = SeriesView.fit(series, train).state()
-    saved = SeriesView.from_state(state.series)
-    saved.check_data(series, c.dataset)
-    return saved
-
-
-def bucketing(c: TrainConfig, train: "Split | ArrowSplit", series: Optional[SeriesInfo],
-              ) -> tuple[Optional[torch.Tensor], int]:
+def bucketing(c: TrainConfig, train: "Split | ArrowSplit", info: DataInfo) -> tuple[Optional[torch.Tensor], int]:
     """(each training sequence's length, --bucket-batches) for the sampler; one line when the data
     has no lengths to group by."""
     if not c.bucket_batches:
         return None, 0
-    if series is None or not series.variable_length:
+    if not info.variable_length:
         raise UserError(f"`bucket_batches` groups sequences by length, and every sequence of `dataset` {c.dataset} "
                         "has the same length: leave it at 0")
-    return train.sequence_lengths(series.channels), c.bucket_batches
+    return train.sequence_lengths(), c.bucket_batches
 
 
 def claim_new_dir(path: str) -> str:
@@ -275,7 +253,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out_dir, c.keep_last, c.save_every)
         snapshot = self._resume_snapshot()  # nothing is written before this: a refusal leaves no trace
         # Rank 0 downloads first; then every rank reads the files (reading in parallel is safe).
-        train_set, val_set, test_set, kept, series = distributed.main_first(env, lambda: prepare_data(c, self.source))
+        train_set, val_set, test_set, kept, info = distributed.main_first(env, lambda: prepare_data(c, self.source))
         self.test_set = None if test_set is None else test_set.to(env.device)
         self.val_set = None if val_set is None else val_set.to(env.device)
         self.watched = "val" if val_set is not None else "test" if test_set is not None else None  # what epochs score
@@ -285,27 +263,28 @@ class Trainer:
             raise UserError(f"{held_by} leaves {len(train_set)} training samples, fewer than one "
                             f"global batch (`batch_size`={c.batch_size})")
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed,
-                                          *bucketing(c, train_set, series))
+                                          *bucketing(c, train_set, info))
         if self.sampler.local_batch % c.grad_accum:
             raise UserError(f"`batch_size`={c.batch_size} (global) is {self.sampler.local_batch} per process, which "
                             f"does not split into `grad_accum`={c.grad_accum} equal micro-batches")
         self.feeder = feeder(c.loader, train_set, env.device, c.num_workers,
-                             mnist_dir=c.data_dir if series is None else None, indices=kept)
+                             lambda: info.loader_dataset(train_set, kept))
 
         self.state = TrainState.from_checkpoint(snapshot) if snapshot else TrainState()
         self.state.tracker_run_id = self.state.tracker_run_id or tracking.new_run_id()
         self.resumed_from_step = self.state.step if snapshot else None
         self.seconds_before = self.state.train_seconds  # training time of earlier invocations of this run
-        self.view = make_view(c, train_set, series, self.state)  # rows, columns, pixels; or sequences
+        self.view = info.view(c, train_set, self.state.view)  # rows, columns, pixels; or standardised sequences
+        self.state.view = self.view.state()  # what checkpoints keep of it
         self.view.to(env.device)
-        self.num_classes = NUM_CLASSES if series is None else len(series.classes)
+        self.num_classes = len(info.classes)
         self.parameter_count = count_parameters(c, self.view.input_size, self.num_classes)
         distributed.main_first(env, lambda: check_memory(self.parameter_count, c, env))  # before allocating it
         torch.manual_seed(c.seed)  # the same initial weights on every rank
         self.model = build_model(c, input_size=self.view.input_size, num_classes=self.num_classes).to(env.device)
         torch.manual_seed(c.seed + env.rank)  # but each rank its own dropout masks
         self.graphs_refused = graphs_refusal(c.cuda_graphs, env.device, c.precision, schedules_the_rate(c),
-                                             c.grad_accum, series is not None and series.variable_length)
+                                             c.grad_accum, info.variable_length)
         graphed = c.cuda_graphs == "on" and self.graphs_refused is None
         self.optimizer = build_optimizer(c, self.model, graphed)
         planned = c.epochs * self.sampler.steps_per_epoch
@@ -501,7 +480,7 @@ class Trainer:
                       f"{self.total_steps} steps, {batches.n} train / "
                       f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}"
                       f"{'no' if self.test_set is None else len(self.test_set)} test samples "
-                      f"({describe_inputs(c, self.state)}), "
+                      f"({self.view.describe(c.dataset)}), "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
         checkpoint_bytes = self.parameter_count * 4 * (1 + optimizer_states(c))  # weights + optimizer state
         if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one

@@ -31,7 +31,7 @@ from torch import nn
 from dist_rnn import __version__
 from dist_rnn.checkpoint import TrainState, load_checkpoint
 from dist_rnn.config import TrainConfig, option
-from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir
+from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir, trained_view
 from dist_rnn.errors import UserError
 from dist_rnn.evaluate import trained_config, trained_model
 from dist_rnn.files import atomic_write, atomic_write_json
@@ -283,7 +283,7 @@ class Lab:
         snapshot = load_checkpoint(Path(checkpoint))
         config = trained_config(snapshot, checkpoint)
         train, test = self.data
-        view = SequenceView.from_config(config, test.images, TrainState.from_checkpoint(snapshot).pixel_order)
+        view = trained_view(config, TrainState.from_checkpoint(snapshot).view)
         model = trained_model(snapshot, config, input_size=view.input_size)
         train_features = readout_features(model, view, train.images[:PROBE_SAMPLES])
         test_features = readout_features(model, view, test.images)

@@ -51,8 +51,9 @@ def test_checkpoint_contents(mnist_dir, tmp_path):
             "dist_rnn_version"} == ckpt.keys()
     assert ckpt["schedule"] is None  # no --lr-schedule or --warmup-steps
     state = TrainState.from_checkpoint(ckpt)
-    assert (ckpt["format_version"], state.step, state.epoch, state.batch_in_epoch) == (2, 2, 0, 2)
-    assert state.tracker_run_id and state.pixel_order is None and ckpt["world_size"] == 2
+    assert (ckpt["format_version"], state.step, state.epoch, state.batch_in_epoch) == (3, 2, 0, 2)
+    assert state.view == {"kind": "images", "height": 28, "width": 28, "pixel_order": None}
+    assert state.tracker_run_id and ckpt["world_size"] == 2
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     assert ckpt["optimizer"]["state"] and ckpt["config"]["dropout"] == 0.2
     assert not any(k.startswith("module.") for k in ckpt["model"])
@@ -161,7 +162,7 @@ def test_evaluate_command(mnist_dir, tmp_path):
         result = json.loads(json_out.read_text())
         assert result["test_samples"] == 130 and result["test_accuracy"] == expected["test_accuracy"]
         assert result["world_size"] == (nproc or 1) and proc.stdout.count("test accuracy") == 1
-        assert result["sequence"] == "row" and ", row view (as trained)" in proc.stdout
+        assert result["inputs"] == "mnist, row view" and ", row view (as trained)" in proc.stdout
 
 
 def pickled_object() -> bytes:
@@ -234,15 +235,24 @@ def test_save_policy():
         manager.should_save(3, "sometime")
 
 
-def test_train_state_round_trip_and_the_unversioned_format():
-    state = TrainState(step=7, epoch=1, batch_in_epoch=3, train_seconds=2.5, tracker_run_id="abc",
-                       pixel_order=[2, 0, 1])
+def test_train_state_round_trip_and_the_older_formats():
+    """Format 3 round-trips; formats 2 and 1 kept the view's parts elsewhere and read as format 3."""
+    view = {"kind": "images", "height": 28, "width": 28, "pixel_order": [2, 0, 1]}
+    state = TrainState(step=7, epoch=1, batch_in_epoch=3, train_seconds=2.5, tracker_run_id="abc", view=view)
     assert TrainState.from_dict(state.to_dict()) == state
-    assert TrainState.from_checkpoint({"format_version": 2, "state": state.to_dict()}) == state
+    assert TrainState.from_checkpoint({"format_version": 3, "state": state.to_dict()}) == state
+    position = {"step": 7, "epoch": 1, "batch_in_epoch": 3, "train_seconds": 2.5, "tracker_run_id": "abc"}
+    assert TrainState.from_checkpoint({"format_version": 2, "state": {**position, "pixel_order": [2, 0, 1],
+                                                                       "series": None}}) == state
+    series = {"dataset": "t", "classes": ["a", "b"], "channels": 1, "variable_length": False, "max_length": 3,
+              "mean": [0.0], "std": [1.0]}
+    format_2 = TrainState.from_checkpoint({"format_version": 2, "state": {**position, "series": series}})
+    assert format_2.view == {"kind": "series", **series}
     old = {"step": 7, "epoch": 1, "batch_in_epoch": 3, "samples_in_epoch": 300, "sampler": {"seed": 0, "epoch": 1},
            "train_seconds": 2.5, "wandb_run_id": "abc", "sequence_permutation": [2, 0, 1]}  # as a3bc583 wrote
     assert TrainState.from_checkpoint(old) == state
-    assert TrainState.from_checkpoint({"step": 4}) == TrainState(step=4)  # older still: no clock, no tracker
+    older = TrainState.from_checkpoint({"step": 4})  # older still: no clock, no tracker
+    assert older == TrainState(step=4, view={**view, "pixel_order": None})
 
 
 def test_a_newer_checkpoint_format_is_refused_in_one_line(tmp_path):

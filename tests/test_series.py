@@ -128,12 +128,13 @@ def test_standardisation_comes_from_the_training_split_only(tmp_path):
     out = tmp_path / "run"
     check_ok(run_train(["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--out-dir", str(out),
                         "--max-steps", "2", "--val-size", "60", "--batch-size", "40", "--hidden-size", "8"]))
-    saved = load_checkpoint(read_results(out)["checkpoint"])["state"]["series"]
+    saved = load_checkpoint(read_results(out)["checkpoint"])["state"]["view"]
     train_x, train_y, _, _, info = load_series("Synthetic", tmp_path / "data")
     kept, _, _ = validation_split(Split(train_x, train_y), 60, seed=0)
     expected = SeriesView.fit(info, kept)
     assert saved["mean"] == expected.mean.tolist() and saved["std"] == expected.std.tolist()
-    assert saved["classes"] == ["low", "mid", "high"] and saved["variable_length"] and saved["channels"] == 2
+    assert saved["kind"] == "series" and saved["classes"] == ["low", "mid", "high"]
+    assert saved["variable_length"] and saved["channels"] == 2
     assert SeriesView.fit(info, Split(train_x, train_y)).mean.tolist() != saved["mean"]  # the validation samples left out
 
 
@@ -334,6 +335,29 @@ def test_arrow_and_parquet_data_train_like_ts_files(tmp_path):
         check_ok(run_train(["--dataset", str(source), "--out-dir", str(tmp_path / name), *args]))
     a, b = (load_checkpoint(read_results(tmp_path / n)["checkpoint"])["model"] for n in ("parquet", "saved"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_and_predict_read_the_parquet_a_model_was_trained_on(tmp_path, capsys):
+    """evaluate scores a Parquet-trained checkpoint on its test file, and predict classifies the rows
+    of that file (and of a saved split), as the model loaded in Python does."""
+    import dist_rnn
+    from dist_rnn import evaluate, predict
+
+    parquet, saved = write_arrow_sets(tmp_path / "arrow")
+    out = tmp_path / "run"
+    assert train_cli.main(["--dataset", str(parquet), "--sequence-column", "steps", "--label-column", "speaker",
+                           "--max-steps", "8", "--batch-size", "30", "--hidden-size", "8", "--out-dir", str(out)]) == 0
+    checkpoint = read_results(out)["checkpoint"]
+    assert evaluate.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "scored.json")]) == 0
+    scored = json.loads((tmp_path / "scored.json").read_text())
+    assert scored["test_samples"] == 91 and scored["test_accuracy"] == read_results(out)["test_accuracy"]
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", checkpoint, "--json", str(parquet.with_name("test.parquet")),
+                         str(saved / "test")]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 2 * 91 and records[0]["file"].endswith("test.parquet#0")
+    expected = dist_rnn.load(checkpoint).predict(synthetic_series(91, 2)[0])
+    assert [r["class"] for r in records[:91]] == [r["class"] for r in records[91:]] == list(expected)
 
 
 def write_saved_shards(folder: Path, sequences: list, labels: list, files: int, rows_per_batch: int) -> None:

@@ -75,7 +75,7 @@ def test_permuted_view_mse_loss_and_eval_every(mnist_dir, tmp_path):
                         "--eval-every", "2", "--head-dropout", "0.2", "--crop-top", "2", "--crop-bottom", "1"]))
     results = read_results(out)
     snapshot = load_checkpoint(results["checkpoint"])
-    saved_order = TrainState.from_checkpoint(snapshot).pixel_order
+    saved_order = TrainState.from_checkpoint(snapshot).view["pixel_order"]
     assert len(saved_order) == 25 * 28  # the rows the crop leaves
     assert saved_order == SequenceView("permuted", permutation_seed=5, crop=(2, 1)).permutation.tolist()
     assert snapshot["model"]["rnn.weight_ih_l0"].shape == (32, 1)  # one pixel per step

@@ -1,11 +1,13 @@
-"""The data layer: sources (IDX image sets, UCR/UEA time series), splits, the sampler that orders
-them, the feeders that batch them, and the views that turn them into what the RNN reads. Nothing
-here imports the command layer (the `python -m dist_rnn.data` command is __main__.py).
+"""The data layer: sources (IDX image sets, UCR/UEA time series, Arrow/Parquet, arrays from Python),
+splits, the sampler that orders them, the feeders that batch them, and the views that turn them into
+what the RNN reads. Each source returns its splits and a DataInfo (sources.py): all the Trainer knows
+of the data. Nothing here imports the command layer (`python -m dist_rnn.data` is __main__.py).
 
-    sources.py   load_dataset: what --dataset names           idx.py     the IDX image sets
-    series.py    .ts problems, SeriesView (packing)           splits.py  Split, validation_split
+    sources.py   load_dataset, DataInfo                       idx.py     the IDX image sets
+    series.py    .ts problems, SeriesInfo, SeriesView          splits.py  Split, validation_split
     arrow.py     Arrow/Parquet data, ArrowSplit (read from disk)
-    views.py     SequenceView (rows, columns, pixels)         sampler.py GlobalBatchSampler, eval_shard
+    arrays.py    SequenceDataset: sequences from Python       sampler.py GlobalBatchSampler, eval_shard
+    views.py     ImageInfo, SequenceView (rows, columns, pixels), trained_view
     feeders.py   MemoryFeeder, DataLoaderFeeder
 """
 
@@ -28,12 +30,12 @@ from dist_rnn.data.idx import (
 )
 from dist_rnn.data.sampler import GlobalBatchSampler, eval_shard
 from dist_rnn.data.series import SeriesInfo, SeriesView, load_series
-from dist_rnn.data.sources import is_path, load_dataset
+from dist_rnn.data.sources import DataInfo, is_path, load_dataset
 from dist_rnn.data.splits import Split, validation_split
-from dist_rnn.data.views import SEQUENCES, SequenceView, as_sequences
+from dist_rnn.data.views import SEQUENCES, ImageInfo, InputView, SequenceView, as_sequences, trained_view
 
-__all__ = ["ArrowSplit", "DataLoaderFeeder", "GlobalBatchSampler", "IMAGES_MAGIC", "LABELS_MAGIC", "MemoryFeeder", "NUM_CLASSES",
-           "SEQUENCES", "SPLIT_FILES", "SeriesInfo", "SeriesView", "SequenceView", "Split", "as_sequences",
-           "download_mnist", "eval_shard", "feeder", "find_file", "have_files", "import_torchvision", "is_path", "load_dataset",
-           "load_mnist", "load_series", "load_split", "read_idx", "resolve_data_dir", "torchvision_root",
-           "validation_split"]
+__all__ = ["ArrowSplit", "DataInfo", "DataLoaderFeeder", "GlobalBatchSampler", "IMAGES_MAGIC", "ImageInfo", "InputView",
+           "LABELS_MAGIC", "MemoryFeeder", "NUM_CLASSES", "SEQUENCES", "SPLIT_FILES", "SequenceView", "SeriesInfo",
+           "SeriesView", "Split", "as_sequences", "download_mnist", "eval_shard", "feeder", "find_file",
+           "have_files", "import_torchvision", "is_path", "load_dataset", "load_mnist", "load_series", "load_split",
+           "read_idx", "resolve_data_dir", "torchvision_root", "trained_view", "validation_split"]

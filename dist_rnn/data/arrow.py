@@ -180,7 +180,7 @@ class ArrowSplit:
         return ArrowSplit(self.chunks, self.labels[index], self.lengths, self.channels, self.variable_length,
                           self._rows(index))
 
-    def sequence_lengths(self, channels: int) -> torch.Tensor:
+    def sequence_lengths(self) -> torch.Tensor:
         return torch.from_numpy(self.lengths[self.rows]).long()
 
     def head(self, n: Optional[int]) -> "ArrowSplit":
@@ -319,3 +319,19 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
         return ArrowSplit(r.chunks, labels, r.lengths, r.channels, variable)
 
     return on_disk(train), on_disk(test), info
+
+
+def read_sequences(source: Path, column: str) -> list[np.ndarray]:
+    """Every row's sequence of one Parquet file or saved dataset split, as (time, channels) float32
+    arrays, read a block at a time (predict reads the files a model was trained on)."""
+    table, maps = read_table(source)
+    if column not in table.column_names:
+        raise UserError(f"{source}: no column {column!r} (columns: {', '.join(table.column_names)}); name yours "
+                        "with `sequence_column` at training")
+    chunks, lengths, channels = read_chunks(table, column, source, maps)
+    split = ArrowSplit(chunks, torch.zeros(len(lengths), dtype=torch.int64), lengths, channels, variable_length=False)
+    sequences = []
+    for start in range(0, len(split), 4096):
+        block = split.inputs(slice(start, start + 4096)).numpy()
+        sequences += [block[i, :n].copy() for i, n in enumerate(lengths[start:start + 4096])]
+    return sequences

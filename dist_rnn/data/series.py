@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from dist_rnn.config import IMAGE_SETS
+from dist_rnn.data.splits import SplitRows, batch_as_read
 from dist_rnn.errors import UserError
 
 PACKAGES = ("aeon", "sktime")  # wheels that ship UCR/UEA problems as NAME/NAME_TRAIN.ts under datasets/data
@@ -223,10 +224,23 @@ class SeriesInfo:
     """What a model of this problem must know: its classes, channels, and whether lengths differ."""
 
     dataset: str
-    classes: list[str]
+    classes: list[Any]
     channels: int
     variable_length: bool
     max_length: int
+
+    def view(self, c: Any, train: Any, saved: Optional[dict[str, Any]]) -> "SeriesView":
+        """The standardisation a run trains with: fitted on the training split, or a resumed run's
+        saved one, which must describe the same data."""
+        if saved is None:
+            return SeriesView.fit(self, train)
+        view = SeriesView.from_state(saved)
+        view.check_data(self, c.dataset)
+        return view
+
+    def loader_dataset(self, train: Any, indices: Any) -> tuple[Any, Any]:
+        """The split itself, each DataLoader worker reading whole batches (`--loader dataloader`)."""
+        return SplitRows(train), batch_as_read
 
 
 def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -349,7 +363,7 @@ class SeriesView:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps, so evaluate and predict rebuild this view without the data."""
-        return {"dataset": self.info.dataset, "classes": self.info.classes, "channels": self.info.channels,
+        return {"kind": "series", "dataset": self.info.dataset, "classes": self.info.classes, "channels": self.info.channels,
                 "variable_length": self.info.variable_length, "max_length": self.info.max_length,
                 "mean": self.mean.tolist(), "std": self.std.tolist()}
 
@@ -368,6 +382,17 @@ class SeriesView:
             if was != now:
                 raise UserError(f"`dataset` {dataset}: its {what} ({_short(now)}) differ from those the checkpoint "
                                 f"was trained on ({_short(was)})")
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.info.classes)
+
+    def describe(self, dataset: str) -> str:
+        """`JapaneseVowels: 9 classes, 12 channel(s), lengths up to 29, packed`."""
+        s = self.info
+        return (f"{s.dataset}: {len(s.classes)} classes, {s.channels} channel(s), "
+                f"{'lengths up to' if s.variable_length else 'length'} {s.max_length}"
+                f"{', packed' if s.variable_length else ''}")
 
     @property
     def input_size(self) -> int:

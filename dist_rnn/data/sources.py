@@ -5,13 +5,30 @@ with its `inputs`/`subset`/`head`/`to` (ArrowSplit reads from disk)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional, Protocol
+
+import torch
 
 from dist_rnn.config import TrainConfig, is_image_set
 from dist_rnn.data.arrow import ArrowSplit, is_arrow_source, load_arrow
-from dist_rnn.data.idx import load_mnist, resolve_data_dir
-from dist_rnn.data.series import SeriesInfo, load_series
+from dist_rnn.data.idx import load_mnist, load_split, resolve_data_dir
+from dist_rnn.data.series import load_series
 from dist_rnn.data.splits import Split
+from dist_rnn.data.views import ImageInfo
+
+
+class DataInfo(Protocol):
+    """What the Trainer knows of its data, whatever its kind (ImageInfo, SeriesInfo): the classes,
+    whether lengths differ, the view the model reads it through, and the Dataset a DataLoader reads."""
+
+    classes: list[Any]
+    variable_length: bool
+
+    def view(self, c: TrainConfig, train: Any, saved: Optional[dict[str, Any]]) -> Any:
+        """The input view (its `state()` goes into checkpoints); a resumed run's `saved` one."""
+
+    def loader_dataset(self, train: Any, indices: Optional[torch.Tensor]) -> tuple[Any, Optional[Callable]]:
+        """(Dataset, collate_fn) of the training split for `--loader dataloader`."""
 
 
 def is_path(dataset: str) -> bool:
@@ -19,13 +36,15 @@ def is_path(dataset: str) -> bool:
     return dataset.endswith(".ts") or is_arrow_source(dataset)
 
 
-def load_dataset(c: TrainConfig) -> tuple["Split | ArrowSplit", "Split | ArrowSplit", Optional[SeriesInfo]]:
+def load_dataset(c: TrainConfig, test_only: bool = False,
+                 ) -> tuple["Split | ArrowSplit | None", "Split | ArrowSplit", DataInfo]:
     """The training and test splits --dataset names (Arrow data stays on disk, the rest is read
-    into memory); for sequences also what the model must know (classes, channels, lengths); None
-    for the image sets (10 classes, a view decides the rest)."""
+    into memory), and what a model of them must know (classes, lengths, the view to read them by).
+    `test_only`: the training split where the test split needs none (images: None)."""
     if is_image_set(c.dataset):
-        train, test = load_mnist(resolve_data_dir(c.data_dir))
-        return train, test, None
+        data_dir = resolve_data_dir(c.data_dir)
+        train, test = (None, load_split(data_dir, "test")) if test_only else load_mnist(data_dir)
+        return train, test, ImageInfo(c.dataset, data_dir, tuple(test.images.shape[1:]))
     if is_arrow_source(c.dataset):
         return load_arrow(c.dataset, c.sequence_column, c.label_column)
     train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))

@@ -41,10 +41,10 @@ class Split:
     def to(self, device: torch.device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
 
-    def sequence_lengths(self, channels: int) -> torch.Tensor:
-        """Each padded sequence's length (int64, on the CPU), which series.padded keeps in channel
-        `channels` at step 0 when lengths differ."""
-        return self.images[:, 0, channels].long().cpu()
+    def sequence_lengths(self) -> torch.Tensor:
+        """Each padded sequence's length (int64, on the CPU), which series.padded keeps in the last
+        channel at step 0 when lengths differ."""
+        return self.images[:, 0, -1].long().cpu()
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -58,6 +58,29 @@ class Split:
     @property
     def device(self) -> torch.device:
         return self.images.device
+
+
+class SplitRows(torch.utils.data.Dataset):
+    """A split as a DataLoader's dataset: each batch read whole (`__getitems__`), as MemoryFeeder reads it."""
+
+    def __init__(self, split: "Split | ArrowSplit"):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = self.__getitems__([i])
+        return inputs[0], labels[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.tensor(indices)
+        return self.split.inputs(index), self.split.labels[index]
+
+
+def batch_as_read(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collate_fn of SplitRows: its batches come whole (a module-level function: workers pickle it)."""
+    return batch
 
 
 def validation_split(train: "Split | ArrowSplit", size: float, seed: int, folds: int = 0,

@@ -1,19 +1,26 @@
-"""How an image becomes a sequence (rows, columns, pixels, pixels backwards, permuted pixels)."""
+"""The image sets as the Trainer sees them (ImageInfo), how an image becomes a sequence (rows,
+columns, pixels, pixels backwards, permuted pixels), and a checkpoint's view rebuilt whatever its
+data was (trained_view)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from dist_rnn.config import TrainConfig
+from dist_rnn.data.idx import NUM_CLASSES, import_torchvision, torchvision_root
 from dist_rnn.data.series import SeriesView
+from dist_rnn.data.splits import Split
 from dist_rnn.errors import UserError
 
 SEQUENCES = ("row", "column", "pixel", "reversed", "permuted")
-IMAGE_SHAPE = (28, 28)  # every IDX image set's (MNIST, Fashion-MNIST, KMNIST)
+InputView = Callable[[torch.Tensor], Any]  # a view: a batch of raw inputs -> what the model reads
 
 
 class SequenceView:
@@ -46,6 +53,30 @@ class SequenceView:
         height, width = images.shape[1:]
         return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=pixel_order,
                    crop=(c.crop_top, c.crop_bottom))
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the config: the images' size and the pixel order learned."""
+        return {"kind": "images", "height": self.height + sum(self.crop), "width": self.width,
+                "pixel_order": None if self.permutation is None else self.permutation.tolist()}
+
+    @classmethod
+    def from_state(cls, c: TrainConfig, state: dict[str, Any]) -> "SequenceView":
+        return cls(c.sequence, state["height"], state["width"], permutation_seed=c.permutation_seed,
+                   permutation=state["pixel_order"], crop=(c.crop_top, c.crop_bottom))
+
+    def check_data(self, info: Any, dataset: str) -> None:
+        """Images of the size this view was made for (one line if not)."""
+        shape = (self.height + sum(self.crop), self.width)
+        if tuple(info.shape) != shape:
+            raise UserError(f"`dataset` {dataset}: its images are {info.shape[0]}x{info.shape[1]}, the checkpoint "
+                            f"was trained on {shape[0]}x{shape[1]}")
+
+    @property
+    def classes(self) -> list[int]:
+        return list(range(NUM_CLASSES))
+
+    def describe(self, dataset: str) -> str:
+        return f"{dataset}, {self.kind} view"
 
     @property
     def input_size(self) -> int:
@@ -100,19 +131,60 @@ class ImageView(nn.Module):
         return self.view(images)
 
 
-def trained_view(config: TrainConfig, state: Any) -> "SequenceView | SeriesView":
-    """How a checkpoint's model reads its inputs, from its config and TrainState: the sequences'
-    standardisation it was trained with, or the images' view (its pixel order included)."""
-    if state.series is not None:
-        return SeriesView.from_state(state.series)
-    height, width = IMAGE_SHAPE
-    return SequenceView(config.sequence, height, width, permutation_seed=config.permutation_seed,
-                        permutation=state.pixel_order, crop=(config.crop_top, config.crop_bottom))
+def squeeze_channel(image: torch.Tensor) -> torch.Tensor:
+    """torchvision's (1, H, W) image as the IDX file holds it, (H, W) (a module-level function: workers pickle it)."""
+    return image.squeeze(0)
 
 
-def trained_classes(state: Any, num_classes: int) -> list[Any]:
-    """A checkpoint's classes as its training labels were: the sequences' labels, or the digits."""
-    return list(state.series["classes"]) if state.series is not None else list(range(num_classes))
+@dataclass
+class ImageInfo:
+    """An IDX image set, as the Trainer sees it: 10 classes, one size, no lengths to pack."""
+
+    dataset: str
+    data_dir: Path
+    shape: tuple[int, int]
+    classes: list[int] = field(default_factory=lambda: list(range(NUM_CLASSES)))
+    variable_length = False
+
+    def view(self, c: TrainConfig, train: Split, saved: Optional[dict[str, Any]]) -> SequenceView:
+        """The view a run trains with; a resumed run's saved one (its pixel order) when there is one."""
+        if saved is not None:
+            return SequenceView.from_state(c, saved)
+        return SequenceView(c.sequence, *self.shape, permutation_seed=c.permutation_seed,
+                            crop=(c.crop_top, c.crop_bottom))
+
+    def loader_dataset(self, train: Split, indices: Optional[torch.Tensor]) -> tuple[Any, Optional[Callable]]:
+        """torchvision's MNIST dataset of the same files (`--loader dataloader`), limited to the
+        training file's samples `train` holds (`indices`; default its first len(train))."""
+        torchvision = import_torchvision()
+        unpacked = tempfile.TemporaryDirectory(prefix="dist_rnn-mnist-")  # removed with the dataset
+        root = torchvision_root(self.data_dir, Path(unpacked.name))  # torchvision reads only MNIST/raw files
+        to_tensor = torchvision.transforms.Compose([torchvision.transforms.PILToTensor(), squeeze_channel])
+        dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=to_tensor, download=False)
+        subset = torch.utils.data.Subset(dataset, range(len(train)) if indices is None else indices.tolist())
+        subset.unpacked = unpacked
+        return subset, None
+
+
+# How a checkpoint's saved view state becomes the view again, by the kind of data it was made for.
+VIEWS: dict[str, Callable[[TrainConfig, dict[str, Any]], Any]] = {
+    "images": SequenceView.from_state,
+    "series": lambda c, state: SeriesView.from_state(state),
+}
+
+
+def trained_view(config: TrainConfig, state: dict[str, Any]) -> "SequenceView | SeriesView":
+    """How a checkpoint's model reads its inputs (TrainState.view): the sequences' standardisation it
+    was trained with, or the images' view (its pixel order included)."""
+    return VIEWS[state["kind"]](config, state)
+
+
+def format_2_view_state(series: Optional[dict[str, Any]], pixel_order: Optional[list[int]]) -> dict[str, Any]:
+    """The view state of a checkpoint of format 1 or 2, which kept the sequences' standardisation
+    (`series`) and the image views' pixel order apart (their images were 28x28)."""
+    if series is not None:
+        return {"kind": "series", **series}
+    return {"kind": "images", "height": 28, "width": 28, "pixel_order": pixel_order}
 
 
 def as_sequences(images: torch.Tensor) -> torch.Tensor:
