@@ -18,15 +18,9 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_failure(cell: str) -> Optional[str]:
-    """Why this CPU cannot train `cell` under bf16 autocast, or None when it can.
-
-    Found out by doing it once: a forward and backward of a tiny 2-layer bidirectional net of the
-    same cell (tens of ms). oneDNN's bf16 LSTM needs AVX-512 or AMX; without them it fails at the
-    first forward ("could not create a primitive descriptor"), while GRU and RNN run (on plain
-    matmuls). torch's own flag (torch.ops.mkldnn._is_mkldnn_bf16_supported) answers for every cell
-    at once, so it would refuse GRU and RNN runs that work. The RNG is left untouched: a probe must
-    not shift a run's initial weights or dropout masks.
-    """
+    """Why this CPU cannot train `cell` under bf16 autocast, or None when it can: found out by training a
+    tiny net of that cell once (the answer differs by cell), with the RNG left untouched
+    (docs/design-notes.md, 'Probing the CPU for bf16')."""
     with torch.random.fork_rng(devices=[]):
         rnn = CELLS[cell](4, 8, num_layers=2, bidirectional=True, batch_first=True)
         try:

@@ -1,17 +1,7 @@
 """`python -m dist_rnn.bench`: dist_rnn's training loop against the original scripts' pipeline, measured
 in one run on this machine, plus a world-size sweep and the costs around training.
 
-(a) samples/s of the original pipeline (torchvision MNIST + ToTensor + DataLoader(batch 100,
-    shuffle) feeding the same LSTM and Adam) and of dist_rnn's loop (`dist_rnn.train.run`) in fp32
-    and with --precision bf16 where the machine can run it (left out, with the reason, where not; on
-    CUDA also fp16, the step in CUDA graphs, batch 1000, and the BiLSTM preset),
-    alternated --repeats times, --steps each: medians and ratios. dist_rnn's figure is its steady
-    speed, the first of its five reporting intervals (first kernels, cuDNN plans, allocations) left out; and the
-    original's data path timed alone, which bounds what feeding from memory can win;
-(b) 1 process x 2 threads against `torchrun --nproc_per_node=2` (1 thread each), global batch 100;
-(c) time from `python -m dist_rnn.train` to its first step done (median of --repeats), evaluation samples/s,
-    checkpoint save and load time, peak memory per process.
-Prints a table and writes JSON (--out).
+Prints a table and writes JSON (--out) (docs/design-notes.md, 'What the benchmark measures').
 """
 
 from __future__ import annotations

@@ -152,14 +152,9 @@ def parse_config(argv: Optional[list[str]] = None) -> TrainConfig:
 
 
 def run_cli(prog: str, main: Callable[[], None]) -> int:
-    """Run main(); a UserError becomes one line on stderr and exit status 2.
-
-    A UserError is printed by local rank 0 only: every process of its node raises the same one
-    (errors one rank meets are shared first, see distributed.main_first). A graceful stop exits
-    128 + the signal's number, as the shell reports a process ended by that signal, except on
-    SIGUSR1 ("checkpoint and exit", what the SLURM scripts send), which exits 0; a lost peer exits
-    3. DIST_RNN_DEBUG=1 shows the traceback of any of them instead.
-    """
+    """Run main(); a UserError becomes one line on stderr and exit status 2, a lost peer 3, a graceful
+    stop 128 + the signal's number (0 for SIGUSR1); DIST_RNN_DEBUG=1 shows the traceback instead
+    (docs/design-notes.md, 'How a command ends')."""
     debug = os.environ.get("DIST_RNN_DEBUG") == "1"
     try:
         main()
@@ -218,20 +213,9 @@ def run_command(prog: str, parse: Callable[[], C], body: Callable[[C, DistEnv], 
 
 
 def exit_without_finalizing(code: int) -> NoReturn:
-    """End a process that was part of a process group: run the exit handlers (wandb, logging),
-    flush, and leave without finalizing the interpreter.
-
-    Why: DDP keeps its process group alive past destroy_process_group (torch 2.x holds a
-    reference), so gloo's worker threads outlive the teardown. A finished collective is freed on
-    such a thread, sometimes only after the main thread has returned; when that is after the
-    interpreter began finalizing, freeing the tensors Python created for it (broadcast_object_list's,
-    say) takes the GIL from a dying interpreter, which ends the thread inside a C++ destructor:
-    std::terminate, "terminate called without an active exception", SIGABRT, a finished run
-    exiting -6. A core dump of one showed exactly that (pt_gloo_runloop: ~AsyncBarrierWork ->
-    ~AsyncBroadcastWork -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit, the main
-    thread in Py_FinalizeEx); it hit 4 of 140 short 2-process runs, and 0 of 120 after this.
-    Without finalization there is nothing for those threads to race.
-    """
+    """End a process that was part of a process group: run the exit handlers (wandb, logging), flush,
+    and leave without finalizing the interpreter, which gloo's threads, outliving the group, could
+    crash with SIGABRT (docs/design-notes.md, 'Exiting without finalizing after a process group')."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

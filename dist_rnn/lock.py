@@ -1,13 +1,6 @@
-"""One run per out-dir at a time: global rank 0 holds `<out-dir>/run.lock` from before the run reads
-or writes anything there until it ends.
-
-Two runs writing one directory interleave their metrics.jsonl and overwrite each other's checkpoints
-without an error (a double-submitted SLURM job, a sweep that starts a run twice). The lock is an
-flock(2) on run.lock, which the kernel releases when its holder ends, however it ends: after kill -9,
-an OOM kill or a crash the next run takes the lock over at once and says whose it was. On NFS (v4,
-or v3 with lockd) flock is a lock the server holds; a node that is lost frees it when its lease
-expires (90 s by default), so a requeued SLURM job still resumes. The file's text names the holder
-(host, pid, start time, command), for the refusal message and for people.
+"""One run per out-dir at a time (two would mix their metrics and checkpoints): global rank 0 holds an
+flock(2) on `<out-dir>/run.lock` from before the run reads or writes anything there until it ends; the
+kernel frees it however the holder ends (docs/design-notes.md, 'The run lock').
 """
 
 from __future__ import annotations

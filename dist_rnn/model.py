@@ -16,15 +16,9 @@ CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
 class RNNClassifier(nn.Module):
-    """Reads a (batch, time, features) sequence and returns (batch, num_classes) logits.
-
-    readout="last" is the original scripts' `out[:, -1, :]`: the top layer's output at the last
-    time step. For a unidirectional net that equals the final hidden state; for a bidirectional net
-    its backward half is the top backward RNN after its *first* step: with one layer it has read only
-    the last row; with more, its input at that step already holds the layer below's forward state
-    (which has read every row), so the flaw is partly hidden (measured in docs/experiments.md).
-    readout="final" concatenates the final hidden state of each direction (forward after the last
-    step, backward after the first): the correct many-to-one readout.
+    """Reads a (batch, time, features) sequence and returns (batch, num_classes) logits. readout="final"
+    reads each direction's final hidden state (the correct many-to-one readout); "last" is the original
+    scripts' `out[:, -1, :]`, wrong for a bidirectional net (docs/design-notes.md, 'The two readouts').
     """
 
     def __init__(self, input_size: int, hidden_size: int = 128, num_layers: int = 2,
@@ -62,12 +56,9 @@ class RNNClassifier(nn.Module):
 
 
 def recurrent_precision(x: "torch.Tensor | PackedSequence") -> ContextManager:
-    """bf16 autocast on CUDA leaves the recurrent layers in fp32. Autocast's cuDNN RNN wrapper
-    (ATen's AutocastRNN.cpp) casts the weights, input and state to fp16 whatever dtype autocast was
-    asked for (and copies the weights into a new flat buffer at every forward): `--precision bf16`
-    would train the LSTM in fp16 with no loss scaling (GradScaler is fp16's only). fp16 autocast
-    keeps it (fp16 is what it asks for, and its GradScaler scales); CPU autocast runs oneDNN's real
-    bf16 RNN."""
+    """bf16 autocast on CUDA leaves the recurrent layers in fp32: autocast's cuDNN RNN wrapper would run
+    them in fp16, without loss scaling, whatever dtype was asked for (docs/design-notes.md, 'bf16 and
+    cuDNN's RNN under autocast')."""
     data = x.data if isinstance(x, PackedSequence) else x
     if data.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
         return torch.autocast("cuda", enabled=False)

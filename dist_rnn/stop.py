@@ -1,15 +1,6 @@
 """Graceful stop: a signal asks the run to stop, and every rank stops at the SAME step, after a checkpoint.
-
-Schedulers and people stop jobs with SIGTERM (kill, torchrun forwarding its own SIGTERM, SLURM at a
-time limit), SIGINT (Ctrl-C) or SIGUSR1 (SLURM's --signal). The handler only records the signal;
-every CHECK_EVERY steps the ranks start an all-reduce of "has anyone been asked to stop?" without
-waiting for it, and read the one started CHECK_EVERY steps before (long finished): they agree on the
-step to stop at even when only one of them was signalled, and rank 0 checkpoints exactly that step.
-A blocking all-reduce at every step cost +208 to +398 us per step on 2 CPU ranks (tools/stop-cost.py,
-docs/benchmarks.md), a third or more of a graphed GPU step of the presets (about 0.5 ms); this
-costs no wait at all. One process needs no agreement and looks at every step.
-Further SIGTERM/SIGUSR1 are ignored while stopping (SLURM and torchrun may each deliver one); a
-second Ctrl-C stops at once.
+Every CHECK_EVERY steps the ranks agree on it through an all-reduce they never wait for, as a blocking
+one per step costs too much (docs/design-notes.md, 'The stop agreement').
 """
 
 from __future__ import annotations
