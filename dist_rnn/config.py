@@ -39,7 +39,7 @@ class RuntimeOptions:
         "fp32", "autocast precision; fp16 needs CUDA (training scales its loss with a GradScaler); bf16 works on "
         "CPU and CUDA, where the recurrent layers stay in fp32 (autocast's cuDNN RNN would run them in fp16, "
         "unscaled) and only the head is bf16; on GPUs half precision was measured slower than fp32 for these small "
-        "LSTMs (the weights are cast again every step: see the README), on CPUs with BF16 instructions bf16 is "
+        "LSTMs (the weights are cast again every step: see docs/guide.md), on CPUs with BF16 instructions bf16 is "
         "faster; a CPU that cannot run the cell in bf16 (an LSTM without AVX-512/AMX) is refused in one line")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "'auto': CUDA when available, else CPU")
     backend: Literal["auto", "nccl", "gloo"] = option(
@@ -48,7 +48,7 @@ class RuntimeOptions:
     deterministic: bool = option(False, "deterministic algorithms (cuDNN deterministic, no autotuning, "
                                  "torch.use_deterministic_algorithms): bitwise-repeatable runs and resumes on "
                                  "GPU (not with --dropout, whose cuDNN masks no checkpoint holds), at some speed "
-                                 "cost (see the README)")
+                                 "cost (see docs/guide.md)")
     threads: int = option(0, "CPU threads per process; 0: $OMP_NUM_THREADS if you set it, else the cores "
                           "available / processes on this node", min=0)
     dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, "seconds any collective may wait for the other processes: "

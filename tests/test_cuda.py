@@ -228,7 +228,7 @@ def test_deterministic_stop_and_resume_is_bitwise_on_gpu(data, tmp_path, nproc):
     """--deterministic: 30 + 30 steps end bitwise where 60 uninterrupted steps end; two ranks share the
     GPU through gloo. With --head-dropout (nn.Dropout, drawn from the CUDA generator a checkpoint
     restores); not --dropout, which cuDNN's LSTM draws from a dropout state of its own that no
-    checkpoint holds (see the README)."""
+    checkpoint holds (see docs/guide.md)."""
     extra = ["--deterministic", "--head-dropout", "0.3"] + (["--backend", "gloo"] if nproc else [])
     full = train(data, tmp_path / "full", 60, nproc=nproc, extra=extra)
     train(data, tmp_path / "part", 30, nproc=nproc, extra=extra)
