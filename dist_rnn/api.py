@@ -5,6 +5,7 @@ behind. `load` gives a trained model back as a Classifier (predict, predict_prob
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
@@ -19,13 +20,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from dist_rnn.checkpoint import BEST_NAME, TrainState, checkpoint_dir, latest_valid, load_checkpoint, problem
+from dist_rnn.checkpoint import (
+    BEST_NAME,
+    TrainState,
+    checkpoint_dir,
+    latest_valid,
+    load_checkpoint,
+    problem,
+    rng_state,
+    set_rng_state,
+    trained_config,
+    trained_model,
+)
 from dist_rnn.config import TrainConfig, checked_config
-from dist_rnn.data.arrays import ARRAYS, array_splits
+from dist_rnn.data.arrays import ARRAYS, SequenceDataset, array_splits
 from dist_rnn.data.views import trained_view
-from dist_rnn.distributed import configured
+from dist_rnn.distributed import configured, single_process_device
 from dist_rnn.errors import UserError
-from dist_rnn.evaluate import trained_config, trained_model
 from dist_rnn.train import Trainer
 
 
@@ -56,6 +67,7 @@ def fit(config: Optional[TrainConfig] = None, train: Any = None, test: Any = Non
         c = dataclasses.replace(c, dataset=ARRAYS)
     c = checked_config(c, validation_given=val is not None)
     source = None if train is None else (lambda: array_splits(train, val, test))
+    rng = rng_state(torch.device("cpu"))  # seeding and a resume set the generators: put back after
     with configured(c, restore=True) as env:
         trainer = Trainer(c, env, source, command=f"dist_rnn.fit in {' '.join(map(shlex.quote, sys.argv)) or 'python'}")
         out_dir, main = trainer.out_dir, env.is_main
@@ -64,6 +76,7 @@ def fit(config: Optional[TrainConfig] = None, train: Any = None, test: Any = Non
         finally:
             del trainer  # DDP holds the process group: let go of it before the group is destroyed
             gc.collect()
+            set_rng_state(rng, torch.device("cpu"))
     history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()] if main else []
     best = results.get("best_checkpoint")
     return FitResult(results["test_accuracy"], results.get("val_accuracy"), results.get("best_val_accuracy"),
@@ -84,6 +97,8 @@ class Classifier:
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, (n, classes), in batches of `batch_size`."""
+        if isinstance(X, SequenceDataset):
+            X = X.sequences
         if len(X) == 0:
             return np.zeros((0, len(self.classes_)), dtype=np.float32)
         out = []
@@ -100,16 +115,14 @@ class Classifier:
         """A TorchScript file that plain torch runs without dist_rnn (torch.jit.load): raw inputs in
         (a padded float batch (N, T, C), plus the lengths (N,) for a model of unequal lengths; or uint8
         images (N, H, W)), the same probabilities out as predict_proba. Written atomically."""
-        view, example = self.view.to(torch.device("cpu")).exportable()
-        exported = Exported(view, self.module.cpu()).eval()
-        try:
-            # Traced, so that packing and the LSTM need no scripting; the tracer's warnings concern loops
-            # over the directions (a constant) and torch.jit's deprecation: tests run other shapes.
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(exported, example, check_trace=False)
-        finally:
-            self.view.to(self.device), self.module.to(self.device)
+        # CPU copies: a traced module shares its parameters, and the file must run without a GPU.
+        view, example = copy.deepcopy(self.view).to(torch.device("cpu")).exportable()
+        exported = Exported(view, copy.deepcopy(self.module).cpu()).eval()
+        # Traced, so that packing and the LSTM need no scripting; the tracer's warnings concern loops
+        # over the directions (a constant) and torch.jit's deprecation: tests run other batch sizes.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(exported, example, check_trace=False)
         path = Path(path)
         partial = path.with_name(path.name + ".partial")
         traced.save(str(partial))
@@ -136,6 +149,8 @@ def checkpoint_of(path: Path) -> Path:
     best = checkpoint_dir(path) / BEST_NAME
     if best.is_file() and problem(best) is None:
         return best
+    if best.is_file():
+        print(f"warning: {best}: {problem(best)}; the newest step checkpoint is loaded instead", file=sys.stderr)
     newest = latest_valid(path, lambda line: print(line, file=sys.stderr))
     if newest is None:
         raise UserError(f"{path}: no checkpoint in {checkpoint_dir(path)}")
@@ -145,12 +160,13 @@ def checkpoint_of(path: Path) -> Path:
 def load(path: "str | Path", device: str = "cpu", verbose: bool = True) -> Classifier:
     """A trained model from a checkpoint file or a run directory (see checkpoint_of: it says which
     file it took); a file that is not a sound dist_rnn checkpoint is a UserError."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"`device`={device}: choose auto, cpu or cuda")
     file = checkpoint_of(Path(path))
     snapshot = load_checkpoint(file)
     config = trained_config(snapshot, str(file))
     state = TrainState.from_checkpoint(snapshot)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
+    target = single_process_device(device)
     view = trained_view(config, state.view).to(target)
     model = trained_model(snapshot, config, input_size=view.input_size).to(target)
     if verbose and Path(path).is_dir():

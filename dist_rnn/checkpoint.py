@@ -27,6 +27,7 @@ from dist_rnn.data.views import format_2_view_state
 from dist_rnn.distributed import DistEnv, unwrap
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json
+from dist_rnn.model import build_model
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 # 1: the unversioned layout of dist_rnn up to a3bc583 (position keys at the top level); 2: the state
@@ -345,3 +346,18 @@ def load_weights(model: nn.Module, snapshot: dict[str, Any]) -> None:
     except RuntimeError as e:  # "Error(s) in loading state_dict ...:" then one line per problem
         details = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())
         raise UserError(f"checkpoint weights do not fit the model: {details[:400]}") from None
+
+
+def trained_config(snapshot: dict[str, Any], path: str) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (one line if this version cannot read it)."""
+    try:
+        return TrainConfig(**snapshot["config"])
+    except TypeError as e:
+        raise UserError(f"{path}: its config does not fit this dist_rnn version ({e})") from None
+
+
+def trained_model(snapshot: dict[str, Any], config: TrainConfig, input_size: int) -> nn.Module:
+    """The model a checkpoint describes, with its weights, in eval mode (its classes: its readout's rows)."""
+    model = build_model(config, input_size=input_size, num_classes=len(snapshot["model"]["fc.weight"]))
+    load_weights(model, snapshot)
+    return model.eval()

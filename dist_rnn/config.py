@@ -396,8 +396,10 @@ class _PresetConstructor:
     On an instance, `.preset` stays the field (an instance's own value hides this descriptor)."""
 
     def __get__(self, obj: Optional[TrainConfig], owner: type) -> Any:
-        return lambda name, **overrides: from_values(checked_values({**overrides, "preset": name}, owner,
-                                                                    "TrainConfig.preset", word="option"))
+        def preset(preset: str, /, **overrides: Any) -> TrainConfig:
+            return from_values(checked_values({**overrides, "preset": preset}, owner, "TrainConfig.preset",
+                                              word="option"))
+        return preset
 
 
 TrainConfig.preset = _PresetConstructor()  # after @dataclass, which took the field's default already

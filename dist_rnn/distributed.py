@@ -9,6 +9,7 @@ DDP wrapper; every helper here is then a no-op, so the train loop has one path f
 import contextlib
 import copy
 import datetime
+import itertools
 import os
 import pickle
 import re
@@ -204,17 +205,22 @@ def setup(device_choice: str, backend: str = "auto", timeout_s: float = DEFAULT_
     return DistEnv(rank, local_rank, world_size, device, backend)
 
 
+_groups_made = itertools.count()  # process groups this process has joined: fit() may be called again
+
+
 def _restart_safe_store(timeout: datetime.timedelta) -> Optional[dist.Store]:
     """A per-attempt view of torchrun's store when torchrun restarts workers on one node (keys prefixed
-    with the restart count, so a restarted group never reads the dead group's keys); None otherwise
-    (docs/design-notes.md, 'A restart-safe store')."""
+    with the restart count, so a restarted group never reads the dead group's keys, and with the
+    process's group count, so a second fit() in one script never reads the first one's); None
+    otherwise (docs/design-notes.md, 'A restart-safe store')."""
     shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     one_node = os.environ.get("GROUP_WORLD_SIZE") == "1"
     if not (shared and one_node):
         return None
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                           timeout=timeout)
-    return dist.PrefixStore(f"dist_rnn/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"dist_rnn/attempt-{attempt}/group-{next(_groups_made)}", store)
 
 
 def teardown(env: DistEnv) -> None:

@@ -17,9 +17,9 @@ from torch import nn
 
 from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
-from dist_rnn.checkpoint import TrainState, load_checkpoint, load_weights
+from dist_rnn.checkpoint import TrainState, load_checkpoint, trained_config, trained_model
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
-from dist_rnn.config import RuntimeOptions, TrainConfig, check_limits, is_image_set, option
+from dist_rnn.config import RuntimeOptions, check_limits, is_image_set, option
 from dist_rnn.data import (
     InputView,
     Split,
@@ -32,7 +32,6 @@ from dist_rnn.data import (
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
-from dist_rnn.model import build_model
 
 
 @torch.no_grad()
@@ -90,21 +89,6 @@ def parse_eval_config(argv: Optional[list[str]] = None) -> EvalConfig:
         parser.error("--checkpoint is required")
     check_limits(c)
     return c
-
-
-def trained_config(snapshot: dict[str, Any], path: str) -> TrainConfig:
-    """The TrainConfig a checkpoint was trained with (one line if this version cannot read it)."""
-    try:
-        return TrainConfig(**snapshot["config"])
-    except TypeError as e:
-        raise UserError(f"{path}: its config does not fit this dist_rnn version ({e})") from None
-
-
-def trained_model(snapshot: dict[str, Any], config: TrainConfig, input_size: int) -> nn.Module:
-    """The model a checkpoint describes, with its weights, in eval mode (its classes: its readout's rows)."""
-    model = build_model(config, input_size=input_size, num_classes=len(snapshot["model"]["fc.weight"]))
-    load_weights(model, snapshot)
-    return model.eval()
 
 
 def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:

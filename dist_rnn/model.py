@@ -48,7 +48,7 @@ class RNNClassifier(nn.Module):
         if self.readout == "last":
             if isinstance(out, PackedSequence):  # the output at each sequence's own last step
                 out, lengths = pad_packed_sequence(out, batch_first=True)
-                return out[torch.arange(len(lengths)), lengths - 1]
+                return out[torch.arange(lengths.shape[0]), lengths - 1]  # (shape, not len: traced by export)
             return out[:, -1, :]
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
         # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]

@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 
-from dist_rnn.checkpoint import TrainState, load_checkpoint
+from dist_rnn.checkpoint import TrainState, load_checkpoint, trained_config, trained_model
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import option
 from dist_rnn.data import SequenceView, trained_view
@@ -31,7 +31,6 @@ from dist_rnn.data.arrow import read_sequences as read_arrow_sequences
 from dist_rnn.data.series import SeriesView, read_ts
 from dist_rnn.distributed import single_process_device
 from dist_rnn.errors import UserError, first_line
-from dist_rnn.evaluate import trained_config, trained_model
 
 SIDE, BOX = 28, 20  # MNIST: 28x28 images, digits fitted into 20x20
 

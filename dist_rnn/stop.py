@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import signal
+import threading
 from types import FrameType
 from typing import Optional
 
@@ -35,7 +36,9 @@ class StopRequest:
         if env.is_distributed and env.backend != "gloo":
             self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
         self._pending: Optional[tuple[dist.Work, torch.Tensor]] = None  # the agreement under way
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        # signal.signal works in the main thread only (fit may run in another: signals reach only the main one)
+        in_main = threading.current_thread() is threading.main_thread()
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS} if in_main else {}
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.received is not None and signum == signal.SIGINT:

@@ -259,7 +259,7 @@ class Trainer:
         self.watched = "val" if val_set is not None else "test" if test_set is not None else None  # what epochs score
         if val_set is not None and len(train_set) < c.batch_size:
             held_by = (f"`val_folds`={c.val_folds} (fold {c.val_fold})" if c.val_folds
-                       else f"`val_size`={c.val_size:g}")
+                       else f"`val_size`={c.val_size:g}" if c.val_size else "the training data")
             raise UserError(f"{held_by} leaves {len(train_set)} training samples, fewer than one "
                             f"global batch (`batch_size`={c.batch_size})")
         self.sampler = GlobalBatchSampler(len(train_set), c.batch_size, env.rank, env.world_size, c.seed,
@@ -267,6 +267,7 @@ class Trainer:
         if self.sampler.local_batch % c.grad_accum:
             raise UserError(f"`batch_size`={c.batch_size} (global) is {self.sampler.local_batch} per process, which "
                             f"does not split into `grad_accum`={c.grad_accum} equal micro-batches")
+        self.sample_shape, self.input_dtype = train_set.sample_shape, train_set.dtype  # what a graphed step reads
         self.feeder = feeder(c.loader, train_set, env.device, c.num_workers,
                              lambda: info.loader_dataset(train_set, kept))
 
@@ -356,7 +357,7 @@ class Trainer:
         if not graphed:
             return EagerStep(self.ddp_model, device=env.device, accumulate=c.grad_accum, **common)
         return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,
-                           image_shape=self.feeder.train.sample_shape, input_dtype=self.feeder.train.dtype,
+                           image_shape=self.sample_shape, input_dtype=self.input_dtype,
                            **common)
 
     def train(self) -> dict[str, Any]:

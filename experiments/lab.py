@@ -29,11 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dist_rnn import __version__
-from dist_rnn.checkpoint import TrainState, load_checkpoint
+from dist_rnn.checkpoint import TrainState, load_checkpoint, trained_config, trained_model
 from dist_rnn.config import TrainConfig, option
 from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir, trained_view
 from dist_rnn.errors import UserError
-from dist_rnn.evaluate import trained_config, trained_model
 from dist_rnn.files import atomic_write, atomic_write_json
 from dist_rnn.plot import pyplot
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import fit_worker
 import numpy as np
@@ -46,8 +47,13 @@ def test_fit_load_predict_on_arrays_of_unequal_lengths_and_string_labels(tmp_pat
     assert (predicted == np.array(test_y)).mean() == pytest.approx(result.best_test_accuracy)
     assert np.abs(model.predict_proba(test_x[:7]) - proba[:7]).max() < 1e-6  # a batch alone: the same answers
 
-    again = dist_rnn.fit(small(tmp_path / "b", epochs=1), train=list(zip(train_x, train_y)))
-    assert again.test_accuracy is None and again.results["steps"] == 10
+    rng, done = torch.get_rng_state(), []  # again, from another thread (no signal handlers can be set there)
+    thread = threading.Thread(target=lambda: done.append(
+        dist_rnn.fit(small(tmp_path / "b", epochs=1), train=list(zip(train_x, train_y)))))
+    thread.start()
+    thread.join()
+    again = done[0]
+    assert again.test_accuracy is None and again.results["steps"] == 10 and torch.equal(torch.get_rng_state(), rng)
     assert signal.getsignal(signal.SIGTERM) == handlers and torch.get_num_threads() == threads
     assert not torch.distributed.is_initialized()
 
@@ -59,6 +65,12 @@ def test_bad_input_raises_user_error_not_system_exit(tmp_path):
         dist_rnn.fit(small(tmp_path / "a", epochs=1.5))
     with pytest.raises(UserError, match="unknown preset"):
         TrainConfig.preset("seed-gru")
+    with pytest.raises(UserError, match=r"y: an array of shape \(2, 3\): expected one label per sequence"):
+        SequenceDataset([np.zeros((4, 2)), np.zeros((5, 2))], np.eye(3)[:2])
+    with pytest.raises(UserError, match="y: a label of type tuple"):
+        SequenceDataset([np.zeros((4, 2)), np.zeros((5, 2))], [(1, 2), (3, 4)])
+    with pytest.raises(UserError, match="device=gpu: choose auto, cpu or cuda"):
+        dist_rnn.load(tmp_path / "missing.pt", device="gpu")
     with pytest.raises(UserError, match=r"y: 3 labels for 2 sequences"):
         SequenceDataset([np.zeros((4, 2)), np.zeros((5, 2))], ["a", "b", "c"])
     with pytest.raises(UserError, match="different numbers of channels"):
@@ -76,13 +88,15 @@ def test_preset_is_the_commands_preset():
     assert (c.preset, c.epochs, c.lr, c.bidirectional, c.readout, c.batch_size) == ("seed-bilstm", 5, 0.003, True,
                                                                                    "last", 100)
     assert TrainConfig().preset is None
+    assert TrainConfig.preset("seed-lstm", name="exp1").name == "exp1"
 
 
 def test_export_runs_where_dist_rnn_cannot_be_imported(tmp_path):
     """The exported file, loaded by plain torch in a process where `import dist_rnn` fails, gives
     predict_proba's probabilities for a padded batch and its lengths."""
     (train_x, train_y), (test_x, _) = series(100, 1), series(23, 2)
-    result = dist_rnn.fit(small(tmp_path / "run", epochs=1, bidirectional=True),
+    # readout "last" (the presets') on packed sequences: the trace must not keep the example's batch size
+    result = dist_rnn.fit(small(tmp_path / "run", epochs=1, bidirectional=True, readout="last"),
                           train=SequenceDataset(train_x, train_y))
     model = dist_rnn.load(result.checkpoint)
     model.export(tmp_path / "model.pt")
@@ -96,8 +110,9 @@ def test_export_runs_where_dist_rnn_cannot_be_imported(tmp_path):
               "sys.modules['dist_rnn'] = None  # as if it were not installed\n"
               "try:\n    import dist_rnn\nexcept ImportError:\n    pass\nelse:\n    sys.exit('dist_rnn imported')\n"
               "m = torch.jit.load('model.pt')\n"
-              "p = m(torch.from_numpy(np.load('x.npy')), torch.from_numpy(np.load('lengths.npy')))\n"
-              "np.save('p.npy', p.detach().numpy())\n")
+              "x, lengths = torch.from_numpy(np.load('x.npy')), torch.from_numpy(np.load('lengths.npy'))\n"
+              "p = [m(x[i:i + n], lengths[i:i + n]).detach() for i, n in ((0, 1), (1, 5), (6, 17))]\n"
+              "np.save('p.npy', torch.cat(p).numpy())\n")
     check_ok(subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}))
     assert np.abs(np.load(tmp_path / "p.npy") - model.predict_proba(test_x)).max() < 1e-6
@@ -125,7 +140,7 @@ def test_image_model_predicts_and_exports(tmp_path):
 def test_torchrun_script_follows_the_one_process_trajectory(tmp_path):
     """A user's script under `torchrun --nproc_per_node=2` follows the same script's one-process
     run (here, in-process) with the same global batch: the same final weights up to float
-    rounding, and the same test accuracy."""
+    rounding, and the same test accuracy; its second fit() in the same processes too."""
     one = fit_worker.main(str(tmp_path / "one"))
     proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO / "tests" / "fit_worker.py"),
                            str(tmp_path / "two")], capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -133,7 +148,7 @@ def test_torchrun_script_follows_the_one_process_trajectory(tmp_path):
     check_ok(proc)
     two = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0's line
     assert one.results["world_size"] == 1 and two["world_size"] == 2
-    assert one.test_accuracy == two["test_accuracy"] > 0.5
+    assert one.test_accuracy == two["test_accuracy"] == two["again"] > 0.5
     weights = {n: load_checkpoint(tmp_path / n / "checkpoints" / "step-20.pt")["model"] for n in ("one", "two")}
     worst = max((weights["one"][k] - weights["two"][k]).abs().max().item() for k in weights["one"])
     assert worst < 1e-4, f"max parameter difference {worst:.3g}"
@@ -145,5 +160,5 @@ def test_sequence_dataset_layouts_agree():
     array = np.stack(sequences)
     a, b = SequenceDataset(array, labels), SequenceDataset(list(array), labels)
     assert all(np.array_equal(x, y) for x, y in zip(a.sequences, b.sequences)) and a.classes == ["high", "low", "mid"]
-    one = SequenceDataset(array[:, :, 0], np.arange(6) % 2)
+    one = SequenceDataset(array[:, :, 0], (np.arange(6) % 2)[:, None])  # a column of labels too
     assert one.sequences[0].shape == (12, 1) and one.classes == [0, 1] and isinstance(one.classes[0], int)

@@ -15,6 +15,7 @@ from dist_rnn.data.splits import Split
 from dist_rnn.errors import UserError
 
 ARRAYS = "arrays"  # what `dataset` says of data handed to fit() in Python
+LABEL_TYPES = (int, float, str, bool)  # what a checkpoint (weights_only) can hold as a class
 
 
 def python_value(label: Any) -> Any:
@@ -29,7 +30,17 @@ class SequenceDataset:
 
     def __init__(self, X: Any, y: Any, class_names: Optional[Sequence[Any]] = None):
         self.sequences = as_sequence_list(X)
-        labels = [python_value(v) for v in (y.tolist() if isinstance(y, (np.ndarray, torch.Tensor)) else list(y))]
+        if isinstance(y, (np.ndarray, torch.Tensor)):
+            y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+            if y.ndim != 1:
+                raise UserError(f"y: an array of shape {tuple(y.shape)}: expected one label per sequence (n,), not "
+                                "one-hot rows")
+            y = y.tolist()
+        labels = [python_value(v) for v in y]
+        bad = next((v for v in labels if not isinstance(v, LABEL_TYPES)), None)
+        if bad is not None:
+            raise UserError(f"y: a label of type {type(bad).__name__} ({bad!r}): use ints or strings (a checkpoint "
+                            "keeps the classes as plain values)")
         if len(labels) != len(self.sequences):
             raise UserError(f"y: {len(labels)} labels for {len(self.sequences)} sequences")
         if class_names is None:
@@ -38,6 +49,8 @@ class SequenceDataset:
             except TypeError:
                 raise UserError("y: labels of mixed types cannot be ordered: use one type, or give class_names") from None
         self.classes = [python_value(c) for c in class_names]
+        if not all(isinstance(c, LABEL_TYPES) for c in self.classes):
+            raise UserError("class_names: use ints or strings")
         if len(set(self.classes)) != len(self.classes):
             raise UserError("class_names: a class is listed twice")
         self.labels = labels
@@ -54,7 +67,7 @@ class SequenceDataset:
                             "Dataset of (sequence, label) items") from None
         if any(not isinstance(item, (tuple, list)) or len(item) != 2 for item in items):
             raise UserError(f"{what}: its items must be (sequence, label) pairs")
-        labels = [item[1].item() if torch.is_tensor(item[1]) else item[1] for item in items]
+        labels = [item[1].item() if torch.is_tensor(item[1]) and item[1].numel() == 1 else item[1] for item in items]
         return cls([item[0] for item in items], labels)
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dist_rnn.config import TrainConfig
-from dist_rnn.data.idx import NUM_CLASSES, import_torchvision, torchvision_root
+from dist_rnn.data.idx import NUM_CLASSES, SPLIT_FILES, import_torchvision, torchvision_root
 from dist_rnn.data.series import SeriesView
 from dist_rnn.data.splits import Split
 from dist_rnn.errors import UserError
@@ -94,7 +94,7 @@ class SequenceView:
 
     def read(self, X: Any, device: torch.device) -> torch.Tensor:
         """Images handed over in Python (uint8, (n, H, W) as the training images) as the model reads them."""
-        images = torch.as_tensor(np.asarray(X))
+        images = X.cpu() if torch.is_tensor(X) else torch.as_tensor(np.asarray(X))
         shape = (self.height + sum(self.crop), self.width)
         if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != shape:
             raise UserError(f"X: {images.dtype} images of shape {tuple(images.shape)}: this model reads uint8 images "
@@ -149,7 +149,9 @@ class ImageInfo:
     def view(self, c: TrainConfig, train: Split, saved: Optional[dict[str, Any]]) -> SequenceView:
         """The view a run trains with; a resumed run's saved one (its pixel order) when there is one."""
         if saved is not None:
-            return SequenceView.from_state(c, saved)
+            view = SequenceView.from_state(c, saved)
+            view.check_data(self, c.dataset)
+            return view
         return SequenceView(c.sequence, *self.shape, permutation_seed=c.permutation_seed,
                             crop=(c.crop_top, c.crop_bottom))
 
@@ -157,8 +159,11 @@ class ImageInfo:
         """torchvision's MNIST dataset of the same files (`--loader dataloader`), limited to the
         training file's samples `train` holds (`indices`; default its first len(train))."""
         torchvision = import_torchvision()
-        unpacked = tempfile.TemporaryDirectory(prefix="dist_rnn-mnist-")  # removed with the dataset
-        root = torchvision_root(self.data_dir, Path(unpacked.name))  # torchvision reads only MNIST/raw files
+        root, unpacked = self.data_dir, None
+        if not all((root / "MNIST" / "raw" / name).is_file() for names in SPLIT_FILES.values() for name in names):
+            # torchvision reads only uncompressed files in <root>/MNIST/raw: unpack them for this run
+            unpacked = tempfile.TemporaryDirectory(prefix="dist_rnn-mnist-")  # removed with the dataset
+            root = torchvision_root(self.data_dir, Path(unpacked.name))
         to_tensor = torchvision.transforms.Compose([torchvision.transforms.PILToTensor(), squeeze_channel])
         dataset = torchvision.datasets.MNIST(root=str(root), train=True, transform=to_tensor, download=False)
         subset = torch.utils.data.Subset(dataset, range(len(train)) if indices is None else indices.tolist())
