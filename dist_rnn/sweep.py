@@ -61,7 +61,7 @@ class SweepConfig:
                                     "(needed to run; the same directory again skips finished runs)")
     data_dir: Optional[str] = option(None, "passed to every run as --data-dir (default: each run's own default)")
     jobs: int = option(1, "runs at a time on this machine, the cores shared out between them (each run gets "
-                       "cores / jobs threads)", min=1)
+                       "cores / jobs threads, or $OMP_NUM_THREADS / jobs where you set it)", min=1)
     slurm: bool = option(False, "submit the unfinished runs as one SLURM job array (a task per run, each requeued "
                          "and resumed on preemption like slurm/train.sbatch) instead of running them here")
     array: Optional[str] = option(None, "with --slurm: at most N tasks of the array at once ('%%4' or '4')")
@@ -269,7 +269,10 @@ def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> None:
     """Train the runs, `jobs` at a time, each with its share of the cores. SIGINT, SIGTERM or SIGHUP
     stops the runs under way (each checkpoints its step: the same command resumes them) and the
     sweep; a second Ctrl-C reaches them as theirs does (stop now)."""
-    threads = max(1, len(os.sched_getaffinity(0)) // min(c.jobs, len(todo)))
+    # the cores, or the threads $OMP_NUM_THREADS allows this sweep (more would spin against other work)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    threads = max(1, (int(omp) if omp.isdigit() and int(omp) > 0 else len(os.sched_getaffinity(0)))
+                  // min(c.jobs, len(todo)))
     (sweep_dir / "logs").mkdir(exist_ok=True)
     pending, running, started, done = list(todo), {}, 0, 0
     stopping: list[int] = []
