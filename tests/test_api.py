@@ -118,6 +118,7 @@ def test_export_runs_where_dist_rnn_cannot_be_imported(tmp_path):
     assert np.abs(np.load(tmp_path / "p.npy") - model.predict_proba(test_x)).max() < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")  # (the file is TorchScript)
 def test_image_model_predicts_and_exports(tmp_path):
     """An MNIST model (permuted pixels: the saved order matters) from Python: predict on uint8 images,
     and the exported file gives the same probabilities for another batch size."""
