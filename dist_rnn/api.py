@@ -147,10 +147,11 @@ def checkpoint_of(path: Path) -> Path:
     if not path.is_dir():
         return path
     best = checkpoint_dir(path) / BEST_NAME
-    if best.is_file() and problem(best) is None:
-        return best
     if best.is_file():
-        print(f"warning: {best}: {problem(best)}; the newest step checkpoint is loaded instead", file=sys.stderr)
+        broken = problem(best)
+        if broken is None:
+            return best
+        print(f"warning: {best}: {broken}; the newest step checkpoint is loaded instead", file=sys.stderr)
     newest = latest_valid(path, lambda line: print(line, file=sys.stderr))
     if newest is None:
         raise UserError(f"{path}: no checkpoint in {checkpoint_dir(path)}")

@@ -76,4 +76,5 @@ class RNNClassifier(ClassifierMixin, BaseEstimator):
         return self.model_.predict_proba(time_major(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        check_is_fitted(self, "model_")
+        return self.model_.predict(time_major(X))

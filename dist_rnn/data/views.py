@@ -45,15 +45,6 @@ class SequenceView:
             self.permutation = torch.randperm(self.height * self.width,
                                               generator=torch.Generator().manual_seed(permutation_seed))
 
-    @classmethod
-    def from_config(cls, c: TrainConfig, images: torch.Tensor, pixel_order: Optional[list[int]] = None,
-                    ) -> "SequenceView":
-        """The view a run trains with, for images like `images` (N, H, W); with a checkpoint's
-        saved pixel order (the one its model learned) when there is one."""
-        height, width = images.shape[1:]
-        return cls(c.sequence, height, width, permutation_seed=c.permutation_seed, permutation=pixel_order,
-                   crop=(c.crop_top, c.crop_bottom))
-
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the config: the images' size and the pixel order learned."""
         return {"kind": "images", "height": self.height + sum(self.crop), "width": self.width,
