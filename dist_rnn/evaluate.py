@@ -19,18 +19,17 @@ from dist_rnn import distributed
 from dist_rnn.amp import autocast, check_precision
 from dist_rnn.checkpoint import TrainState, load_checkpoint, trained_config, trained_model
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, prog, run_command
-from dist_rnn.config import RuntimeOptions, check_limits, is_image_set, option
+from dist_rnn.config import RuntimeOptions, check_limits, option
 from dist_rnn.data import (
     InputView,
     Split,
     as_sequences,
+    default_data_dir,
     eval_shard,
     load_dataset,
-    resolve_data_dir,
     trained_view,
 )
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
-from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
 
 
@@ -98,11 +97,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
-    # The default folder holds MNIST's files, and Fashion-MNIST's and KMNIST's are named alike.
-    if not (c.data_dir or trained_on) and is_image_set(config.dataset) and config.dataset != "mnist":
-        raise UserError(f"{c.checkpoint} was trained on {config.dataset} from {config.data_dir}, which is not here: "
-                        "give its files with `data_dir`")
-    data_dir = Path(c.data_dir or trained_on or resolve_data_dir(None))
+    data_dir = Path(c.data_dir or trained_on or default_data_dir(config.dataset))
     config = dataclasses.replace(config, data_dir=str(data_dir))
     state = TrainState.from_checkpoint(snapshot)
     # The test split read as training reads it, through the view the model was trained with (the

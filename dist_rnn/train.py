@@ -41,7 +41,6 @@ from dist_rnn.data import (
     DataInfo,
     GlobalBatchSampler,
     Split,
-    download_mnist,
     feeder,
     is_path,
     load_dataset,
@@ -93,8 +92,6 @@ DataSource = Callable[[], "tuple[Split | ArrowSplit, Optional[Split], Optional[S
 def config_source(c: TrainConfig) -> DataSource:
     """The data the config names (`dataset`, `data_dir`), as the command reads it."""
     def load() -> tuple:
-        if c.download:
-            download_mnist(Path(c.data_dir))
         train, test, info = load_dataset(c)
         return train, None, test, info
     return load

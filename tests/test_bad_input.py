@@ -19,12 +19,14 @@ import torch
 from conftest import CPU_WITHOUT_BF16, REPO, TORCHRUN, idx_bytes, write_mnist
 
 from dist_rnn import evaluate as evaluate_cli
+from dist_rnn import predict as predict_cli
 from dist_rnn import sweep as sweep_cli
 from dist_rnn import train as train_cli
 from dist_rnn.data import __main__ as data_cli
 from dist_rnn.errors import out_of_memory
 
-MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "data": data_cli.main, "sweep": sweep_cli.main}
+MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "predict": predict_cli.main, "data": data_cli.main,
+         "sweep": sweep_cli.main}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,11 @@ def world(tmp_path_factory):
     run = root / "run"
     assert train_cli.main(["--data-dir", str(data), "--out-dir", str(run), "--max-steps", "3",
                            "--hidden-size", "16", "--device", "cpu"]) == 0
+    fashion = root / "fashion-data"  # a Fashion-MNIST run whose files are gone since
+    shutil.copytree(data, fashion)
+    assert train_cli.main(["--dataset", "fashion-mnist", "--data-dir", str(fashion), "--out-dir", str(root / "fashion"),
+                           "--max-steps", "1", "--hidden-size", "4", "--device", "cpu"]) == 0
+    shutil.rmtree(fashion)
     (root / "a-file").write_text("not a directory\n")
     (root / "not-a-checkpoint.pt").write_text("hello\n")
     truncated = root / "truncated" / "checkpoints"
@@ -74,8 +81,8 @@ def bad_data_args(how: str):
     return lambda w, t: ["--data-dir", str(broken_data(w, t, how)), "--out-dir", str(t / "o")]
 
 
-def ckpt(world: Path) -> str:
-    return str(world / "run" / "checkpoints" / "step-3.pt")
+def ckpt(world: Path, run: str = "run", step: int = 3) -> str:
+    return str(world / run / "checkpoints" / f"step-{step}.pt")
 
 
 # (case id, command, argv builder: (world, tmp) -> list, words the error line must contain)
@@ -163,6 +170,12 @@ CASES = [
      "--batch-size must be >= 1"),
     ("evaluate-data-missing", "evaluate", lambda w, t: ["--checkpoint", ckpt(w), "--data-dir", str(t / "none")],
      "t10k-images-idx3-ubyte: missing"),
+    ("evaluate-fashion-files-gone", "evaluate", lambda w, t: ["--checkpoint", ckpt(w, "fashion", 1)],
+     "--dataset fashion-mnist has no default --data-dir (the default holds MNIST's files, named alike)"),
+    # dist_rnn.predict
+    ("predict-fashion-images", "predict", lambda w, t: ["--checkpoint", ckpt(w, "fashion", 1), str(w / "a-file")],
+     "step-1.pt: trained on images of dataset fashion-mnist, and predict reads handwritten digits (MNIST); score it "
+     "with python -m dist_rnn.evaluate"),
     # dist_rnn.data
     ("data-no-command", "data", lambda w, t: [], "required: command"),
     ("data-prepare-empty", "data", lambda w, t: ["prepare", "--no-download", "--data-dir", str(t / "empty")],

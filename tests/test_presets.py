@@ -9,7 +9,7 @@ import pytest
 from conftest import check_ok, read_results, real_mnist_dir, run_module, run_train
 from PIL import Image
 
-from dist_rnn.predict import to_mnist
+from dist_rnn.data.digits import to_mnist
 
 
 @pytest.fixture(scope="module")

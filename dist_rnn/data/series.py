@@ -387,6 +387,10 @@ class SeriesView:
     def classes(self) -> list[Any]:
         return list(self.info.classes)
 
+    def answer(self, index: int) -> dict[str, Any]:
+        """What predict reports for class `index`: the class as named in the data, and its index."""
+        return {"class": self.classes[index], "class_index": index}
+
     def describe(self, dataset: str) -> str:
         """`JapaneseVowels: 9 classes, 12 channel(s), lengths up to 29, packed`."""
         s = self.info

@@ -5,16 +5,18 @@ with its `inputs`/`subset`/`head`/`to` (ArrowSplit reads from disk)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 import torch
 
 from dist_rnn.config import TrainConfig, is_image_set
 from dist_rnn.data.arrow import ArrowSplit, is_arrow_source, load_arrow
-from dist_rnn.data.idx import load_mnist, load_split, resolve_data_dir
+from dist_rnn.data.idx import download_mnist, load_mnist, load_split, resolve_data_dir
 from dist_rnn.data.series import load_series
 from dist_rnn.data.splits import Split
 from dist_rnn.data.views import ImageInfo
+from dist_rnn.errors import UserError
 
 
 class DataInfo(Protocol):
@@ -36,6 +38,15 @@ def is_path(dataset: str) -> bool:
     return dataset.endswith(".ts") or is_arrow_source(dataset)
 
 
+def default_data_dir(dataset: str) -> Path:
+    """Where --dataset's files are when no data_dir is given: $DIST_RNN_DATA or ./data, which holds
+    MNIST's files; the other image sets' files are named alike, so they have no default."""
+    if is_image_set(dataset) and dataset != "mnist":
+        raise UserError(f"`dataset` {dataset} has no default `data_dir` (the default holds MNIST's files, named "
+                        "alike): give its files with `data_dir`")
+    return resolve_data_dir(None)
+
+
 def load_dataset(c: TrainConfig, test_only: bool = False,
                  ) -> tuple["Split | ArrowSplit | None", "Split | ArrowSplit", DataInfo]:
     """The training and test splits --dataset names (Arrow data stays on disk, the rest is read
@@ -43,6 +54,8 @@ def load_dataset(c: TrainConfig, test_only: bool = False,
     `test_only`: the training split where the test split needs none (images: None)."""
     if is_image_set(c.dataset):
         data_dir = resolve_data_dir(c.data_dir)
+        if c.download and not test_only:  # a training run fetches them (one process: see main_first)
+            download_mnist(data_dir)
         train, test = (None, load_split(data_dir, "test")) if test_only else load_mnist(data_dir)
         return train, test, ImageInfo(c.dataset, data_dir, tuple(test.images.shape[1:]))
     if is_arrow_source(c.dataset):

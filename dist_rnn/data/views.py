@@ -69,6 +69,10 @@ class SequenceView:
     def describe(self, dataset: str) -> str:
         return f"{dataset}, {self.kind} view"
 
+    def answer(self, index: int) -> dict[str, Any]:
+        """What predict reports for class `index`: the digit."""
+        return {"digit": index}
+
     @property
     def input_size(self) -> int:
         """Features per step: what the RNN's first layer reads."""

@@ -1,0 +1,89 @@
+"""The files a user asks a trained model to classify, read as the kind of data it was trained on:
+image files as MNIST-style digits (digits.py), sequence files (.ts, .npy, .csv, Parquet or a saved
+dataset split) as (time, channels) arrays. A file that cannot be read is kept with its error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+
+from dist_rnn.config import TrainConfig
+from dist_rnn.data.arrow import read_sequences as read_arrow_sequences
+from dist_rnn.data.digits import read_image
+from dist_rnn.data.series import read_ts
+from dist_rnn.errors import UserError, first_line
+
+
+class FileInput(NamedTuple):
+    """One input read from a file (`name`: the file, or FILE#i for the i-th of several), or why not."""
+
+    name: str
+    data: Optional[np.ndarray] = None
+    error: Optional[str] = None
+    warning: Optional[str] = None
+
+
+def read_image_files(paths: list[str], config: TrainConfig, view: Any) -> list[FileInput]:
+    """Each image file made to look like an MNIST digit, with a warning when it holds no digit-like ink."""
+    if config.dataset != "mnist":
+        raise UserError(f"trained on images of `dataset` {config.dataset}, and predict reads handwritten digits "
+                        "(MNIST); score it with python -m dist_rnn.evaluate")
+    inputs = []
+    for path in paths:
+        try:
+            digit, warning = read_image(path)
+            inputs.append(FileInput(path, digit, warning=warning))
+        except UserError as e:
+            inputs.append(FileInput(path, error=str(e)))
+    return inputs
+
+
+def read_sequence_files(paths: list[str], config: TrainConfig, view: Any) -> list[FileInput]:
+    """Every sequence of each file, of the model's channels (from the column it was trained on)."""
+    inputs = []
+    for path in paths:
+        try:
+            sequences = read_sequences(path, view.info.channels, config.sequence_column)
+        except UserError as e:
+            inputs.append(FileInput(path, error=str(e)))
+            continue
+        inputs += [FileInput(path if len(sequences) == 1 else f"{path}#{i}", s) for i, s in enumerate(sequences)]
+    return inputs
+
+
+def read_sequences(path: str, channels: int, column: str = "sequence") -> list[np.ndarray]:
+    """The (time, channels) sequences of a .ts, .npy or .csv file, or of a Parquet file or saved
+    dataset split (its `column`); one line naming the file if not."""
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".parquet" or (Path(path) / "state.json").is_file():
+            sequences = read_arrow_sequences(Path(path), column)
+        elif suffix == ".ts":
+            sequences = read_ts(Path(path)).sequences
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            sequences = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
+            if sequences is None:
+                raise UserError(f"{path}: a {array.ndim}-d array: expected (time, channels) or (cases, time, channels)")
+        elif suffix == ".csv":
+            sequences = [np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)]
+        else:
+            raise UserError(f"{path}: not a sequence file (.ts, .npy, .csv, .parquet or a saved dataset split)")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it ({first_line(e)})") from None
+    for s in sequences:
+        if s.ndim != 2 or s.shape[1] != channels or len(s) == 0:
+            raise UserError(f"{path}: a sequence of shape {tuple(s.shape)}: the model reads (time >= 1, {channels})")
+    return [np.asarray(s, dtype=np.float32) for s in sequences]
+
+
+# How files are read for a model, by the kind of data it was trained on (its view's state "kind").
+READERS: dict[str, Callable[[list[str], TrainConfig, Any], list[FileInput]]] = {
+    "images": read_image_files, "series": read_sequence_files}
+
+
+def read_files(paths: list[str], config: TrainConfig, view: Any) -> list[FileInput]:
+    """The inputs in `paths` for a model trained with `config`, read through its view."""
+    return READERS[view.state()["kind"]](paths, config, view)
