@@ -115,14 +115,18 @@ def free_port() -> int:
 
 
 def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
-              env: Optional[dict] = None, device: str = "cpu") -> subprocess.CompletedProcess:
-    """Run `python -m dist_rnn.train ARGS --device DEVICE`, or under real torchrun with nproc processes.
+              env: Optional[dict] = None, device: str = "cpu", launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """Run `python -m dist_rnn.train ARGS --device DEVICE`, or with nproc processes: under real torchrun,
+    or (launcher="fork", where the launcher is not what is tested) as forked ranks (warm.run_ranks).
 
     The device is explicit: tests of the distribution logic run gloo on CPU on every machine (on a
     GPU machine 'auto' would give each rank a GPU of its own); GPU tests pass device="cuda"."""
     args = [*args, "--device", device]
     if nproc is None:
         return run_module("dist_rnn.train", args, timeout, env, device)
+    full_env = {**os.environ, **(env or {})}
+    if launcher == "fork" and not warm.cold(full_env, device):
+        return warm.run_ranks("dist_rnn.train", args, full_env, REPO, timeout, nproc)
     cmd = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "dist_rnn.train", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -141,11 +145,16 @@ def run_module(module: str, args: list[str], timeout: int = 300, env: Optional[d
 
 def run_step_worker(data: Path, out: Path, optimizer: str, nproc: Optional[int] = None,
                     device: str = "cpu", lstm_dropout: float = 0.2) -> dict:
-    """tests/static_step_worker.py (the graphed step against the eager one), with python or torchrun."""
-    script = [str(REPO / "tests" / "static_step_worker.py"), str(data), str(out), optimizer, device,
-              str(lstm_dropout)]
-    cmd = [sys.executable, *script] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
-                                                          *script]
+    """tests/static_step_worker.py (the graphed step against the eager one), as one process or nproc
+    ranks: forked (tests/warm.py) on the CPU, else with python or torchrun."""
+    script = str(REPO / "tests" / "static_step_worker.py")
+    args = [str(data), str(out), optimizer, device, str(lstm_dropout)]
+    if not warm.cold(dict(os.environ), device):
+        check_ok(warm.run(script, args, dict(os.environ), REPO, 300) if nproc is None else
+                 warm.run_ranks(script, args, dict(os.environ), REPO, 300, nproc))
+        return json.loads(out.read_text())
+    cmd = [sys.executable, script, *args] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
+                                                                 script, *args]
     check_ok(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": str(REPO)}))
     return json.loads(out.read_text())

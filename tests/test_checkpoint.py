@@ -45,7 +45,7 @@ def test_rng_state_roundtrip_is_plain_data(tmp_path):
 def test_checkpoint_contents(mnist_dir, tmp_path):
     out = tmp_path / "run"
     check_ok(run_train(["--data-dir", str(mnist_dir), "--out-dir", str(out), "--max-steps", "4",
-                        "--save-every", "2", "--dropout", "0.2"], nproc=2))
+                        "--save-every", "2", "--dropout", "0.2"], nproc=2, launcher="fork"))
     ckpt = torch.load(out / "checkpoints" / "step-2.pt", map_location="cpu", weights_only=True)
     assert {"format_version", "state", "model", "optimizer", "schedule", "scaler", "rng", "config", "world_size",
             "dist_rnn_version"} == ckpt.keys()

@@ -64,7 +64,7 @@ def test_same_trajectory_at_any_world_size(big_mnist, tmp_path, optimizer, lr, s
     args = ["--data-dir", str(big_mnist), "--optimizer", optimizer, "--lr", lr, "--max-steps", str(steps),
             "--log-every", "5", "--hidden-size", "64"]
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "one")]))
-    check_ok(run_train([*args, "--out-dir", str(tmp_path / "two")], nproc=2))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "two")], nproc=2, launcher="fork"))
     one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < tolerance, f"max parameter difference {worst:.3g}"
@@ -81,7 +81,8 @@ def test_same_trajectory_whatever_the_split_between_grad_accum_and_processes(big
     runs = {}
     for nproc, accumulate in ((None, 4), (2, 2), (4, 1)):
         out = tmp_path / f"{nproc}x{accumulate}"
-        proc = run_train([*args, "--out-dir", str(out), "--grad-accum", str(accumulate)], nproc=nproc)
+        proc = run_train([*args, "--out-dir", str(out), "--grad-accum", str(accumulate)], nproc=nproc,
+                         launcher="fork")
         check_ok(proc)
         if nproc is None:
             assert "global batch 96 (96 per process in 4 micro-batches)" in proc.stdout
@@ -102,7 +103,7 @@ def test_exact_evaluation_counts(big_mnist, tmp_path):
         out = tmp_path / f"w{nproc}"
         # --max-steps 0 scores the initial model, identical at every world size (same seed)
         check_ok(run_train(["--data-dir", str(big_mnist), "--out-dir", str(out), "--max-steps", "0",
-                            "--batch-size", "6", "--eval-batch-size", "64"], nproc=nproc))
+                            "--batch-size", "6", "--eval-batch-size", "64"], nproc=nproc, launcher="fork"))
         results = read_results(out)
         assert results["test_samples"] == 1001 and results["world_size"] == (nproc or 1)
         correct[nproc] = round(results["test_accuracy"] * 1001)

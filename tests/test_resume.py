@@ -19,8 +19,11 @@ def data(tmp_path_factory) -> Path:
 
 def train(data: Path, out: Path, steps: int, nproc=None, extra=()):
     check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), "--max-steps", str(steps),
-                        "--hidden-size", "48", "--log-every", "10", "--save-every", "20", *extra], nproc=nproc))
-    return read_results(out)
+                        "--hidden-size", "48", "--log-every", "10", "--save-every", "20", *extra], nproc=nproc,
+                       launcher="fork"))
+    results = read_results(out)
+    assert results["world_size"] == (nproc or 1)
+    return results
 
 
 def weights(out: Path) -> dict:
@@ -64,7 +67,8 @@ def test_early_stopping_run_stopped_and_resumed_is_bitwise_identical(data, tmp_p
     early (inside an epoch, off the --eval-every grid: its score there must change nothing), then
     resumed, stops early at the same step, with the same weights, rates, best.pt and test scores."""
     def run(out: Path, extra=()) -> dict:
-        check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), *EARLY, *schedule, *extra], nproc=nproc))
+        check_ok(run_train(["--data-dir", str(data), "--out-dir", str(out), *EARLY, *schedule, *extra], nproc=nproc,
+                           launcher="fork"))
         return read_results(out)
 
     full = run(tmp_path / "full")
@@ -110,7 +114,7 @@ def test_resume_on_another_world_size(data, two_process_runs, tmp_path, new_npro
     full, part = two_process_runs / "full", tmp_path / "part"
     shutil.copytree(two_process_runs / "part", part)
     proc = run_train(["--data-dir", str(data), "--out-dir", str(part), "--max-steps", "60", "--hidden-size", "48",
-                      "--log-every", "10", "--save-every", "20", *SGD_96], nproc=new_nproc)
+                      "--log-every", "10", "--save-every", "20", *SGD_96], nproc=new_nproc, launcher="fork")
     check_ok(proc)
     resumed = read_results(part)
     assert resumed["world_size"] == (new_nproc or 1) and resumed["resumed_from_step"] == 30

@@ -201,9 +201,10 @@ def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, 
     args = ["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--batch-size", "30", "--hidden-size",
             "8", "--head-dropout", "0.2", "--val-size", "30", "--epochs", "3", "--log-every", "5",
             "--bucket-batches", str(buckets)]
-    check_ok(run_train([*args, "--out-dir", str(tmp_path / "full")], nproc=nproc))
-    check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut"), "--max-steps", "13"], nproc=nproc))  # mid-epoch
-    check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut")], nproc=nproc))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "full")], nproc=nproc, launcher="fork"))
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut"), "--max-steps", "13"], nproc=nproc,
+                       launcher="fork"))  # stopped mid-epoch
+    check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut")], nproc=nproc, launcher="fork"))
     full, cut = read_results(tmp_path / "full"), read_results(tmp_path / "cut")
     assert cut["resumed_from_step"] == 13 and full["steps"] == cut["steps"] == 27
     a, b = load_checkpoint(full["checkpoint"])["model"], load_checkpoint(cut["checkpoint"])["model"]

@@ -53,7 +53,7 @@ def test_reported_loss_is_the_mean_since_the_last_report(tmp_path):
 def test_cuda_graphs_on_falls_back_on_cpu_in_one_line(tmp_path, nproc):
     data = write_mnist(tmp_path / "data", n_train=400, n_test=50)
     proc = run_train(["--data-dir", str(data), "--out-dir", str(tmp_path / "run"), "--max-steps", "3",
-                      "--hidden-size", "8", "--cuda-graphs", "on"], nproc=nproc)
+                      "--hidden-size", "8", "--cuda-graphs", "on"], nproc=nproc, launcher="fork")
     check_ok(proc)
     assert (proc.stdout + proc.stderr).count("warning: CUDA graphs need a CUDA device: training eagerly") == 1
 

@@ -116,8 +116,10 @@ def test_both_feeders_give_the_same_batches(tmp_path, nproc):
     weights = {}
     for loader in ("memory", "dataloader"):
         out = tmp_path / loader
-        check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "15", "--loader", loader], nproc=nproc))
-        check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "30", "--loader", loader], nproc=nproc))
+        check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "15", "--loader", loader], nproc=nproc,
+                           launcher="fork"))
+        check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "30", "--loader", loader], nproc=nproc,
+                           launcher="fork"))
         results = read_results(out)
         assert (results["steps"], results["resumed_from_step"]) == (30, 15)  # 18 steps/epoch
         weights[loader] = load_checkpoint(results["checkpoint"])["model"]

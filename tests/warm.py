@@ -21,9 +21,11 @@ import importlib
 import importlib.util
 import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -54,8 +56,8 @@ def cold(env: dict[str, str], device: str) -> bool:
 
 
 def run(module: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGV` in a child forked from the warm interpreter; output captured as
-    subprocess.run(capture_output=True, text=True) would."""
+    """`python -m MODULE ARGV` (or `python MODULE ARGV` for a MODULE ending in .py) in a child forked
+    from the warm interpreter; output captured as subprocess.run(capture_output=True, text=True) would."""
     with tempfile.TemporaryDirectory(prefix="warm-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         child = context().Process(target=_main, args=(module, argv, env, str(cwd), str(out), str(err)))
@@ -67,6 +69,61 @@ def run(module: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: f
             raise subprocess.TimeoutExpired([module, *argv], timeout, output=_read(out), stderr=_read(err))
         return subprocess.CompletedProcess([sys.executable, "-m", module, *argv], child.exitcode, _read(out),
                                            _read(err))
+
+
+def run_ranks(module: str, argv: list[str], env: dict[str, str], cwd: Path, timeout: float,
+              nproc: int) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=NPROC -m MODULE ARGV` without torchrun's interpreters:
+    NPROC children forked from the warm one, each with the environment torchrun gives its workers
+    (ranks, sizes, a rendezvous on a free loopback port), all stopped once one fails, as torchrun
+    does. Output is each rank's in turn. For tests where the launcher is not what is tested."""
+    from torch.distributed import TCPStore
+
+    # The rendezvous store lives here, as torchrun's agent holds it: bound before the ranks start, on
+    # a port the system chose, so no other process can take it in between.
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    port = store.port
+    with tempfile.TemporaryDirectory(prefix="warm-") as tmp:
+        outputs = [(Path(tmp) / f"stdout-{r}", Path(tmp) / f"stderr-{r}") for r in range(nproc)]
+        children = [context().Process(target=_main, args=(module, argv, {**env, **rank_env(r, nproc, port, env)},
+                                                          str(cwd), str(out), str(err)))
+                    for r, (out, err) in enumerate(outputs)]
+        for child in children:
+            child.start()
+        deadline = time.monotonic() + timeout
+        while any(c.is_alive() for c in children) and not any(c.exitcode for c in children):
+            if time.monotonic() > deadline:
+                _stop(children)
+                raise subprocess.TimeoutExpired([module, *argv], timeout, output=_joined(outputs, 0),
+                                                stderr=_joined(outputs, 1))
+            time.sleep(0.05)
+        _stop(children)
+        code = next((c.exitcode for c in children if c.exitcode), 0)
+        return subprocess.CompletedProcess(["torchrun", f"--nproc_per_node={nproc}", "-m", module, *argv], code,
+                                           _joined(outputs, 0), _joined(outputs, 1))
+
+
+def rank_env(rank: int, nproc: int, port: int, env: dict[str, str]) -> dict[str, str]:
+    """The variables torchrun --standalone sets for worker `rank` of `nproc` on one node, whose
+    agent holds the store at `port` (OMP_NUM_THREADS=1 where `env` has none, as torchrun does)."""
+    sizes = {"WORLD_SIZE": nproc, "LOCAL_WORLD_SIZE": nproc, "ROLE_WORLD_SIZE": nproc, "GROUP_WORLD_SIZE": 1}
+    ranks = {"RANK": rank, "LOCAL_RANK": rank, "ROLE_RANK": rank, "GROUP_RANK": 0}
+    return {**{k: str(v) for k, v in {**sizes, **ranks}.items()}, "ROLE_NAME": "default",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "warm",
+            "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
+            "TORCHELASTIC_USE_AGENT_STORE": "True", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")}
+
+
+def _stop(children: list) -> None:
+    """Kill the children still running (the others failed or time ran out), and reap them all."""
+    for child in children:
+        if child.is_alive():
+            child.kill()
+        child.join()
+
+
+def _joined(outputs: list[tuple[Path, Path]], which: int) -> str:
+    return "".join(_read(files[which]) for files in outputs)
 
 
 def _read(path: Path) -> str:
@@ -83,10 +140,14 @@ def _main(module: str, argv: list[str], env: dict[str, str], cwd: str, out: str,
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
         os.close(target)
-    sys.argv = [importlib.util.find_spec(module).origin, *argv]
     code = 0
     try:
-        code = importlib.import_module(module).main()
+        if module.endswith(".py"):  # a script: as `python SCRIPT ARGV` runs it
+            sys.argv = [module, *argv]
+            runpy.run_path(module, run_name="__main__")
+        else:
+            sys.argv = [importlib.util.find_spec(module).origin, *argv]
+            code = importlib.import_module(module).main()
     except SystemExit as e:  # as the interpreter reports it
         code = e.code if isinstance(e.code, int) or e.code is None else (print(e.code, file=sys.stderr) or 1)
     except BaseException:  # an uncaught exception: its traceback, exit 1
