@@ -72,6 +72,11 @@ VAL_SIZE = "5000"
 SELECTION_SEED = 100
 
 
+def run_training(command: list[str]) -> subprocess.CompletedProcess:
+    """One training command, its own process, output captured (the tests start it from a warm one)."""
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 @functools.lru_cache(maxsize=None)
 def machine() -> dict[str, Any]:
     """What a record was measured on (the same for every record of one invocation: asked once, when its
@@ -229,7 +234,7 @@ class Lab:
                        *self._thread_args()]
             print(f"[{suite}] {name} seed {seed}: {' '.join(command[1:])}", flush=True)
             started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
-            proc = subprocess.run(command, capture_output=True, text=True)
+            proc = run_training(command)
             if proc.returncode != 0:
                 raise UserError(f"[{suite}] {name} seed {seed} failed: "
                                 f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from conftest import REPO, real_mnist_dir
+from conftest import REPO, real_mnist_dir, run_module
 
 from dist_rnn.plot import pyplot
 from experiments import lab as experiments_lab
@@ -20,8 +20,18 @@ from experiments.lab import ExperimentsConfig, Lab, Report
 
 
 def run_experiments(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    """`python -m experiments ARGS` (experiments/run.py), a process of its own (conftest.run_module)."""
+    return run_module("experiments.run", args)
+
+
+@pytest.fixture(autouse=True)
+def warm_training(monkeypatch):
+    """The lab's trainings, each `python -m dist_rnn.train ...` still, forked from the warm interpreter
+    (tests/warm.py) instead of importing torch again (4 s of CPU each)."""
+    def run_training(command: list[str]) -> subprocess.CompletedProcess:
+        assert command[:3] == [sys.executable, "-m", "dist_rnn.train"], command
+        return run_module("dist_rnn.train", command[3:])
+    monkeypatch.setattr(experiments_lab, "run_training", run_training)
 
 
 def test_training_record_is_cached_with_its_provenance(mnist_dir, tmp_path, monkeypatch):
