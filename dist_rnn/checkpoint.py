@@ -31,8 +31,10 @@ from dist_rnn.model import build_model
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
 # 1: the unversioned layout of dist_rnn up to a3bc583 (position keys at the top level); 2: the state
-# kept the image views' pixel order and the sequences' standardisation apart (see format_2_view_state)
-FORMAT_VERSION = 3
+# kept the image views' pixel order and the sequences' standardisation apart (see format_2_view_state);
+# 3: one `view`; 4: a sequence view may read patches (`patch`: 1 where a format-3 view has none), which
+# a dist_rnn that reads format 3 at most would ignore, so it refuses format 4
+FORMAT_VERSION = 4
 # What a checkpoint must hold to resume from (besides its position: `state`, or format 1's keys).
 REQUIRED_KEYS = {"model", "optimizer", "scaler", "rng", "config", "world_size"}
 
@@ -67,7 +69,7 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, snapshot: dict[str, Any]) -> "TrainState":
-        """The state a checkpoint holds, in format 3, 2 or 1 (its keys at the top level)."""
+        """The state a checkpoint holds, in format 4, 3, 2 or 1 (its keys at the top level)."""
         version = snapshot.get("format_version", 1)
         if version >= 3:
             return cls.from_dict(snapshot["state"])

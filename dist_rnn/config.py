@@ -120,6 +120,9 @@ class TrainConfig(RuntimeOptions):
                            "blank)", min=0)
     crop_bottom: int = option(0, "image data: drop this many rows at the bottom of every image (see --crop-top)",
                               min=0)
+    patch: str = option("1", "sequence data: read K consecutive steps as one (T steps of C channels become "
+                        "ceil(T/K) steps of K*C values, as --sequence row reads MNIST); 'auto': K = round(sqrt(T)) "
+                        "for series of 100 steps or more, else 1")
     # -- model
     cell: Literal["rnn", "gru", "lstm"] = option("lstm", "recurrent cell")
     hidden_size: int = option(128, "hidden units per direction and layer", min=1)
@@ -189,7 +192,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "what to run": ("config", "preset", "name"),
     "data": ("dataset", "sequence_column", "label_column", "data_dir", "download", "limit_train", "limit_test",
              "val_size", "val_folds", "val_fold", "bucket_batches", "loader", "num_workers", "sequence",
-             "permutation_seed", "crop_top", "crop_bottom"),
+             "permutation_seed", "crop_top", "crop_bottom", "patch"),
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
@@ -215,7 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A run resumes only into the same model and the same sample order; anything else (learning rate,
 # epochs, max steps, logging) may change between attempts.
 RESUME_MUST_MATCH = ("dataset", "cell", "hidden_size", "num_layers", "bidirectional", "readout", "sequence",
-                     "permutation_seed", "crop_top", "crop_bottom", "batch_size", "seed", "limit_train", "val_size",
+                     "patch", "permutation_seed", "crop_top", "crop_bottom", "batch_size", "seed", "limit_train", "val_size",
                      "val_folds", "val_fold", "bucket_batches", "lr_schedule", "warmup_steps")
 
 
@@ -303,6 +306,8 @@ def checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:
         raise UserError(f"{where} may not be null")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):  # `patch: 16` in YAML
+        value = str(value)
     if tp in (int, float) and isinstance(value, str):
         value = _number(value, tp, where)
     if tp is float and isinstance(value, float) and not math.isfinite(value):
@@ -361,6 +366,11 @@ def validate(c: TrainConfig, validation_given: bool = False) -> None:
     if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
                         "MNIST's files, named alike) and cannot `download` (only MNIST can)")
+    if c.patch != "auto" and not (c.patch.isdigit() and int(c.patch) >= 1):
+        raise UserError(f"`patch` is a number of steps (>= 1) or 'auto', got {c.patch!r}")
+    if is_image_set(c.dataset) and c.patch != "1":
+        raise UserError(f"`patch`={c.patch} applies to sequence data, not to `dataset` {c.dataset} (its `sequence` "
+                        "says how an image is read)")
     if is_image_set(c.dataset) and c.bucket_batches:
         raise UserError(f"`bucket_batches` groups sequences by length: every image of `dataset` {c.dataset} has one")
     if not is_image_set(c.dataset):

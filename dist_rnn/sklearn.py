@@ -40,12 +40,13 @@ class RNNClassifier(ClassifierMixin, BaseEstimator):
     keeps them. With `val_size`, the weights of the best validation score are kept."""
 
     def __init__(self, cell: str = "lstm", bidirectional: bool = False, hidden_size: int = 128, num_layers: int = 2,
-                 dropout: float = 0.0, readout: str = "final", epochs: int = 10, batch_size: int = 100,
+                 dropout: float = 0.0, readout: str = "final", patch: Any = 1, epochs: int = 10, batch_size: int = 100,
                  lr: float = 0.001, optimizer: str = "adam", lr_schedule: str = "constant", grad_clip: Optional[float] = None,
                  val_size: float = 0.0, early_stop: Optional[int] = None, random_state: Any = None,
                  device: str = "cpu", threads: int = 0, out_dir: Optional[str] = None, verbose: bool = False):
         self.cell, self.bidirectional, self.hidden_size, self.num_layers = cell, bidirectional, hidden_size, num_layers
-        self.dropout, self.readout, self.epochs, self.batch_size, self.lr = dropout, readout, epochs, batch_size, lr
+        self.dropout, self.readout, self.patch, self.epochs = dropout, readout, patch, epochs
+        self.batch_size, self.lr = batch_size, lr
         self.optimizer, self.lr_schedule, self.grad_clip = optimizer, lr_schedule, grad_clip
         self.val_size, self.early_stop, self.random_state = val_size, early_stop, random_state
         self.device, self.threads, self.out_dir, self.verbose = device, threads, out_dir, verbose
@@ -56,7 +57,8 @@ class RNNClassifier(ClassifierMixin, BaseEstimator):
         options = {name: getattr(self, name) for name in (
             "cell", "bidirectional", "hidden_size", "num_layers", "dropout", "readout", "epochs", "batch_size", "lr",
             "optimizer", "lr_schedule", "grad_clip", "val_size", "early_stop", "device", "threads")}
-        return TrainConfig(**options, seed=int(seed), out_dir=out_dir, resume="none", overwrite=True)
+        return TrainConfig(**options, patch=str(self.patch), seed=int(seed), out_dir=out_dir, resume="none",
+                           overwrite=True)
 
     def fit(self, X: Any, y: Any) -> "RNNClassifier":
         data = SequenceDataset(time_major(X), y)

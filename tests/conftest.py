@@ -122,24 +122,24 @@ def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
     The device is explicit: tests of the distribution logic run gloo on CPU on every machine (on a
     GPU machine 'auto' would give each rank a GPU of its own); GPU tests pass device="cuda"."""
     args = [*args, "--device", device]
-    if nproc is None:
-        return run_module("dist_rnn.train", args, timeout, env, device)
-    full_env = {**os.environ, **(env or {})}
-    if launcher == "fork" and not warm.cold(full_env, device):
-        return warm.run_ranks("dist_rnn.train", args, full_env, REPO, timeout, nproc)
+    if nproc is None or launcher == "fork":
+        return run_module("dist_rnn.train", args, timeout, env, device, nproc)
     cmd = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "dist_rnn.train", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
 def run_module(module: str, args: list[str], timeout: int = 300, env: Optional[dict] = None,
-               device: str = "cpu") -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` from the repository, output captured: a process of its own, forked
-    from an interpreter that has imported torch already where that is the same (tests/warm.py)."""
+               device: str = "cpu", nproc: Optional[int] = None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the repository, output captured: a process of its own (or nproc
+    ranks, as torchrun starts them), forked from an interpreter that has imported torch already where
+    that is the same (tests/warm.py); else a new interpreter (or real torchrun)."""
     env = {**os.environ, **(env or {})}
     if not warm.cold(env, device):
-        return warm.run(module, args, env, REPO, timeout)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+        return warm.run(module, args, env, REPO, timeout) if nproc is None else \
+            warm.run_ranks(module, args, env, REPO, timeout, nproc)
+    launcher = [sys.executable] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run([*launcher, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -92,14 +92,16 @@ def test_preset_is_the_commands_preset():
 
 
 def test_export_runs_where_dist_rnn_cannot_be_imported(tmp_path):
-    """The exported file, loaded by plain torch in a process where `import dist_rnn` fails, gives
-    predict_proba's probabilities for a padded batch and its lengths."""
+    """The exported files, loaded by plain torch in a process where `import dist_rnn` fails, give
+    predict_proba's probabilities for a padded batch and its lengths, read step by step or in patches."""
     (train_x, train_y), (test_x, _) = series(100, 1), series(23, 2)
-    # readout "last" (the presets') on packed sequences: the trace must not keep the example's batch size
-    result = dist_rnn.fit(small(tmp_path / "run", epochs=1, bidirectional=True, readout="last"),
-                          train=SequenceDataset(train_x, train_y))
-    model = dist_rnn.load(result.checkpoint)
-    model.export(tmp_path / "model.pt")
+    models = {}
+    for patch in ("1", "3"):
+        # readout "last" (the presets') on packed sequences: the trace must not keep the example's batch size
+        result = dist_rnn.fit(small(tmp_path / f"run-{patch}", epochs=1, bidirectional=True, readout="last", patch=patch),
+                              train=SequenceDataset(train_x, train_y))
+        models[patch] = dist_rnn.load(result.checkpoint)
+        models[patch].export(tmp_path / f"model-{patch}.pt")
     lengths = np.array([len(s) for s in test_x])
     padded = np.zeros((len(test_x), lengths.max(), 2), dtype=np.float32)
     for i, s in enumerate(test_x):
@@ -109,13 +111,16 @@ def test_export_runs_where_dist_rnn_cannot_be_imported(tmp_path):
     script = ("import sys, numpy as np, torch\n"
               "sys.modules['dist_rnn'] = None  # as if it were not installed\n"
               "try:\n    import dist_rnn\nexcept ImportError:\n    pass\nelse:\n    sys.exit('dist_rnn imported')\n"
-              "m = torch.jit.load('model.pt')\n"
               "x, lengths = torch.from_numpy(np.load('x.npy')), torch.from_numpy(np.load('lengths.npy'))\n"
-              "p = [m(x[i:i + n], lengths[i:i + n]).detach() for i, n in ((0, 1), (1, 5), (6, 17))]\n"
-              "np.save('p.npy', torch.cat(p).numpy())\n")
+              "for patch in ('1', '3'):\n"
+              "    m = torch.jit.load(f'model-{patch}.pt')\n"
+              "    p = [m(x[i:i + n], lengths[i:i + n]).detach() for i, n in ((0, 1), (1, 5), (6, 17))]\n"
+              "    np.save(f'p-{patch}.npy', torch.cat(p).numpy())\n")
     check_ok(subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}))
-    assert np.abs(np.load(tmp_path / "p.npy") - model.predict_proba(test_x)).max() < 1e-6
+    for patch, model in models.items():
+        assert np.abs(np.load(tmp_path / f"p-{patch}.npy") - model.predict_proba(test_x)).max() < 1e-6, patch
+    assert models["3"].module.rnn.input_size == 6  # 3 steps of 2 channels
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")  # (the file is TorchScript)

@@ -51,7 +51,7 @@ def test_checkpoint_contents(mnist_dir, tmp_path):
             "dist_rnn_version"} == ckpt.keys()
     assert ckpt["schedule"] is None  # no --lr-schedule or --warmup-steps
     state = TrainState.from_checkpoint(ckpt)
-    assert (ckpt["format_version"], state.step, state.epoch, state.batch_in_epoch) == (3, 2, 0, 2)
+    assert (ckpt["format_version"], state.step, state.epoch, state.batch_in_epoch) == (4, 2, 0, 2)
     assert state.view == {"kind": "images", "height": 28, "width": 28, "pixel_order": None}
     assert state.tracker_run_id and ckpt["world_size"] == 2
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])

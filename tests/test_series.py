@@ -3,15 +3,12 @@ variable-length batches read exactly as each sequence alone, training, exact eva
 resume on a variable-length set, and the real JapaneseVowels where a wheel ships it."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import (
-    REPO,
-    TORCHRUN,
     check_ok,
     read_results,
     run_module,
@@ -24,7 +21,17 @@ from conftest import (
 
 from dist_rnn import train as train_cli
 from dist_rnn.checkpoint import load_checkpoint
-from dist_rnn.data.series import SeriesInfo, SeriesView, TsFile, load_series, package_data_dirs, padded, read_ts
+from dist_rnn.data.series import (
+    SeriesInfo,
+    SeriesView,
+    TsFile,
+    load_series,
+    package_data_dirs,
+    padded,
+    patch_size,
+    patched,
+    read_ts,
+)
 from dist_rnn.data.splits import Split, validation_split
 from dist_rnn.errors import UserError
 from dist_rnn.model import RNNClassifier
@@ -121,6 +128,34 @@ def test_a_padded_batch_gives_each_sequence_its_own_logits(cell, layers, bidirec
         torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
 
 
+def test_patches_read_k_steps_as_one_and_packed_batches_stay_exact():
+    """--patch K: T steps of C values become ceil(T/K) steps of K*C (step-major, as MNIST's rows), the
+    steps past a case's end zero, lengths in patches; a packed batch gives each sequence the logits
+    it gets alone; 'auto' patches long series only; K must leave 2 patches."""
+    x, lengths = torch.randn(5, 11, 2), torch.tensor([11, 7, 3, 1, 8])
+    out, patches = patched(x, lengths, 4)
+    assert out.shape == (5, 3, 8) and patches.tolist() == [3, 2, 1, 1, 2]
+    for i, n in enumerate(lengths.tolist()):
+        expected = torch.cat([x[i, :n], torch.zeros(12 - n, 2)]).reshape(3, 8)
+        assert torch.equal(out[i], expected)
+    assert torch.equal(patched(x[:, :8], None, 4)[0], x[:, :8].reshape(5, 2, 8))  # equal lengths: a reshape
+    seqs, _ = synthetic_series(10, seed=3)
+    info = SeriesInfo("t", ["low", "mid", "high"], 2, True, max(len(s) for s in seqs))
+    inputs, labels = padded(TsFile(seqs, np.array([0] * 10), info.classes, "t"), info)
+    view = SeriesView.fit(info, Split(inputs, labels), patch=3)
+    assert view.input_size == 6 and view.steps == -(-info.max_length // 3)
+    assert view.describe("t").endswith(f"read as {view.steps} patches of 3 steps, packed")
+    torch.manual_seed(0)
+    model = RNNClassifier(view.input_size, 8, 2, 3, "lstm", True).eval()
+    with torch.no_grad():
+        together = model(view(inputs))
+        alone = torch.cat([model(view.read([s], torch.device("cpu"))) for s in seqs])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    assert [patch_size("auto", t) for t in (29, 99, 100, 427)] == [1, 1, 10, 21] and patch_size("5", 427) == 5
+    with pytest.raises(UserError, match="patch 29 would read the series"):
+        patch_size("29", 29)
+
+
 def test_standardisation_comes_from_the_training_split_only(tmp_path):
     """The mean and sd a run standardises with are the training samples' (without the validation
     split), in its checkpoint; evaluate and predict need no flag for them."""
@@ -172,13 +207,14 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     assert singles[0]["probability"] == pytest.approx(cases[4]["probability"], abs=1e-5)
 
 
-@pytest.mark.parametrize("nproc", [2, 3])
-def test_exact_evaluation_of_variable_lengths_at_any_world_size(tmp_path, nproc):
-    """91 test sequences: each counted once at 1, 2 and 3 processes, the same correct count and loss."""
+@pytest.mark.parametrize("nproc, patch", [(2, "3"), (3, "1")])
+def test_exact_evaluation_of_variable_lengths_at_any_world_size(tmp_path, nproc, patch):
+    """91 test sequences: each counted once at 1, 2 and 3 processes, the same correct count and loss
+    (read in patches of 3 steps, too)."""
     write_ts(tmp_path / "data")
     out = tmp_path / "run"
     check_ok(run_train(["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--out-dir", str(out),
-                        "--max-steps", "20", "--batch-size", "30", "--hidden-size", "8"]))
+                        "--max-steps", "20", "--batch-size", "30", "--hidden-size", "8", "--patch", patch]))
     checkpoint = read_results(out)["checkpoint"]
     scores = {}
     for n in (None, nproc):
@@ -187,20 +223,19 @@ def test_exact_evaluation_of_variable_lengths_at_any_world_size(tmp_path, nproc)
         if n is None:
             check_ok(run_module("dist_rnn.evaluate", args))
         else:
-            check_ok(subprocess.run([*TORCHRUN, "--standalone", f"--nproc_per_node={n}", "-m", "dist_rnn.evaluate",
-                                     *args], cwd=REPO, capture_output=True, text=True, timeout=300))
+            check_ok(run_module("dist_rnn.evaluate", args, nproc=n))
         scores[n] = json.loads(path.read_text())
     assert scores[None]["test_samples"] == scores[nproc]["test_samples"] == 91
     assert scores[None]["test_correct"] == scores[nproc]["test_correct"]
     assert scores[None]["test_loss"] == pytest.approx(scores[nproc]["test_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("nproc, buckets", [(None, 0), (2, 0), (2, 3)])
-def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, nproc, buckets):
+@pytest.mark.parametrize("nproc, buckets, patch", [(None, 0, "1"), (2, 0, "4"), (2, 3, "1")])
+def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, nproc, buckets, patch):
     write_ts(tmp_path / "data")
     args = ["--dataset", "Synthetic", "--data-dir", str(tmp_path / "data"), "--batch-size", "30", "--hidden-size",
             "8", "--head-dropout", "0.2", "--val-size", "30", "--epochs", "3", "--log-every", "5",
-            "--bucket-batches", str(buckets)]
+            "--bucket-batches", str(buckets), "--patch", patch]
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "full")], nproc=nproc, launcher="fork"))
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut"), "--max-steps", "13"], nproc=nproc,
                        launcher="fork"))  # stopped mid-epoch
@@ -223,6 +258,9 @@ def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
         (["--dataset", str(tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts"), *data], "name the training file"),
         (["--dataset", "fashion-mnist", "--device", "cpu"], "--dataset fashion-mnist needs its own --data-dir"),
         (["--bucket-batches", "5", "--device", "cpu"], "--bucket-batches groups sequences by length: every image"),
+        (["--patch", "4", "--device", "cpu"], "--patch 4 applies to sequence data, not to --dataset mnist"),
+        (["--dataset", "Synthetic", "--patch", "0", *data], "--patch is a number of steps (>= 1) or 'auto', got '0'"),
+        (["--dataset", "Synthetic", "--patch", "20", *data], "--patch 20 would read the series (of 20 steps at most)"),
     ]
     for argv, words in cases:
         code = train_cli.main([*argv, "--out-dir", str(tmp_path / "o")])

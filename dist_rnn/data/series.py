@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
@@ -233,7 +234,7 @@ class SeriesInfo:
         """The standardisation a run trains with: fitted on the training split, or a resumed run's
         saved one, which must describe the same data."""
         if saved is None:
-            return SeriesView.fit(self, train)
+            return SeriesView.fit(self, train, patch_size(c.patch, self.max_length))
         view = SeriesView.from_state(saved)
         view.check_data(self, c.dataset)
         return view
@@ -325,13 +326,13 @@ class SeriesView:
 
     permutation = None  # (the image views' pixel order: none here)
 
-    def __init__(self, info: SeriesInfo, mean: list[float], std: list[float]):
-        self.info = info
+    def __init__(self, info: SeriesInfo, mean: list[float], std: list[float], patch: int = 1):
+        self.info, self.patch = info, patch
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
 
     @classmethod
-    def fit(cls, info: SeriesInfo, split: Any) -> "SeriesView":
+    def fit(cls, info: SeriesInfo, split: Any, patch: int = 1) -> "SeriesView":
         """Standardisation from the real (not padded, not missing) values of the training split, read
         a block of cases at a time (a split on disk is never held whole in memory): float64 sums for
         the mean, then the squared deviations from it."""
@@ -359,19 +360,19 @@ class SeriesView:
         std = (sums[2] / count).sqrt()
         # a constant channel (up to rounding) is only centred, not blown up
         std = torch.where(std > 1e-6 * mean.abs().clamp(min=1), std, torch.ones_like(std))
-        return cls(info, mean.float().tolist(), std.float().tolist())
+        return cls(info, mean.float().tolist(), std.float().tolist(), patch)
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps, so evaluate and predict rebuild this view without the data."""
         return {"kind": "series", "dataset": self.info.dataset, "classes": self.info.classes, "channels": self.info.channels,
                 "variable_length": self.info.variable_length, "max_length": self.info.max_length,
-                "mean": self.mean.tolist(), "std": self.std.tolist()}
+                "mean": self.mean.tolist(), "std": self.std.tolist(), "patch": self.patch}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "SeriesView":
         info = SeriesInfo(state["dataset"], state["classes"], state["channels"], state["variable_length"],
                           state["max_length"])
-        return cls(info, state["mean"], state["std"])
+        return cls(info, state["mean"], state["std"], state.get("patch", 1))  # no patch before format 4
 
     def check_data(self, info: SeriesInfo, dataset: str) -> None:
         """The data now must be what this view was fitted on: the same classes (in order), channels and
@@ -396,15 +397,16 @@ class SeriesView:
         s = self.info
         return (f"{s.dataset}: {len(s.classes)} classes, {s.channels} channel(s), "
                 f"{'lengths up to' if s.variable_length else 'length'} {s.max_length}"
+                f"{f', read as {self.steps} patches of {self.patch} steps' if self.patch > 1 else ''}"
                 f"{', packed' if s.variable_length else ''}")
 
     @property
     def input_size(self) -> int:
-        return self.info.channels
+        return self.info.channels * self.patch
 
     @property
     def steps(self) -> int:
-        return self.info.max_length
+        return -(-self.info.max_length // self.patch)
 
     def to(self, device: torch.device) -> "SeriesView":
         self.mean, self.std = self.mean.to(device), self.std.to(device)
@@ -418,35 +420,65 @@ class SeriesView:
             raise UserError(f"X: sequences of {sequences[0].shape[1]} channel(s): the model reads {self.info.channels}")
         info = dataclasses.replace(self.info, variable_length=True, max_length=max(len(s) for s in sequences))
         inputs, _ = padded(TsFile(sequences, np.zeros(len(sequences), dtype=np.int64), info.classes, ""), info)
-        return SeriesView(info, self.mean.tolist(), self.std.tolist()).to(device)(inputs.to(device))
+        return SeriesView(info, self.mean.tolist(), self.std.tolist(), self.patch).to(device)(inputs.to(device))
 
     def exportable(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         """This view as a module of raw inputs (a padded float batch (N, T, C), and the lengths (N,)
         when lengths differ), and example inputs to trace it with."""
         lengths = torch.tensor([2, 1]) if self.info.variable_length else None
         example = (torch.zeros(2, 2, self.info.channels),) + (() if lengths is None else (lengths,))
-        return Standardise(self.mean.cpu(), self.std.cpu(), packed=lengths is not None), example
+        return Standardise(self.mean.cpu(), self.std.cpu(), self.patch), example
 
     def __call__(self, inputs: torch.Tensor) -> "torch.Tensor | PackedSequence":
         x = ((inputs[..., :self.info.channels] - self.mean) / self.std).nan_to_num_(0.0, posinf=0.0, neginf=0.0)
-        if not self.info.variable_length:
+        lengths = inputs[:, 0, self.info.channels].long() if self.info.variable_length else None
+        if self.patch > 1:
+            x, lengths = patched(x, lengths, self.patch)
+        if lengths is None:
             return x
-        lengths = inputs[:, 0, self.info.channels].long()
         # pack_padded_sequence wants the lengths on the CPU (one small copy per batch on a GPU)
         return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
 
 
-class Standardise(nn.Module):
-    """SeriesView's arithmetic on raw inputs: standardised, a missing value made 0, packed by `lengths`."""
+def patched(x: torch.Tensor, lengths: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(N, T, C) standardised -> (N, ceil(T / k), k * C): k consecutive steps side by side, as MNIST's
+    rows put 28 pixels side by side; the steps past a case's end or past T are 0 (the training mean),
+    and lengths count patches. Shape arithmetic stays in tensor ops, so a traced export takes any T."""
+    if lengths is not None:
+        step = torch.ones_like(x[:, :, 0]).cumsum(1)  # 1 .. T
+        x = x.masked_fill((step > lengths[:, None].to(x.dtype))[..., None], 0.0)
+        lengths = torch.div(lengths + (k - 1), k, rounding_mode="floor")
+    x = F.pad(x, (0, 0, 0, k - 1)).unfold(1, k, k)  # (N, ceil(T / k), C, k)
+    return x.transpose(2, 3).flatten(2), lengths
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, packed: bool):
+
+def patch_size(patch: str, max_length: int) -> int:
+    """--patch as a number of steps: K itself, or for 'auto' round(sqrt(T)) on series of at least
+    AUTO_PATCH_FROM steps (1 below: short series read well step by step). K must leave 2 patches."""
+    k = (round(max_length ** 0.5) if max_length >= AUTO_PATCH_FROM else 1) if patch == "auto" else int(patch)
+    if k > 1 and k >= max_length:
+        raise UserError(f"`patch` {k} would read the series (of {max_length} steps at most) in one step: "
+                        f"give fewer than {max_length} steps, or 'auto'")
+    return k
+
+
+AUTO_PATCH_FROM = 100  # series length from which --patch auto patches (docs/datasets.md: the benchmark)
+
+
+class Standardise(nn.Module):
+    """SeriesView's arithmetic on raw inputs: standardised, a missing value made 0, patched, packed by
+    `lengths` where given."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, patch: int = 1):
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
-        self.packed = packed
+        self.patch = patch
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> "torch.Tensor | PackedSequence":
         x = ((x - self.mean) / self.std).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+        if self.patch > 1:
+            x, lengths = patched(x, lengths, self.patch)
         if lengths is None:
             return x
         return pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
