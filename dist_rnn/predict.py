@@ -67,14 +67,14 @@ def predict(c: PredictConfig, files: list[str]) -> list[dict[str, Any]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=prog("dist_rnn.predict"), description=describe(__doc__))
-    parser.add_argument("images", nargs="+", metavar="FILE", help="image files (PNG, JPEG, ...; any size) for an "
+    parser.add_argument("files", nargs="+", metavar="FILE", help="image files (PNG, JPEG, ...; any size) for an "
                         "MNIST model; .ts, .npy, .csv or .parquet files (or a saved dataset split) for a model of "
                         "sequences")
     add_dataclass_flags(parser, PredictConfig)
 
     def command() -> None:
         args = vars(parser.parse_args(argv))
-        files = args.pop("images")
+        files = args.pop("files")
         c = PredictConfig(**args)
         if c.checkpoint is None:
             parser.error("--checkpoint is required")
