@@ -366,7 +366,7 @@ def validate(c: TrainConfig, validation_given: bool = False) -> None:
     if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
                         "MNIST's files, named alike) and cannot `download` (only MNIST can)")
-    if c.patch != "auto" and not (c.patch.isdigit() and int(c.patch) >= 1):
+    if c.patch != "auto" and not (c.patch.isascii() and c.patch.isdigit() and int(c.patch) >= 1):
         raise UserError(f"`patch` is a number of steps (>= 1) or 'auto', got {c.patch!r}")
     if is_image_set(c.dataset) and c.patch != "1":
         raise UserError(f"`patch`={c.patch} applies to sequence data, not to `dataset` {c.dataset} (its `sequence` "

@@ -30,6 +30,7 @@ from dist_rnn.data import (
     trained_view,
 )
 from dist_rnn.distributed import DistEnv, all_reduce_sum, unwrap
+from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write_json
 
 
@@ -97,7 +98,10 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
-    data_dir = Path(c.data_dir or trained_on or default_data_dir(config.dataset))
+    try:
+        data_dir = Path(c.data_dir or trained_on or default_data_dir(config.dataset))
+    except UserError as e:  # say which checkpoint, and where its files were
+        raise UserError(f"{c.checkpoint} was trained on files in {config.data_dir}, which are not here: {e.args[0]}") from None
     config = dataclasses.replace(config, data_dir=str(data_dir))
     state = TrainState.from_checkpoint(snapshot)
     # The test split read as training reads it, through the view the model was trained with (the

@@ -52,7 +52,7 @@ def predict(c: PredictConfig, files: list[str]) -> list[dict[str, Any]]:
     try:
         inputs = read_files(files, config, view)
     except UserError as e:  # the model reads no such files at all
-        raise UserError(f"{c.checkpoint}: {e}") from None
+        raise UserError(f"{c.checkpoint}: {e.args[0]}") from None
     records = [{"file": i.name, "error": i.error} if i.error else {"file": i.name} for i in inputs]
     read = [n for n, i in enumerate(inputs) if i.error is None]
     if not read:
@@ -84,7 +84,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             for r in records:
                 if "error" not in r:
-                    print(f"{r['file']}: {r.get('class', r.get('digit'))} (probability {r['probability']:.3f})")
+                    answer = list(r.values())[1]  # the view's answer (a digit, a class) follows the file
+                    print(f"{r['file']}: {answer} (probability {r['probability']:.3f})")
         for r in records:
             if "error" in r:
                 print(f"{prog('dist_rnn.predict')}: skipped {r['error']}", file=sys.stderr)

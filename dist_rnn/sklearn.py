@@ -40,10 +40,11 @@ class RNNClassifier(ClassifierMixin, BaseEstimator):
     keeps them. With `val_size`, the weights of the best validation score are kept."""
 
     def __init__(self, cell: str = "lstm", bidirectional: bool = False, hidden_size: int = 128, num_layers: int = 2,
-                 dropout: float = 0.0, readout: str = "final", patch: Any = 1, epochs: int = 10, batch_size: int = 100,
+                 dropout: float = 0.0, readout: str = "final", epochs: int = 10, batch_size: int = 100,
                  lr: float = 0.001, optimizer: str = "adam", lr_schedule: str = "constant", grad_clip: Optional[float] = None,
                  val_size: float = 0.0, early_stop: Optional[int] = None, random_state: Any = None,
-                 device: str = "cpu", threads: int = 0, out_dir: Optional[str] = None, verbose: bool = False):
+                 device: str = "cpu", threads: int = 0, out_dir: Optional[str] = None, verbose: bool = False,
+                 patch: Any = 1):
         self.cell, self.bidirectional, self.hidden_size, self.num_layers = cell, bidirectional, hidden_size, num_layers
         self.dropout, self.readout, self.patch, self.epochs = dropout, readout, patch, epochs
         self.batch_size, self.lr = batch_size, lr

@@ -174,7 +174,7 @@ CASES = [
      "--dataset fashion-mnist has no default --data-dir (the default holds MNIST's files, named alike)"),
     # dist_rnn.predict
     ("predict-fashion-images", "predict", lambda w, t: ["--checkpoint", ckpt(w, "fashion", 1), str(w / "a-file")],
-     "step-1.pt: trained on images of dataset fashion-mnist, and predict reads handwritten digits (MNIST); score it "
+     "step-1.pt: trained on images of --dataset fashion-mnist, and predict reads handwritten digits (MNIST); score it "
      "with python -m dist_rnn.evaluate"),
     # dist_rnn.data
     ("data-no-command", "data", lambda w, t: [], "required: command"),

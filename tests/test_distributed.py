@@ -65,6 +65,7 @@ def test_same_trajectory_at_any_world_size(big_mnist, tmp_path, optimizer, lr, s
             "--log-every", "5", "--hidden-size", "64"]
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "one")]))
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "two")], nproc=2, launcher="fork"))
+    assert read_results(tmp_path / "two")["world_size"] == 2
     one, two = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < tolerance, f"max parameter difference {worst:.3g}"
@@ -84,6 +85,7 @@ def test_same_trajectory_whatever_the_split_between_grad_accum_and_processes(big
         proc = run_train([*args, "--out-dir", str(out), "--grad-accum", str(accumulate)], nproc=nproc,
                          launcher="fork")
         check_ok(proc)
+        assert read_results(out)["world_size"] == (nproc or 1)
         if nproc is None:
             assert "global batch 96 (96 per process in 4 micro-batches)" in proc.stdout
         runs[(nproc, accumulate)] = out

@@ -225,7 +225,7 @@ def test_exact_evaluation_of_variable_lengths_at_any_world_size(tmp_path, nproc,
         else:
             check_ok(run_module("dist_rnn.evaluate", args, nproc=n))
         scores[n] = json.loads(path.read_text())
-    assert scores[None]["test_samples"] == scores[nproc]["test_samples"] == 91
+    assert scores[None]["test_samples"] == scores[nproc]["test_samples"] == 91 and scores[nproc]["world_size"] == nproc
     assert scores[None]["test_correct"] == scores[nproc]["test_correct"]
     assert scores[None]["test_loss"] == pytest.approx(scores[nproc]["test_loss"], rel=1e-6)
 
@@ -241,7 +241,7 @@ def test_variable_length_run_stopped_and_resumed_is_bitwise_identical(tmp_path, 
                        launcher="fork"))  # stopped mid-epoch
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "cut")], nproc=nproc, launcher="fork"))
     full, cut = read_results(tmp_path / "full"), read_results(tmp_path / "cut")
-    assert cut["resumed_from_step"] == 13 and full["steps"] == cut["steps"] == 27
+    assert cut["resumed_from_step"] == 13 and full["steps"] == cut["steps"] == 27 and cut["world_size"] == (nproc or 1)
     a, b = load_checkpoint(full["checkpoint"])["model"], load_checkpoint(cut["checkpoint"])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full["best_val_accuracy"] == cut["best_val_accuracy"] and full["test_loss"] == cut["test_loss"]

@@ -121,7 +121,7 @@ def test_both_feeders_give_the_same_batches(tmp_path, nproc):
         check_ok(run_train([*args, "--out-dir", str(out), "--max-steps", "30", "--loader", loader], nproc=nproc,
                            launcher="fork"))
         results = read_results(out)
-        assert (results["steps"], results["resumed_from_step"]) == (30, 15)  # 18 steps/epoch
+        assert (results["steps"], results["resumed_from_step"], results["world_size"]) == (30, 15, nproc or 1)  # 18 steps/epoch
         weights[loader] = load_checkpoint(results["checkpoint"])["model"]
         losses = [e["loss"] for e in events(out, "train")]
         assert losses[0] > losses[-1]  # it trained

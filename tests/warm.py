@@ -88,19 +88,23 @@ def run_ranks(module: str, argv: list[str], env: dict[str, str], cwd: Path, time
         children = [context().Process(target=_main, args=(module, argv, {**env, **rank_env(r, nproc, port, env)},
                                                           str(cwd), str(out), str(err)))
                     for r, (out, err) in enumerate(outputs)]
-        for child in children:
-            child.start()
-        deadline = time.monotonic() + timeout
-        while any(c.is_alive() for c in children) and not any(c.exitcode for c in children):
-            if time.monotonic() > deadline:
-                _stop(children)
-                raise subprocess.TimeoutExpired([module, *argv], timeout, output=_joined(outputs, 0),
-                                                stderr=_joined(outputs, 1))
-            time.sleep(0.05)
-        _stop(children)
-        code = next((c.exitcode for c in children if c.exitcode), 0)
-        return subprocess.CompletedProcess(["torchrun", f"--nproc_per_node={nproc}", "-m", module, *argv], code,
-                                           _joined(outputs, 0), _joined(outputs, 1))
+        failed = None  # the exit status of the first rank to fail, before the others are stopped
+        try:
+            for child in children:
+                child.start()
+            deadline = time.monotonic() + timeout
+            while failed is None and any(c.is_alive() for c in children):
+                if time.monotonic() > deadline:
+                    _stop(children)
+                    raise subprocess.TimeoutExpired([module, *argv], timeout, output=_joined(outputs, 0),
+                                                    stderr=_joined(outputs, 1))
+                failed = next((c.exitcode for c in children if c.exitcode), None)
+                time.sleep(0.05)
+            failed = failed or next((c.exitcode for c in children if c.exitcode), None)
+        finally:
+            _stop(children)
+        return subprocess.CompletedProcess(["torchrun", f"--nproc_per_node={nproc}", "-m", module, *argv],
+                                           failed or 0, _joined(outputs, 0), _joined(outputs, 1))
 
 
 def rank_env(rank: int, nproc: int, port: int, env: dict[str, str]) -> dict[str, str]:
@@ -115,11 +119,17 @@ def rank_env(rank: int, nproc: int, port: int, env: dict[str, str]) -> dict[str,
 
 
 def _stop(children: list) -> None:
-    """Kill the children still running (the others failed or time ran out), and reap them all."""
+    """Stop the children still running (another failed, or time ran out) as torchrun does: SIGTERM,
+    then SIGKILL after 5 s; reap them all."""
     for child in children:
         if child.is_alive():
-            child.kill()
-        child.join()
+            child.terminate()
+    for child in children:
+        if child.pid is not None:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+                child.join()
 
 
 def _joined(outputs: list[tuple[Path, Path]], which: int) -> str:
