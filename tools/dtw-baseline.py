@@ -16,16 +16,23 @@ import numpy as np
 from dist_rnn.data.series import load_series
 
 
-def dtw_to_all(a: np.ndarray, train: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """DTW distance from sequence a (La, C) to every training sequence (N, T, C) of its own length."""
+def dtw_to_all(a: np.ndarray, train: np.ndarray, lengths: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """DTW distance from sequence a (La, C) to every training sequence (N, T, C) of its own length,
+    a chunk of training sequences at a time (the tables of 64 series of 1460 steps are 1 GiB)."""
+    return np.concatenate([_dtw(a, train[s:s + chunk], lengths[s:s + chunk]) for s in range(0, len(train), chunk)])
+
+
+def _dtw(a: np.ndarray, train: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The table filled an anti-diagonal at a time: cell (i, j) needs (i-1, j), (i, j-1) and (i-1, j-1),
+    all on the two diagonals before i + j, so each diagonal is one vectorised step."""
     cost = ((a[None, :, None, :] - train[:, None, :, :]) ** 2).sum(-1)  # (N, La, T)
     n, la, t = cost.shape
     d = np.full((n, la + 1, t + 1), np.inf)
     d[:, 0, 0] = 0.0
-    for i in range(1, la + 1):
-        for j in range(1, t + 1):
-            d[:, i, j] = cost[:, i - 1, j - 1] + np.minimum(np.minimum(d[:, i - 1, j], d[:, i, j - 1]),
-                                                            d[:, i - 1, j - 1])
+    for k in range(2, la + t + 1):
+        i = np.arange(max(1, k - t), min(la, k - 1) + 1)
+        j = k - i
+        d[:, i, j] = cost[:, i - 1, j - 1] + np.minimum(np.minimum(d[:, i - 1, j], d[:, i, j - 1]), d[:, i - 1, j - 1])
     return d[np.arange(n), la, lengths]
 
 

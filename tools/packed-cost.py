@@ -2,7 +2,7 @@
 UCR/UEA problem's training split, packed (each sequence's own length, as dist_rnn trains) against
 the same samples padded to the longest and run unpacked, alternated, median of N epochs each.
 
-    python tools/packed-cost.py [--dataset JapaneseVowels] [--epochs 15] [--hidden-size 64]
+    python tools/packed-cost.py [--dataset JapaneseVowels] [--epochs 15] [--hidden-size 64] [--patch K]
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15, help="timed epochs of each kind (alternated)")
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=30)
+    parser.add_argument("--patch", type=int, default=1, help="read K steps as one (--patch of dist_rnn.train)")
     args = parser.parse_args()
     inputs, labels, _, _, info = load_series(args.dataset, None)
     if not info.variable_length:
         raise SystemExit(f"{args.dataset}: every sequence has one length: nothing is packed")
-    packed_view = SeriesView.fit(info, Split(inputs, labels))
+    packed_view = SeriesView.fit(info, Split(inputs, labels), args.patch)
     padded_view = SeriesView(SeriesInfo(info.dataset, info.classes, info.channels, False, info.max_length),
-                             packed_view.mean.tolist(), packed_view.std.tolist())
+                             packed_view.mean.tolist(), packed_view.std.tolist(), args.patch)
     chunks = list(zip(inputs.split(args.batch_size), labels.split(args.batch_size)))
     kinds = {"packed": [(packed_view(x), y) for x, y in chunks],
              "padded": [(padded_view(x[..., :info.channels].contiguous()), y) for x, y in chunks]}
@@ -47,7 +48,7 @@ def main() -> None:
     models = {}
     for kind in kinds:
         torch.manual_seed(0)
-        model = RNNClassifier(info.channels, args.hidden_size, 2, len(info.classes), "lstm", bidirectional=True)
+        model = RNNClassifier(packed_view.input_size, args.hidden_size, 2, len(info.classes), "lstm", bidirectional=True)
         models[kind] = (model, torch.optim.Adam(model.parameters(), lr=0.003))
         epoch(*models[kind], kinds[kind])  # warm-up
     for _ in range(args.epochs):
@@ -57,7 +58,7 @@ def main() -> None:
     lengths = inputs[:, 0, info.channels]
     print(f"{args.dataset}: {len(labels)} training sequences, lengths {int(lengths.min())}-{int(lengths.max())} "
           f"(mean {lengths.mean():.1f}), 2-layer BiLSTM hidden {args.hidden_size}, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, median of {args.epochs} epochs each")
+          f"patch {args.patch}, {torch.get_num_threads()} threads, median of {args.epochs} epochs each")
     for kind, value in medians.items():
         print(f"  {kind:6}: {1000 * value:7.1f} ms/epoch")
     print(f"  packed / padded: {medians['packed'] / medians['padded']:.2f}x")
