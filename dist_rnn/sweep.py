@@ -40,6 +40,7 @@ from typing import Any, Optional
 from dist_rnn import slurm_files
 from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, run_cli
 from dist_rnn.config import TrainConfig, check_limits, checked_values, did_you_mean, from_values, option, read_file
+from dist_rnn.distributed import threads_per_rank
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
 from dist_rnn.lock import RunLock
@@ -270,9 +271,7 @@ def run_here(sweep_dir: Path, todo: list[Run], c: SweepConfig) -> None:
     stops the runs under way (each checkpoints its step: the same command resumes them) and the
     sweep; a second Ctrl-C reaches them as theirs does (stop now)."""
     # the cores, or the threads $OMP_NUM_THREADS allows this sweep (more would spin against other work)
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    threads = max(1, (int(omp) if omp.isdigit() and int(omp) > 0 else len(os.sched_getaffinity(0)))
-                  // min(c.jobs, len(todo)))
+    threads = max(1, threads_per_rank(0) // min(c.jobs, len(todo)))
     (sweep_dir / "logs").mkdir(exist_ok=True)
     pending, running, started, done = list(todo), {}, 0, 0
     stopping: list[int] = []

@@ -121,42 +121,32 @@ def run_train(args: list[str], nproc: Optional[int] = None, timeout: int = 300,
 
     The device is explicit: tests of the distribution logic run gloo on CPU on every machine (on a
     GPU machine 'auto' would give each rank a GPU of its own); GPU tests pass device="cuda"."""
-    args = [*args, "--device", device]
-    if nproc is None or launcher == "fork":
-        return run_module("dist_rnn.train", args, timeout, env, device, nproc)
-    cmd = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "dist_rnn.train", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return run_module("dist_rnn.train", [*args, "--device", device], timeout, env, device, nproc,
+                      real_torchrun=nproc is not None and launcher == "torchrun")
 
 
 def run_module(module: str, args: list[str], timeout: int = 300, env: Optional[dict] = None,
-               device: str = "cpu", nproc: Optional[int] = None) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` from the repository, output captured: a process of its own (or nproc
-    ranks, as torchrun starts them), forked from an interpreter that has imported torch already where
-    that is the same (tests/warm.py); else a new interpreter (or real torchrun)."""
+               device: str = "cpu", nproc: Optional[int] = None, real_torchrun: bool = False,
+               ) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` (`python MODULE ARGS` for a script) from the repository, output
+    captured: a process of its own (or nproc ranks, as torchrun starts them), forked from an
+    interpreter that has imported torch already where that is the same (tests/warm.py); else, or
+    with real_torchrun, a new interpreter (or real torchrun)."""
     env = {**os.environ, **(env or {})}
-    if not warm.cold(env, device):
+    if not (real_torchrun or warm.cold(env, device)):
         return warm.run(module, args, env, REPO, timeout) if nproc is None else \
             warm.run_ranks(module, args, env, REPO, timeout, nproc)
     launcher = [sys.executable] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([*launcher, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    target = [module] if module.endswith(".py") else ["-m", module]
+    return subprocess.run([*launcher, *target, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def run_step_worker(data: Path, out: Path, optimizer: str, nproc: Optional[int] = None,
                     device: str = "cpu", lstm_dropout: float = 0.2) -> dict:
-    """tests/static_step_worker.py (the graphed step against the eager one), as one process or nproc
-    ranks: forked (tests/warm.py) on the CPU, else with python or torchrun."""
-    script = str(REPO / "tests" / "static_step_worker.py")
-    args = [str(data), str(out), optimizer, device, str(lstm_dropout)]
-    if not warm.cold(dict(os.environ), device):
-        check_ok(warm.run(script, args, dict(os.environ), REPO, 300) if nproc is None else
-                 warm.run_ranks(script, args, dict(os.environ), REPO, 300, nproc))
-        return json.loads(out.read_text())
-    cmd = [sys.executable, script, *args] if nproc is None else [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}",
-                                                                 script, *args]
-    check_ok(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}))
+    """tests/static_step_worker.py (the graphed step against the eager one), as one process or nproc ranks."""
+    check_ok(run_module(str(REPO / "tests" / "static_step_worker.py"),
+                        [str(data), str(out), optimizer, device, str(lstm_dropout)], device=device, nproc=nproc))
     return json.loads(out.read_text())
 
 

@@ -88,19 +88,20 @@ def run_ranks(module: str, argv: list[str], env: dict[str, str], cwd: Path, time
         children = [context().Process(target=_main, args=(module, argv, {**env, **rank_env(r, nproc, port, env)},
                                                           str(cwd), str(out), str(err)))
                     for r, (out, err) in enumerate(outputs)]
-        failed = None  # the exit status of the first rank to fail, before the others are stopped
-        try:
+        try:  # `failed`: the exit status of the first rank to fail, taken before the others are stopped
             for child in children:
                 child.start()
             deadline = time.monotonic() + timeout
-            while failed is None and any(c.is_alive() for c in children):
+            while True:
+                running = any(c.is_alive() for c in children)  # first: a rank ending after it is seen next time
+                failed = next((c.exitcode for c in children if c.exitcode), None)
+                if failed is not None or not running:
+                    break
                 if time.monotonic() > deadline:
-                    _stop(children)
+                    _stop(children)  # before reading their output, so that it is whole
                     raise subprocess.TimeoutExpired([module, *argv], timeout, output=_joined(outputs, 0),
                                                     stderr=_joined(outputs, 1))
-                failed = next((c.exitcode for c in children if c.exitcode), None)
                 time.sleep(0.05)
-            failed = failed or next((c.exitcode for c in children if c.exitcode), None)
         finally:
             _stop(children)
         return subprocess.CompletedProcess(["torchrun", f"--nproc_per_node={nproc}", "-m", module, *argv],

@@ -25,32 +25,26 @@ class FileInput(NamedTuple):
     warning: Optional[str] = None
 
 
-def read_image_files(paths: list[str], config: TrainConfig, view: Any) -> list[FileInput]:
-    """Each image file made to look like an MNIST digit, with a warning when it holds no digit-like ink."""
+def image_reader(config: TrainConfig, view: Any) -> Callable[[str], list[FileInput]]:
+    """Image files made to look like MNIST digits (with a warning when one holds no digit-like ink):
+    for a model of MNIST only."""
     if config.dataset != "mnist":
         raise UserError(f"trained on images of `dataset` {config.dataset}, and predict reads handwritten digits "
                         "(MNIST); score it with python -m dist_rnn.evaluate")
-    inputs = []
-    for path in paths:
-        try:
-            digit, warning = read_image(path)
-            inputs.append(FileInput(path, digit, warning=warning))
-        except UserError as e:
-            inputs.append(FileInput(path, error=str(e)))
-    return inputs
+
+    def read(path: str) -> list[FileInput]:
+        digit, warning = read_image(path)
+        return [FileInput(path, digit, warning=warning)]
+    return read
 
 
-def read_sequence_files(paths: list[str], config: TrainConfig, view: Any) -> list[FileInput]:
-    """Every sequence of each file, of the model's channels (from the column it was trained on)."""
-    inputs = []
-    for path in paths:
-        try:
-            sequences = read_sequences(path, view.info.channels, config.sequence_column)
-        except UserError as e:
-            inputs.append(FileInput(path, error=str(e)))
-            continue
-        inputs += [FileInput(path if len(sequences) == 1 else f"{path}#{i}", s) for i, s in enumerate(sequences)]
-    return inputs
+def sequence_reader(config: TrainConfig, view: Any) -> Callable[[str], list[FileInput]]:
+    """Every sequence of a file, of the model's channels (FILE#i for the i-th of several), from the
+    column it was trained on."""
+    def read(path: str) -> list[FileInput]:
+        sequences = read_sequences(path, view.info.channels, config.sequence_column)
+        return [FileInput(path if len(sequences) == 1 else f"{path}#{i}", s) for i, s in enumerate(sequences)]
+    return read
 
 
 def read_sequences(path: str, channels: int, column: str = "sequence") -> list[np.ndarray]:
@@ -80,10 +74,18 @@ def read_sequences(path: str, channels: int, column: str = "sequence") -> list[n
 
 
 # How files are read for a model, by the kind of data it was trained on (its view's state "kind").
-READERS: dict[str, Callable[[list[str], TrainConfig, Any], list[FileInput]]] = {
-    "images": read_image_files, "series": read_sequence_files}
+READERS: dict[str, Callable[[TrainConfig, Any], Callable[[str], list[FileInput]]]] = {
+    "images": image_reader, "series": sequence_reader}
 
 
 def read_files(paths: list[str], config: TrainConfig, view: Any) -> list[FileInput]:
-    """The inputs in `paths` for a model trained with `config`, read through its view."""
-    return READERS[view.state()["kind"]](paths, config, view)
+    """The inputs in `paths` for a model trained with `config`, read through its view; a file that
+    cannot be read is kept with its error."""
+    read = READERS[view.state()["kind"]](config, view)
+    inputs = []
+    for path in paths:
+        try:
+            inputs += read(path)
+        except UserError as e:
+            inputs.append(FileInput(path, error=str(e)))
+    return inputs

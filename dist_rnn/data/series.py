@@ -452,6 +452,9 @@ def patched(x: torch.Tensor, lengths: Optional[torch.Tensor], k: int) -> tuple[t
     return x.transpose(2, 3).flatten(2), lengths
 
 
+AUTO_PATCH_FROM = 100  # series length from which --patch auto patches (docs/datasets.md: the benchmark)
+
+
 def patch_size(patch: str, max_length: int) -> int:
     """--patch as a number of steps: K itself, or for 'auto' round(sqrt(T)) on series of at least
     AUTO_PATCH_FROM steps (1 below: short series read well step by step). K must leave 2 patches."""
@@ -460,9 +463,6 @@ def patch_size(patch: str, max_length: int) -> int:
         raise UserError(f"`patch` {k} would read the series (of {max_length} steps at most) in one step: "
                         f"give fewer than {max_length} steps, or 'auto'")
     return k
-
-
-AUTO_PATCH_FROM = 100  # series length from which --patch auto patches (docs/datasets.md: the benchmark)
 
 
 class Standardise(nn.Module):
