@@ -1,7 +1,8 @@
 """`python -m dist_rnn.sweep SPEC.yaml --out-dir SWEEP_DIR`: a grid (or a list) of training options x
 seeds, each a `dist_rnn.train` run of its own under SWEEP_DIR, run here N at a time (--jobs) or as one
 SLURM job array (--slurm); the same command again skips the finished runs and resumes the others;
-`--report SWEEP_DIR` tables them, the configuration chosen on validation marked.
+`--report SWEEP_DIR` tables them, the configuration chosen on validation marked; `--refit N` then
+trains the configuration chosen for a refit on the whole training split, seeds 0 .. N-1.
 
 The spec (YAML or JSON; option names as in config files):
 
@@ -12,7 +13,8 @@ The spec (YAML or JSON; option names as in config files):
 
 Layout of SWEEP_DIR: sweep.json (the runs), configs/NAME.json (each run's options, what its
 `--config` reads), runs/NAME/ (each run's directory), logs/NAME.log (each local run's output),
-slurm/ (the array's script, task lists and logs), report.md and report.csv.
+slurm/ (the array's script, task lists and logs), report.md and report.csv. A refit's runs are
+runs/refit,NAME beside the others.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class SweepConfig:
                                         "--time=2:00:00' (the script asks for one node and 1 h)")
     wait: bool = option(False, "with --slurm: return when the array has ended, with the report (default: print "
                         "the array's job id and return)")
+    refit: int = option(0, "once every run has finished: train the configuration whose final weights have the best "
+                        "mean validation accuracy on the whole training split (no validation split), seeds 0 .. N-1, "
+                        "and report its test accuracy (with --slurm, the same command again once the array has "
+                        "ended submits the refit)", min=0)
     dry_run: bool = option(False, "print the runs (and what would be run or submitted) and write nothing")
     report: Optional[str] = option(None, "tabulate the sweep in this directory instead (mean +- sd over seeds, the "
                                    "configuration with the best mean validation accuracy marked); writes "
@@ -173,17 +179,24 @@ def seeds_of(spec: dict[str, Any], path: str) -> list[int]:
     return seeds
 
 
-def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None) -> list[Run]:
+def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None, refit: int = 0) -> list[Run]:
     """Every run the spec asks for, each checked as `dist_rnn.train` would check it (one line naming
     the run if one cannot work), before anything is written or started; `data_dir` (absolute in
-    each run's options, so a rerun on other data is noticed) overrides the spec's."""
+    each run's options, so a rerun on other data is noticed) overrides the spec's. With `refit`,
+    each configuration's refit is checked too (the choice is made later)."""
     spec = read_spec(path)
     base = options(spec.get("base"), f"spec {path}: base")
     if data_dir:
         base["data_dir"] = str(Path(data_dir).absolute())
     runs, names = [], {}
     folds = folds_of(spec, path)
-    for point, seed, fold in itertools.product(grid_points(spec, path), seeds_of(spec, path), folds):
+    points = grid_points(spec, path)
+    if refit and not (base.get("val_size") or spec.get("folds")):
+        raise UserError(f"spec {path}: --refit trains the configuration chosen on validation: give 'base' a "
+                        "val_size, or 'folds: K'")
+    for point in points if refit else []:
+        refit_runs({**base, **point}, point, refit, sweep_dir, f"spec {path}: ")
+    for point, seed, fold in itertools.product(points, seeds_of(spec, path), folds):
         kfold = {} if fold is None else {"val_folds": len(folds), "val_fold": fold}
         values = {**base, **point, "seed": seed, **kfold}
         name = run_name(point, seed, fold)
@@ -200,6 +213,22 @@ def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None) -> list[Run
         runs.append(Run(name, point, seed, values))
     if not runs:
         raise UserError(f"spec {path}: no runs (an empty grid list, 'runs' or 'seeds')")
+    return runs
+
+
+def refit_runs(configuration: dict[str, Any], point: dict[str, Any], seeds: int, sweep_dir: Path,
+               where: str = "") -> list[Run]:
+    """A configuration (its options, 'base' included) trained on the whole training split (no
+    validation split), seeds 0 .. seeds-1."""
+    runs = []
+    for seed in range(seeds):
+        name = "refit," + run_name(point, seed)
+        values = {**configuration, "seed": seed, "val_size": 0.0}
+        try:
+            from_values({**values, "out_dir": str(sweep_dir / "runs" / name)})
+        except UserError as e:
+            raise UserError(f"{where}run {name} (a refit, without a validation split): {e.args[0]}") from None
+        runs.append(Run(name, point, seed, values))
     return runs
 
 
@@ -240,18 +269,33 @@ def check_same_runs(sweep_dir: Path, runs: list[Run]) -> None:
                             f"{', '.join(changed)}: use another --out-dir, or delete {sweep_dir / 'runs' / run.name}")
 
 
-def write_plan(sweep_dir: Path, spec_path: str, runs: list[Run]) -> None:
+def write_configs(sweep_dir: Path, runs: list[Run]) -> None:
     for run in runs:
         atomic_write_json(config_file(sweep_dir, run), run_options(sweep_dir, run))
-    atomic_write_json(sweep_dir / "sweep.json", {
-        "spec": str(Path(spec_path).absolute()),
-        "runs": [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in runs]})
 
 
-def read_plan(sweep_dir: Path) -> list[Run]:
+def write_plan(sweep_dir: Path, spec_path: str, runs: list[Run], refit: Optional[list[Run]] = None) -> None:
+    """sweep.json: the spec and the runs, and the refit's runs once planned."""
+    listed = {"spec": str(Path(spec_path).absolute()),
+              "runs": [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in runs]}
+    if refit:
+        listed["refit"] = [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in refit]
+    atomic_write_json(sweep_dir / "sweep.json", listed)
+
+
+def listed_refit(sweep_dir: Path) -> list[Run]:
+    try:
+        return read_plan(sweep_dir, "refit")
+    except UserError:  # no sweep.json yet
+        return []
+
+
+def read_plan(sweep_dir: Path, key: str = "runs") -> list[Run]:
+    """The sweep's runs (key "runs") or its refit's ("refit": none before one is planned)."""
     path = sweep_dir / "sweep.json"
     try:
-        runs = json.loads(path.read_text())["runs"]
+        listed = json.loads(path.read_text())
+        runs = listed["runs"] if key == "runs" else listed.get(key, [])
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{sweep_dir}: not a sweep directory (no readable sweep.json: {first_line(e)})") from None
     return [Run(r["name"], r["configuration"], r["seed"], {}) for r in runs]
@@ -475,7 +519,8 @@ def mean_sd(values: list[float]) -> tuple[Optional[float], Optional[float]]:
 def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """A row per configuration (mean and sd over its finished seeds) and a line per run that has no
     results (not averaged over). With a validation split in the runs, the row with the best mean
-    validation accuracy is `chosen` (the first on a tie); the test set plays no part in the choice."""
+    validation accuracy is `chosen`, and the one whose final weights have the best mean validation
+    accuracy is the `refit` choice (each the first on a tie); the test set plays no part in either."""
     runs = read_plan(sweep_dir)
     rows: dict[str, dict[str, Any]] = {}
     missing = []
@@ -504,15 +549,24 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
                "planned_seeds": row["planned"]}
         for key in ("val", "val_final", "test_best", "test_final"):
             out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(row[key])
-        out["chosen"] = False
+        out["chosen"] = out["refit"] = False
         table.append(out)
     # Chosen among the configurations whose every seed has a validation score: one with fewer would be
     # compared on other seeds (and favoured by chance).
-    complete = [row for row in table if row["val_mean"] is not None and len(rows[row["configuration"]]["val"])
-                == row["planned_seeds"]]
-    if complete:
-        max(complete, key=lambda row: row["val_mean"])["chosen"] = True  # max keeps the first of equals
+    for key, mark in (("val", "chosen"), ("val_final", "refit")):
+        complete = [row for row in table if len(rows[row["configuration"]][key]) == row["planned_seeds"]]
+        if complete:
+            max(complete, key=lambda row: row[f"{key}_mean"])[mark] = True  # max keeps the first of equals
     return table, missing
+
+
+def refit_choice(table: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    return next((row for row in table if row["refit"]), None)
+
+
+def tabulate_refit(sweep_dir: Path) -> list[tuple[Run, Optional[dict[str, Any]]]]:
+    """The refit's runs with their results (None: none yet)."""
+    return [(run, read_results(sweep_dir, run)) for run in read_plan(sweep_dir, "refit")]
 
 
 def percent(mean: Optional[float], sd: Optional[float]) -> str:
@@ -521,13 +575,14 @@ def percent(mean: Optional[float], sd: Optional[float]) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
 
 
-def markdown(table: list[dict[str, Any]], missing: list[str]) -> str:
+def markdown(table: list[dict[str, Any]], missing: list[str],
+             refit: Optional[list[tuple[Run, Optional[dict[str, Any]]]]] = None) -> str:
     validated = any(row["val_mean"] is not None for row in table)
     lines = ["| configuration | seeds | validation accuracy % | validation accuracy % (final weights) | "
              "test accuracy % (best checkpoint) | test accuracy % (final weights) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in table:
-        mark = " **(chosen)**" if row["chosen"] else ""
+        mark = " **(chosen)**" * row["chosen"] + " (refit)" * row["refit"]
         seeds = row["seeds"] if row["seeds"] == row["planned_seeds"] else f"{row['seeds']} of {row['planned_seeds']}"
         name = row["configuration"].replace("|", "\\|")
         lines.append(f"| {name}{mark} | {seeds} | {percent(row['val_mean'], row['val_sd'])} | "
@@ -538,12 +593,25 @@ def markdown(table: list[dict[str, Any]], missing: list[str]) -> str:
              "fold: the seeds column counts runs); the chosen configuration has "
              "the best mean validation accuracy (of each run's best checkpoint) among those whose every seed "
              "finished (the test set plays no part in the choice). The final weights' validation accuracy is the "
-             "one to choose by for a refit that keeps the final weights."
+             "one to choose by for a refit that keeps the final weights: `--refit N` trains the configuration "
+             "marked (refit) on the whole training split."
              if validated else "No run has a validation split (`val_size`): nothing is chosen, since choosing on "
              "the test set would report a biased score."]
     if missing:
         notes += ["", f"Not averaged over ({len(missing)} runs):", *[f"- {m}" for m in missing]]
+    if refit:
+        notes += ["", refit_markdown(refit)]
     return "\n".join(lines + notes) + "\n"
+
+
+def refit_markdown(refit: list[tuple[Run, Optional[dict[str, Any]]]]) -> str:
+    """The refit's test accuracy (its final weights: it has no validation split to choose a checkpoint by)."""
+    scores = [r["test_accuracy"] for _, r in refit if r is not None]
+    per_seed = ", ".join(f"seed {run.seed} {100 * r['test_accuracy']:.2f}" if r else f"seed {run.seed} -"
+                         for run, r in refit)
+    done = "" if len(scores) == len(refit) else f" ({len(scores)} of {len(refit)} runs finished)"
+    return (f"**Refit** of {refit[0][0].configuration} on the whole training split{done}: test accuracy % "
+            f"{percent(*mean_sd(scores))} ({per_seed}); the runs: runs/refit,*")
 
 
 def csv_text(table: list[dict[str, Any]]) -> str:
@@ -559,7 +627,11 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
     """Write report.md and report.csv into the sweep directory; returns the Markdown and the runs
     without results."""
     table, missing = tabulate(sweep_dir)
-    text = markdown(table, missing)
+    refit = tabulate_refit(sweep_dir)
+    missing += [f"{run.name}: no results.json (failed, stopped or not run yet)" for run, r in refit if r is None]
+    if refit and (row := refit_choice(table)):
+        row["refit_test_mean"], row["refit_test_sd"] = mean_sd([r["test_accuracy"] for _, r in refit if r])
+    text = markdown(table, missing, refit)
     atomic_write(sweep_dir / "report.md", lambda fh: fh.write(text.encode()))
     atomic_write(sweep_dir / "report.csv", lambda fh: fh.write(csv_text(table).encode()))
     return text, missing
@@ -578,7 +650,7 @@ def sweep(spec: str, c: SweepConfig) -> int:
     if c.slurm and c.jobs != 1:
         raise UserError("`jobs` is for runs here; with `slurm`, `array` limits the tasks at once")
     sweep_dir = Path(c.out_dir)
-    runs = plan(spec, sweep_dir, c.data_dir)
+    runs = plan(spec, sweep_dir, c.data_dir, c.refit)
     check_same_runs(sweep_dir, runs)
     if c.slurm:
         check_slurm(c)
@@ -597,12 +669,54 @@ def sweep(spec: str, c: SweepConfig) -> int:
 
 
 def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -> int:
-    """What sweep() does once it holds the directory (or, for a dry run, without writing anything)."""
+    """What sweep() does once it holds the directory (or, for a dry run, without writing anything):
+    the runs, then (with --refit, once every run has results) the refit, then the report."""
+    if c.dry_run:
+        execute(sweep_dir, runs, c, "runs")
+        if c.refit:
+            print(f"then, once every run has results: the refit of the configuration chosen for it, "
+                  f"seeds 0 .. {c.refit - 1}")
+        return 0
+    write_configs(sweep_dir, runs)
+    write_plan(sweep_dir, spec, runs, listed_refit(sweep_dir))  # (a refit planned before stays listed)
+    code = execute(sweep_dir, runs, c, "runs")
+    if code is None and c.refit:
+        code = refit(spec, c, sweep_dir, runs)
+    if code is not None:
+        return code
+    text, missing = report(sweep_dir)
+    print(text, end="")
+    print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'report.csv'}")
+    return 1 if missing else 0
+
+
+def refit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -> Optional[int]:
+    """Plan the refit of the configuration chosen for it and train it (None: go on to the report)."""
+    table, missing = tabulate(sweep_dir)
+    chosen = refit_choice(table)
+    if missing or chosen is None:
+        print(f"no refit: {len(missing)} runs have no results" if missing else
+              "no refit: the runs have no validation split to choose by")
+        return None
+    run = next(r for r in runs if r.configuration == chosen["configuration"])
+    configuration = {k: v for k, v in run.options.items() if k not in ("seed", "val_folds", "val_fold")}
+    planned = refit_runs(configuration, run.point, c.refit, sweep_dir)
+    check_same_runs(sweep_dir, planned)
+    print(f"refit of {chosen['configuration']} (best mean validation accuracy of the final weights, "
+          f"{percent(chosen['val_final_mean'], chosen['val_final_sd'])} %) on the whole training split:")
+    write_configs(sweep_dir, planned)
+    write_plan(sweep_dir, spec, runs, planned)
+    return execute(sweep_dir, planned, c, "refit runs")
+
+
+def execute(sweep_dir: Path, runs: list[Run], c: SweepConfig, what: str) -> Optional[int]:
+    """Run the unfinished runs here or submit them as an array; an exit status when the command
+    ends here (a dry run, an array not waited for, a stop), None when they have ended."""
     states = {r.name: status(sweep_dir, r) for r in runs}
     todo = [r for r in runs if states[r.name] != "done"]
     configurations, seeds = len({r.configuration for r in runs}), len({r.seed for r in runs})
     folds = len(runs) // max(1, configurations * seeds)
-    print(f"{len(runs)} runs ({configurations} configurations x {seeds} seeds"
+    print(f"{len(runs)} {what} ({configurations} configurations x {seeds} seeds"
           f"{f' x {folds} folds' if folds > 1 else ''}): "
           f"{len(runs) - len(todo)} finished, {sum(s == 'resume' for s in states.values())} to resume, "
           f"{sum(s == 'new' for s in states.values())} to start", flush=True)
@@ -613,16 +727,17 @@ def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -
             print(f"  {states[run.name]:6}  {shlex.join(['python', *train_command(sweep_dir, run, c, None)[1:]])}")
         if submission:
             print("would submit: " + shlex.join(submission))
-        return 0
-    write_plan(sweep_dir, spec, runs)
+        return None
     if not todo:
         print("nothing to run")
     elif submission:
         job = submit(sweep_dir, todo, submission, tasks)
         at_once = f", at most {throttle(c.array)[1:]} at once" if c.array else ""
-        print(f"submitted job array {job}: {len(todo)} runs{at_once}; logs in {sweep_dir / 'slurm'}")
+        print(f"submitted job array {job}: {len(todo)} {what}{at_once}; logs in {sweep_dir / 'slurm'}")
         if not c.wait:
-            print(f"follow it with `squeue -j {job}`; once it has ended: {prog('dist_rnn.sweep')} --report {sweep_dir}")
+            then = "the same command again submits the refit" if c.refit and what == "runs" else \
+                f"{prog('dist_rnn.sweep')} --report {sweep_dir}"
+            print(f"follow it with `squeue -j {job}`; once it has ended: {then}")
             return 0
         try:
             wait_for(job, runs, sweep_dir)
@@ -637,10 +752,7 @@ def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -
             print(f"stopped by {signal.Signals(e.signum).name}: the runs under way saved checkpoints; "
                   f"the same command resumes them")
             return 128 + e.signum
-    text, missing = report(sweep_dir)
-    print(text, end="")
-    print(f"report: {sweep_dir / 'report.md'}, {sweep_dir / 'report.csv'}")
-    return 1 if missing else 0
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

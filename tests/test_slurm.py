@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, real_mnist_dir, write_mnist
-from test_sweep import SPEC, check_report
+from test_sweep import SPEC, check_report, report_rows
 
 
 def cluster_problem():
@@ -125,21 +125,28 @@ def test_multinode_sbatch_on_two_nodes(tmp_path):
 
 def test_sweep_as_a_job_array(tmp_path):
     """test_sweep.py's spec (4 configurations x 2 seeds) as one SLURM job array, at most 2 tasks at
-    once, --wait returning once it has ended with the same report a local sweep gives."""
+    once, --wait returning once it has ended with the same report a local sweep gives, then the
+    refit of the choice as a second array."""
     data = write_mnist(tmp_path / "data")
     (tmp_path / "spec.yaml").write_text(SPEC)
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(os.sys.executable)))}
     proc = subprocess.run([os.sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir",
                            str(sweep_dir), "--data-dir", str(data), "--slurm", "--array", "%2", "--wait",
-                           "--sbatch-args", "--cpus-per-task=1 --time=00:10:00"],
+                           "--refit", "1", "--sbatch-args", "--cpus-per-task=1 --time=00:10:00"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     job = re.search(r"submitted job array (\d+): 8 runs, at most 2 at once", proc.stdout)
     assert job, proc.stdout
     check_report(sweep_dir)
     logs = sorted(p.name for p in (sweep_dir / "slurm").glob("*.out"))
-    assert logs == [f"{job[1]}_{i}.out" for i in range(8)]
+    refit = re.search(r"submitted job array (\d+): 1 refit runs, at most 2 at once", proc.stdout)
+    assert refit and int(refit[1]) > int(job[1]), proc.stdout
+    chosen = next(r for r in report_rows(sweep_dir) if r["refit"] == "True")
+    name = f"refit,lr={chosen['lr']},hidden_size={chosen['hidden_size']},seed=0"
+    results = json.loads((sweep_dir / "runs" / name / "results.json").read_text())
+    assert results.get("val_accuracy") is None and results["test_samples"] == 130
+    assert logs == [f"{job[1]}_{i}.out" for i in range(8)] + [f"{refit[1]}_0.out"]
     assert "SLURM_RESTART_COUNT=0" in (sweep_dir / "slurm" / logs[0]).read_text()
     # Options the cluster cannot meet: one line, nothing written, nothing submitted.
     refused = subprocess.run([os.sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir",

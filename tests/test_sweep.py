@@ -32,7 +32,8 @@ def report_rows(sweep_dir: Path) -> list:
 def check_report(sweep_dir: Path, runs: int = 8) -> None:
     """Every configuration of SPEC once, over both seeds, the one with the best mean validation
     accuracy (recomputed here from each run's results.json) marked, and no other."""
-    results = {p.parent.name: json.loads(p.read_text()) for p in (sweep_dir / "runs").glob("*/results.json")}
+    results = {p.parent.name: json.loads(p.read_text()) for p in (sweep_dir / "runs").glob("*/results.json")
+               if not p.parent.name.startswith("refit,")}
     assert len(results) == runs
     rows = report_rows(sweep_dir)
     assert [(r["lr"], r["hidden_size"], r["seeds"]) for r in rows] == [
@@ -48,7 +49,8 @@ def check_report(sweep_dir: Path, runs: int = 8) -> None:
         means[row["configuration"]] = sum(vals) / 2
     chosen = [r["configuration"] for r in rows if r["chosen"] == "True"]
     assert chosen == [max(means, key=means.get)]
-    assert f"| {chosen[0]} **(chosen)** | 2 |" in (sweep_dir / "report.md").read_text()
+    text = (sweep_dir / "report.md").read_text()
+    assert f"| {chosen[0]} **(chosen)** | 2 |" in text or f"| {chosen[0]} **(chosen)** (refit) | 2 |" in text
 
 
 def test_local_sweep_runs_reports_skips_and_lists_missing_runs(tmp_path):
@@ -129,21 +131,38 @@ def test_a_failed_run_is_listed_and_the_sweep_fails(tmp_path, capsys):
     assert f"(log: {log})" in out and "Not averaged over (1 runs):" in out
 
 
-def test_k_fold_sweep_runs_every_fold_and_reports_each_configuration_over_them(tmp_path, capsys):
+def test_k_fold_sweep_runs_every_fold_reports_over_them_and_refits_the_choice(tmp_path, capsys):
     """'folds: 3': each configuration x seed runs folds 0, 1 and 2 (--val-folds 3 --val-fold F), and
-    the report averages each configuration over its seeds and folds."""
+    the report averages each configuration over its seeds and folds; `--refit 2` then trains the
+    configuration whose final weights validate best on the whole training split, seeds 0 and 1."""
     data = write_mnist(tmp_path / "data", n_train=300, n_test=50)
-    (tmp_path / "spec.yaml").write_text("base: {max_steps: 2, hidden_size: 8, num_layers: 1, batch_size: 50, "
-                                        "device: cpu}\ngrid: {lr: [0.003, 0.03]}\nseeds: 1\nfolds: 3\n")
-    code = sweep_cli.main([str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "s"), "--data-dir", str(data),
-                           "--jobs", "2"])
+    (tmp_path / "spec.yaml").write_text("base: {max_steps: 4, hidden_size: 8, num_layers: 1, batch_size: 50, "
+                                        "device: cpu}\ngrid: {lr: [0.003, 0.1]}\nseeds: 1\nfolds: 3\n")
+    args = [str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "s"), "--data-dir", str(data), "--jobs", "2"]
+    code = sweep_cli.main([*args, "--refit", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "6 runs (2 configurations x 1 seeds x 3 folds)" in out, out
     configs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "s" / "configs").glob("*.json")}
-    assert sorted(configs) == [f"lr={lr},seed=0,fold={f}" for lr in ("0.003", "0.03") for f in range(3)]
-    assert all((c["val_folds"], c["val_fold"]) == (3, int(name[-1])) for name, c in configs.items())
+    folds = {name: c for name, c in configs.items() if not name.startswith("refit,")}
+    assert sorted(folds) == [f"lr={lr},seed=0,fold={f}" for lr in ("0.003", "0.1") for f in range(3)]
+    assert all((c["val_folds"], c["val_fold"]) == (3, int(name[-1])) for name, c in folds.items())
     rows = report_rows(tmp_path / "s")
-    assert [(r["lr"], r["seeds"], r["planned_seeds"]) for r in rows] == [("0.003", "3", "3"), ("0.03", "3", "3")]
+    assert [(r["lr"], r["seeds"], r["planned_seeds"]) for r in rows] == [("0.003", "3", "3"), ("0.1", "3", "3")]
+
+    # The refit: the row with the best mean final-weights validation accuracy (the first on a tie).
+    best = max(rows, key=lambda r: float(r["val_final_mean"]))
+    assert [r["refit"] for r in rows] == [str(r is best) for r in rows]
+    refit = {name: c for name, c in configs.items() if name.startswith("refit,")}
+    assert sorted(refit) == [f"refit,lr={best['lr']},seed={s}" for s in (0, 1)]
+    assert all((c.get("val_folds", 0), c["val_size"], c["seed"]) == (0, 0, int(n[-1])) for n, c in refit.items())
+    tests = [json.loads((tmp_path / "s" / "runs" / n / "results.json").read_text())["test_accuracy"]
+             for n in sorted(refit)]
+    assert abs(float(best["refit_test_mean"]) - sum(tests) / 2) < 1e-12
+    assert "2 refit runs (1 configurations x 2 seeds): 0 finished" in out
+    assert f"**Refit** of lr={best['lr']} on the whole training split: test accuracy %" in out
+    assert f"seed 1 {100 * tests[1]:.2f}" in (tmp_path / "s" / "report.md").read_text()
+    assert sweep_cli.main([*args, "--refit", "2"]) == 0  # again: nothing trained twice
+    assert capsys.readouterr().out.count("nothing to run") == 2
     (tmp_path / "bad.yaml").write_text("base: {val_fold: 1}\n")
     assert sweep_cli.main([str(tmp_path / "bad.yaml"), "--out-dir", str(tmp_path / "b")]) == 2
     assert "base: 'val_fold' is set by the sweep ('folds: K' runs every fold)" in capsys.readouterr().err
