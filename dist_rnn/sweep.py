@@ -191,10 +191,10 @@ def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None, refit: int 
     runs, names = [], {}
     folds = folds_of(spec, path)
     points = grid_points(spec, path)
-    if refit and not (base.get("val_size") or spec.get("folds")):
-        raise UserError(f"spec {path}: --refit trains the configuration chosen on validation: give 'base' a "
-                        "val_size, or 'folds: K'")
     for point in points if refit else []:
+        if not ({**base, **point}.get("val_size") or spec.get("folds")):
+            raise UserError(f"spec {path}: --refit trains the configuration chosen on validation: give "
+                            f"{label(point)} a val_size, or the spec 'folds: K'")
         refit_runs({**base, **point}, point, refit, sweep_dir, f"spec {path}: ")
     for point, seed, fold in itertools.product(points, seeds_of(spec, path), folds):
         kfold = {} if fold is None else {"val_folds": len(folds), "val_fold": fold}
@@ -276,10 +276,12 @@ def write_configs(sweep_dir: Path, runs: list[Run]) -> None:
 
 def write_plan(sweep_dir: Path, spec_path: str, runs: list[Run], refit: Optional[list[Run]] = None) -> None:
     """sweep.json: the spec and the runs, and the refit's runs once planned."""
-    listed = {"spec": str(Path(spec_path).absolute()),
-              "runs": [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in runs]}
+    def listing(runs: list[Run]) -> list[dict[str, Any]]:
+        return [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in runs]
+
+    listed = {"spec": str(Path(spec_path).absolute()), "runs": listing(runs)}
     if refit:
-        listed["refit"] = [{"name": r.name, "configuration": r.point, "seed": r.seed} for r in refit]
+        listed["refit"] = listing(refit)
     atomic_write_json(sweep_dir / "sweep.json", listed)
 
 
@@ -575,8 +577,7 @@ def percent(mean: Optional[float], sd: Optional[float]) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
 
 
-def markdown(table: list[dict[str, Any]], missing: list[str],
-             refit: Optional[list[tuple[Run, Optional[dict[str, Any]]]]] = None) -> str:
+def markdown(table: list[dict[str, Any]], missing: list[str], refit: str = "") -> str:
     validated = any(row["val_mean"] is not None for row in table)
     lines = ["| configuration | seeds | validation accuracy % | validation accuracy % (final weights) | "
              "test accuracy % (best checkpoint) | test accuracy % (final weights) |",
@@ -600,12 +601,15 @@ def markdown(table: list[dict[str, Any]], missing: list[str],
     if missing:
         notes += ["", f"Not averaged over ({len(missing)} runs):", *[f"- {m}" for m in missing]]
     if refit:
-        notes += ["", refit_markdown(refit)]
+        notes += ["", refit]
     return "\n".join(lines + notes) + "\n"
 
 
-def refit_markdown(refit: list[tuple[Run, Optional[dict[str, Any]]]]) -> str:
+def refit_markdown(refit: list[tuple[Run, Optional[dict[str, Any]]]], choice: Optional[dict[str, Any]]) -> str:
     """The refit's test accuracy (its final weights: it has no validation split to choose a checkpoint by)."""
+    if choice is None or refit[0][0].configuration != choice["configuration"]:  # made before the runs changed
+        return (f"**Refit**: the one in runs/refit,* is of {refit[0][0].configuration}, not of the configuration "
+                "marked (refit) now: `--refit N` trains that one.")
     scores = [r["test_accuracy"] for _, r in refit if r is not None]
     per_seed = ", ".join(f"seed {run.seed} {100 * r['test_accuracy']:.2f}" if r else f"seed {run.seed} -"
                          for run, r in refit)
@@ -628,10 +632,11 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
     without results."""
     table, missing = tabulate(sweep_dir)
     refit = tabulate_refit(sweep_dir)
-    missing += [f"{run.name}: no results.json (failed, stopped or not run yet)" for run, r in refit if r is None]
-    if refit and (row := refit_choice(table)):
-        row["refit_test_mean"], row["refit_test_sd"] = mean_sd([r["test_accuracy"] for _, r in refit if r])
-    text = markdown(table, missing, refit)
+    choice = refit_choice(table)
+    if refit and choice and refit[0][0].configuration == choice["configuration"]:
+        missing += [f"{run.name}: no results.json (failed, stopped or not run yet)" for run, r in refit if r is None]
+        choice["refit_test_mean"], choice["refit_test_sd"] = mean_sd([r["test_accuracy"] for _, r in refit if r])
+    text = markdown(table, missing, refit_markdown(refit, choice) if refit else "")
     atomic_write(sweep_dir / "report.md", lambda fh: fh.write(text.encode()))
     atomic_write(sweep_dir / "report.csv", lambda fh: fh.write(csv_text(table).encode()))
     return text, missing
@@ -679,9 +684,9 @@ def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -
         return 0
     write_configs(sweep_dir, runs)
     write_plan(sweep_dir, spec, runs, listed_refit(sweep_dir))  # (a refit planned before stays listed)
-    code = execute(sweep_dir, runs, c, "runs")
+    code = execute(sweep_dir, runs, c, "runs", then="the same command again submits the refit" if c.refit else None)
     if code is None and c.refit:
-        code = refit(spec, c, sweep_dir, runs)
+        code = plan_and_run_refit(spec, c, sweep_dir, runs)
     if code is not None:
         return code
     text, missing = report(sweep_dir)
@@ -690,7 +695,7 @@ def run_or_submit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -
     return 1 if missing else 0
 
 
-def refit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -> Optional[int]:
+def plan_and_run_refit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -> Optional[int]:
     """Plan the refit of the configuration chosen for it and train it (None: go on to the report)."""
     table, missing = tabulate(sweep_dir)
     chosen = refit_choice(table)
@@ -706,12 +711,13 @@ def refit(spec: str, c: SweepConfig, sweep_dir: Path, runs: list[Run]) -> Option
           f"{percent(chosen['val_final_mean'], chosen['val_final_sd'])} %) on the whole training split:")
     write_configs(sweep_dir, planned)
     write_plan(sweep_dir, spec, runs, planned)
-    return execute(sweep_dir, planned, c, "refit runs")
+    return execute(sweep_dir, planned, c, "refit runs", then="the same command again reports the refit")
 
 
-def execute(sweep_dir: Path, runs: list[Run], c: SweepConfig, what: str) -> Optional[int]:
-    """Run the unfinished runs here or submit them as an array; an exit status when the command
-    ends here (a dry run, an array not waited for, a stop), None when they have ended."""
+def execute(sweep_dir: Path, runs: list[Run], c: SweepConfig, what: str, then: Optional[str] = None) -> Optional[int]:
+    """Run the unfinished runs here or submit them as an array (a dry run: print them); an exit status
+    when the command ends here (an array not waited for, a stop), else None. `then`: what to do once
+    an array not waited for has ended (default: --report)."""
     states = {r.name: status(sweep_dir, r) for r in runs}
     todo = [r for r in runs if states[r.name] != "done"]
     configurations, seeds = len({r.configuration for r in runs}), len({r.seed for r in runs})
@@ -735,15 +741,14 @@ def execute(sweep_dir: Path, runs: list[Run], c: SweepConfig, what: str) -> Opti
         at_once = f", at most {throttle(c.array)[1:]} at once" if c.array else ""
         print(f"submitted job array {job}: {len(todo)} {what}{at_once}; logs in {sweep_dir / 'slurm'}")
         if not c.wait:
-            then = "the same command again submits the refit" if c.refit and what == "runs" else \
-                f"{prog('dist_rnn.sweep')} --report {sweep_dir}"
-            print(f"follow it with `squeue -j {job}`; once it has ended: {then}")
+            print(f"follow it with `squeue -j {job}`; once it has ended: "
+                  f"{then or prog('dist_rnn.sweep') + ' --report ' + str(sweep_dir)}")
             return 0
         try:
             wait_for(job, runs, sweep_dir)
         except KeyboardInterrupt:
             print(f"no longer waiting: array {job} goes on (squeue -j {job}; once it has ended: "
-                  f"{prog('dist_rnn.sweep')} --report {sweep_dir})")
+                  f"{then or prog('dist_rnn.sweep') + ' --report ' + str(sweep_dir)})")
             return 130
     else:
         try:

@@ -203,7 +203,7 @@ CASES = [
     ("sweep-option-twice", "sweep", lambda w, t: sweep_args(t, "grid: {hidden-size: [8], hidden_size: [16]}"),
      "'hidden_size' names the option hidden_size a second time"),
     ("sweep-refit-without-validation", "sweep", lambda w, t: [*sweep_args(t, "seeds: 1"), "--refit", "2"],
-     "--refit trains the configuration chosen on validation: give 'base' a val_size, or 'folds: K'"),
+     "--refit trains the configuration chosen on validation: give base a val_size, or the spec 'folds: K'"),
     ("sweep-refit-that-cannot-work", "sweep",
      lambda w, t: [*sweep_args(t, "base: {val_size: 0.1}\ngrid: {early_stop: [null, 2]}"), "--refit", "1"],
      "run refit,early_stop=2,seed=0 (a refit, without a validation split): --early-stop needs"),

@@ -175,3 +175,32 @@ def test_slurm_without_sbatch_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--slurm: sbatch is not on PATH" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_refit_choice_is_the_best_final_weights_and_a_stale_refit_is_not_reported_as_it(tmp_path):
+    """Written results, no training: A has the better best checkpoints (chosen), B the better final
+    weights (refit); a refit listed for A (made before the runs changed) is named, not scored as B's."""
+    results = {("A", 0): (0.9, 0.5), ("A", 1): (0.9, 0.6), ("B", 0): (0.8, 0.7), ("B", 1): (0.7, 0.7)}
+    runs = []
+    for (config, seed), (best, final) in results.items():
+        name = f"c={config},seed={seed}"
+        runs.append({"name": name, "configuration": {"c": config}, "seed": seed})
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "results.json").write_text(json.dumps(
+            {"test_accuracy": 0.5, "val_accuracy": final, "best_val_accuracy": best, "best_test_accuracy": 0.5}))
+    for config, test in (("A", 0.2), ("B", 0.4)):
+        (tmp_path / "runs" / f"refit,c={config},seed=0").mkdir()
+        (tmp_path / "runs" / f"refit,c={config},seed=0" / "results.json").write_text(json.dumps({"test_accuracy": test}))
+
+    def report_with_refit_of(config: str) -> str:
+        refit = [{"name": f"refit,c={config},seed=0", "configuration": {"c": config}, "seed": 0}]
+        (tmp_path / "sweep.json").write_text(json.dumps({"spec": "s.yaml", "runs": runs, "refit": refit}))
+        return sweep_cli.report(tmp_path)[0]
+
+    text = report_with_refit_of("A")
+    assert "| c=A **(chosen)** | 2 |" in text and "| c=B (refit) | 2 |" in text
+    assert "the one in runs/refit,* is of c=A, not of the configuration marked (refit) now" in text
+    assert [r.get("refit_test_mean", "") for r in report_rows(tmp_path)] == ["", ""]
+    text = report_with_refit_of("B")
+    assert "**Refit** of c=B on the whole training split: test accuracy % 40.00 (seed 0 40.00)" in text
+    assert [r["refit_test_mean"] for r in report_rows(tmp_path)] == ["", "0.4"]
