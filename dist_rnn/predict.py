@@ -36,8 +36,8 @@ class PredictConfig:
     """Options of `python -m dist_rnn.predict` (the files are positional)."""
 
     checkpoint: Optional[str] = option(None, "checkpoint file (required), e.g. runs/x/checkpoints/step-1200.pt")
-    json: bool = option(False, "print a JSON list (file, digit or class, its probability, every class's) instead of "
-                        "lines")
+    json: bool = option(False, "print a JSON list (file, digit or class, its probability, and every class's as "
+                        "a class -> probability mapping) instead of lines")
     device: Literal["auto", "cpu", "cuda"] = option("cpu", "where to run the model")
 
 
@@ -59,9 +59,11 @@ def predict(c: PredictConfig, files: list[str]) -> list[dict[str, Any]]:
         return records
     with torch.no_grad():  # sequences packed each at its own length
         probabilities = torch.softmax(model(view.read([inputs[n].data for n in read], device)).float(), dim=1).cpu()
+    names = [str(next(iter(view.answer(j).values()))) for j in range(probabilities.shape[1])]  # a digit, a class
     for n, p in zip(read, probabilities):
         records[n].update(view.answer(int(p.argmax())), probability=round(float(p.max()), 6),
-                          probabilities=[round(float(v), 6) for v in p], warning=inputs[n].warning)
+                          probabilities={name: round(float(v), 6) for name, v in zip(names, p)},
+                          warning=inputs[n].warning)
     return records
 
 

@@ -164,7 +164,7 @@ def test_train_evaluate_predict_plot(installed, mnist):
     scored = json.loads((installed.work / "eval.json").read_text())
     assert scored["test_samples"] == 100 and scored["test_accuracy"] == results["test_accuracy"]
     [record] = json.loads(predict.stdout)
-    assert record["file"] == str(digit) and 0 <= record["digit"] <= 9 and abs(sum(record["probabilities"]) - 1) < 1e-4
+    assert record["file"] == str(digit) and 0 <= record["digit"] <= 9 and abs(sum(record["probabilities"].values()) - 1) < 1e-4
     assert (installed.work / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -67,7 +67,8 @@ def test_predict_real_digits(seed_lstm_run, tmp_path):
     check_ok(proc)
     records = json.loads(proc.stdout)
     assert [r["file"] for r in records] == list(map(str, files))
-    assert all(abs(sum(r["probabilities"]) - 1) < 1e-4 and r["probability"] == max(r["probabilities"])
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4
+               and r["probability"] == max(r["probabilities"].values())
                for r in records)
     digits = np.array([r["digit"] for r in records])
     plain, photo = digits[0::2], digits[1::2]

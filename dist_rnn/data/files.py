@@ -62,7 +62,7 @@ def read_sequences(path: str, channels: int, column: str = "sequence") -> list[n
             if sequences is None:
                 raise UserError(f"{path}: a {array.ndim}-d array: expected (time, channels) or (cases, time, channels)")
         elif suffix == ".csv":
-            sequences = [np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)]
+            sequences = [read_csv(path)]
         else:
             raise UserError(f"{path}: not a sequence file (.ts, .npy, .csv, .parquet or a saved dataset split)")
     except (OSError, ValueError) as e:
@@ -71,6 +71,24 @@ def read_sequences(path: str, channels: int, column: str = "sequence") -> list[n
         if s.ndim != 2 or s.shape[1] != channels or len(s) == 0:
             raise UserError(f"{path}: a sequence of shape {tuple(s.shape)}: the model reads (time >= 1, {channels})")
     return [np.asarray(s, dtype=np.float32) for s in sequences]
+
+
+def read_csv(path: str) -> np.ndarray:
+    """One sequence, a row per step: a header row of names is skipped, and so is pandas' index column
+    (`DataFrame.to_csv` writes one, its header empty)."""
+    with open(path) as fh:
+        header = [field.strip() for field in fh.readline().split(",")]
+    named = not all(is_number(field) for field in header)
+    array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32, skiprows=int(named))
+    return array[:, 1:] if named and header[0] == "" else array
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 # How files are read for a model, by the kind of data it was trained on (its view's state "kind").
