@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
-import difflib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from dist_rnn.config import (
     HELP_GROUPS,
     PRESETS,
     TrainConfig,
+    closest,
     field_type,
     from_values,
     precision_from_accelerate,
@@ -84,9 +84,9 @@ class ArgumentParser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             flags = [s for action in self._actions for s in action.option_strings]
             for word in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(word.split("=")[0], flags, n=1, cutoff=0.75)
+                close = closest(word.split("=")[0], flags)
                 if word.startswith("--") and close:
-                    message += f" (did you mean {close[0]}?)"
+                    message += f" (did you mean {close}?)"
                     break
         raise UserError(f"{message} (see --help)")
 

@@ -290,10 +290,27 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
     return values
 
 
+# What other libraries (Keras, Lightning, scikit-learn, tsai) call some of our options.
+ALIASES = {"learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
+           "hidden_dim": "hidden_size", "hidden_units": "hidden_size", "n_layers": "num_layers",
+           "rnn_type": "cell", "cell_type": "cell", "bs": "batch_size", "gradient_clip_val": "grad_clip",
+           "clip_grad_norm": "grad_clip", "validation_split": "val_size", "val_split": "val_size",
+           "random_state": "seed", "patience": "early_stop"}
+
+
+def closest(name: str, names: Any) -> Optional[str]:
+    """The one of `names` (options or flags) that `name` most likely meant: its alias, or one spelt
+    alike; None if none is close."""
+    names = list(names)
+    alias = ALIASES.get(name.lstrip("-").replace("-", "_"))
+    meant = [n for n in names if alias and n.lstrip("-").replace("-", "_") == alias]
+    return (meant or difflib.get_close_matches(name, names, n=1, cutoff=0.75) or [None])[0]
+
+
 def did_you_mean(name: str, names: Any) -> str:
     """" (did you mean 'hidden_size'?)" when one of `names` is close to `name`, else ""."""
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(name, names)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def checked(cls: type, f: dataclasses.Field, value: Any, where: str) -> Any:

@@ -476,13 +476,15 @@ class Trainer:
                       f"{f' in {c.grad_accum} micro-batches' if c.grad_accum > 1 else ''}), "
                       f"{batches.steps_per_epoch} steps/epoch, "
                       f"{self.total_steps} steps, {batches.n} train / "
-                      f"{'' if self.val_set is None else f'{len(self.val_set)} validation / '}"
+                      f"{'' if self.val_set is None else f'{len(self.val_set)} validation{self._fold()} / '}"
                       f"{'no' if self.test_set is None else len(self.test_set)} test samples "
                       f"({self.view.describe(c.dataset)}), "
                       f"{c.cell.upper()} of {self.parameter_count:,} parameters -> {self.out_dir}")
         checkpoint_bytes = self.parameter_count * 4 * (1 + optimizer_states(c))  # weights + optimizer state
         if checkpoint_bytes > 1e9:  # a model this size costs minutes a step on a CPU: say so before the first one
             self.log.info(f"warning: a large model: each checkpoint will be about {checkpoint_bytes / 1e9:.1f} GB")
+        if warning := self.view.warning():
+            self.log.info(f"warning: {warning}")
         if self.resumed_from_step is not None:
             self.log.info(self.resumed_note)
         # Who (re)started the run, and how: a resume, or a change of world size, is visible in the log.
@@ -496,6 +498,10 @@ class Trainer:
             self.log.info("training step captured in CUDA graphs (experimental)")
         self.log.start_progress(self.total_steps, done=self.state.step)
         self._started = time.perf_counter()
+
+    def _fold(self) -> str:
+        """` (fold 2 of 0-4)` with --val-folds: which run of a k-fold validation this is."""
+        return f" (fold {self.c.val_fold} of 0-{self.c.val_folds - 1})" if self.c.val_folds else ""
 
     def _elapsed(self) -> float:
         """Seconds since this attempt's loop began (evaluations and saves included: the wall clock)."""
@@ -617,12 +623,14 @@ class Trainer:
             stopped = ", stopped early" if r["early_stopped"] else ""
             lines[0] += " (final weights)"
             if r["best_step"] is None:
-                lines.append("no validation score yet (nothing was trained): no best weights")
+                lines.append("no best weights: nothing was trained" if r["steps"] == 0 else
+                             f"no best weights: complete epochs choose them, and --max-steps {self.c.max_steps} "
+                             "ended the run inside its first (the final weights' validation score is above)")
             else:
                 test = (f"test accuracy {r['best_test_accuracy']:.4f} ({r['best_checkpoint']})"
                         if r["best_test_accuracy"] is not None else r["best_checkpoint"] or "not reported")
-                lines.append(f"best validation accuracy {r['best_val_accuracy']:.4f} at step {r['best_step']}"
-                             f"{stopped}: {test}")
+                lines.append(f"best validation accuracy{self._fold()} {r['best_val_accuracy']:.4f} at step "
+                             f"{r['best_step']}{stopped}: {test}")
         lines.append(f"{this}, {r['invocation_train_seconds']:.1f} s of training ({rate}), world size "
                      f"{r['world_size']} on {r['device']}, {format_seconds(self._elapsed())} wall time")
         if r["resumed_from_step"] is not None:

@@ -108,6 +108,7 @@ CASES = [
     ("dist-timeout-zero", "train", lambda w, t: ["--dist-timeout", "0"], "--dist-timeout must be > 0"),
     ("overwrite-without-resume-none", "train", lambda w, t: ["--overwrite"], "--overwrite goes with --resume none"),
     ("misspelt-flag", "train", lambda w, t: ["--hiden-size", "3"], "unrecognized arguments: --hiden-size"),
+    ("another-librarys-flag", "train", lambda w, t: ["--learning-rate", "0.1"], "(did you mean --lr?)"),
     ("keep-last-zero", "train", lambda w, t: ["--keep-last", "0"], "--keep-last must be >= 1"),
     ("model-too-big-for-memory", "train", lambda w, t: ["--data-dir", str(w / "data"), "--hidden-size", "100000",
                                                         "--out-dir", str(t / "o" / "deeper")],
@@ -183,6 +184,8 @@ CASES = [
     # dist_rnn.sweep: the spec is checked whole before anything is written or started
     ("sweep-unknown-option", "sweep", lambda w, t: sweep_args(t, "base: {hiden_size: 8}"),
      "base: unknown option 'hiden_size' (did you mean 'hidden_size'?)"),
+    ("sweep-another-librarys-option", "sweep", lambda w, t: sweep_args(t, "grid: {learning_rate: [0.1]}"),
+     "grid: unknown option 'learning_rate' (did you mean 'lr'?)"),
     ("sweep-wrong-type", "sweep", lambda w, t: sweep_args(t, "grid: {lr: [0.1, fast]}"),
      "option 'lr' must be float, got str 'fast'"),
     ("sweep-no-runs", "sweep", lambda w, t: sweep_args(t, "grid: {lr: []}"), "no runs"),

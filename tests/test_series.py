@@ -191,10 +191,12 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     one = read_ts(test_file).sequences[4]
     np.save(tmp_path / "one.npy", one)
     np.savetxt(tmp_path / "one.csv", one, delimiter=",")
+    rows = "".join(f"{i},{','.join(map(str, step))}\n" for i, step in enumerate(one))
+    (tmp_path / "pandas.csv").write_text(",ax,ay\n" + rows)  # DataFrame.to_csv: a header, an index column
     np.save(tmp_path / "three-channels.npy", np.ones((5, 3), dtype=np.float32))
     proc = run_module("dist_rnn.predict", ["--checkpoint", results["checkpoint"], "--json", str(test_file),
                                            str(tmp_path / "one.npy"), str(tmp_path / "one.csv"),
-                                           str(tmp_path / "three-channels.npy")])
+                                           str(tmp_path / "three-channels.npy"), str(tmp_path / "pandas.csv")])
     assert proc.returncode == 2 and "skipped " in proc.stderr and "three-channels.npy: a sequence of shape (5, 3)" \
         in proc.stderr, proc.stderr
     records = json.loads(proc.stdout)
@@ -202,8 +204,11 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     assert [r["file"] for r in cases[:2]] == [f"{test_file}#0", f"{test_file}#1"]
     labels = read_ts(test_file).labels
     accuracy = np.mean([r["class_index"] == label for r, label in zip(cases, labels)])
+    assert all(max(r["probabilities"], key=r["probabilities"].get) == r["class"] for r in cases)  # class -> p
+    assert list(cases[0]["probabilities"]) == read_ts(test_file).classes
     assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-9)
-    assert [r["class"] for r in singles] == [cases[4]["class"]] * 2
+    assert [r["class"] for r in singles + records[94:]] == [cases[4]["class"]] * 3
+    assert records[94]["probability"] == pytest.approx(cases[4]["probability"], abs=1e-5)  # pandas.csv
     assert singles[0]["probability"] == pytest.approx(cases[4]["probability"], abs=1e-5)
 
 
@@ -493,3 +498,25 @@ def test_bad_arrow_data_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and words in err, (name, err)
         assert not (tmp_path / "o").exists()
+
+
+def test_splits_of_other_channel_counts_name_both_files_and_a_transposed_layout_is_warned_of(tmp_path, capsys):
+    train_file = write_ts(tmp_path / "data", n_train=30, n_test=10)
+    test_file = train_file.with_name("Synthetic_TEST.ts")
+    seqs, labels = synthetic_series(10, 2, classes=("low", "mid", "high"))
+    test_file.write_text(ts_text([s[:, :1] for s in seqs], labels, ("low", "mid", "high")))
+    with pytest.raises(UserError) as e:
+        load_series(str(train_file), None)
+    assert e.value.args[0].endswith(f"sequences differ in their numbers of channels: {train_file} has 2 channels; "
+                                    f"{test_file} has 1 channels")
+    # (cases, channels, time) data, as aeon keeps it: 40 channels of 3 steps trains, with a warning.
+    layout = [np.random.default_rng(i).normal(size=(3, 40)).astype(np.float32) for i in range(20)]
+    for name in ("TRAIN", "TEST"):
+        (tmp_path / "aeon" / "Aeon").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "aeon" / "Aeon" / f"Aeon_{name}.ts").write_text(ts_text(layout, ["a", "b"] * 10, ("a", "b"), "Aeon"))
+    assert train_cli.main(["--dataset", "Aeon", "--data-dir", str(tmp_path / "aeon"), "--max-steps", "1",
+                           "--hidden-size", "4", "--batch-size", "10", "--device", "cpu",
+                           "--out-dir", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: every sequence has more channels (40) than steps (at most 3)" in out
+    assert "needs X.transpose(0, 2, 1)" in out

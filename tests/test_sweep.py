@@ -146,6 +146,8 @@ def test_k_fold_sweep_runs_every_fold_reports_over_them_and_refits_the_choice(tm
     folds = {name: c for name, c in configs.items() if not name.startswith("refit,")}
     assert sorted(folds) == [f"lr={lr},seed=0,fold={f}" for lr in ("0.003", "0.1") for f in range(3)]
     assert all((c["val_folds"], c["val_fold"]) == (3, int(name[-1])) for name, c in folds.items())
+    log = (tmp_path / "s" / "logs" / "lr=0.1,seed=0,fold=2.log").read_text()
+    assert " validation (fold 2 of 0-2) / " in log and "best validation accuracy (fold 2 of 0-2) " in log, log
     rows = report_rows(tmp_path / "s")
     assert [(r["lr"], r["seeds"], r["planned_seeds"]) for r in rows] == [("0.003", "3", "3"), ("0.1", "3", "3")]
 

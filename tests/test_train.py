@@ -156,6 +156,12 @@ def test_validation_split_without_training_and_new_run_directories(mnist_dir, tm
     check_ok(proc)
     results = read_results(out)
     assert results["best_step"] is None and results["best_test_accuracy"] is None and results["val_samples"] == 60
-    assert "no validation score yet (nothing was trained): no best weights" in proc.stdout
+    assert "no best weights: nothing was trained" in proc.stdout
+    cut = run_train(["--data-dir", str(mnist_dir), "--out-dir", str(tmp_path / "cut"), "--max-steps", "1",
+                     "--val-size", "0.1"])  # scored at step 1, inside the first epoch: not a choice of weights
+    check_ok(cut)
+    assert "Epoch [1/2] validation accuracy" in cut.stdout and read_results(tmp_path / "cut")["best_step"] is None
+    assert "no best weights: complete epochs choose them, and --max-steps 1 ended the run inside its first" \
+        in cut.stdout
     base = str(tmp_path / "runs" / "x-20261202-120000")
     assert [claim_new_dir(base) for _ in range(3)] == [base, f"{base}-2", f"{base}-3"]

@@ -303,8 +303,8 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
     if train.kind != test.kind:
         raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {train.kind}; test: {test.kind})")
     if train.channels != test.channels:
-        raise UserError(f"{dataset}: the training and test sequences have different numbers of channels "
-                        f"({sorted({train.channels, test.channels})})")
+        raise UserError(f"{dataset}: sequences differ in their numbers of channels: {train_source} has "
+                        f"{train.channels} channels; {test_source} has {test.channels} channels")
     classes = sorted(set(train.labels.tolist()))
     index = {label: i for i, label in enumerate(classes)}
     unknown = sorted({str(v) for v in set(test.labels.tolist()) if v not in index})

@@ -258,17 +258,20 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
     if test.classes != train.classes:  # the same classes listed in another order: the training file's order
         order = np.array([train.classes.index(name) for name in test.classes])
         test = TsFile(test.sequences, order[test.labels], train.classes, test.problem)
-    return padded_splits(train.problem if not dataset.endswith(".ts") else dataset, train, test)
+    return padded_splits(train.problem if not dataset.endswith(".ts") else dataset, train, test,
+                         (str(train_path), str(test_path)))
 
 
-def padded_splits(dataset: str, train: TsFile, test: TsFile) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                      torch.Tensor, SeriesInfo]:
+def padded_splits(dataset: str, train: TsFile, test: TsFile, names: tuple[str, str] = ("training", "test")
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SeriesInfo]:
     """Two splits of one problem (the same classes), padded to the longest sequence of either, and
-    what a model of them must know; one line if their channel counts differ."""
-    channels = {s.shape[1] for s in train.sequences + test.sequences}
+    what a model of them must know; one line naming each split (`names`) if their channel counts differ."""
+    counts = [sorted({s.shape[1] for s in split.sequences}) for split in (train, test)]
+    channels = set(counts[0] + counts[1])
     if len(channels) > 1:
-        raise UserError(f"{dataset}: the training and test sequences have different numbers of channels "
-                        f"({sorted(channels)})")
+        said = [f"{name} {'has' if len(c) == 1 else 'mixes'} {' and '.join(map(str, c))} channels"
+                for name, c in zip(names, counts)]
+        raise UserError(f"{dataset}: sequences differ in their numbers of channels: {'; '.join(said)}")
     lengths = [len(s) for s in train.sequences + test.sequences]
     info = SeriesInfo(dataset, train.classes, channels.pop(), len(set(lengths)) > 1, max(lengths))
     return (*padded(train, info), *padded(test, info), info)
@@ -399,6 +402,15 @@ class SeriesView:
                 f"{'lengths up to' if s.variable_length else 'length'} {s.max_length}"
                 f"{f', read as {self.steps} patches of {self.patch} steps' if self.patch > 1 else ''}"
                 f"{', packed' if s.variable_length else ''}")
+
+    def warning(self) -> Optional[str]:
+        """A sign that the data is laid out (cases, channels, time), as aeon and sktime keep it."""
+        s = self.info
+        if s.channels > s.max_length:
+            return (f"every sequence has more channels ({s.channels}) than steps (at most {s.max_length}): dist_rnn "
+                    "reads (cases, time, channels); data laid out (cases, channels, time), as aeon and sktime keep "
+                    "it, needs X.transpose(0, 2, 1)")
+        return None
 
     @property
     def input_size(self) -> int:

@@ -73,6 +73,10 @@ class SequenceView:
         """What predict reports for class `index`: the digit."""
         return {"digit": index}
 
+    def warning(self) -> Optional[str]:
+        """Something about the data a user should hear before training (images: nothing)."""
+        return None
+
     @property
     def input_size(self) -> int:
         """Features per step: what the RNN's first layer reads."""
