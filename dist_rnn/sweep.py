@@ -528,8 +528,9 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     missing = []
     for run in runs:
         row = rows.setdefault(run.configuration, {"configuration": run.point, "seeds": [], "val": [], "val_final": [],
-                                                  "test_best": [], "test_final": [], "planned": 0})
+                                                  "test_best": [], "test_final": [], "planned": 0, "seed_set": set()})
         row["planned"] += 1
+        row["seed_set"].add(run.seed)
         r = read_results(sweep_dir, run)
         if r is None:
             log = sweep_dir / "logs" / f"{run.name}.log"
@@ -548,7 +549,7 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     table = []
     for name, row in rows.items():
         out = {"configuration": name, **{k: v for k, v in row["configuration"].items()}, "seeds": len(row["seeds"]),
-               "planned_seeds": row["planned"]}
+               "planned_seeds": row["planned"], "folds": row["planned"] // len(row["seed_set"])}
         for key in ("val", "val_final", "test_best", "test_final"):
             out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(row[key])
         out["chosen"] = out["refit"] = False
@@ -577,32 +578,69 @@ def percent(mean: Optional[float], sd: Optional[float]) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
 
 
-def markdown(table: list[dict[str, Any]], missing: list[str], refit: str = "") -> str:
+def markdown(table: list[dict[str, Any]], missing: list[str], refit: str = "", checkpoints: Optional[list[str]] = None
+             ) -> str:
     validated = any(row["val_mean"] is not None for row in table)
-    lines = ["| configuration | seeds | validation accuracy % | validation accuracy % (final weights) | "
-             "test accuracy % (best checkpoint) | test accuracy % (final weights) |",
+    folds = any(row["folds"] > 1 for row in table)
+    lines = [f"| configuration | {'runs (seeds x folds)' if folds else 'seeds'} | validation accuracy % | "
+             "validation accuracy % (final weights) | test accuracy % (best checkpoint) | test accuracy % (final weights) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in table:
         mark = " **(chosen)**" * row["chosen"] + " (refit)" * row["refit"]
-        seeds = row["seeds"] if row["seeds"] == row["planned_seeds"] else f"{row['seeds']} of {row['planned_seeds']}"
+        runs = row["seeds"] if row["seeds"] == row["planned_seeds"] else f"{row['seeds']} of {row['planned_seeds']}"
+        if folds:
+            runs = f"{runs} ({row['planned_seeds'] // row['folds']} x {row['folds']})"
         name = row["configuration"].replace("|", "\\|")
-        lines.append(f"| {name}{mark} | {seeds} | {percent(row['val_mean'], row['val_sd'])} | "
+        lines.append(f"| {name}{mark} | {runs} | {percent(row['val_mean'], row['val_sd'])} | "
                      f"{percent(row['val_final_mean'], row['val_final_sd'])} | "
                      f"{percent(row['test_best_mean'], row['test_best_sd'])} | "
                      f"{percent(row['test_final_mean'], row['test_final_sd'])} |")
     notes = ["", "Mean ± sample standard deviation over the runs that finished (each seed, and with 'folds' each "
-             "fold: the seeds column counts runs); the chosen configuration has "
+             "fold of each seed); the chosen configuration has "
              "the best mean validation accuracy (of each run's best checkpoint) among those whose every seed "
              "finished (the test set plays no part in the choice). The final weights' validation accuracy is the "
              "one to choose by for a refit that keeps the final weights: `--refit N` trains the configuration "
              "marked (refit) on the whole training split."
              if validated else "No run has a validation split (`val_size`): nothing is chosen, since choosing on "
              "the test set would report a biased score."]
+    notes += [note for note in (within_noise(table, "val", "chosen"), within_noise(table, "val_final", "refit")) if note]
+    if checkpoints:
+        notes += ["", "The chosen configuration's best checkpoints (`evaluate` or `predict --checkpoint`):",
+                  *[f"- {c}" for c in checkpoints]]
     if missing:
         notes += ["", f"Not averaged over ({len(missing)} runs):", *[f"- {m}" for m in missing]]
     if refit:
         notes += ["", refit]
     return "\n".join(lines + notes) + "\n"
+
+
+def within_noise(table: list[dict[str, Any]], key: str, mark: str) -> str:
+    """A note when the marked row leads the runner-up by less than one standard deviation across runs."""
+    ranked = sorted((r for r in table if r[f"{key}_mean"] is not None), key=lambda r: -r[f"{key}_mean"])
+    chosen = next((r for r in ranked if r[mark]), None)
+    if chosen is None or len(ranked) < 2:
+        return ""
+    runner_up = next(r for r in ranked if r is not chosen)
+    lead = 100 * (chosen[f"{key}_mean"] - runner_up[f"{key}_mean"])
+    spread = 100 * max(chosen[f"{key}_sd"] or 0, runner_up[f"{key}_sd"] or 0)
+    if lead > spread:
+        return ""
+    how = "ties with {}" if lead == 0 else f"leads {{}} by {lead:.2f} points"
+    return (f"\nWithin the noise: ({mark}) {chosen['configuration']} {how.format(runner_up['configuration'])}, "
+            f"within one standard deviation across runs ({spread:.2f} points): more seeds or folds would be "
+            "needed to tell them apart.")
+
+
+def best_checkpoints(sweep_dir: Path, configuration: str) -> list[str]:
+    """The best checkpoint of each run of a configuration, as paths from the sweep directory."""
+    paths = []
+    for run in read_plan(sweep_dir):
+        r = read_results(sweep_dir, run) if run.configuration == configuration else None
+        if r and r.get("best_checkpoint"):
+            path = Path(r["best_checkpoint"])
+            inside = path.is_relative_to(sweep_dir.absolute())
+            paths.append(str(path.relative_to(sweep_dir.absolute()) if inside else path))
+    return paths
 
 
 def refit_markdown(refit: list[tuple[Run, Optional[dict[str, Any]]]], choice: Optional[dict[str, Any]]) -> str:
@@ -636,7 +674,9 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
     if refit and choice and refit[0][0].configuration == choice["configuration"]:
         missing += [f"{run.name}: no results.json (failed, stopped or not run yet)" for run, r in refit if r is None]
         choice["refit_test_mean"], choice["refit_test_sd"] = mean_sd([r["test_accuracy"] for _, r in refit if r])
-    text = markdown(table, missing, refit_markdown(refit, choice) if refit else "")
+    chosen = next((row["configuration"] for row in table if row["chosen"]), None)
+    text = markdown(table, missing, refit_markdown(refit, choice) if refit else "",
+                    best_checkpoints(sweep_dir, chosen) if chosen else None)
     atomic_write(sweep_dir / "report.md", lambda fh: fh.write(text.encode()))
     atomic_write(sweep_dir / "report.csv", lambda fh: fh.write(csv_text(table).encode()))
     return text, missing

@@ -150,6 +150,8 @@ def test_k_fold_sweep_runs_every_fold_reports_over_them_and_refits_the_choice(tm
     assert " validation (fold 2 of 0-2) / " in log and "best validation accuracy (fold 2 of 0-2) " in log, log
     rows = report_rows(tmp_path / "s")
     assert [(r["lr"], r["seeds"], r["planned_seeds"]) for r in rows] == [("0.003", "3", "3"), ("0.1", "3", "3")]
+    assert "| runs (seeds x folds) |" in out
+    assert "| lr=0.003 | 3 (1 x 3) |" in out.replace(" **(chosen)**", "").replace(" (refit)", "")
 
     # The refit: the row with the best mean final-weights validation accuracy (the first on a tie).
     best = max(rows, key=lambda r: float(r["val_final_mean"]))
@@ -189,7 +191,8 @@ def test_the_refit_choice_is_the_best_final_weights_and_a_stale_refit_is_not_rep
         runs.append({"name": name, "configuration": {"c": config}, "seed": seed})
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "results.json").write_text(json.dumps(
-            {"test_accuracy": 0.5, "val_accuracy": final, "best_val_accuracy": best, "best_test_accuracy": 0.5}))
+            {"test_accuracy": 0.5, "val_accuracy": final, "best_val_accuracy": best, "best_test_accuracy": 0.5,
+             "best_checkpoint": str(tmp_path / "runs" / name / "checkpoints" / "best.pt")}))
     for config, test in (("A", 0.2), ("B", 0.4)):
         (tmp_path / "runs" / f"refit,c={config},seed=0").mkdir()
         (tmp_path / "runs" / f"refit,c={config},seed=0" / "results.json").write_text(json.dumps({"test_accuracy": test}))
@@ -206,3 +209,16 @@ def test_the_refit_choice_is_the_best_final_weights_and_a_stale_refit_is_not_rep
     text = report_with_refit_of("B")
     assert "**Refit** of c=B on the whole training split: test accuracy % 40.00 (seed 0 40.00)" in text
     assert [r["refit_test_mean"] for r in report_rows(tmp_path)] == ["", "0.4"]
+    assert "best checkpoints (`evaluate` or `predict --checkpoint`):\n- runs/c=A,seed=0/checkpoints/best.pt\n" \
+        "- runs/c=A,seed=1/checkpoints/best.pt\n" in text
+    assert "Within the noise" not in text  # A leads by 15 points, B (refit) by 15: both beyond one sd
+
+
+def test_a_lead_within_one_standard_deviation_is_called_noise():
+    def row(name, mean, sd, chosen=False):
+        return {"configuration": name, "val_mean": mean, "val_sd": sd, "chosen": chosen}
+    note = sweep_cli.within_noise([row("a", 0.80, 0.09, True), row("b", 0.791, 0.05), row("c", 0.5, 0.0)], "val",
+                                  "chosen")
+    assert "(chosen) a leads b by 0.90 points, within one standard deviation across runs (9.00 points)" in note
+    assert "ties with b" in sweep_cli.within_noise([row("a", 0.8, 0.0, True), row("b", 0.8, 0.0)], "val", "chosen")
+    assert sweep_cli.within_noise([row("a", 0.9, 0.05, True), row("b", 0.8, 0.05)], "val", "chosen") == ""
