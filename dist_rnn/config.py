@@ -147,7 +147,13 @@ class TrainConfig(RuntimeOptions):
     loss: Literal["ce", "mse", "mse-sum"] = option(
         "ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax outputs and one-hot targets (the "
         "slow-learning loss, for comparison); 'mse-sum': the same errors summed over the classes (10x 'mse')")
-    optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
+    optimizer: Literal["adam", "adamw", "sgd"] = option("adam", "optimizer ('adamw': Adam with decoupled weight "
+                                                        "decay)")
+    weight_decay: float = option(0.0, "weight decay: decoupled with adamw, an L2 penalty in the gradient with adam "
+                                 "and sgd (0: none)", min=0)
+    class_weights: Literal["none", "balanced"] = option(
+        "none", "'balanced': weigh each sample's cross-entropy by n / (classes x count of its class) in the "
+        "training split (scikit-learn's rule, a mean weight of 1), for imbalanced classes; reported losses stay unweighted")
     lr: float = option(0.003, "learning rate (the peak, with a schedule)", above=0)
     lr_schedule: Literal["constant", "cosine", "step", "plateau"] = option(
         "constant", "the rate over the run: 'constant'; 'cosine' (down to 0 at the last step of --epochs, whatever "
@@ -196,7 +202,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("cell", "hidden_size", "num_layers", "bidirectional", "dropout", "head_dropout", "readout"),
     "optimisation": ("epochs", "max_steps", "early_stop", "batch_size", "grad_accum", "eval_batch_size", "loss",
                      "optimizer", "lr", "lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "lr_patience",
-                     "momentum", "grad_clip", "seed"),
+                     "momentum", "weight_decay", "class_weights", "grad_clip", "seed"),
     "precision and speed": ("precision", "device", "cuda_graphs", "deterministic", "threads"),
     "distribution (torchrun)": ("backend", "dist_timeout"),
     "checkpoints and resume": ("out_dir", "save_every", "keep_last", "resume", "overwrite"),
@@ -369,6 +375,8 @@ def validate(c: TrainConfig, validation_given: bool = False) -> None:
         raise UserError("`dropout` acts only between stacked layers: it needs `num_layers` >= 2")
     if c.momentum and c.optimizer != "sgd":
         raise UserError("`momentum` applies to `optimizer`=sgd only")
+    if c.class_weights != "none" and c.loss != "ce":
+        raise UserError(f"`class_weights`={c.class_weights} weighs the cross-entropy: it needs `loss`=ce")
     if c.val_size >= 1 and c.val_size != int(c.val_size):
         raise UserError(f"`val_size` is a count (>= 1, whole) or a fraction (< 1), got {c.val_size:g}")
     if c.val_folds == 1 or c.val_fold >= max(c.val_folds, 1):

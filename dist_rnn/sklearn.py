@@ -35,7 +35,8 @@ def time_major(X: Any) -> Any:
 
 class RNNClassifier(ClassifierMixin, BaseEstimator):
     """A recurrent classifier trained by dist_rnn (one process here; the options are TrainConfig's).
-    `random_state` is the run's seed (an int gives the command's `--seed`). The run's files are
+    `random_state` is the run's seed (an int gives the command's `--seed`); `class_weight`="balanced" is
+    `--class-weights balanced`. The run's files are
     written to a temporary directory that is removed once the model is in memory, unless `out_dir`
     keeps them. With `val_size`, the weights of the best validation score are kept."""
 
@@ -44,22 +45,23 @@ class RNNClassifier(ClassifierMixin, BaseEstimator):
                  lr: float = 0.001, optimizer: str = "adam", lr_schedule: str = "constant", grad_clip: Optional[float] = None,
                  val_size: float = 0.0, early_stop: Optional[int] = None, random_state: Any = None,
                  device: str = "cpu", threads: int = 0, out_dir: Optional[str] = None, verbose: bool = False,
-                 patch: Any = 1):
+                 patch: Any = 1, weight_decay: float = 0.0, class_weight: Optional[str] = None):
         self.cell, self.bidirectional, self.hidden_size, self.num_layers = cell, bidirectional, hidden_size, num_layers
         self.dropout, self.readout, self.patch, self.epochs = dropout, readout, patch, epochs
         self.batch_size, self.lr = batch_size, lr
         self.optimizer, self.lr_schedule, self.grad_clip = optimizer, lr_schedule, grad_clip
         self.val_size, self.early_stop, self.random_state = val_size, early_stop, random_state
         self.device, self.threads, self.out_dir, self.verbose = device, threads, out_dir, verbose
+        self.weight_decay, self.class_weight = weight_decay, class_weight
 
     def _config(self, out_dir: str) -> TrainConfig:
         seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else \
             int(check_random_state(self.random_state).randint(2 ** 31))
         options = {name: getattr(self, name) for name in (
             "cell", "bidirectional", "hidden_size", "num_layers", "dropout", "readout", "epochs", "batch_size", "lr",
-            "optimizer", "lr_schedule", "grad_clip", "val_size", "early_stop", "device", "threads")}
-        return TrainConfig(**options, patch=str(self.patch), seed=int(seed), out_dir=out_dir, resume="none",
-                           overwrite=True)
+            "optimizer", "lr_schedule", "grad_clip", "val_size", "early_stop", "device", "threads", "weight_decay")}
+        return TrainConfig(**options, patch=str(self.patch), class_weights=self.class_weight or "none", seed=int(seed),
+                           out_dir=out_dir, resume="none", overwrite=True)
 
     def fit(self, X: Any, y: Any) -> "RNNClassifier":
         data = SequenceDataset(time_major(X), y)

@@ -21,12 +21,17 @@ from dist_rnn.distributed import DistEnv
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN and the allocator settle), then undone
 
 
-def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+def loss_function(logits: torch.Tensor, y: torch.Tensor, kind: str,
+                  class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy, or (to compare, see docs/experiments.md) the squared error between softmax outputs and
-    one-hot targets: averaged over batch and classes ('mse'), or summed over the classes ('mse-sum')."""
+    one-hot targets: averaged over batch and classes ('mse'), or summed over the classes ('mse-sum').
+    `class_weight` weighs each sample's cross-entropy by its class's; still a mean over the batch (not
+    over the weights, as F.cross_entropy's weight would), so every rank's part of a global batch counts alike."""
     if kind in ("mse", "mse-sum"):
         error = F.mse_loss(torch.softmax(logits.float(), dim=1), F.one_hot(y, logits.shape[1]).float())
         return error * logits.shape[1] if kind == "mse-sum" else error
+    if class_weight is not None:
+        return (F.cross_entropy(logits, y, reduction="none") * class_weight[y]).mean()
     return F.cross_entropy(logits, y)
 
 
@@ -58,9 +63,11 @@ class EagerStep:
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, view: InputView, precision: str, loss: str,
-                 grad_clip: Optional[float], device: torch.device, accumulate: int = 1):
+                 grad_clip: Optional[float], device: torch.device, accumulate: int = 1,
+                 class_weight: Optional[torch.Tensor] = None):
         self.model, self.params, self.optimizer, self.scaler = model, params, optimizer, scaler
         self.view, self.precision, self.loss, self.grad_clip = view, precision, loss, grad_clip
+        self.class_weight = class_weight
         self.device, self.accumulate = device, accumulate
         self.loss_sum = torch.zeros((), device=device)
         self.steps_summed = 0
@@ -85,7 +92,7 @@ class EagerStep:
         """Forward and backward; the loss, a mean over the batch, counts `weight` of the step's
         (1/K for each of K equal micro-batches: their gradients sum to the whole batch's mean)."""
         with autocast(self.precision, self.device, cache=self.autocast_cache):
-            loss = loss_function(self.model(self.view(images)), labels, self.loss)
+            loss = loss_function(self.model(self.view(images)), labels, self.loss, self.class_weight)
         if weight != 1.0:
             loss = loss * weight
         self.scaler.scale(loss).backward()
@@ -122,8 +129,10 @@ class GraphedStep(EagerStep):
     def __init__(self, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, view: InputView, precision: str, loss: str,
                  grad_clip: Optional[float], env: DistEnv, local_batch: int, image_shape: tuple[int, ...],
-                 capture: bool = True, input_dtype: torch.dtype = torch.uint8):
-        super().__init__(model, params, optimizer, scaler, view, precision, loss, grad_clip, env.device)
+                 capture: bool = True, input_dtype: torch.dtype = torch.uint8,
+                 class_weight: Optional[torch.Tensor] = None):
+        super().__init__(model, params, optimizer, scaler, view, precision, loss, grad_clip, env.device,
+                         class_weight=class_weight)
         self.env, self.capture = env, capture
         # the feeder gathers into these: uint8 images, or float32 sequences
         self.images = torch.zeros(local_batch, *image_shape, dtype=input_dtype, device=env.device)

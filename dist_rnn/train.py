@@ -63,12 +63,13 @@ def build_optimizer(c: TrainConfig, model: nn.Module, graphed: bool) -> torch.op
     flag on the device), capturable when graphed; on the CPU the plain (foreach) Adam
     (docs/design-notes.md, 'Which Adam')."""
     if c.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum)
+        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    adam = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
     if graphed:
-        return torch.optim.Adam(model.parameters(), lr=c.lr, capturable=True, fused=True)
+        return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, capturable=True, fused=True)
     if next(model.parameters()).device.type == "cuda":
-        return torch.optim.Adam(model.parameters(), lr=c.lr, fused=True)
-    return torch.optim.Adam(model.parameters(), lr=c.lr)
+        return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True)
+    return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
 
 def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
@@ -152,9 +153,20 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
                                data_dir=str(resolve_data_dir(c.data_dir).absolute()), device=env.device.type)
 
 
+def class_weights(c: TrainConfig, labels: torch.Tensor, num_classes: int, device: torch.device
+                  ) -> Optional[torch.Tensor]:
+    """--class-weights balanced: n / (classes x count) per class of the training split, the classes it
+    holds (so the mean weight of a sample is 1); None: unweighted."""
+    if c.class_weights == "none":
+        return None
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    weight = torch.where(counts > 0, len(labels) / (int((counts > 0).sum()) * counts.clamp(min=1)), 0.0)
+    return weight.float().to(device)
+
+
 def optimizer_states(c: TrainConfig) -> int:
     """Tensors the optimizer keeps per parameter: Adam's two moments, SGD's momentum (or none)."""
-    return 2 if c.optimizer == "adam" else (1 if c.momentum else 0)
+    return 2 if c.optimizer in ("adam", "adamw") else (1 if c.momentum else 0)
 
 
 def check_memory(parameters: int, c: TrainConfig, env: DistEnv) -> None:
@@ -276,6 +288,7 @@ class Trainer:
         self.state.view = self.view.state()  # what checkpoints keep of it
         self.view.to(env.device)
         self.num_classes = len(info.classes)
+        self.class_weight = class_weights(c, train_set.labels, self.num_classes, env.device)
         self.parameter_count = count_parameters(c, self.view.input_size, self.num_classes)
         distributed.main_first(env, lambda: check_memory(self.parameter_count, c, env))  # before allocating it
         torch.manual_seed(c.seed)  # the same initial weights on every rank
@@ -350,7 +363,8 @@ class Trainer:
         on the whole global batch."""
         c, env = self.c, self.env
         common = dict(params=list(self.model.parameters()), optimizer=self.optimizer, scaler=self.scaler,
-                      view=self.view, precision=c.precision, loss=c.loss, grad_clip=c.grad_clip)
+                      view=self.view, precision=c.precision, loss=c.loss, grad_clip=c.grad_clip,
+                      class_weight=self.class_weight)
         if not graphed:
             return EagerStep(self.ddp_model, device=env.device, accumulate=c.grad_accum, **common)
         return GraphedStep(self.model, env=env, local_batch=self.sampler.local_batch,

@@ -108,6 +108,8 @@ CASES = [
     ("dist-timeout-zero", "train", lambda w, t: ["--dist-timeout", "0"], "--dist-timeout must be > 0"),
     ("overwrite-without-resume-none", "train", lambda w, t: ["--overwrite"], "--overwrite goes with --resume none"),
     ("misspelt-flag", "train", lambda w, t: ["--hiden-size", "3"], "unrecognized arguments: --hiden-size"),
+    ("class-weights-without-ce", "train", lambda w, t: ["--class-weights", "balanced", "--loss", "mse"],
+     "--class-weights balanced weighs the cross-entropy: it needs --loss ce"),
     ("another-librarys-flag", "train", lambda w, t: ["--learning-rate", "0.1"], "(did you mean --lr?)"),
     ("keep-last-zero", "train", lambda w, t: ["--keep-last", "0"], "--keep-last must be >= 1"),
     ("model-too-big-for-memory", "train", lambda w, t: ["--data-dir", str(w / "data"), "--hidden-size", "100000",

@@ -58,11 +58,14 @@ def losses(out: Path) -> list:
     return [e["loss"] for e in events(out, "train")]
 
 
-@pytest.mark.parametrize("optimizer,lr,steps,tolerance", [("sgd", "0.1", 50, 1e-5), ("adam", "0.003", 10, 1e-4)])
+@pytest.mark.parametrize("optimizer,lr,steps,tolerance", [("sgd", "0.1", 50, 1e-5), ("adamw", "0.003", 10, 1e-4)])
 def test_same_trajectory_at_any_world_size(big_mnist, tmp_path, optimizer, lr, steps, tolerance):
-    """Same seed and global batch: 2 processes follow the 1-process trajectory up to float rounding."""
+    """Same seed and global batch: 2 processes follow the 1-process trajectory up to float rounding
+    (AdamW with weight decay and balanced class weights too: each rank's loss is a mean over its part)."""
     args = ["--data-dir", str(big_mnist), "--optimizer", optimizer, "--lr", lr, "--max-steps", str(steps),
             "--log-every", "5", "--hidden-size", "64"]
+    if optimizer == "adamw":
+        args += ["--weight-decay", "0.01", "--class-weights", "balanced"]
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "one")]))
     check_ok(run_train([*args, "--out-dir", str(tmp_path / "two")], nproc=2, launcher="fork"))
     assert read_results(tmp_path / "two")["world_size"] == 2

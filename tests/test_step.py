@@ -1,6 +1,7 @@
 """The training step: the graphed step's logic equals the eager step's, the loss is read only at
 --log-every (the mean since the last report), and --cuda-graphs on falls back on CPU in one line."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import check_ok, events, run_step_worker, run_train, write_mnist
@@ -68,3 +69,19 @@ def test_mse_losses_average_or_sum_the_squared_errors_over_the_classes():
     torch.testing.assert_close(loss_function(logits, y, "mse"), squared.mean())
     torch.testing.assert_close(loss_function(logits, y, "mse-sum"), squared.sum(1).mean())
     torch.testing.assert_close(loss_function(logits, y, "ce"), torch.nn.functional.cross_entropy(logits, y))
+    weight = torch.rand(logits.shape[1])
+    per_sample = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(loss_function(logits, y, "ce", weight), (per_sample * weight[y]).mean())
+
+
+def test_balanced_class_weights_follow_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from dist_rnn.config import TrainConfig
+    from dist_rnn.train import class_weights
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 2, 0])
+    weight = class_weights(TrainConfig(class_weights="balanced"), labels, 4, torch.device("cpu"))
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=labels.numpy())
+    torch.testing.assert_close(weight[:3], torch.tensor(expected, dtype=torch.float32))
+    assert weight[3] == 0  # a class the training split lacks
+    assert class_weights(TrainConfig(), labels, 4, torch.device("cpu")) is None
