@@ -42,14 +42,19 @@ HEADER, DATA = GOOD.split("@data\n")
 
 def test_reader_reads_channels_lengths_labels_and_missing_values(tmp_path):
     seqs, labels = synthetic_series(6, seed=0)
-    text = GOOD.replace(f"{seqs[0][0, 1]:.6f}", "?", 1)  # one missing value
+    text = GOOD.replace(f"{seqs[0][0, 1]:.6f}", "?", 1).replace(f"{seqs[1][0, 1]:.6f}", "NaN", 1)  # two missing
     (tmp_path / "X_TRAIN.ts").write_text(text)
     got = read_ts(tmp_path / "X_TRAIN.ts")
     assert got.classes == ["low", "mid", "high"] and got.problem == "Synthetic"
     assert [s.shape for s in got.sequences] == [s.shape for s in seqs]
     assert got.labels.tolist() == [["low", "mid", "high"].index(label) for label in labels]
     assert np.isnan(got.sequences[0][0, 1]) and np.isnan(got.sequences[0]).sum() == 1
-    np.testing.assert_allclose(got.sequences[1], seqs[1], atol=1e-6)
+    assert np.isnan(got.sequences[1][0, 1]) and np.isnan(got.sequences[1]).sum() == 1  # NaN, as pandas writes it
+    np.testing.assert_allclose(got.sequences[2], seqs[2], atol=1e-6)
+    info = SeriesInfo("X", got.classes, 2, True, max(len(s) for s in got.sequences))
+    x, _ = padded(got, info)
+    view = SeriesView.fit(info, Split(x, torch.zeros(len(x), dtype=torch.long)))
+    assert view.warning().startswith("2 missing values (NaN, or ? in a .ts file) in the training split are read as")
 
 
 LINE = HEADER.count("\n") + 2  # the first data line's number
@@ -379,6 +384,21 @@ def test_arrow_and_parquet_data_train_like_ts_files(tmp_path):
         check_ok(run_train(["--dataset", str(source), "--out-dir", str(tmp_path / name), *args]))
     a, b = (load_checkpoint(read_results(tmp_path / n)["checkpoint"])["model"] for n in ("parquet", "saved"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_in_parquet_is_a_missing_value_counted_as_in_a_ts_file(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="Arrow/Parquet data needs pyarrow (the [arrow] extra; .ci/run has it)")
+    import pyarrow.parquet as pq
+
+    from dist_rnn.data.arrow import load_arrow
+    for split, seed in (("train", 1), ("test", 2)):
+        seqs, labels = synthetic_series(30, seed)
+        seqs[0][1, 0] = seqs[3][2, 1] = seqs[3][4, 1] = np.nan
+        pq.write_table(pa.table({"sequence": [s.tolist() for s in seqs], "label": labels}), tmp_path / f"{split}.parquet")
+    train, _, info = load_arrow(str(tmp_path / "train.parquet"), "sequence", "label")
+    view = SeriesView.fit(info, train)
+    assert view.warning().startswith("3 missing values (NaN, or ? in a .ts file) in the training split are read")
+    assert not view.read([seqs[0]], torch.device("cpu")).data.isnan().any()
 
 
 def test_evaluate_and_predict_read_the_parquet_a_model_was_trained_on(tmp_path, capsys):

@@ -13,7 +13,8 @@ an installed aeon or sktime wheel ships; neither is imported), or a path to a `X
     @data
     1.8,1.9,...:-0.2,-0.19,...:...:3     channels split by ':', values by ',', the label last
 
-A missing value (`?`) becomes NaN, then the channel's mean (0 after standardisation).
+A missing value (`?`, or `NaN` as pandas writes one) becomes NaN, then the channel's mean (0 after
+standardisation); the start of a run says how many the training split has.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _value(text: str) -> float:
-    """One value: `?` is missing (NaN); anything else a finite number a float32 holds."""
-    if text.strip() == "?":
+    """One value: `?` or `NaN` is missing (NaN); anything else a finite number a float32 holds."""
+    if text.strip() == "?" or text.strip().lower() == "nan":
         return float("nan")
     value = float(text)
     if not abs(value) <= FLOAT32_MAX:  # inf, nan written out, or too large for float32
@@ -329,8 +330,8 @@ class SeriesView:
 
     permutation = None  # (the image views' pixel order: none here)
 
-    def __init__(self, info: SeriesInfo, mean: list[float], std: list[float], patch: int = 1):
-        self.info, self.patch = info, patch
+    def __init__(self, info: SeriesInfo, mean: list[float], std: list[float], patch: int = 1, missing: int = 0):
+        self.info, self.patch, self.missing = info, patch, missing  # missing: values the training split lacks
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
 
@@ -351,9 +352,11 @@ class SeriesView:
                 real = torch.arange(values.shape[1])[None, :] < lengths[:, None]
             return values, real[..., None] & ~values.isnan()
 
+        missing = 0
         for start in blocks:
             values, mask = real_values(start)
             sums[0] += mask.sum((0, 1))
+            missing += int(values.isnan().sum())  # (padding is 0, never NaN)
             sums[1] += torch.where(mask, values, 0).sum((0, 1))
         count = sums[0].clamp(min=1)
         mean = sums[1] / count
@@ -363,7 +366,7 @@ class SeriesView:
         std = (sums[2] / count).sqrt()
         # a constant channel (up to rounding) is only centred, not blown up
         std = torch.where(std > 1e-6 * mean.abs().clamp(min=1), std, torch.ones_like(std))
-        return cls(info, mean.float().tolist(), std.float().tolist(), patch)
+        return cls(info, mean.float().tolist(), std.float().tolist(), patch, missing)
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps, so evaluate and predict rebuild this view without the data."""
@@ -404,13 +407,17 @@ class SeriesView:
                 f"{', packed' if s.variable_length else ''}")
 
     def warning(self) -> Optional[str]:
-        """A sign that the data is laid out (cases, channels, time), as aeon and sktime keep it."""
-        s = self.info
+        """Missing values filled, or a sign that the data is laid out (cases, channels, time), as aeon
+        and sktime keep it."""
+        s, said = self.info, []
+        if self.missing:
+            said.append(f"{self.missing:,} missing values (NaN, or ? in a .ts file) in the training split are read "
+                        "as their channel's mean")
         if s.channels > s.max_length:
-            return (f"every sequence has more channels ({s.channels}) than steps (at most {s.max_length}): dist_rnn "
-                    "reads (cases, time, channels); data laid out (cases, channels, time), as aeon and sktime keep "
-                    "it, needs X.transpose(0, 2, 1)")
-        return None
+            said.append(f"every sequence has more channels ({s.channels}) than steps (at most {s.max_length}): "
+                        "dist_rnn reads (cases, time, channels); data laid out (cases, channels, time), as aeon and "
+                        "sktime keep it, needs X.transpose(0, 2, 1)")
+        return "; ".join(said) or None
 
     @property
     def input_size(self) -> int:
