@@ -401,6 +401,33 @@ def test_nan_in_parquet_is_a_missing_value_counted_as_in_a_ts_file(tmp_path):
     assert not view.read([seqs[0]], torch.device("cpu")).data.isnan().any()
 
 
+def test_a_class_label_column_gives_its_names(tmp_path):
+    """Hugging Face's ClassLabel keeps ints and the names beside them: in a saved split's
+    dataset_info.json, or in the features a Parquet file written by `datasets` carries."""
+    pa = pytest.importorskip("pyarrow", reason="Arrow/Parquet data needs pyarrow (the [arrow] extra; .ci/run has it)")
+    import pyarrow.parquet as pq
+
+    from dist_rnn.data.arrow import load_arrow
+    names = ["walk", "run", "sit"]
+    features = {"sequence": {"feature": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "Sequence"},
+                             "_type": "Sequence"}, "label": {"names": names, "_type": "ClassLabel"}}
+    tables = {}
+    for split, seed in (("train", 1), ("test", 2)):
+        seqs, labels = synthetic_series(30, seed)
+        ints = [["low", "mid", "high"].index(label) for label in labels]
+        tables[split] = pa.table({"sequence": [s.tolist() for s in seqs], "label": pa.array(ints, pa.int64())})
+        (tmp_path / "saved" / split).mkdir(parents=True)
+        (tmp_path / "saved" / split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "d.arrow"}]}))
+        (tmp_path / "saved" / split / "dataset_info.json").write_text(json.dumps({"features": features}))
+        with pa.ipc.new_stream(str(tmp_path / "saved" / split / "d.arrow"), tables[split].schema) as writer:
+            writer.write_table(tables[split])
+        meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+        pq.write_table(tables[split].replace_schema_metadata(meta), tmp_path / f"{split}.parquet")
+    (tmp_path / "saved" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    for source in (tmp_path / "saved", tmp_path / "train.parquet"):
+        assert load_arrow(str(source), "sequence", "label")[2].classes == names, source
+
+
 def test_evaluate_and_predict_read_the_parquet_a_model_was_trained_on(tmp_path, capsys):
     """evaluate scores a Parquet-trained checkpoint on its test file, and predict classifies the rows
     of that file (and of a saved split), as the model loaded in Python does."""

@@ -277,6 +277,21 @@ def read_labels(table: Any, column_name: str, where: Path) -> tuple[np.ndarray, 
     raise UserError(f"{where}: column {column_name!r} holds {kind} labels: use ints or strings")
 
 
+def class_label_names(source: Path, table: Any, column: str) -> Optional[list[str]]:
+    """The class names of a Hugging Face `ClassLabel` column (its ints index them), from a saved
+    split's dataset_info.json or the features a Parquet file written by `datasets` carries; None if none."""
+    try:
+        if (source / "dataset_info.json").is_file():
+            features = json.loads((source / "dataset_info.json").read_text()).get("features", {})
+        else:
+            metadata = (table.schema.metadata or {}).get(b"huggingface")
+            features = json.loads(metadata)["info"]["features"] if metadata else {}
+        names = features.get(column, {}).get("names")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 class SplitColumns(NamedTuple):
     """One split as read_chunks and read_labels found it."""
 
@@ -299,6 +314,8 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
                             "name yours with `sequence_column`")
         labels, kind = read_labels(table, label_column, source)
         read[split] = SplitColumns(*read_chunks(table, sequence_column, source, maps), labels, kind)
+        if split == "train":
+            names = class_label_names(source, table, label_column) if kind == "int" else None
     train, test = read["train"], read["test"]
     if train.kind != test.kind:
         raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {train.kind}; test: {test.kind})")
@@ -312,7 +329,9 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
         raise UserError(f"{test_source}: labels the training split does not have: {', '.join(unknown[:5])}")
     all_lengths = np.concatenate([train.lengths, test.lengths])
     variable = bool((all_lengths != all_lengths[0]).any())
-    info = SeriesInfo(dataset, [str(c) for c in classes], train.channels, variable, int(all_lengths.max()))
+    named = names is not None and all(0 <= c < len(names) for c in classes)  # a ClassLabel column: its names
+    shown = [names[c] if named else str(c) for c in classes]
+    info = SeriesInfo(dataset, shown, train.channels, variable, int(all_lengths.max()))
 
     def on_disk(r: SplitColumns) -> ArrowSplit:
         labels = torch.tensor([index[v] for v in r.labels.tolist()], dtype=torch.int64)
