@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 import traceback
+import typing
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, TypeVar
 
@@ -107,6 +108,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, choices: Opt
         kwargs: dict[str, Any] = dict(help=f.metadata["help"], default=argparse.SUPPRESS)
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is list:  # the flag repeated: `--checkpoint A --checkpoint B`
+            kwargs.update(type=typing.get_args(tp)[0], action="append", metavar=f.name.upper())
         else:
             kwargs["type"] = tp
             kwargs["metavar"] = "{" + ",".join(field_choices) + "}" if field_choices else f.name.upper()

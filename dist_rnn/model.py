@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, ContextManager
+import math
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 import torch
 from torch import nn
@@ -39,6 +40,10 @@ class RNNClassifier(nn.Module):
     def forward(self, x: "torch.Tensor | PackedSequence") -> torch.Tensor:
         return self.fc(self.head_dropout(self.features(x)))
 
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
     def features(self, x: "torch.Tensor | PackedSequence") -> torch.Tensor:
         """What the classifier reads: (B, dirs * H), forward direction's half first. A PackedSequence
         (sequences of different lengths) reads each sequence's own steps only: h_n then holds, per
@@ -53,6 +58,24 @@ class RNNClassifier(nn.Module):
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
         # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
         return torch.cat(list(h_n[-self.num_directions:]), dim=1)
+
+
+class Ensemble(nn.Module):
+    """Models of one problem, each with the input view it was trained with, as one model of raw
+    inputs: the log of their mean probabilities (so its argmax and cross-entropy are the ensemble's)."""
+
+    def __init__(self, members: list[tuple[Callable[[torch.Tensor], Any], nn.Module]]):
+        super().__init__()
+        self.views = [view for view, _ in members]
+        self.members = nn.ModuleList(model for _, model in members)
+
+    @property
+    def num_classes(self) -> int:
+        return self.members[0].num_classes
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([m(view(inputs)).float().log_softmax(1) for view, m in zip(self.views, self.members)])
+        return log_probs.logsumexp(0) - math.log(len(self.members))
 
 
 def recurrent_precision(x: "torch.Tensor | PackedSequence") -> ContextManager:

@@ -1,5 +1,7 @@
 """`python -m dist_rnn.plot RUN_DIR [RUN_DIR ...] -o curves.png`: training loss and test accuracy
-against the optimizer step, read from each run's metrics.jsonl, several runs overlaid and labelled."""
+against the optimizer step, read from each run's metrics.jsonl, several runs overlaid and labelled;
+`--confusion confusion.png` also draws the first run's test confusion matrix (from its results.json,
+or from the JSON `evaluate --out` wrote, given in place of a run directory)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class PlotConfig:
 
     output: str = option("curves.png", "image to write (.png, .pdf or .svg)")
     title: Optional[str] = option(None, "figure title")
+    confusion: Optional[str] = option(None, "also draw the first run's test confusion matrix to this image")
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
@@ -124,6 +127,36 @@ def plot_runs(run_dirs: list[Path], output: Path, title: Optional[str] = None) -
     return drawn
 
 
+def plot_confusion(source: Path, output: Path) -> list[list[int]]:
+    """The test confusion matrix (rows: true class) of a run's results.json or an evaluate --out file,
+    counts in the cells, each row shaded by its share of the class."""
+    path = source / "results.json" if source.is_dir() else source
+    try:
+        result = json.loads(path.read_text())
+        confusion = result["test_confusion"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: no test confusion matrix (results.json of a finished run, or evaluate --out's "
+                        "JSON)") from None
+    classes = list(result.get("test_per_class", {}).get("classes", {})) or [str(k) for k in range(len(confusion))]
+    plt = pyplot()
+    size = min(12, 2 + 0.5 * len(classes))
+    fig, ax = plt.subplots(figsize=(size, size))
+    shares = [[n / max(1, sum(row)) for n in row] for row in confusion]
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i, row in enumerate(confusion):
+        for j, n in enumerate(row):
+            if n:
+                ax.text(j, i, str(n), ha="center", va="center", fontsize="small",
+                        color="white" if shares[i][j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=90 if max(map(len, classes)) > 3 else 0)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted class", ylabel="true class", title=f"test confusion matrix ({path.parent.name})")
+    fig.tight_layout()
+    atomic_write(output, lambda fh: fig.savefig(fh, format=output.suffix.lstrip(".") or "png", dpi=120))
+    plt.close(fig)
+    return confusion
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = ArgumentParser(prog=prog("dist_rnn.plot"), description=describe(__doc__))
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
@@ -133,8 +166,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = vars(parser.parse_args(argv))
         runs = [Path(r) for r in args.pop("runs")]
         c = PlotConfig(**args)
-        if Path(c.output).suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise UserError(f"`output` {c.output}: use a .png, .pdf or .svg name")
+        for name, value in (("output", c.output), ("confusion", c.confusion)):
+            if value and Path(value).suffix.lower() not in (".png", ".pdf", ".svg"):
+                raise UserError(f"`{name}` {value}: use a .png, .pdf or .svg name")
+        if c.confusion:
+            plot_confusion(runs[0], Path(c.confusion))
+            print(f"wrote {c.confusion}")
+            runs = [r for r in runs if r.is_dir()]  # (an evaluate --out file has no curves)
+            if not runs:
+                return
         drawn = plot_runs(runs, Path(c.output), c.title)
         for label, what in drawn.items():
             final = f", final test accuracy {what['final_accuracy']:.4f}" if what["final_accuracy"] is not None else ""

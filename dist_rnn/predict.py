@@ -35,7 +35,8 @@ from dist_rnn.errors import UserError
 class PredictConfig:
     """Options of `python -m dist_rnn.predict` (the files are positional)."""
 
-    checkpoint: Optional[str] = option(None, "checkpoint file (required), e.g. runs/x/checkpoints/step-1200.pt")
+    checkpoint: Optional[list[str]] = option(None, "checkpoint file (required), e.g. runs/x/checkpoints/step-1200.pt; "
+                                             "repeated (models of one data set), an ensemble: their probabilities averaged")
     json: bool = option(False, "print a JSON list (file, digit or class, its probability, and every class's as "
                         "a class -> probability mapping) instead of lines")
     device: Literal["auto", "cpu", "cuda"] = option("cpu", "where to run the model")
@@ -44,22 +45,28 @@ class PredictConfig:
 def predict(c: PredictConfig, files: list[str]) -> list[dict[str, Any]]:
     """Classify each file's inputs; returns one record per input, in order. A file that cannot be read
     gets a record with its `error` instead of an answer, and the others are still classified."""
-    snapshot = load_checkpoint(Path(c.checkpoint))
-    config = trained_config(snapshot, c.checkpoint)
     device = single_process_device(c.device)
-    view = trained_view(config, TrainState.from_checkpoint(snapshot).view).to(device)
-    model = trained_model(snapshot, config, input_size=view.input_size).to(device)
+    members = []  # (config, view, model) of each checkpoint
+    for path in c.checkpoint:
+        snapshot = load_checkpoint(Path(path))
+        config = trained_config(snapshot, path)
+        view = trained_view(config, TrainState.from_checkpoint(snapshot).view).to(device)
+        members.append((config, view, trained_model(snapshot, config, input_size=view.input_size).to(device)))
+        if view.classes != members[0][1].classes:
+            raise UserError(f"{path}: its classes differ from {c.checkpoint[0]}'s: an ensemble's models share them")
+    config, view, _ = members[0]
     try:
         inputs = read_files(files, config, view)
     except UserError as e:  # the model reads no such files at all
-        raise UserError(f"{c.checkpoint}: {e.args[0]}") from None
+        raise UserError(f"{c.checkpoint[0]}: {e.args[0]}") from None
     records = [{"file": i.name, "error": i.error} if i.error else {"file": i.name} for i in inputs]
     read = [n for n, i in enumerate(inputs) if i.error is None]
     if not read:
         return records
-    with torch.no_grad():  # sequences packed each at its own length
-        probabilities = torch.softmax(model(view.read([inputs[n].data for n in read], device)).float(), dim=1).cpu()
-    names = [str(next(iter(view.answer(j).values()))) for j in range(probabilities.shape[1])]  # a digit, a class
+    with torch.no_grad():  # sequences packed each at its own length; an ensemble's probabilities averaged
+        probabilities = torch.stack([torch.softmax(m(v.read([inputs[n].data for n in read], device)).float(), dim=1)
+                                     for _, v, m in members]).mean(0).cpu()
+    names = [str(name) for name in view.classes]
     for n, p in zip(read, probabilities):
         records[n].update(view.answer(int(p.argmax())), probability=round(float(p.max()), 6),
                           probabilities={name: round(float(v), 6) for name, v in zip(names, p)},

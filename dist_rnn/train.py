@@ -49,7 +49,7 @@ from dist_rnn.data import (
 )
 from dist_rnn.distributed import DistEnv
 from dist_rnn.errors import Stopped, UserError
-from dist_rnn.evaluate import evaluate
+from dist_rnn.evaluate import evaluate, per_class
 from dist_rnn.lock import RunLock
 from dist_rnn.log import RunLog
 from dist_rnn.model import build_model, count_parameters
@@ -151,6 +151,11 @@ def resolve_config(c: TrainConfig, env: DistEnv) -> TrainConfig:
     dataset = str(Path(c.dataset).absolute()) if is_path(c.dataset) else c.dataset
     return dataclasses.replace(c, out_dir=out_dir, dataset=dataset,
                                data_dir=str(resolve_data_dir(c.data_dir).absolute()), device=env.device.type)
+
+
+def scalars(result: dict[str, Any]) -> dict[str, Any]:
+    """A score without its lists (the confusion matrix): what metrics.jsonl and the trackers get."""
+    return {k: v for k, v in result.items() if not isinstance(v, list)}
 
 
 def class_weights(c: TrainConfig, labels: torch.Tensor, num_classes: int, device: torch.device
@@ -452,7 +457,7 @@ class Trainer:
         s = self.state
         result = self.score()
         if self.watched is not None:
-            self.log.event("eval", epoch=s.epoch + 1, **result)
+            self.log.event("eval", epoch=s.epoch + 1, **scalars(result))
         if self.val_set is None or not track:
             return result
         self.schedule.after_score(result["val_loss"])  # plateau: cut the rate when the loss stalls
@@ -575,10 +580,11 @@ class Trainer:
             best_test = final["test_accuracy"] if best_model is None else \
                 self.score("test", model=best_model.to(self.env.device))["test_accuracy"]
         figures = {"test_accuracy": final.get("test_accuracy"), "test_samples": final.get("test_samples"),
-                   "test_loss": final.get("test_loss"), "best_step": s.best_step,
+                   "test_loss": final.get("test_loss"), "test_confusion": final.get("test_confusion"),
+                   "best_step": s.best_step,
                    "best_val_accuracy": s.best_val_accuracy, "best_test_accuracy": best_test,
                    "best_checkpoint": str(best_path) if have_best else None}
-        self.log.event("test", step=s.step, **{k: v for k, v in figures.items() if k != "best_checkpoint"})
+        self.log.event("test", step=s.step, **{k: v for k, v in scalars(figures).items() if k != "best_checkpoint"})
         return figures
 
     def _stop(self, signum: int) -> None:
@@ -598,7 +604,7 @@ class Trainer:
         if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
             last_eval = self.score()
             if self.watched is not None:
-                self.log.event("eval", epoch=s.epoch, **last_eval)
+                self.log.event("eval", epoch=s.epoch, **scalars(last_eval))
         self.save("end")  # a no-op when the epoch's end already saved this step
         if self.val_set is not None:  # the test set, once, for the final weights and the best ones
             last_eval = {**last_eval, **self._test_final_and_best()}
@@ -611,6 +617,9 @@ class Trainer:
             "checkpoint": str(checkpoint_dir(self.out_dir) / f"step-{s.step}.pt"),
             "resumed_from_step": self.resumed_from_step, "dist_rnn_version": __version__,
         }
+        if last_eval.get("test_confusion"):  # the final weights' errors, class by class
+            results.update(test_per_class=per_class(last_eval["test_confusion"], [str(c) for c in self.view.classes]),
+                           test_confusion=last_eval["test_confusion"])
         if self.val_set is not None:
             results.update({k: last_eval[k] for k in ("val_accuracy", "val_loss", "val_samples", "best_step",
                                                       "best_val_accuracy", "best_test_accuracy", "best_checkpoint")},

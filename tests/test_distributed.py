@@ -1,16 +1,23 @@
 """Real torchrun runs on CPU with gloo: DDP training, same trajectory as one process, exact evaluation,
 the launch/ scripts (one node, and two "nodes" meeting through a c10d rendezvous on loopback)."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, TORCHRUN, check_ok, events, free_port, read_results, run_train, write_mnist
+from conftest import REPO, TORCHRUN, check_ok, events, free_port, read_results, run_module, run_train, write_mnist
+from PIL import Image
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+import dist_rnn
+from dist_rnn import plot
 from dist_rnn.checkpoint import load_checkpoint
 from dist_rnn.cli import as_flags
+from dist_rnn.data.idx import load_split
 from dist_rnn.distributed import resolve_device, threads_per_rank
 from dist_rnn.errors import UserError
 
@@ -102,7 +109,9 @@ def test_same_trajectory_whatever_the_split_between_grad_accum_and_processes(big
 
 
 def test_exact_evaluation_counts(big_mnist, tmp_path):
-    """1001 test samples are each scored once at world sizes 1, 2 and 3 (1001 divides by neither)."""
+    """1001 test samples are each scored once at world sizes 1, 2 and 3 (1001 divides by neither):
+    training's own count, and evaluate's confusion matrix and per-class metrics against a count made
+    here, one sample at a time, and scikit-learn's metrics of it."""
     correct = {}
     for nproc in (None, 2, 3):
         out = tmp_path / f"w{nproc}"
@@ -111,8 +120,58 @@ def test_exact_evaluation_counts(big_mnist, tmp_path):
                             "--batch-size", "6", "--eval-batch-size", "64"], nproc=nproc, launcher="fork"))
         results = read_results(out)
         assert results["test_samples"] == 1001 and results["world_size"] == (nproc or 1)
+        assert sum(map(sum, results["test_confusion"])) == 1001 and len(results["test_per_class"]["classes"]) == 10
         correct[nproc] = round(results["test_accuracy"] * 1001)
     assert len(set(correct.values())) == 1, correct
+
+    trained = tmp_path / "trained"
+    check_ok(run_train(["--data-dir", str(big_mnist), "--out-dir", str(trained), "--max-steps", "30",
+                        "--hidden-size", "16", "--save-every", "10"]))
+    checkpoint = read_results(trained)["checkpoint"]
+    test = load_split(big_mnist, "test")
+    truth = test.labels.numpy()
+    predicted = np.concatenate([dist_rnn.load(checkpoint, verbose=False).predict(test.images[i:i + 1].numpy())
+                                for i in range(len(truth))])
+    here = confusion_matrix(truth, predicted, labels=range(10))
+    assert 0.2 < np.trace(here) / len(truth) < 1  # some right, some wrong: the matrix has something to count
+    for nproc in (None, 3):
+        scored = tmp_path / f"scored-{nproc}.json"
+        check_ok(run_module("dist_rnn.evaluate", ["--checkpoint", checkpoint, "--data-dir", str(big_mnist),
+                                                  "--batch-size", "64", "--out", str(scored)], nproc=nproc))
+        result = json.loads(scored.read_text())
+        assert result["world_size"] == (nproc or 1) and result["test_confusion"] == here.tolist()
+        precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=range(10),
+                                                                         zero_division=0)
+        rows = result["test_per_class"]["classes"]
+        np.testing.assert_allclose([rows[str(k)]["f1"] for k in range(10)], f1, rtol=1e-12)
+        np.testing.assert_allclose([rows[str(k)]["precision"] for k in range(10)], precision, rtol=1e-12)
+        np.testing.assert_allclose([rows[str(k)]["recall"] for k in range(10)], recall, rtol=1e-12)
+        assert [rows[str(k)]["support"] for k in range(10)] == support.tolist()
+
+    # An ensemble: the mean of its models' probabilities, in evaluate and in predict.
+    earlier = str(trained / "checkpoints" / "step-10.pt")
+    mean = sum(dist_rnn.load(p, verbose=False).predict_proba(test.images.numpy()) for p in (checkpoint, earlier)) / 2
+    scored = tmp_path / "ensemble.json"
+    check_ok(run_module("dist_rnn.evaluate", ["--checkpoint", checkpoint, "--checkpoint", earlier, "--data-dir", str(big_mnist),
+                                              "--out", str(scored), "--predictions", str(tmp_path / "p.csv")]))
+    result = json.loads(scored.read_text())
+    assert result["test_confusion"] == confusion_matrix(truth, mean.argmax(1), labels=range(10)).tolist()
+    assert result["checkpoint"] == [checkpoint, earlier]
+    assert plot.main([str(scored), "--confusion", str(tmp_path / "confusion.png")]) == 0  # drawn from the JSON
+    assert Image.open(tmp_path / "confusion.png").size[0] > 500
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "index,true,predicted,probability" and len(rows) == 1002
+    assert rows[1] == f"0,{truth[0]},{mean[0].argmax()},{mean[0].max():.6f}"
+    Image.fromarray(test.images[0].numpy()).save(tmp_path / "digit.png")
+    answers = []
+    for paths in ([checkpoint], [earlier], [checkpoint, earlier]):
+        proc = run_module("dist_rnn.predict", [*(f"--checkpoint={p}" for p in paths), "--json",
+                                               str(tmp_path / "digit.png")])
+        check_ok(proc)
+        answers.append(json.loads(proc.stdout)[0])
+    for digit in map(str, range(10)):
+        assert answers[2]["probabilities"][digit] == pytest.approx(
+            (answers[0]["probabilities"][digit] + answers[1]["probabilities"][digit]) / 2, abs=2e-6)
 
 
 def printed_lines(proc, start: str) -> list[str]:
