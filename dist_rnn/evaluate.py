@@ -109,6 +109,9 @@ class EvalConfig(RuntimeOptions):
 
     checkpoint: Optional[list[str]] = option(None, "checkpoint file to evaluate (required); repeated (models of one "
                                              "data set), an ensemble: their probabilities averaged")
+    dataset: Optional[str] = option(None, "score this data set's test split instead of the checkpoint's: anything "
+                                    "train's --dataset reads (a UCR/UEA name, X_TRAIN.ts, train.parquet, a saved "
+                                    "DatasetDict), of the model's classes and channels")
     data_dir: Optional[str] = option(None, "directory with the test files of the checkpoint's data set; default: the "
                                      "checkpoint's own --data-dir where it exists, else $DIST_RNN_DATA, else ./data")
     batch_size: int = option(1000, "per-process evaluation batch size", min=1)
@@ -145,21 +148,28 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
                             "ensemble's models share one data set")
     distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
-    trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() else None
+    trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() and not c.dataset else None
+    dataset = c.dataset or config.dataset
     try:
-        data_dir = Path(c.data_dir or trained_on or default_data_dir(config.dataset))
+        data_dir = Path(c.data_dir or trained_on or default_data_dir(dataset))
     except UserError as e:  # say which checkpoint, and where its files were
         raise UserError(f"{c.checkpoint[0]} was trained on files in {config.data_dir}, which are not here: "
                         f"{e.args[0]}") from None
     # The test split read as training reads it, through the view each model was trained with (the
     # sequences' standardisation as fitted then, whatever this data's own statistics).
-    _, test, info = distributed.main_first(
-        env, lambda: load_dataset(dataclasses.replace(config, data_dir=str(data_dir)), test_only=True))
+    try:
+        _, test, info = distributed.main_first(env, lambda: load_dataset(
+            dataclasses.replace(config, dataset=dataset, data_dir=str(data_dir)), test_only=True))
+    except UserError as e:
+        if c.dataset:
+            raise
+        raise UserError(f"{e.args[0]} (the data {c.checkpoint[0]} was trained on; --dataset names other data "
+                        "to score)") from None
     test = test.head(c.limit_test).to(env.device)
     members = []
     for snapshot, member in zip(snapshots, configs):
         view = trained_view(member, TrainState.from_checkpoint(snapshot).view)
-        view.check_data(info, config.dataset)
+        view.check_data(info, dataset)
         members.append((view.to(env.device), trained_model(snapshot, member, input_size=view.input_size).to(env.device)))
     view, model = members[0] if len(members) == 1 else (lambda inputs: inputs, Ensemble(members))
     scores = evaluate(model, test, env, c.batch_size, c.precision, view, predictions=c.predictions is not None)
@@ -167,7 +177,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     metrics = per_class(scores["test_confusion"], classes)
     result = {"checkpoint": c.checkpoint[0] if len(c.checkpoint) == 1 else c.checkpoint,
               "step": TrainState.from_checkpoint(snapshots[0]).step, "world_size": env.world_size,
-              "dataset": config.dataset, "inputs": members[0][0].describe(config.dataset),
+              "dataset": dataset, "inputs": members[0][0].describe(dataset),
               **{k: v for k, v in scores.items() if k not in ("test_predicted", "test_probability")},
               "test_per_class": metrics, "classes": classes}
     if env.is_main:

@@ -190,6 +190,16 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     scored = run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--device", "cpu"])
     check_ok(scored)
     assert scored.stdout.startswith(f"test accuracy {results['test_accuracy']:.4f} (")
+    # The data moved: evaluate says where it looked and how to name the data; --dataset scores it there.
+    moved = tmp_path / "moved"
+    train_file.parent.rename(moved)
+    lost = run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--device", "cpu"])
+    assert lost.returncode == 2 and "--dataset names other data to score" in lost.stderr, lost.stderr
+    found = run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--device", "cpu",
+                                             "--dataset", str(moved / train_file.name)])
+    check_ok(found)
+    assert found.stdout.startswith(f"test accuracy {results['test_accuracy']:.4f} (")
+    moved.rename(train_file.parent)
     # predict: every case of a .ts file (its labels unread), a .npy and a .csv of one sequence; the
     # answers over the test file are the final weights' test accuracy.
     test_file = train_file.with_name("Synthetic_TEST.ts")
