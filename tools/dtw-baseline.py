@@ -18,8 +18,14 @@ from dist_rnn.data.series import load_series
 
 def dtw_to_all(a: np.ndarray, train: np.ndarray, lengths: np.ndarray, chunk: int = 64) -> np.ndarray:
     """DTW distance from sequence a (La, C) to every training sequence (N, T, C) of its own length,
-    a chunk of training sequences at a time (the tables of 64 series of 1460 steps are 1 GiB)."""
-    return np.concatenate([_dtw(a, train[s:s + chunk], lengths[s:s + chunk]) for s in range(0, len(train), chunk)])
+    a chunk of training sequences at a time (the tables of 64 series of 1460 steps are 1 GiB). Chunks
+    are taken in order of length and cut to their longest, so unequal lengths cost no padding."""
+    order = np.argsort(lengths, kind="stable")
+    dist = np.empty(len(train))
+    for s in range(0, len(train), chunk):
+        rows = order[s:s + chunk]
+        dist[rows] = _dtw(a, train[rows, :lengths[rows].max()], lengths[rows])
+    return dist
 
 
 def _dtw(a: np.ndarray, train: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -37,7 +43,7 @@ def _dtw(a: np.ndarray, train: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def one_nn(train_x: np.ndarray, train_len: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-           test_len: np.ndarray, test_y: np.ndarray, independent: bool) -> float:
+           test_len: np.ndarray, test_y: np.ndarray, independent: bool = False) -> float:
     correct = 0
     for a, la, y in zip(test_x, test_len, test_y):
         a = a[:la]
@@ -49,23 +55,34 @@ def one_nn(train_x: np.ndarray, train_len: np.ndarray, train_y: np.ndarray, test
     return correct / len(test_y)
 
 
+def load(name: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], int]:
+    """(train x, lengths, labels), (test x, lengths, labels) as float64 arrays, and the channels."""
+    train_x, train_y, test_x, test_y, info = load_series(name, None)
+    c = info.channels
+
+    def split(x, y):
+        x = x.numpy().astype(np.float64)
+        lengths = x[:, 0, c].astype(int) if info.variable_length else np.full(len(x), info.max_length)
+        return x[..., :c], lengths, y.numpy()
+
+    return split(train_x, train_y), split(test_x, test_y), c
+
+
+def accuracy(name: str, independent: bool = False) -> float:
+    """1-NN DTW_D (or DTW_I) test accuracy on a problem's standard split."""
+    train, test, _ = load(name)
+    return one_nn(*train, *test, independent)
+
+
 def main() -> None:
     for name in sys.argv[1:] or ["JapaneseVowels"]:
-        train_x, train_y, test_x, test_y, info = load_series(name, None)
-        c = info.channels
-
-        def split(x):
-            x = x.numpy().astype(np.float64)
-            lengths = x[:, 0, c].astype(int) if info.variable_length else np.full(len(x), info.max_length)
-            return x[..., :c], lengths
-
-        (trx, trl), (tex, tel) = split(train_x), split(test_x)
-        for independent in ([False, True] if c > 1 else [False]):
+        train, test, channels = load(name)
+        for independent in ([False, True] if channels > 1 else [False]):
             start = time.perf_counter()
-            accuracy = one_nn(trx, trl, train_y.numpy(), tex, tel, test_y.numpy(), independent)
-            kind = "DTW_I" if independent else "DTW_D" if c > 1 else "DTW"
-            print(f"{name}: 1-NN {kind} (full window) test accuracy {accuracy:.4f} "
-                  f"({len(test_y)} test, {len(train_y)} train cases; {time.perf_counter() - start:.0f} s)", flush=True)
+            score = one_nn(*train, *test, independent)
+            kind = "DTW_I" if independent else "DTW_D" if channels > 1 else "DTW"
+            print(f"{name}: 1-NN {kind} (full window) test accuracy {score:.4f} ({len(test[0])} test, "
+                  f"{len(train[0])} train cases; {time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
