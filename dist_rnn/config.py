@@ -148,12 +148,13 @@ class TrainConfig(RuntimeOptions):
         "ce", "'ce': cross-entropy; 'mse': mean squared error between the softmax outputs and one-hot targets (the "
         "slow-learning loss, for comparison); 'mse-sum': the same errors summed over the classes (10x 'mse')")
     optimizer: Literal["adam", "adamw", "sgd"] = option("adam", "optimizer ('adamw': Adam with decoupled weight "
-                                                        "decay)")
+                                                        "decay, --weight-decay's; at 0 it is Adam)")
     weight_decay: float = option(0.0, "weight decay: decoupled with adamw, an L2 penalty in the gradient with adam "
                                  "and sgd (0: none)", min=0)
     class_weights: Literal["none", "balanced"] = option(
         "none", "'balanced': weigh each sample's cross-entropy by n / (classes x count of its class) in the "
-        "training split (scikit-learn's rule, a mean weight of 1), for imbalanced classes; reported losses stay unweighted")
+        "training split (scikit-learn's rule, a mean weight of 1), for imbalanced classes; the training loss logged is "
+        "the weighted one, validation and test losses are not weighted")
     lr: float = option(0.003, "learning rate (the peak, with a schedule)", above=0)
     lr_schedule: Literal["constant", "cosine", "step", "plateau"] = option(
         "constant", "the rate over the run: 'constant'; 'cosine' (down to 0 at the last step of --epochs, whatever "

@@ -5,7 +5,9 @@ Also the `python -m dist_rnn.evaluate --checkpoint PATH` command, which scores a
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,13 +148,16 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
         if other.dataset != config.dataset:
             raise UserError(f"{path} was trained on {other.dataset}, {c.checkpoint[0]} on {config.dataset}: an "
                             "ensemble's models share one data set")
-    distributed.main_first(env, lambda: check_precision(c.precision, env.device, config.cell))
+    for member in configs:
+        distributed.main_first(env, lambda m=member: check_precision(c.precision, env.device, m.cell))
     # The checkpoint's own data dir where it exists here (the files it was scored on), else the usual.
     trained_on = config.data_dir if config.data_dir and Path(config.data_dir).is_dir() and not c.dataset else None
     dataset = c.dataset or config.dataset
     try:
         data_dir = Path(c.data_dir or trained_on or default_data_dir(dataset))
     except UserError as e:  # say which checkpoint, and where its files were
+        if c.dataset:
+            raise
         raise UserError(f"{c.checkpoint[0]} was trained on files in {config.data_dir}, which are not here: "
                         f"{e.args[0]}") from None
     # The test split read as training reads it, through the view each model was trained with (the
@@ -194,10 +199,12 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
 
 def write_predictions(path: Path, labels: list[int], scores: dict[str, Any], classes: list[str]) -> None:
     """One CSV row per test sample, in the split's order: its index, true and predicted class, probability."""
-    rows = ["index,true,predicted,probability"]
-    rows += [f"{i},{classes[t]},{classes[p]},{q:.6f}"
-             for i, (t, p, q) in enumerate(zip(labels, scores["test_predicted"], scores["test_probability"]))]
-    atomic_write(path, lambda fh: fh.write(("\n".join(rows) + "\n").encode()))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")  # (quotes a class name holding a comma)
+    writer.writerow(["index", "true", "predicted", "probability"])
+    writer.writerows([i, classes[t], classes[p], f"{q:.6f}"]
+                     for i, (t, p, q) in enumerate(zip(labels, scores["test_predicted"], scores["test_probability"])))
+    atomic_write(path, lambda fh: fh.write(out.getvalue().encode()))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

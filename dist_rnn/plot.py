@@ -172,7 +172,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if c.confusion:
             plot_confusion(runs[0], Path(c.confusion))
             print(f"wrote {c.confusion}")
-            runs = [r for r in runs if r.is_dir()]  # (an evaluate --out file has no curves)
+            if runs[0].is_file():  # an evaluate --out file has no curves
+                runs = runs[1:]
             if not runs:
                 return
         drawn = plot_runs(runs, Path(c.output), c.title)

@@ -616,7 +616,8 @@ def markdown(table: list[dict[str, Any]], missing: list[str], refit: str = "", c
 
 def within_noise(table: list[dict[str, Any]], key: str, mark: str) -> str:
     """A note when the marked row leads the runner-up by less than one standard deviation across runs."""
-    ranked = sorted((r for r in table if r[f"{key}_mean"] is not None), key=lambda r: -r[f"{key}_mean"])
+    ranked = sorted((r for r in table if r[f"{key}_mean"] is not None and r["seeds"] == r["planned_seeds"]),
+                    key=lambda r: -r[f"{key}_mean"])  # the rows the choice was made among
     chosen = next((r for r in ranked if r[mark]), None)
     if chosen is None or len(ranked) < 2:
         return ""

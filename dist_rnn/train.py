@@ -339,6 +339,7 @@ class Trainer:
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.c.lr  # the command line's rate wins (it is the same when the command is)
+                group["weight_decay"] = self.c.weight_decay  # and its weight decay
         if snapshot["scaler"]:  # empty when saved by a run without fp16
             self.scaler.load_state_dict(snapshot["scaler"])
         rng = snapshot["rng"]

@@ -2,6 +2,7 @@
 variable-length batches read exactly as each sequence alone, training, exact evaluation and bitwise
 resume on a variable-length set, and the real JapaneseVowels where a wheel ships it."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -208,10 +209,13 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     np.savetxt(tmp_path / "one.csv", one, delimiter=",")
     rows = "".join(f"{i},{','.join(map(str, step))}\n" for i, step in enumerate(one))
     (tmp_path / "pandas.csv").write_text(",ax,ay\n" + rows)  # DataFrame.to_csv: a header, an index column
+    plain = "".join(f"{','.join(map(str, step))}\n" for step in one)
+    (tmp_path / "numbered.csv").write_text("\ufeff0,1\n" + plain, encoding="utf-8")  # to_csv(index=False), a BOM
     np.save(tmp_path / "three-channels.npy", np.ones((5, 3), dtype=np.float32))
     proc = run_module("dist_rnn.predict", ["--checkpoint", results["checkpoint"], "--json", str(test_file),
                                            str(tmp_path / "one.npy"), str(tmp_path / "one.csv"),
-                                           str(tmp_path / "three-channels.npy"), str(tmp_path / "pandas.csv")])
+                                           str(tmp_path / "three-channels.npy"), str(tmp_path / "pandas.csv"),
+                                           str(tmp_path / "numbered.csv")])
     assert proc.returncode == 2 and "skipped " in proc.stderr and "three-channels.npy: a sequence of shape (5, 3)" \
         in proc.stderr, proc.stderr
     records = json.loads(proc.stdout)
@@ -222,8 +226,8 @@ def test_trains_on_a_ts_path_and_evaluates_without_flags(tmp_path):
     assert all(max(r["probabilities"], key=r["probabilities"].get) == r["class"] for r in cases)  # class -> p
     assert list(cases[0]["probabilities"]) == read_ts(test_file).classes
     assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-9)
-    assert [r["class"] for r in singles + records[94:]] == [cases[4]["class"]] * 3
-    assert records[94]["probability"] == pytest.approx(cases[4]["probability"], abs=1e-5)  # pandas.csv
+    assert [r["class"] for r in singles + records[94:]] == [cases[4]["class"]] * 4
+    assert [r["probability"] for r in records[94:]] == pytest.approx([cases[4]["probability"]] * 2, abs=1e-5)
     assert singles[0]["probability"] == pytest.approx(cases[4]["probability"], abs=1e-5)
 
 
@@ -436,6 +440,17 @@ def test_a_class_label_column_gives_its_names(tmp_path):
     (tmp_path / "saved" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
     for source in (tmp_path / "saved", tmp_path / "train.parquet"):
         assert load_arrow(str(source), "sequence", "label")[2].classes == names, source
+
+
+def test_a_view_refuses_data_of_the_other_kind_and_accepts_classes_named_since(tmp_path):
+    from dist_rnn.data.views import ImageInfo, SequenceView
+    info = SeriesInfo("X", ["walk", "run"], 2, False, 10)
+    view = SeriesView(dataclasses.replace(info, classes=["0", "1"]), [0.0, 0.0], [1.0, 1.0])
+    view.check_data(info, "X")  # saved before ClassLabel names were read: the same classes
+    with pytest.raises(UserError, match="dataset mnist: images, and the checkpoint was trained on sequences"):
+        view.check_data(ImageInfo("mnist", tmp_path, (28, 28)), "mnist")
+    with pytest.raises(UserError, match="dataset X: sequence data, and the checkpoint was trained on images"):
+        SequenceView("row").check_data(info, "X")
 
 
 def test_evaluate_and_predict_read_the_parquet_a_model_was_trained_on(tmp_path, capsys):

@@ -215,10 +215,14 @@ def test_the_refit_choice_is_the_best_final_weights_and_a_stale_refit_is_not_rep
 
 
 def test_a_lead_within_one_standard_deviation_is_called_noise():
-    def row(name, mean, sd, chosen=False):
-        return {"configuration": name, "val_mean": mean, "val_sd": sd, "chosen": chosen}
+    def row(name, mean, sd, chosen=False, seeds=2):
+        return {"configuration": name, "val_mean": mean, "val_sd": sd, "chosen": chosen, "seeds": seeds,
+                "planned_seeds": 2}
     note = sweep_cli.within_noise([row("a", 0.80, 0.09, True), row("b", 0.791, 0.05), row("c", 0.5, 0.0)], "val",
                                   "chosen")
     assert "(chosen) a leads b by 0.90 points, within one standard deviation across runs (9.00 points)" in note
     assert "ties with b" in sweep_cli.within_noise([row("a", 0.8, 0.0, True), row("b", 0.8, 0.0)], "val", "chosen")
     assert sweep_cli.within_noise([row("a", 0.9, 0.05, True), row("b", 0.8, 0.05)], "val", "chosen") == ""
+    # a row not every seed of which finished was not among the choices: not the runner-up either
+    assert sweep_cli.within_noise([row("a", 0.9, 0.05, True), row("b", 0.95, 0.05, seeds=1), row("c", 0.5, 0)],
+                                  "val", "chosen") == ""

@@ -74,12 +74,12 @@ def read_sequences(path: str, channels: int, column: str = "sequence") -> list[n
 
 
 def read_csv(path: str) -> np.ndarray:
-    """One sequence, a row per step: a header row of names is skipped, and so is pandas' index column
-    (`DataFrame.to_csv` writes one, its header empty)."""
-    with open(path) as fh:
+    """One sequence, a row per step: a header row is skipped (names, or pandas' default column names
+    0, 1, ...), and so is pandas' index column (`DataFrame.to_csv` writes one, its header empty)."""
+    with open(path, encoding="utf-8-sig") as fh:  # (a spreadsheet's byte-order mark)
         header = [field.strip() for field in fh.readline().split(",")]
-    named = not all(is_number(field) for field in header)
-    array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32, skiprows=int(named))
+    named = not all(is_number(field) for field in header) or header == [str(i) for i in range(len(header))]
+    array = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32, skiprows=int(named), encoding="utf-8-sig")
     return array[:, 1:] if named and header[0] == "" else array
 
 

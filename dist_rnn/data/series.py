@@ -384,6 +384,10 @@ class SeriesView:
         """The data now must be what this view was fitted on: the same classes (in order), channels and
         kind of lengths; else a resume or an evaluation would read it wrongly (one line)."""
         saved = self.info
+        if not isinstance(info, SeriesInfo):
+            raise UserError(f"`dataset` {dataset}: images, and the checkpoint was trained on sequences")
+        if saved.classes == [str(i) for i in range(len(info.classes))]:  # saved before ClassLabel names were read
+            info = dataclasses.replace(info, classes=saved.classes)
         for what, was, now in (("classes", saved.classes, info.classes), ("channels", saved.channels, info.channels),
                                ("variable lengths", saved.variable_length, info.variable_length)):
             if was != now:
@@ -415,8 +419,8 @@ class SeriesView:
                         "as their channel's mean")
         if s.channels > s.max_length:
             said.append(f"every sequence has more channels ({s.channels}) than steps (at most {s.max_length}): "
-                        "dist_rnn reads (cases, time, channels); data laid out (cases, channels, time), as aeon and "
-                        "sktime keep it, needs X.transpose(0, 2, 1)")
+                        "dist_rnn reads (cases, time, channels); if yours is laid out (cases, channels, time), as "
+                        "aeon and sktime keep arrays, it needs X.transpose(0, 2, 1)")
         return "; ".join(said) or None
 
     @property

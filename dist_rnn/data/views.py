@@ -57,6 +57,8 @@ class SequenceView:
 
     def check_data(self, info: Any, dataset: str) -> None:
         """Images of the size this view was made for (one line if not)."""
+        if not hasattr(info, "shape"):
+            raise UserError(f"`dataset` {dataset}: sequence data, and the checkpoint was trained on images")
         shape = (self.height + sum(self.crop), self.width)
         if tuple(info.shape) != shape:
             raise UserError(f"`dataset` {dataset}: its images are {info.shape[0]}x{info.shape[1]}, the checkpoint "
