@@ -131,9 +131,10 @@ class TrainConfig(RuntimeOptions):
     dropout: float = option(0.0, "dropout between stacked recurrent layers (the dropout argument of nn.RNN, "
                             "nn.GRU and nn.LSTM; not after the top layer: see --head-dropout)", min=0, below=1)
     head_dropout: float = option(0.0, "dropout on the readout features, before the classifier", min=0, below=1)
-    readout: Literal["last", "final"] = option(
+    readout: Literal["last", "final", "max"] = option(
         "final", "'final': final hidden state of each direction (correct many-to-one); "
-        "'last': out[:, -1, :] as the original scripts (the top backward half has taken one step only)")
+        "'last': out[:, -1, :] as the original scripts (the top backward half has taken one step only); "
+        "'max': the top layer's largest output over each sequence's own steps (max pooling)")
     # -- optimisation
     epochs: int = option(2, "passes over the training set", min=1)
     max_steps: Optional[int] = option(None, "stop after this many optimizer steps in total "

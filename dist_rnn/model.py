@@ -14,20 +14,22 @@ if TYPE_CHECKING:
     from dist_rnn.config import TrainConfig
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+READOUTS = ("last", "final", "max")
 
 
 class RNNClassifier(nn.Module):
     """Reads a (batch, time, features) sequence and returns (batch, num_classes) logits. readout="final"
     reads each direction's final hidden state (the correct many-to-one readout); "last" is the original
-    scripts' `out[:, -1, :]`, wrong for a bidirectional net (docs/design-notes.md, 'The two readouts').
+    scripts' `out[:, -1, :]`, wrong for a bidirectional net (docs/design-notes.md, 'The two readouts');
+    "max" takes the top layer's largest output over each sequence's own steps (max pooling).
     """
 
     def __init__(self, input_size: int, hidden_size: int = 128, num_layers: int = 2,
                  num_classes: int = 10, cell: str = "lstm", bidirectional: bool = False,
                  dropout: float = 0.0, readout: str = "final", head_dropout: float = 0.0):
         super().__init__()
-        if readout not in ("last", "final"):
-            raise ValueError(f"readout must be 'last' or 'final', got {readout!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         self.readout = readout
         self.num_directions = 2 if bidirectional else 1
         # batch_first=True only changes the layout of the input and output tensors, not the maths.
@@ -50,6 +52,8 @@ class RNNClassifier(nn.Module):
         sequence, the forward state after its real last step and the backward state after its first."""
         with recurrent_precision(x):
             out, state = self.rnn(x)  # out: (B, T, dirs * H), or packed
+        if self.readout == "max":
+            return max_pooled(out)
         if self.readout == "last":
             if isinstance(out, PackedSequence):  # the output at each sequence's own last step
                 out, lengths = pad_packed_sequence(out, batch_first=True)
@@ -58,6 +62,15 @@ class RNNClassifier(nn.Module):
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM returns (h_n, c_n)
         # h_n: (layers * dirs, B, H), top layer last: [..., top forward, top backward]
         return torch.cat(list(h_n[-self.num_directions:]), dim=1)
+
+
+def max_pooled(out: "torch.Tensor | PackedSequence") -> torch.Tensor:
+    """The outputs' largest value over time, (B, dirs * H); packed: over each sequence's own steps."""
+    if not isinstance(out, PackedSequence):
+        return out.amax(1)
+    out, lengths = pad_packed_sequence(out, batch_first=True)
+    past_end = torch.arange(out.shape[1], device=out.device).unsqueeze(0) >= lengths.to(out.device).unsqueeze(1)
+    return out.masked_fill(past_end.unsqueeze(2), float("-inf")).amax(1)
 
 
 class Ensemble(nn.Module):

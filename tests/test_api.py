@@ -93,13 +93,15 @@ def test_preset_is_the_commands_preset():
 
 def test_export_runs_where_dist_rnn_cannot_be_imported(tmp_path):
     """The exported files, loaded by plain torch in a process where `import dist_rnn` fails, give
-    predict_proba's probabilities for a padded batch and its lengths, read step by step or in patches."""
+    predict_proba's probabilities for a padded batch and its lengths, read step by step or in patches
+    (the latter with the max-pooled readout)."""
     (train_x, train_y), (test_x, _) = series(100, 1), series(23, 2)
     models = {}
-    for patch in ("1", "3"):
-        # readout "last" (the presets') on packed sequences: the trace must not keep the example's batch size
-        result = dist_rnn.fit(small(tmp_path / f"run-{patch}", epochs=1, bidirectional=True, readout="last", patch=patch),
-                              train=SequenceDataset(train_x, train_y))
+    for patch, readout in (("1", "last"), ("3", "max")):
+        # readouts "last" (the presets') and "max" on packed sequences: the trace must not keep the example's
+        # batch size or length
+        result = dist_rnn.fit(small(tmp_path / f"run-{patch}", epochs=1, bidirectional=True, readout=readout,
+                                    patch=patch), train=SequenceDataset(train_x, train_y))
         models[patch] = dist_rnn.load(result.checkpoint)
         models[patch].export(tmp_path / f"model-{patch}.pt")
     lengths = np.array([len(s) for s in test_x])

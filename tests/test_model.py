@@ -8,7 +8,7 @@ from dist_rnn.model import RNNClassifier
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("readout", ["last", "final"])
+@pytest.mark.parametrize("readout", ["last", "final", "max"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_output_shape(cell, bidirectional, readout, num_layers):
     model = RNNClassifier(input_size=28, hidden_size=16, num_layers=num_layers, cell=cell,
@@ -46,6 +46,19 @@ def test_bidirectional_last_readout_is_the_flawed_one(num_layers):
     out2, _ = model.rnn(x2)
     sees_row_26 = not torch.allclose(out2[:, -1, 16:], out[:, -1, 16:])
     assert sees_row_26 == (num_layers > 1)
+
+
+def test_max_readout_of_a_packed_batch_reads_each_sequence_alone():
+    """Packed, each sequence is pooled over its own steps only: the same features as running it alone."""
+    torch.manual_seed(0)
+    model = RNNClassifier(3, 8, 2, bidirectional=True, readout="max").eval()
+    lengths = [7, 4, 2]
+    x = torch.randn(3, 7, 3)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), batch_first=True)
+    alone = torch.cat([model.features(x[i:i + 1, :n]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(model.features(packed), alone)
+    out, _ = model.rnn(x[1:2, :4])
+    torch.testing.assert_close(alone[1], out[0].amax(0))
 
 
 def test_bad_readout_rejected():
