@@ -146,7 +146,7 @@ def test_sweep_as_a_job_array(tmp_path):
     name = f"refit,lr={chosen['lr']},hidden_size={chosen['hidden_size']},seed=0"
     results = json.loads((sweep_dir / "runs" / name / "results.json").read_text())
     assert results.get("val_accuracy") is None and results["test_samples"] == 130
-    assert logs == [f"{job[1]}_{i}.out" for i in range(8)] + [f"{refit[1]}_0.out"]
+    assert logs == sorted([f"{job[1]}_{i}.out" for i in range(8)] + [f"{refit[1]}_0.out"])
     assert "SLURM_RESTART_COUNT=0" in (sweep_dir / "slurm" / logs[0]).read_text()
     # Options the cluster cannot meet: one line, nothing written, nothing submitted.
     refused = subprocess.run([os.sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir",
