@@ -85,3 +85,18 @@ def test_balanced_class_weights_follow_scikit_learn():
     torch.testing.assert_close(weight[:3], torch.tensor(expected, dtype=torch.float32))
     assert weight[3] == 0  # a class the training split lacks
     assert class_weights(TrainConfig(), labels, 4, torch.device("cpu")) is None
+
+
+def test_class_weights_reach_the_training_step(tmp_path):
+    """On 36 cases of one class and 4 of another, balanced weights change the first step's loss."""
+    import dist_rnn
+    from dist_rnn import SequenceDataset
+    from dist_rnn.config import TrainConfig
+    x = [np.random.default_rng(i).normal(size=(5, 2)).astype(np.float32) for i in range(40)]
+    data = SequenceDataset(x, ["a"] * 36 + ["b"] * 4)
+    first = {}
+    for weights in ("none", "balanced"):
+        result = dist_rnn.fit(TrainConfig(out_dir=str(tmp_path / weights), hidden_size=4, num_layers=1, batch_size=40,
+                                          max_steps=1, log_every=1, class_weights=weights, device="cpu"), train=data)
+        first[weights] = next(e["loss"] for e in result.history if e["event"] == "train")
+    assert first["balanced"] != pytest.approx(first["none"], rel=1e-3), first
