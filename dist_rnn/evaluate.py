@@ -163,13 +163,15 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     # The test split read as training reads it, through the view each model was trained with (the
     # sequences' standardisation as fitted then, whatever this data's own statistics).
     try:
-        _, test, info = distributed.main_first(env, lambda: load_dataset(
+        _, _, test, info = distributed.main_first(env, lambda: load_dataset(
             dataclasses.replace(config, dataset=dataset, data_dir=str(data_dir)), test_only=True))
     except UserError as e:
         if c.dataset:
             raise
         raise UserError(f"{e.args[0]} (the data {c.checkpoint[0]} was trained on; --dataset names other data "
                         "to score)") from None
+    if test is None:
+        raise UserError(f"`dataset` {dataset}: it has no test split to score (--dataset names data that has one)")
     test = test.head(c.limit_test).to(env.device)
     members = []
     for snapshot, member in zip(snapshots, configs):

@@ -539,7 +539,8 @@ def tabulate(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             missing.append(f"{run.name}: no results.json (failed, stopped or not run yet{where})")
             continue
         row["seeds"].append(run.seed)
-        row["test_final"].append(r["test_accuracy"])
+        if r.get("test_accuracy") is not None:  # (a run without a test set has none)
+            row["test_final"].append(r["test_accuracy"])
         if r.get("val_accuracy") is not None:  # the final weights' (what a refit without validation keeps)
             row["val_final"].append(r["val_accuracy"])
         if r.get("best_val_accuracy") is not None:

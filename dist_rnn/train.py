@@ -92,10 +92,7 @@ DataSource = Callable[[], "tuple[Split | ArrowSplit, Optional[Split], Optional[S
 
 def config_source(c: TrainConfig) -> DataSource:
     """The data the config names (`dataset`, `data_dir`), as the command reads it."""
-    def load() -> tuple:
-        train, test, info = load_dataset(c)
-        return train, None, test, info
-    return load
+    return lambda: load_dataset(c)
 
 
 def prepare_data(c: TrainConfig, source: DataSource) -> tuple[Split, Optional[Split], Optional[Split],
@@ -106,7 +103,7 @@ def prepare_data(c: TrainConfig, source: DataSource) -> tuple[Split, Optional[Sp
     train, val, test, info = source()
     train, test = train.head(c.limit_train), None if test is None else test.head(c.limit_test)
     if val is not None and (c.val_size or c.val_folds):
-        raise UserError("a validation set was given: leave `val_size` and `val_folds` at 0")
+        raise UserError("the data comes with its own validation split: leave `val_size` and `val_folds` at 0")
     if val is not None or not (c.val_size or c.val_folds):
         return train, val, test, None, info
     train, val, kept = validation_split(train, c.val_size, c.seed, c.val_folds, c.val_fold)

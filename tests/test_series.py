@@ -311,9 +311,16 @@ def test_bad_data_set_choices_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "every sequence of --dataset Synthetic has the same length" in err, err
     assert not (tmp_path / "o").exists()
+    # No test file: a run reports validation only, and evaluate says there is nothing to score.
     (tmp_path / "data" / "Synthetic" / "Synthetic_TEST.ts").unlink()
-    assert train_cli.main(["--dataset", "Synthetic", *data, "--out-dir", str(tmp_path / "o")]) == 2
-    assert "Synthetic_TRAIN.ts has no Synthetic_TEST.ts beside it" in capsys.readouterr().err
+    assert train_cli.main(["--dataset", "Synthetic", *data, "--out-dir", str(tmp_path / "o"), "--max-steps", "2",
+                           "--batch-size", "30", "--hidden-size", "8", "--val-size", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "240 train / 60 validation / no test samples" in out and "done: no test set" in out, out
+    results = read_results(tmp_path / "o")
+    assert results["test_accuracy"] is None and results["val_samples"] == 60
+    code = run_module("dist_rnn.evaluate", ["--checkpoint", results["checkpoint"], "--device", "cpu"])
+    assert code.returncode == 2 and "it has no test split to score" in code.stderr, code.stderr
 
 
 SHIPPED = [name for name, folder in package_data_dirs() if (folder / "JapaneseVowels").is_dir()]
@@ -385,7 +392,7 @@ def test_arrow_and_parquet_data_train_like_ts_files(tmp_path):
 
     ts = load_series("Synthetic", tmp_path / "ts")
     for source in (str(parquet), str(saved)):
-        train, test, info = load_arrow(source, "steps", "speaker")
+        train, _, test, info = load_arrow(source, "steps", "speaker")
         assert info.classes == sorted(["low", "mid", "high"]) and info.channels == 2 and info.variable_length
         order = torch.tensor([ts[4].classes.index(c) for c in info.classes])  # sorted here, header order there
         for split, x, y in ((train, ts[0], ts[1]), (test, ts[2], ts[3])):
@@ -409,10 +416,38 @@ def test_nan_in_parquet_is_a_missing_value_counted_as_in_a_ts_file(tmp_path):
         seqs, labels = synthetic_series(30, seed)
         seqs[0][1, 0] = seqs[3][2, 1] = seqs[3][4, 1] = np.nan
         pq.write_table(pa.table({"sequence": [s.tolist() for s in seqs], "label": labels}), tmp_path / f"{split}.parquet")
-    train, _, info = load_arrow(str(tmp_path / "train.parquet"), "sequence", "label")
+    train, _, _, info = load_arrow(str(tmp_path / "train.parquet"), "sequence", "label")
     view = SeriesView.fit(info, train)
     assert view.warning().startswith("3 missing values (NaN, or ? in a .ts file) in the training split are read")
     assert not view.read([seqs[0]], torch.device("cpu")).data.isnan().any()
+
+
+def test_a_validation_split_of_the_data_is_the_validation_split_and_the_test_split_may_be_missing(tmp_path, capsys):
+    """A DatasetDict with train and validation splits (no test), and Parquet with a validation twin:
+    trained with their own validation split, reporting validation only; val_size as well: one line."""
+    pa = pytest.importorskip("pyarrow", reason="Arrow/Parquet data needs pyarrow (the [arrow] extra; .ci/run has it)")
+    import pyarrow.parquet as pq
+
+    saved = tmp_path / "saved"
+    for split, n, seed in (("train", 60, 1), ("validation", 21, 2)):
+        seqs, labels = synthetic_series(n, seed)
+        table = pa.table({"sequence": [s.tolist() for s in seqs], "label": labels})
+        (saved / split).mkdir(parents=True)
+        (saved / split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "d.arrow"}]}))
+        with pa.ipc.new_stream(str(saved / split / "d.arrow"), table.schema) as writer:
+            writer.write_table(table)
+        pq.write_table(table, tmp_path / f"x_{split}.parquet")
+    (saved / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "validation"]}))
+    args = ["--max-steps", "2", "--batch-size", "20", "--hidden-size", "8", "--device", "cpu"]
+    for source in (saved, tmp_path / "x_train.parquet"):
+        out = tmp_path / f"run-{source.name}"
+        assert train_cli.main(["--dataset", str(source), "--out-dir", str(out), *args]) == 0
+        printed = capsys.readouterr().out
+        assert "60 train / 21 validation / no test samples" in printed and "done: no test set" in printed, printed
+        assert read_results(out)["val_samples"] == 21 and read_results(out)["test_accuracy"] is None
+    assert train_cli.main(["--dataset", str(saved), "--out-dir", str(tmp_path / "o"), "--val-size", "0.1", *args]) == 2
+    assert "the data comes with its own validation split: leave --val-size and --val-folds at 0" in \
+        capsys.readouterr().err
 
 
 def test_a_class_label_column_gives_its_names(tmp_path):
@@ -439,7 +474,7 @@ def test_a_class_label_column_gives_its_names(tmp_path):
         pq.write_table(tables[split].replace_schema_metadata(meta), tmp_path / f"{split}.parquet")
     (tmp_path / "saved" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
     for source in (tmp_path / "saved", tmp_path / "train.parquet"):
-        assert load_arrow(str(source), "sequence", "label")[2].classes == names, source
+        assert load_arrow(str(source), "sequence", "label")[3].classes == names, source
 
 
 def test_a_view_refuses_data_of_the_other_kind_and_accepts_classes_named_since(tmp_path):
@@ -508,7 +543,7 @@ def test_arrow_rows_are_read_from_the_files_never_mapped_in(tmp_path):
         seqs, labels = synthetic_series(n, seed)
         write_saved_shards(data / split, [s.astype(np.float32) for s in seqs], labels, files=3, rows_per_batch=7)
     (data / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
-    train, test, info = load_arrow(str(data), "steps", "speaker")
+    train, _, test, info = load_arrow(str(data), "steps", "speaker")
     assert len(train.chunks) == 45 and all(c.file is not None and c.values is None for c in train.chunks)
     seqs, labels = synthetic_series(300, 1)
     expected, _ = padded(TsFile([s.astype(np.float32) for s in seqs], np.zeros(300, dtype=np.int64), info.classes,

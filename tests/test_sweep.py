@@ -226,3 +226,14 @@ def test_a_lead_within_one_standard_deviation_is_called_noise():
     # a row not every seed of which finished was not among the choices: not the runner-up either
     assert sweep_cli.within_noise([row("a", 0.9, 0.05, True), row("b", 0.95, 0.05, seeds=1), row("c", 0.5, 0)],
                                   "val", "chosen") == ""
+
+
+def test_runs_without_a_test_set_are_tabulated_on_validation_alone(tmp_path):
+    runs = [{"name": f"seed={s}", "configuration": {}, "seed": s} for s in (0, 1)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"spec": "s.yaml", "runs": runs}))
+    for s, accuracy in ((0, 0.5), (1, 0.7)):
+        (tmp_path / "runs" / f"seed={s}").mkdir(parents=True)
+        (tmp_path / "runs" / f"seed={s}" / "results.json").write_text(json.dumps(
+            {"test_accuracy": None, "val_accuracy": accuracy, "best_val_accuracy": accuracy, "best_test_accuracy": None}))
+    text, missing = sweep_cli.report(tmp_path)
+    assert "| base **(chosen)** (refit) | 2 | 60.00 ± 14.14 | 60.00 ± 14.14 | - | - |" in text and not missing

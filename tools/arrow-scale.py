@@ -105,7 +105,7 @@ def startup_seconds(data: Path) -> tuple[float, float]:
     from dist_rnn.data.series import SeriesView
 
     started = time.perf_counter()
-    train, _, info = load_arrow(str(data), "sequence", "label")
+    train, _, _, info = load_arrow(str(data), "sequence", "label")
     loaded = time.perf_counter()
     SeriesView.fit(info, train)
     return loaded - started, time.perf_counter() - loaded

@@ -43,25 +43,26 @@ def import_pyarrow() -> Any:
     return pyarrow
 
 
-def split_sources(dataset: str) -> tuple[Path, Path]:
-    """(train, test): the DatasetDict's split directories, or the Parquet file and its test twin."""
+OPTIONAL_SPLITS = ("validation", "test")
+
+
+def split_sources(dataset: str) -> dict[str, Path]:
+    """The splits the data has: "train", and "validation" and "test" where there are (a DatasetDict's
+    split directories, or the Parquet file and its twins named with 'validation' or 'test')."""
     path = Path(dataset)
     if dataset.endswith(".parquet"):
         head, found, tail = path.name.rpartition("train")
         if not found:
             raise UserError(f"`dataset` {dataset}: name the training file (its name holds 'train'), its 'test' "
                             "twin beside it")
-        test = path.with_name(f"{head}test{tail}")
-        for p in (path, test):
-            if not p.is_file():
-                raise UserError(f"`dataset` {dataset}: {p} is missing")
-        return path, test
+        if not path.is_file():
+            raise UserError(f"`dataset` {dataset}: {path} is missing")
+        twins = {name: path.with_name(f"{head}{name}{tail}") for name in OPTIONAL_SPLITS}
+        return {"train": path, **{name: twin for name, twin in twins.items() if twin.is_file()}}
     splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-    missing = [s for s in ("train", "test") if s not in splits or not (path / s).is_dir()]
-    if missing:
-        raise UserError(f"`dataset` {dataset}: a DatasetDict without a {' or '.join(missing)} split "
-                        f"(it has: {', '.join(splits) or 'none'})")
-    return path / "train", path / "test"
+    if "train" not in splits or not (path / "train").is_dir():
+        raise UserError(f"`dataset` {dataset}: a DatasetDict without a train split (it has: {', '.join(splits) or 'none'})")
+    return {name: path / name for name in ("train", *OPTIONAL_SPLITS) if name in splits and (path / name).is_dir()}
 
 
 def read_table(source: Path) -> tuple[Any, list[tuple[Any, int, int]]]:
@@ -302,12 +303,14 @@ class SplitColumns(NamedTuple):
     kind: str
 
 
-def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[ArrowSplit, ArrowSplit, SeriesInfo]:
-    """Both splits, read where they lie, and what a model of them must know; the classes are the
-    training split's labels, sorted (numbers as numbers)."""
-    train_source, test_source = split_sources(dataset)
+def load_arrow(dataset: str, sequence_column: str, label_column: str
+               ) -> tuple[ArrowSplit, Optional[ArrowSplit], Optional[ArrowSplit], SeriesInfo]:
+    """(train, validation, test, info): the splits the data has (None for a missing validation or test
+    split), read where they lie, and what a model of them must know; the classes are the training
+    split's labels, sorted (numbers as numbers)."""
+    sources = split_sources(dataset)
     read = {}
-    for split, source in (("train", train_source), ("test", test_source)):
+    for split, source in sources.items():
         table, maps = read_table(source)
         if sequence_column not in table.column_names:
             raise UserError(f"{source}: no column {sequence_column!r} (columns: {', '.join(table.column_names)}); "
@@ -316,18 +319,20 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
         read[split] = SplitColumns(*read_chunks(table, sequence_column, source, maps), labels, kind)
         if split == "train":
             names = class_label_names(source, table, label_column) if kind == "int" else None
-    train, test = read["train"], read["test"]
-    if train.kind != test.kind:
-        raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {train.kind}; test: {test.kind})")
-    if train.channels != test.channels:
-        raise UserError(f"{dataset}: sequences differ in their numbers of channels: {train_source} has "
-                        f"{train.channels} channels; {test_source} has {test.channels} channels")
+    train = read["train"]
     classes = sorted(set(train.labels.tolist()))
     index = {label: i for i, label in enumerate(classes)}
-    unknown = sorted({str(v) for v in set(test.labels.tolist()) if v not in index})
-    if unknown:
-        raise UserError(f"{test_source}: labels the training split does not have: {', '.join(unknown[:5])}")
-    all_lengths = np.concatenate([train.lengths, test.lengths])
+    for split, other in read.items():
+        if other.kind != train.kind:
+            raise UserError(f"{dataset}: the splits' labels are of mixed types (train: {train.kind}; {split}: "
+                            f"{other.kind})")
+        if other.channels != train.channels:
+            raise UserError(f"{dataset}: sequences differ in their numbers of channels: {sources['train']} has "
+                            f"{train.channels} channels; {sources[split]} has {other.channels} channels")
+        unknown = sorted({str(v) for v in set(other.labels.tolist()) if v not in index})
+        if unknown:
+            raise UserError(f"{sources[split]}: labels the training split does not have: {', '.join(unknown[:5])}")
+    all_lengths = np.concatenate([r.lengths for r in read.values()])
     variable = bool((all_lengths != all_lengths[0]).any())
     named = names is not None and all(0 <= c < len(names) for c in classes)  # a ClassLabel column: its names
     shown = [names[c] if named else str(c) for c in classes]
@@ -337,7 +342,7 @@ def load_arrow(dataset: str, sequence_column: str, label_column: str) -> tuple[A
         labels = torch.tensor([index[v] for v in r.labels.tolist()], dtype=torch.int64)
         return ArrowSplit(r.chunks, labels, r.lengths, r.channels, variable)
 
-    return on_disk(train), on_disk(test), info
+    return on_disk(train), *(on_disk(read[s]) if s in read else None for s in OPTIONAL_SPLITS), info
 
 
 def read_sequences(source: Path, column: str) -> list[np.ndarray]:

@@ -191,8 +191,9 @@ def _classification(path: Path) -> bool:
     return False
 
 
-def locate(dataset: str, data_dir: Optional[Path]) -> tuple[Path, Path]:
-    """The (train, test) `.ts` files `--dataset` names; one line listing what there is if none."""
+def locate(dataset: str, data_dir: Optional[Path]) -> tuple[Path, Optional[Path]]:
+    """The (train, test) `.ts` files `--dataset` names (test None where there is none: a run without a
+    test set); one line listing what there is if none."""
     if dataset.endswith(".ts"):
         train = Path(dataset)
         if not train.is_file():
@@ -201,17 +202,13 @@ def locate(dataset: str, data_dir: Optional[Path]) -> tuple[Path, Path]:
             raise UserError(f"`dataset` {dataset}: name the training file (X_TRAIN.ts), its X_TEST.ts beside it")
         head, _, tail = train.name.rpartition("_TRAIN")
         test = train.with_name(f"{head}_TEST{tail}")
-        if not test.is_file():
-            raise UserError(f"`dataset` {dataset}: its test file {test} is missing")
-        return train, test
+        return train, test if test.is_file() else None
     folders = ([("--data-dir", data_dir)] if data_dir is not None else []) + package_data_dirs()
     for _, folder in folders:
         for base in (folder / dataset, folder):
             train, test = base / f"{dataset}_TRAIN.ts", base / f"{dataset}_TEST.ts"
             if train.is_file():
-                if not test.is_file():
-                    raise UserError(f"`dataset` {dataset}: {train} has no {test.name} beside it")
-                return train, test
+                return train, test if test.is_file() else None
     known = [f"{', '.join(problems_in(folder))} (in {where}'s data)" for where, folder in folders if problems_in(folder)]
     shipped = "; UCR/UEA problems: " + "; ".join(known) if known else \
         "; no UCR/UEA problems found (pip install --no-deps sktime ships some, or pass --data-dir)"
@@ -252,7 +249,10 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
     step then holds each case's length (so one index gathers a batch and its lengths; SeriesView
     reads it back)."""
     train_path, test_path = locate(dataset, data_dir)
-    train, test = read_ts(train_path), read_ts(test_path)
+    train = read_ts(train_path)
+    if test_path is None:
+        return padded_splits(train.problem if not dataset.endswith(".ts") else dataset, train, None)
+    test = read_ts(test_path)
     if sorted(test.classes) != sorted(train.classes):
         raise UserError(f"{test_path}: its @classLabel values ({' '.join(test.classes)}) differ from "
                         f"{train_path.name}'s ({' '.join(train.classes)})")
@@ -263,19 +263,21 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
                          (str(train_path), str(test_path)))
 
 
-def padded_splits(dataset: str, train: TsFile, test: TsFile, names: tuple[str, str] = ("training", "test")
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, SeriesInfo]:
-    """Two splits of one problem (the same classes), padded to the longest sequence of either, and
-    what a model of them must know; one line naming each split (`names`) if their channel counts differ."""
-    counts = [sorted({s.shape[1] for s in split.sequences}) for split in (train, test)]
-    channels = set(counts[0] + counts[1])
+def padded_splits(dataset: str, train: TsFile, test: Optional[TsFile], names: tuple[str, str] = ("training", "test")
+                  ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], SeriesInfo]:
+    """Two splits of one problem (the same classes; no test split: None), padded to the longest
+    sequence of either, and what a model of them must know; one line naming each split (`names`) if
+    their channel counts differ."""
+    splits = [split for split in (train, test) if split is not None]
+    counts = [sorted({s.shape[1] for s in split.sequences}) for split in splits]
+    channels = {c for count in counts for c in count}
     if len(channels) > 1:
         said = [f"{name} {'has' if len(c) == 1 else 'mixes'} {' and '.join(map(str, c))} channels"
                 for name, c in zip(names, counts)]
         raise UserError(f"{dataset}: sequences differ in their numbers of channels: {'; '.join(said)}")
-    lengths = [len(s) for s in train.sequences + test.sequences]
+    lengths = [len(s) for split in splits for s in split.sequences]
     info = SeriesInfo(dataset, train.classes, channels.pop(), len(set(lengths)) > 1, max(lengths))
-    return (*padded(train, info), *padded(test, info), info)
+    return (*padded(train, info), *(padded(test, info) if test is not None else (None, None)), info)
 
 
 def padded(split: TsFile, info: SeriesInfo) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,18 +47,19 @@ def default_data_dir(dataset: str) -> Path:
     return resolve_data_dir(None)
 
 
-def load_dataset(c: TrainConfig, test_only: bool = False,
-                 ) -> tuple["Split | ArrowSplit | None", "Split | ArrowSplit", DataInfo]:
-    """The training and test splits --dataset names (Arrow data stays on disk, the rest is read
-    into memory), and what a model of them must know (classes, lengths, the view to read them by).
-    `test_only`: the training split where the test split needs none (images: None)."""
+def load_dataset(c: TrainConfig, test_only: bool = False) -> tuple[
+        "Split | ArrowSplit | None", "ArrowSplit | None", "Split | ArrowSplit | None", DataInfo]:
+    """(train, validation, test, info): the splits --dataset names (Arrow data stays on disk, the
+    rest is read into memory; a validation split only where the data has its own, a test split None
+    where it has none), and what a model of them must know (classes, lengths, the view to read them
+    by). `test_only`: the training split where the test split needs none (images: None)."""
     if is_image_set(c.dataset):
         data_dir = resolve_data_dir(c.data_dir)
         if c.download and not test_only:  # a training run fetches them (one process: see main_first)
             download_mnist(data_dir)
         train, test = (None, load_split(data_dir, "test")) if test_only else load_mnist(data_dir)
-        return train, test, ImageInfo(c.dataset, data_dir, tuple(test.images.shape[1:]))
+        return train, None, test, ImageInfo(c.dataset, data_dir, tuple(test.images.shape[1:]))
     if is_arrow_source(c.dataset):
         return load_arrow(c.dataset, c.sequence_column, c.label_column)
     train_x, train_y, test_x, test_y, info = load_series(c.dataset, resolve_data_dir(c.data_dir))
-    return Split(train_x, train_y), Split(test_x, test_y), info
+    return Split(train_x, train_y), None, None if test_x is None else Split(test_x, test_y), info
