@@ -386,10 +386,8 @@ def validate(c: TrainConfig, validation_given: bool = False) -> None:
                         "0 .. K-1" if c.val_folds else "`val_fold` needs `val_folds` (the number of folds)")
     if c.val_folds and c.val_size:
         raise UserError("`val_folds` and `val_size` each make the validation split: give one")
-    if c.lr_schedule == "plateau" and not (c.val_size or c.val_folds or validation_given):
-        raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
-    if c.early_stop and not (c.val_size or c.val_folds or validation_given):
-        raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
+    # (Arrow data may bring a validation split of its own: the Trainer checks once it is read)
+    check_validation_needs(c, bool(c.val_size or c.val_folds or validation_given or is_arrow_source(c.dataset)))
     if is_image_set(c.dataset) and c.dataset != "mnist" and (c.data_dir is None or c.download):
         raise UserError(f"`dataset` {c.dataset} needs its own `data_dir` (the default, $DIST_RNN_DATA or ./data, holds "
                         "MNIST's files, named alike) and cannot `download` (only MNIST can)")
@@ -421,6 +419,19 @@ def from_values(values: dict[str, Any]) -> TrainConfig:
 
 
 IMAGE_SETS = ("mnist", "fashion-mnist", "kmnist")  # the IDX sets: the same four file names, 10 classes each
+
+
+def check_validation_needs(c: TrainConfig, validated: bool) -> None:
+    """The options that need a validation split, where there is none (one line)."""
+    if c.lr_schedule == "plateau" and not validated:
+        raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
+    if c.early_stop and not validated:
+        raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
+
+
+def is_arrow_source(dataset: str) -> bool:
+    """Whether --dataset names a saved DatasetDict or a Parquet file (data/arrow.py reads them)."""
+    return dataset.endswith(".parquet") or (Path(dataset) / "dataset_dict.json").is_file()
 
 
 def is_image_set(dataset: str) -> bool:

@@ -35,7 +35,7 @@ from dist_rnn.checkpoint import (
     set_rng_state,
 )
 from dist_rnn.cli import parse_config, prog, run_command
-from dist_rnn.config import TrainConfig, to_dict
+from dist_rnn.config import TrainConfig, check_validation_needs, to_dict
 from dist_rnn.data import (
     ArrowSplit,
     DataInfo,
@@ -105,6 +105,7 @@ def prepare_data(c: TrainConfig, source: DataSource) -> tuple[Split, Optional[Sp
     if val is not None and (c.val_size or c.val_folds):
         raise UserError("the data comes with its own validation split: leave `val_size` and `val_folds` at 0")
     if val is not None or not (c.val_size or c.val_folds):
+        check_validation_needs(c, val is not None)
         return train, val, test, None, info
     train, val, kept = validation_split(train, c.val_size, c.seed, c.val_folds, c.val_fold)
     return train, val, test, kept, info

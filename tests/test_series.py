@@ -448,6 +448,15 @@ def test_a_validation_split_of_the_data_is_the_validation_split_and_the_test_spl
     assert train_cli.main(["--dataset", str(saved), "--out-dir", str(tmp_path / "o"), "--val-size", "0.1", *args]) == 2
     assert "the data comes with its own validation split: leave --val-size and --val-folds at 0" in \
         capsys.readouterr().err
+    # Early stopping watches the data's own validation split; without one it is one line, before any file.
+    assert train_cli.main(["--dataset", str(saved), "--out-dir", str(tmp_path / "stop"), "--early-stop", "2",
+                           *args]) == 0
+    capsys.readouterr()
+    (saved / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+    assert train_cli.main(["--dataset", str(saved), "--out-dir", str(tmp_path / "o"), "--early-stop", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--early-stop needs a validation split to watch" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_class_label_column_gives_its_names(tmp_path):

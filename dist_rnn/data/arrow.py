@@ -28,11 +28,6 @@ from dist_rnn.errors import UserError, first_line
 BLOCK = 1 << 22  # values per block of the check over a whole split: bounded temporaries
 
 
-def is_arrow_source(dataset: str) -> bool:
-    """Whether --dataset names a saved DatasetDict or a Parquet file."""
-    return dataset.endswith(".parquet") or (Path(dataset) / "dataset_dict.json").is_file()
-
-
 def import_pyarrow() -> Any:
     try:
         import pyarrow

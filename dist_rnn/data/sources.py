@@ -10,8 +10,8 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from dist_rnn.config import TrainConfig, is_image_set
-from dist_rnn.data.arrow import ArrowSplit, is_arrow_source, load_arrow
+from dist_rnn.config import TrainConfig, is_arrow_source, is_image_set
+from dist_rnn.data.arrow import ArrowSplit, load_arrow
 from dist_rnn.data.idx import download_mnist, load_mnist, load_split, resolve_data_dir
 from dist_rnn.data.series import load_series
 from dist_rnn.data.splits import Split
