@@ -143,6 +143,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     rank 0 prints (and writes --out and --predictions)."""
     snapshots = [distributed.main_first(env, lambda p=p: load_checkpoint(Path(p))) for p in c.checkpoint]
     configs = [trained_config(snapshot, path) for snapshot, path in zip(snapshots, c.checkpoint)]
+    states = [TrainState.from_checkpoint(snapshot) for snapshot in snapshots]
     config = configs[0]
     for path, other in zip(c.checkpoint[1:], configs[1:]):
         if other.dataset != config.dataset:
@@ -174,8 +175,8 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
         raise UserError(f"`dataset` {dataset}: it has no test split to score (--dataset names data that has one)")
     test = test.head(c.limit_test).to(env.device)
     members = []
-    for snapshot, member in zip(snapshots, configs):
-        view = trained_view(member, TrainState.from_checkpoint(snapshot).view)
+    for snapshot, member, state in zip(snapshots, configs, states):
+        view = trained_view(member, state.view)
         view.check_data(info, dataset)
         members.append((view.to(env.device), trained_model(snapshot, member, input_size=view.input_size).to(env.device)))
     view, model = members[0] if len(members) == 1 else (lambda inputs: inputs, Ensemble(members))
@@ -183,7 +184,7 @@ def evaluate_checkpoint(c: EvalConfig, env: DistEnv) -> dict[str, Any]:
     classes = [str(name) for name in members[0][0].classes]
     metrics = per_class(scores["test_confusion"], classes)
     result = {"checkpoint": c.checkpoint[0] if len(c.checkpoint) == 1 else c.checkpoint,
-              "step": TrainState.from_checkpoint(snapshots[0]).step, "world_size": env.world_size,
+              "step": states[0].step, "world_size": env.world_size,
               "dataset": dataset, "inputs": members[0][0].describe(dataset),
               **{k: v for k, v in scores.items() if k not in ("test_predicted", "test_probability")},
               "test_per_class": metrics, "classes": classes}

@@ -192,10 +192,11 @@ def plan(path: str, sweep_dir: Path, data_dir: Optional[str] = None, refit: int 
     folds = folds_of(spec, path)
     points = grid_points(spec, path)
     for point in points if refit else []:
-        if not ({**base, **point}.get("val_size") or spec.get("folds")):
+        configuration = {**base, **point}
+        if not (configuration.get("val_size") or spec.get("folds")):
             raise UserError(f"spec {path}: --refit trains the configuration chosen on validation: give "
                             f"{label(point)} a val_size, or the spec 'folds: K'")
-        refit_runs({**base, **point}, point, refit, sweep_dir, f"spec {path}: ")
+        refit_runs(configuration, point, refit, sweep_dir, f"spec {path}: ")
     for point, seed, fold in itertools.product(points, seeds_of(spec, path), folds):
         kfold = {} if fold is None else {"val_folds": len(folds), "val_fold": fold}
         values = {**base, **point, "seed": seed, **kfold}
@@ -645,9 +646,10 @@ def best_checkpoints(sweep_dir: Path, configuration: str) -> list[str]:
     return paths
 
 
-def refit_markdown(refit: list[tuple[Run, Optional[dict[str, Any]]]], choice: Optional[dict[str, Any]]) -> str:
-    """The refit's test accuracy (its final weights: it has no validation split to choose a checkpoint by)."""
-    if choice is None or refit[0][0].configuration != choice["configuration"]:  # made before the runs changed
+def refit_markdown(refit: list[tuple[Run, Optional[dict[str, Any]]]], current: bool) -> str:
+    """The refit's test accuracy (its final weights: it has no validation split to choose a checkpoint
+    by); `current`: of the configuration marked (refit) now, not one made before the runs changed."""
+    if not current:
         return (f"**Refit**: the one in runs/refit,* is of {refit[0][0].configuration}, not of the configuration "
                 "marked (refit) now: `--refit N` trains that one.")
     scores = [r["test_accuracy"] for _, r in refit if r is not None]
@@ -673,11 +675,12 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
     table, missing = tabulate(sweep_dir)
     refit = tabulate_refit(sweep_dir)
     choice = refit_choice(table)
-    if refit and choice and refit[0][0].configuration == choice["configuration"]:
+    current = bool(refit and choice and refit[0][0].configuration == choice["configuration"])
+    if current:
         missing += [f"{run.name}: no results.json (failed, stopped or not run yet)" for run, r in refit if r is None]
         choice["refit_test_mean"], choice["refit_test_sd"] = mean_sd([r["test_accuracy"] for _, r in refit if r])
     chosen = next((row["configuration"] for row in table if row["chosen"]), None)
-    text = markdown(table, missing, refit_markdown(refit, choice) if refit else "",
+    text = markdown(table, missing, refit_markdown(refit, current) if refit else "",
                     best_checkpoints(sweep_dir, chosen) if chosen else None)
     atomic_write(sweep_dir / "report.md", lambda fh: fh.write(text.encode()))
     atomic_write(sweep_dir / "report.csv", lambda fh: fh.write(csv_text(table).encode()))
@@ -782,15 +785,14 @@ def execute(sweep_dir: Path, runs: list[Run], c: SweepConfig, what: str, then: O
         job = submit(sweep_dir, todo, submission, tasks)
         at_once = f", at most {throttle(c.array)[1:]} at once" if c.array else ""
         print(f"submitted job array {job}: {len(todo)} {what}{at_once}; logs in {sweep_dir / 'slurm'}")
+        then = then or f"{prog('dist_rnn.sweep')} --report {sweep_dir}"
         if not c.wait:
-            print(f"follow it with `squeue -j {job}`; once it has ended: "
-                  f"{then or prog('dist_rnn.sweep') + ' --report ' + str(sweep_dir)}")
+            print(f"follow it with `squeue -j {job}`; once it has ended: {then}")
             return 0
         try:
             wait_for(job, runs, sweep_dir)
         except KeyboardInterrupt:
-            print(f"no longer waiting: array {job} goes on (squeue -j {job}; once it has ended: "
-                  f"{then or prog('dist_rnn.sweep') + ' --report ' + str(sweep_dir)})")
+            print(f"no longer waiting: array {job} goes on (squeue -j {job}; once it has ended: {then})")
             return 130
     else:
         try:

@@ -65,11 +65,9 @@ def build_optimizer(c: TrainConfig, model: nn.Module, graphed: bool) -> torch.op
     if c.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     adam = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-    if graphed:
-        return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, capturable=True, fused=True)
-    if next(model.parameters()).device.type == "cuda":
-        return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True)
-    return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    mode = dict(capturable=True, fused=True) if graphed else \
+        dict(fused=True) if next(model.parameters()).device.type == "cuda" else {}
+    return adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay, **mode)
 
 
 def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:

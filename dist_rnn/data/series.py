@@ -250,8 +250,9 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
     reads it back)."""
     train_path, test_path = locate(dataset, data_dir)
     train = read_ts(train_path)
+    name = train.problem if not dataset.endswith(".ts") else dataset
     if test_path is None:
-        return padded_splits(train.problem if not dataset.endswith(".ts") else dataset, train, None)
+        return padded_splits(name, train, None)
     test = read_ts(test_path)
     if sorted(test.classes) != sorted(train.classes):
         raise UserError(f"{test_path}: its @classLabel values ({' '.join(test.classes)}) differ from "
@@ -259,8 +260,7 @@ def load_series(dataset: str, data_dir: Optional[Path]) -> tuple[torch.Tensor, t
     if test.classes != train.classes:  # the same classes listed in another order: the training file's order
         order = np.array([train.classes.index(name) for name in test.classes])
         test = TsFile(test.sequences, order[test.labels], train.classes, test.problem)
-    return padded_splits(train.problem if not dataset.endswith(".ts") else dataset, train, test,
-                         (str(train_path), str(test_path)))
+    return padded_splits(name, train, test, (str(train_path), str(test_path)))
 
 
 def padded_splits(dataset: str, train: TsFile, test: Optional[TsFile], names: tuple[str, str] = ("training", "test")
