@@ -179,6 +179,9 @@ class TrainConfig(RuntimeOptions):
                                        "the test set: learning curves; its time is not counted as training); always "
                                        "after each epoch (default: only then)", min=1)
     out_dir: Optional[str] = option(None, "run directory (default: runs/<preset-or-name>-<timestamp>)")
+    trial: Optional[str] = option(None, "report each epoch's validation score to the Optuna trial this file names "
+                                  "(dist_rnn.sweep writes one per run of a search) and stop, pruned, when its "
+                                  "pruner says so")
     wandb: bool = option(False, "log to Weights & Biases (rank 0 only; offline when no API key; $WANDB_MODE "
                          "is respected); a resumed run continues the same wandb run")
     wandb_project: str = option("dist_rnn", "wandb project")
@@ -425,6 +428,8 @@ def check_validation_needs(c: TrainConfig, validated: bool) -> None:
     """The options that need a validation split, where there is none (one line)."""
     if c.lr_schedule == "plateau" and not validated:
         raise UserError("`lr_schedule`=plateau follows the validation loss: add `val_size` (e.g. 0.1)")
+    if c.trial and not validated:
+        raise UserError("`trial` reports validation scores to a search: add `val_size` (e.g. 0.1)")
     if c.early_stop and not validated:
         raise UserError("`early_stop` needs a validation split to watch: add `val_size` (e.g. 0.1)")
 

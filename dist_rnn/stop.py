@@ -22,6 +22,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Steps between two agreements. A stop comes at most 2 x this many steps after the signal (well
 # under a second of GPU training, seconds on CPU), far inside SLURM's --signal grace.
 CHECK_EVERY = 10
+# What the agreement carries besides a signal number: a search's pruner asked the run to stop (above
+# every signal number, so MAX keeps it).
+PRUNE = 1000
 
 
 class StopRequest:
@@ -58,6 +61,16 @@ class StopRequest:
         flag = torch.tensor([self.received or 0], dtype=torch.int64)
         self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
         return answer
+
+    def agree_now(self, prune: bool = False) -> Optional[int]:
+        """A blocking agreement, for a point every rank reaches together (after a validation score):
+        PRUNE when `prune` was asked on any rank (global rank 0 asks the pruner), else the signal any
+        rank received, or None. Collective; the agreement under way, if any, is finished first."""
+        flag = torch.tensor([PRUNE if prune else self.received or 0], dtype=torch.int64)
+        if self.env.is_distributed:
+            self._finish_pending()  # (what it carried is in `received`, which this all-reduce sends too)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return int(flag.item()) or None
 
     def _finish_pending(self) -> Optional[int]:
         if self._pending is None:

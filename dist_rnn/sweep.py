@@ -47,7 +47,7 @@ from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
 from dist_rnn.lock import RunLock
 
-SPEC_KEYS = ("base", "grid", "runs", "seeds", "folds")
+SPEC_KEYS = ("base", "grid", "runs", "search", "space", "seeds", "folds")
 SET_BY_THE_SWEEP = {name: f"is set by the sweep ({why})" for name, why in (
     ("out_dir", "each run's is SWEEP_DIR/runs/NAME"), ("resume", "finished runs are skipped, the others resume"),
     ("overwrite", "delete a run's directory to start it again"), ("config", "write its options in 'base'"),
@@ -78,6 +78,8 @@ class SweepConfig:
                         "and report its test accuracy (with --slurm, the same command again once the array has "
                         "ended submits the refit)", min=0)
     dry_run: bool = option(False, "print the runs (and what would be run or submitted) and write nothing")
+    worker: bool = option(False, "a search (the spec has 'search'): take trials from the study in --out-dir until it "
+                          "has its trials, and end; what each task of a --slurm search runs (written for you)")
     report: Optional[str] = option(None, "tabulate the sweep in this directory instead (mean +- sd over seeds, the "
                                    "configuration with the best mean validation accuracy marked); writes "
                                    "report.md and report.csv there")
@@ -471,13 +473,22 @@ def arrays_in_flight(sweep_dir: Path) -> list[str]:
 def submit(sweep_dir: Path, todo: list[Run], command: list[str], tasks: Path) -> str:
     """Write the array's script and task list, submit; returns the array's job id (also recorded in
     slurm/arrays.txt)."""
-    atomic_write(sweep_dir / "slurm" / "array.sbatch", lambda fh: fh.write(ARRAY_SCRIPT.encode()))
     lines = "".join(f"{config_file(sweep_dir, r).absolute()}\n" for r in todo)
     atomic_write(tasks, lambda fh: fh.write(lines.encode()))
+    try:
+        return submit_array(sweep_dir, "array.sbatch", ARRAY_SCRIPT, command)
+    except UserError:
+        tasks.unlink(missing_ok=True)
+        raise
+
+
+def submit_array(sweep_dir: Path, script: str, text: str, command: list[str]) -> str:
+    """Write the array's script as slurm/SCRIPT and run `command` (sbatch ... SCRIPT ...); returns the
+    array's job id, also recorded in slurm/arrays.txt."""
+    atomic_write(sweep_dir / "slurm" / script, lambda fh: fh.write(text.encode()))
     env = {**os.environ, "DIST_RNN_HOME": str(slurm_home()), "PYTHON": os.environ.get("PYTHON", sys.executable)}
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        tasks.unlink(missing_ok=True)
         raise UserError(f"sbatch refused the array: {first_line(proc.stderr.strip() or proc.stdout.strip())}")
     job = proc.stdout.strip().split(";")[0]
     with open(sweep_dir / "slurm" / "arrays.txt", "a") as fh:
@@ -700,6 +711,9 @@ def sweep(spec: str, c: SweepConfig) -> int:
     if c.slurm and c.jobs != 1:
         raise UserError("`jobs` is for runs here; with `slurm`, `array` limits the tasks at once")
     sweep_dir = Path(c.out_dir)
+    if "search" in read_spec(spec) or c.worker:
+        from dist_rnn import search  # (it imports this module)
+        return search.run(spec, c, sweep_dir)
     runs = plan(spec, sweep_dir, c.data_dir, c.refit)
     check_same_runs(sweep_dir, runs)
     if c.slurm:
@@ -824,7 +838,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if c.report:
             if spec:
                 raise UserError("--report tabulates a sweep directory: give no spec with it")
-            text, missing = report(Path(c.report))
+            if (Path(c.report) / "study.journal").is_file():
+                from dist_rnn import search
+                text, missing = search.report(Path(c.report))
+            else:
+                text, missing = report(Path(c.report))
             print(text, end="")
             print(f"report: {Path(c.report) / 'report.md'}, {Path(c.report) / 'report.csv'}")
             code = 1 if missing else 0  # as the sweep itself: not every run has results

@@ -55,7 +55,7 @@ from dist_rnn.log import RunLog
 from dist_rnn.model import build_model, count_parameters
 from dist_rnn.schedule import Schedule, schedules_the_rate
 from dist_rnn.step import EagerStep, GraphedStep, graphs_refusal
-from dist_rnn.stop import StopRequest
+from dist_rnn.stop import PRUNE, StopRequest
 
 
 def build_optimizer(c: TrainConfig, model: nn.Module, graphed: bool) -> torch.optim.Optimizer:
@@ -82,6 +82,9 @@ def keep_optimizer_mode(optimizer: torch.optim.Optimizer) -> None:
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].to(device=param.device if on_device else "cpu", dtype=torch.float32)
 
+
+# Asked after each complete epoch's validation score (epoch count, the score): stop, pruned?
+Pruner = Callable[[int, dict[str, Any]], bool]
 
 # What a data source returns: (train, validation or None, test or None, what a model of the data
 # must know: its DataInfo). fit() hands the Trainer one for data given in Python.
@@ -238,12 +241,15 @@ class Trainer:
     fixed-shape tensors."""
 
     def __init__(self, c: TrainConfig, env: DistEnv, source: Optional[DataSource] = None,
-                 command: Optional[str] = None):
+                 command: Optional[str] = None, pruner: Optional[Pruner] = None):
+        """`pruner`: called with each complete epoch's validation score (every rank; global rank 0's
+        answer counts): True stops every rank there, the run pruned (a search's trial)."""
         # Every rank asks its own CPU or GPU (nodes may differ); all refuse together if one cannot.
         distributed.main_first(env, lambda: check_precision(c.precision, env.device, c.cell))
         self.out_dir_chosen = c.out_dir is not None  # else a new timestamped directory: a rerun starts afresh
         self.c = c = resolve_config(c, env)
         self.env, self.out_dir = env, Path(c.out_dir)
+        self.pruner = pruner
         self.source = source or config_source(c)
         self.command = command or command_line()  # how the run was started: the lock and the log say it
         self.log = RunLog(self.out_dir, active=env.is_main)
@@ -378,13 +384,13 @@ class Trainer:
         --log-every steps, the test set scored at each epoch's end, checkpoints by the manager's
         policy; a signal stops every rank at the same step, after a checkpoint."""
         s, steps_per_epoch = self.state, self.sampler.steps_per_epoch
-        stopped, last_eval, stop = None, None, None
+        stopped, pruned, last_eval, stop = None, False, None, None
         try:
             self._announce()
             stop = StopRequest(self.env, self.c.dist_timeout)  # SIGTERM / SIGINT / SIGUSR1: checkpoint, leave at a step
             # An epoch whose last batch is done but not yet scored (stopped right there) is scored first.
             while ((s.step < self.total_steps or s.batch_in_epoch == steps_per_epoch) and stopped is None
-                   and not s.early_stopped):
+                   and not s.early_stopped and not pruned):
                 self.sampler.load_state_dict({"epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch})
                 clock = Clock(self.env.device)
                 # The same batches in the same order at any world size; a graphed step's are written
@@ -423,9 +429,16 @@ class Trainer:
                 if complete:  # epoch complete: a resume starts the next one
                     s.epoch, s.batch_in_epoch = s.epoch + 1, 0
                 self.save("epoch")
+                if complete and self.pruner is not None and self.val_set is not None:
+                    # rank 0's answer reaches every rank through the stop agreement; a finished run is never pruned
+                    ask = self.pruner(s.epoch, last_eval) and s.step < self.total_steps
+                    agreed = stop.agree_now(ask)
+                    pruned, stopped = agreed == PRUNE, None if agreed == PRUNE else agreed
             stop.close()  # from here a signal acts as usual: the evaluation and saves below are short
             if stopped is not None:
                 self._stop(stopped)
+            if pruned:
+                return self._pruned(last_eval)
             if stop.received is not None:  # it came after the last agreement: nothing was left to stop
                 name = signal.Signals(stop.received).name
                 self.log.info(f"{name} arrived in the run's last steps: it finished instead")
@@ -596,6 +609,19 @@ class Trainer:
         distributed.barrier(self.env)
         raise Stopped(signum)
 
+    def _pruned(self, last_eval: dict[str, Any]) -> dict[str, Any]:
+        """End a run its search pruned: its epoch-end checkpoint stays (an evaluate or a plot can use
+        it), pruned.json says where it stopped, and no test figure is made."""
+        s = self.state
+        pruned = {"pruned": True, "steps": s.step, "epochs": s.epoch, "val_accuracy": last_eval["val_accuracy"],
+                  "val_loss": last_eval["val_loss"], "best_step": s.best_step, "best_val_accuracy": s.best_val_accuracy}
+        self.log.event("pruned", step=s.step)
+        self.log.write_json("pruned.json", pruned)
+        self.log.info(f"pruned by the search after epoch {s.epoch} (step {s.step} of {self.total_steps}): "
+                      f"validation accuracy {last_eval['val_accuracy']:.4f}; {self.out_dir / 'pruned.json'}")
+        distributed.barrier(self.env)  # leave together: rank 0 may still be writing
+        return pruned
+
     def _finish(self, last_eval: Optional[dict[str, Any]]) -> dict[str, Any]:
         s, c = self.state, self.c
         if last_eval is None:  # nothing left to train (--max-steps 0, or resuming a finished run)
@@ -667,7 +693,11 @@ def command_line() -> str:
 
 def run(c: TrainConfig, env: DistEnv) -> dict[str, Any]:
     """Train and evaluate as configured; returns the results (also written by rank 0)."""
-    return Trainer(c, env).train()
+    pruner = None
+    if c.trial:  # a run of a search's trial (dist_rnn.sweep): Optuna is needed only then
+        from dist_rnn.search import TrialReporter
+        pruner = TrialReporter(c.trial, env.is_main)
+    return Trainer(c, env, pruner=pruner).train()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
