@@ -356,6 +356,7 @@ class Claimed:
     number: int
     runs: list[sweep.Run]
     claim: RunLock
+    copy_of: Optional[int] = None  # it repeats that trial's options: it waits for its outcome
     proc: Optional[subprocess.Popen] = None
     run: Optional[sweep.Run] = None
     began: float = 0.0
@@ -370,18 +371,24 @@ def claim_next(study: Any, search: Search, sweep_dir: Path) -> Optional[Claimed]
         while True:
             trials = study.get_trials(deepcopy=False)
             for t in trials:
-                if t.state == states.RUNNING and (claimed := try_claim(search, t.number, t.params, sweep_dir)):
+                if t.state == states.RUNNING and (claimed := try_claim(search, t.number, t.params, sweep_dir,
+                                                                       t.user_attrs.get("copy_of"))):
                     return claimed
             done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
             if done + sum(t.state == states.RUNNING for t in trials) >= search.trials:
                 return None
             study.sampler = make_sampler(search, search.seed + len(trials))  # a trial's sample: seed and history
             trial = study.ask(search.space)
-            same = next((t for t in trials if t.state in (states.COMPLETE, states.PRUNED) and t.params == trial.params
-                         and "copy_of" not in t.user_attrs), None)
-            if same is not None:
-                copy(study, trial, same)
+            same = next((t for t in trials if t.params == trial.params and "copy_of" not in t.user_attrs
+                         and t.state != states.FAIL), None)
+            if same is not None and same.state != states.RUNNING:
+                copy(study, trial.number, same)
                 continue
+            if same is not None:  # its runs are under way: this trial waits for their outcome
+                trial.set_user_attr("copy_of", same.number)
+                claimed = try_claim(search, trial.number, trial.params, sweep_dir, same.number)
+                assert claimed is not None
+                return claimed
             runs = trial_runs(search, trial.number, trial.params, sweep_dir)
             trial.set_user_attr("runs", [r.name for r in runs])
             write_trial(sweep_dir, search, trial.number, runs)
@@ -390,25 +397,35 @@ def claim_next(study: Any, search: Search, sweep_dir: Path) -> Optional[Claimed]
             return claimed
 
 
-def copy(study: Any, trial: Any, same: Any) -> None:
-    """Record `trial` as `same` came out, without training (a pruned one with its scores, pruned)."""
+def copy(study: Any, number: int, same: Any) -> None:
+    """Record trial `number` as `same` came out, without training (pruned: with its scores; failed:
+    failed)."""
     states = optuna().trial.TrialState
-    trial.set_user_attr("copy_of", same.number)
-    trial.set_user_attr("steps", 0)
+    print(f"{trial_name(number)} repeats {trial_name(same.number)}'s options: recorded as it came out, untrained",
+          flush=True)
+    set_attr(study, number, "copy_of", same.number)
+    set_attr(study, number, "steps", 0)
     if same.state == states.COMPLETE:
-        study.tell(trial, same.value)
-        return
-    for step, value in same.intermediate_values.items():
-        trial.report(value, step)
-    study.tell(trial, state=states.PRUNED)
+        study.tell(number, same.value)
+    elif same.state == states.PRUNED:
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        for step, value in same.intermediate_values.items():
+            study._storage.set_trial_intermediate_value(trial_id, step, value)
+        study.tell(number, state=states.PRUNED)
+    else:
+        set_attr(study, number, "error", f"as {trial_name(same.number)}")
+        study.tell(number, state=states.FAIL)
 
 
-def try_claim(search: Search, number: int, point: dict[str, Any], sweep_dir: Path) -> Optional[Claimed]:
+def try_claim(search: Search, number: int, point: dict[str, Any], sweep_dir: Path,
+              copy_of: Optional[int] = None) -> Optional[Claimed]:
     claim = RunLock(sweep_dir / "claims" / trial_name(number), shlex.join(sys.argv))
     try:
         claim.acquire(lambda line: None)
     except UserError:  # another worker trains it
         return None
+    if copy_of is not None:
+        return Claimed(number, [], claim, copy_of=copy_of)
     runs = trial_runs(search, number, point, sweep_dir)
     if any(busy(sweep_dir / "runs" / r.name) for r in runs):  # its last worker's run is still ending
         claim.release()
@@ -439,21 +456,30 @@ def work(sweep_dir: Path, search: Search, jobs: int, slurm_task: bool = False) -
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
     try:
         while True:
-            while len(active) < jobs and not stopping and not failed:
+            # (a trial waiting for another's outcome takes no slot: the slots may resume that other)
+            while sum(a.copy_of is None for a in active) < jobs and not stopping and not failed:
                 claimed = claim_next(study, search, sweep_dir)
                 if claimed is None:
                     break
                 active.append(claimed)
-                resumed = any((sweep_dir / "runs" / r.name).is_dir() for r in claimed.runs)
-                print(f"{'resumed' if resumed else 'started'} {trial_name(claimed.number)}: "
-                      f"{sweep.label(claimed.runs[0].point)}", flush=True)
+                if claimed.copy_of is None:
+                    resumed = any((sweep_dir / "runs" / r.name).is_dir() for r in claimed.runs)
+                    print(f"{'resumed' if resumed else 'started'} {trial_name(claimed.number)}: "
+                          f"{sweep.label(claimed.runs[0].point)}", flush=True)
             for a in active:
-                if a.proc is None and not stopping:
+                if a.proc is None and a.copy_of is None and not stopping:
                     start_next_run(sweep_dir, a, threads, slurm_task)
             if not active:
                 break
             time.sleep(sweep.POLL_S)
             for a in list(active):
+                if a.copy_of is not None and not stopping:
+                    same = study.get_trials(deepcopy=False)[a.copy_of]
+                    if same.state != states.RUNNING:
+                        copy(study, a.number, same)
+                        a.claim.release()
+                        active.remove(a)
+                    continue
                 if a.proc is None or a.proc.poll() is None:
                     if a.proc is None and stopping:
                         a.claim.release()
@@ -716,8 +742,10 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
                   f"the complete trial with the {'lowest' if study.direction.name == 'MINIMIZE' else 'highest'} mean "
                   f"{metric} over its runs ({runs_word(spec)}); a pruned trial is never chosen, and the test set plays "
                   "no part. Its runs: " + ", ".join(f"runs/{n}" for n in best.user_attrs.get("runs", []))]
-    lines += importances(study, complete)
-    lines += figures(study, sweep_dir, complete)
+    with warnings.catch_warnings():  # (Optuna's about flat data: a space of one point, equal values)
+        warnings.simplefilter("ignore", UserWarning)
+        lines += importances(study, complete)
+        lines += figures(study, sweep_dir, complete)
     refit_runs = sweep.tabulate_refit(sweep_dir) if listed_refit(sweep_dir) else []
     if refit_runs:
         current = bool(complete) and refit_runs[0][0].point == study.best_trial.params
