@@ -620,11 +620,8 @@ def run(spec: str, c: sweep.SweepConfig, sweep_dir: Path) -> int:
     study = open_study(sweep_dir, search, create=True)
     atomic_write_json(sweep_dir / "sweep.json", {"spec": search.spec_path, "search": True, "runs": [],
                                                  **({"refit": listing} if (listing := listed_refit(sweep_dir)) else {})})
-    if c.slurm:
-        code = submit_workers(spec, c, sweep_dir, search, workers)
-    else:
-        code = work(sweep_dir, search, c.jobs)
-    if code:
+    code = submit_workers(spec, c, sweep_dir, search, workers) if c.slurm else work(sweep_dir, search, c.jobs) or None
+    if code is not None:  # (stopped, failed, or an array not waited for)
         return code
     if c.refit and (code := refit(spec, c, sweep_dir, search, study)) is not None:
         return code
