@@ -11,6 +11,10 @@ The spec (YAML or JSON; option names as in config files):
     seeds: [0, 1]                                          # or  seeds: 2  (0 and 1)
     folds: 5                 # optional: K-fold validation, every seed x fold a run (--val-folds/--val-fold)
 
+With `search` and `space` instead of a grid, the sweep is an Optuna study (dist_rnn/search.py): trials
+sampled from the space, pruned on their validation scores, taken by --jobs N workers here or by the
+tasks of a --slurm array.
+
 Layout of SWEEP_DIR: sweep.json (the runs), configs/NAME.json (each run's options, what its
 `--config` reads), runs/NAME/ (each run's directory), logs/NAME.log (each local run's output),
 slurm/ (the array's script, task lists and logs), report.md and report.csv. A refit's runs are
@@ -67,7 +71,8 @@ class SweepConfig:
                        "cores / jobs threads, or $OMP_NUM_THREADS / jobs where you set it)", min=1)
     slurm: bool = option(False, "submit the unfinished runs as one SLURM job array (a task per run, each requeued "
                          "and resumed on preemption like slurm/train.sbatch) instead of running them here")
-    array: Optional[str] = option(None, "with --slurm: at most N tasks of the array at once ('%%4' or '4')")
+    array: Optional[str] = option(None, "with --slurm: at most N tasks of the array at once ('%%4' or '4'); "
+                                   "a search: N workers (default: one per trial)")
     sbatch_args: Optional[str] = option(None, "with --slurm: more sbatch options for the array, after an =, e.g. "
                                         "--sbatch-args='--partition=gpu --gpus-per-node=1 --cpus-per-task=8 "
                                         "--time=2:00:00' (the script asks for one node and 1 h)")
@@ -76,7 +81,7 @@ class SweepConfig:
     refit: int = option(0, "once every run has finished: train the configuration whose final weights have the best "
                         "mean validation accuracy on the whole training split (no validation split), seeds 0 .. N-1, "
                         "and report its test accuracy (with --slurm, the same command again once the array has "
-                        "ended submits the refit)", min=0)
+                        "ended submits the refit; a search: the best trial's options)", min=0)
     dry_run: bool = option(False, "print the runs (and what would be run or submitted) and write nothing")
     worker: bool = option(False, "a search (the spec has 'search'): take trials from the study in --out-dir until it "
                           "has its trials, and end; what each task of a --slurm search runs (written for you)")
@@ -823,10 +828,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                             epilog="Examples:\n"
                             "  python -m dist_rnn.sweep sweep.yaml --out-dir sweeps/lr --jobs 2\n"
                             "  python -m dist_rnn.sweep sweep.yaml --out-dir sweeps/lr --slurm --array %4 --wait\n"
+                            "  python -m dist_rnn.sweep search.yaml --out-dir sweeps/tpe --jobs 2 --refit 5\n"
                             "  python -m dist_rnn.sweep --report sweeps/lr",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", nargs="?", metavar="SPEC", help="the sweep's YAML or JSON file (base, grid or runs, "
-                        "seeds); not with --report")
+    parser.add_argument("spec", nargs="?", metavar="SPEC", help="the sweep's YAML or JSON file (base, grid or runs "
+                        "or search and space, seeds, folds); not with --report")
     add_dataclass_flags(parser, SweepConfig)
     code = 0
 
