@@ -461,6 +461,9 @@ def work(sweep_dir: Path, search: Search, jobs: int, slurm_task: bool = False) -
                 claimed = claim_next(study, search, sweep_dir)
                 if claimed is None:
                     break
+                if claimed.copy_of is None and record(study, sweep_dir, claimed) is not None:
+                    claimed.claim.release()  # its runs had all ended (their worker died before telling)
+                    continue
                 active.append(claimed)
                 if claimed.copy_of is None:
                     resumed = any((sweep_dir / "runs" / r.name).is_dir() for r in claimed.runs)
@@ -539,20 +542,9 @@ def run_ended(study: Any, sweep_dir: Path, a: Claimed, stopping: bool) -> str:
     r = ended(sweep_dir, run)
     seconds = f"{time.monotonic() - a.began:.0f} s"
     if r is not None and code == 0:
-        if not r.get("pruned") and any(ended(sweep_dir, x) is None for x in a.runs):
+        if record(study, sweep_dir, a) is None:
             print(f"  {run.name}: {sweep.scores(r)} ({seconds})", flush=True)
             return "next"
-        runs = [ended(sweep_dir, x) for x in a.runs]
-        steps = sum(x["steps"] for x in runs if x is not None)
-        set_attr(study, a.number, "steps", steps)
-        if r.get("pruned"):
-            study.tell(a.number, state=states.PRUNED)
-            print(f"pruned {trial_name(a.number)} in {run.name} after epoch {r['epochs']} ({steps} steps)", flush=True)
-            return "done"
-        value = trial_value(runs, study.user_attrs["spec"]["metric"])
-        study.tell(a.number, value)
-        print(f"done {trial_name(a.number)}: {study.user_attrs['spec']['metric']} {value:.4f} ({steps} steps)",
-              flush=True)
         return "done"
     if stopping or code == 0:  # stopped by this worker, or by its SLURM task's preemption (requeued)
         print(f"stopped {run.name} (checkpointed: the same command resumes {trial_name(a.number)})", flush=True)
@@ -566,6 +558,27 @@ def run_ended(study: Any, sweep_dir: Path, a: Claimed, stopping: bool) -> str:
     set_attr(study, a.number, "error", f"{run.name} exit {code}; log: {log}")
     study.tell(a.number, state=states.FAIL)
     return "failed"
+
+
+def record(study: Any, sweep_dir: Path, a: Claimed) -> Optional[str]:
+    """Tell the study how the trial ended, from its runs' files: 'pruned' (a run was), 'complete' (every
+    run has results), or None (a run has not ended: nothing told)."""
+    runs = [ended(sweep_dir, x) for x in a.runs]
+    pruned = next((r for r in runs if r is not None and r.get("pruned")), None)
+    if pruned is None and any(r is None for r in runs):
+        return None
+    steps = sum(r["steps"] for r in runs if r is not None)
+    set_attr(study, a.number, "steps", steps)
+    if pruned is not None:
+        study.tell(a.number, state=optuna().trial.TrialState.PRUNED)
+        name = a.runs[runs.index(pruned)].name
+        print(f"pruned {trial_name(a.number)} in {name} after epoch {pruned['epochs']} ({steps} steps)", flush=True)
+        return "pruned"
+    metric = study.user_attrs["spec"]["metric"]
+    value = trial_value(runs, metric)
+    study.tell(a.number, value)
+    print(f"done {trial_name(a.number)}: {metric} {value:.4f} ({steps} steps)", flush=True)
+    return "complete"
 
 
 def trial_value(runs: list[dict[str, Any]], metric: str) -> float:

@@ -98,7 +98,7 @@ def test_a_pruned_trial_stops_both_torchrun_ranks_at_one_step(tmp_path):
     """Five finished trials with a validation loss of 0 from epoch 1: the median pruner prunes a new
     trial at its first epoch. Its run under torchrun x2 stops both ranks there (a rank that trained
     on would leave the other in a collective until `dist_timeout`), exits 0 and leaves its
-    checkpoint; the worker's record makes the trial pruned with the steps it trained."""
+    checkpoint; a worker then records the trial pruned, with the steps it trained."""
     data = write_mnist(tmp_path / "data")
     (tmp_path / "spec.yaml").write_text(f"base: {BASE}\nsearch: {{trials: 6, metric: val_loss}}\n"
                                         "space: {lr: {low: 0.001, high: 0.01}}\n")
@@ -122,12 +122,13 @@ def test_a_pruned_trial_stops_both_torchrun_ranks_at_one_step(tmp_path):
     assert [e["step"] for e in events(out / "runs" / run.name, "pruned")] == [10]
     assert (out / "runs" / run.name / "checkpoints" / "step-10.pt").is_file()
     assert not (out / "runs" / run.name / "results.json").exists()
-    claimed.proc, claimed.run = proc, run
-    assert search.run_ended(study, out, claimed, stopping=False) == "done"
-    trial = study_of(out).trials[claimed.number]
-    assert trial.state.name == "PRUNED" and trial.user_attrs["steps"] == 10
-    assert trial.intermediate_values == {1: pruned["val_loss"]}
+    # Its worker "died" before telling the study: a worker finds the trial's claim free and its run
+    # ended, records it pruned without training anything, and the study has its 6 trials.
     claimed.claim.release()
+    assert search.work(out, found, jobs=1) == 0
+    trials = study_of(out).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5 + ["PRUNED"]
+    assert trials[5].user_attrs["steps"] == 10 and trials[5].intermediate_values == {1: pruned["val_loss"]}
 
 
 def test_a_stopped_search_resumes_and_records_every_trial_once(tmp_path):
