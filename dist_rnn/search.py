@@ -6,11 +6,11 @@ validation scores fall behind (median or Hyperband); every run of a trial (each 
     base: {dataset: JapaneseVowels, epochs: 30, batch_size: 30, val_size: 54}
     search: {trials: 32, sampler: tpe, pruner: median, metric: val_final_accuracy, seed: 0}
     space:
-      lr: {low: 0.0001, high: 0.03, log: true}     # a range: float, or int when both ends are
+      lr: {low: 0.0001, high: 0.03, log: true}     # a range (whole numbers for an int option)
       hidden_size: [32, 64, 128]                   # a list: a choice
 
 The study is Optuna's journal file DIR/study.journal: `--jobs N` workers here and the tasks of
-`--slurm --array %K` take trials from it until it has `trials` finished (complete or pruned) ones.
+`--slurm --array K` take trials from it until it has `trials` ended (complete, pruned, failed) ones.
 A trial's runs run one after another; each reports its epochs' validation scores to the trial
 (step: the run's place in the trial x epochs + epoch), global rank 0 asks the pruner, and every rank
 stops at the same epoch (dist_rnn/stop.py). A worker holds a claim (DIR/claims/trial-NNNN/run.lock)
@@ -94,7 +94,7 @@ class Search:
                 "space": {k: optuna().distributions.distribution_to_json(d) for k, d in self.space.items()}}
 
 
-def read_search(path: str, data_dir: Optional[str] = None) -> Search:
+def read_search(path: str, data_dir: Optional[str] = None, refit: int = 0) -> Search:
     """The spec's search, checked whole before anything is written or run: the settings, each
     option of the space, and every corner of the space as `dist_rnn.train` would check it."""
     spec = sweep.read_spec(path)
@@ -131,7 +131,7 @@ def read_search(path: str, data_dir: Optional[str] = None) -> Search:
     space = read_space(spec["space"], base, where)
     search = Search(trials=trials, seed=seed, warmup=warmup, space=space, base=base, seeds=sweep.seeds_of(spec, path),
                     folds=folds, spec_path=str(Path(path).absolute()), **chosen)
-    check_corners(search, where)
+    check_corners(search, where, refit)
     return search
 
 
@@ -145,7 +145,7 @@ def whole(value: Any, what: str, least: int, needed: bool = False) -> int:
 
 def read_space(space: Any, base: dict[str, Any], where: str) -> dict[str, Any]:
     """Each option of the space as an Optuna distribution: a list is a choice among its values, a
-    mapping {low, high, log, step} a range (int when both ends are whole numbers)."""
+    mapping {low, high, log, step} a range (of whole numbers for an int option)."""
     distributions = optuna().distributions
     if not isinstance(space, dict) or not space:
         raise UserError(f"{where}: 'space' must map option names to a list of choices or a range {{low, high}}")
@@ -204,9 +204,10 @@ def read_range(name: str, r: dict[str, Any], here: str) -> Any:
     return distributions.FloatDistribution(float(low), float(high), log=log, step=step)
 
 
-def check_corners(search: Search, where: str) -> None:
+def check_corners(search: Search, where: str, refit: int = 0) -> None:
     """Every combination of the choices and the ranges' ends (the first 4096), checked as a run's
-    options: a value the trainer would refuse is one line now, not a failed trial later."""
+    options (and with `refit`, as a refit's): a value the trainer would refuse is one line now, not a
+    failed trial later."""
     import itertools
     dists = search.space
     corners = [d.choices if hasattr(d, "choices") else sorted({d.low, d.high}) for d in dists.values()]
@@ -216,6 +217,8 @@ def check_corners(search: Search, where: str) -> None:
             values = run_values(search, point, seed, fold)
             try:
                 from_values({**values, "out_dir": "unused"})
+                if refit:
+                    sweep.refit_runs({**search.base, **point}, point, refit, Path("unused"))
             except UserError as e:
                 raise UserError(f"{where}: space: the trial {sweep.label(point)} would be refused: {e.args[0]}") from None
 
@@ -266,6 +269,13 @@ def make_pruner(kind: str, warmup: int) -> Any:
     return pruners.NopPruner()
 
 
+def ended_trials(trials: list[Any]) -> int:
+    """The trials that count towards `trials`: complete, pruned, or failed (a failure is not retried:
+    a space whose every trial fails would never end)."""
+    states = optuna().trial.TrialState
+    return sum(t.state in (states.COMPLETE, states.PRUNED, states.FAIL) for t in trials)
+
+
 def trial_name(number: int) -> str:
     return f"trial-{number:04d}"
 
@@ -273,7 +283,7 @@ def trial_name(number: int) -> str:
 def trial_runs(search: Search, number: int, point: dict[str, Any], sweep_dir: Path) -> list[sweep.Run]:
     """A trial's runs in the order it trains them (seeds, then folds); each config names its link file."""
     runs = []
-    for i, (seed, fold) in enumerate((s, f) for s in search.seeds for f in search.folds):
+    for seed, fold in ((s, f) for s in search.seeds for f in search.folds):
         name = f"{trial_name(number)},seed={seed}" + ("" if fold is None else f",fold={fold}")
         link = sweep_dir.absolute() / "trials" / f"{name}.json"
         runs.append(sweep.Run(name, point, seed, {**run_values(search, point, seed, fold), "trial": str(link)}))
@@ -371,11 +381,10 @@ def claim_next(study: Any, search: Search, sweep_dir: Path) -> Optional[Claimed]
         while True:
             trials = study.get_trials(deepcopy=False)
             for t in trials:
-                if t.state == states.RUNNING and (claimed := try_claim(search, t.number, t.params, sweep_dir,
+                if t.state == states.RUNNING and (claimed := try_claim(study, search, t.number, t.params, sweep_dir,
                                                                        t.user_attrs.get("copy_of"))):
                     return claimed
-            done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
-            if done + sum(t.state == states.RUNNING for t in trials) >= search.trials:
+            if ended_trials(trials) + sum(t.state == states.RUNNING for t in trials) >= search.trials:
                 return None
             study.sampler = make_sampler(search, search.seed + len(trials))  # a trial's sample: seed and history
             trial = study.ask(search.space)
@@ -386,13 +395,11 @@ def claim_next(study: Any, search: Search, sweep_dir: Path) -> Optional[Claimed]
                 continue
             if same is not None:  # its runs are under way: this trial waits for their outcome
                 trial.set_user_attr("copy_of", same.number)
-                claimed = try_claim(search, trial.number, trial.params, sweep_dir, same.number)
+                claimed = try_claim(study, search, trial.number, trial.params, sweep_dir, same.number)
                 assert claimed is not None
                 return claimed
-            runs = trial_runs(search, trial.number, trial.params, sweep_dir)
-            trial.set_user_attr("runs", [r.name for r in runs])
-            write_trial(sweep_dir, search, trial.number, runs)
-            claimed = try_claim(search, trial.number, trial.params, sweep_dir)
+            trial.set_user_attr("runs", [r.name for r in trial_runs(search, trial.number, trial.params, sweep_dir)])
+            claimed = try_claim(study, search, trial.number, trial.params, sweep_dir)
             assert claimed is not None  # asked under the mutex: no one else knows it yet
             return claimed
 
@@ -417,12 +424,19 @@ def copy(study: Any, number: int, same: Any) -> None:
         study.tell(number, state=states.FAIL)
 
 
-def try_claim(search: Search, number: int, point: dict[str, Any], sweep_dir: Path,
+def try_claim(study: Any, search: Search, number: int, point: dict[str, Any], sweep_dir: Path,
               copy_of: Optional[int] = None) -> Optional[Claimed]:
+    """The claim on trial `number`, or None: another worker holds it, recorded it meanwhile (its
+    claim let go since the trials were read), or a run of it is still ending."""
     claim = RunLock(sweep_dir / "claims" / trial_name(number), shlex.join(sys.argv))
     try:
         claim.acquire(lambda line: None)
     except UserError:  # another worker trains it
+        return None
+    storage = study._storage
+    if storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)).state \
+            != optuna().trial.TrialState.RUNNING:
+        claim.release()
         return None
     if copy_of is not None:
         return Claimed(number, [], claim, copy_of=copy_of)
@@ -430,6 +444,7 @@ def try_claim(search: Search, number: int, point: dict[str, Any], sweep_dir: Pat
     if any(busy(sweep_dir / "runs" / r.name) for r in runs):  # its last worker's run is still ending
         claim.release()
         return None
+    write_trial(sweep_dir, search, number, runs)  # (again: a worker may have died before; the directory may have moved)
     return Claimed(number, runs, claim)
 
 
@@ -472,6 +487,12 @@ def work(sweep_dir: Path, search: Search, jobs: int, slurm_task: bool = False) -
             for a in active:
                 if a.proc is None and a.copy_of is None and not stopping:
                     start_next_run(sweep_dir, a, threads, slurm_task)
+                    if stopping:  # it came while the run started
+                        stop(stopping[0], None)
+            if failed and all(a.copy_of is not None for a in active):
+                for a in active:  # (their originals may wait for a worker that takes new trials)
+                    a.claim.release()
+                active.clear()
             if not active:
                 break
             time.sleep(sweep.POLL_S)
@@ -504,9 +525,8 @@ def work(sweep_dir: Path, search: Search, jobs: int, slurm_task: bool = False) -
     if stopping:
         print(f"stopped by {signal.Signals(stopping[0]).name}: the trials under way saved checkpoints; the same "
               "command resumes them")
-        return 128 + stopping[0]
-    finished = sum(t.state in (states.COMPLETE, states.PRUNED) for t in study.get_trials(deepcopy=False))
-    print(f"{finished} of {search.trials} trials finished", flush=True)
+        return 0 if stopping[0] == signal.SIGUSR1 else 128 + stopping[0]
+    print(f"{ended_trials(study.get_trials(deepcopy=False))} of {search.trials} trials ended", flush=True)
     return 1 if failed else 0
 
 
@@ -576,6 +596,11 @@ def record(study: Any, sweep_dir: Path, a: Claimed) -> Optional[str]:
         return "pruned"
     metric = study.user_attrs["spec"]["metric"]
     value = trial_value(runs, metric)
+    if math.isnan(value):  # (a run without best weights, or a diverged loss: Optuna takes no NaN)
+        set_attr(study, a.number, "error", f"its {metric} is not a number: see its runs' results.json")
+        study.tell(a.number, state=optuna().trial.TrialState.FAIL)
+        print(f"failed {trial_name(a.number)}: its {metric} is not a number ({steps} steps)", flush=True)
+        return "failed"
     study.tell(a.number, value)
     print(f"done {trial_name(a.number)}: {metric} {value:.4f} ({steps} steps)", flush=True)
     return "complete"
@@ -613,7 +638,7 @@ def run(spec: str, c: sweep.SweepConfig, sweep_dir: Path) -> int:
     workers, then the refit of its best trial (--refit) and the report."""
     if c.worker and (c.slurm or c.refit or c.dry_run):
         raise UserError("`worker` trains trials of a search and ends: not with `slurm`, `refit` or `dry_run`")
-    search = read_search(spec, c.data_dir)
+    search = read_search(spec, c.data_dir, c.refit)
     workers = int(sweep.throttle(c.array)[1:]) if c.array else search.trials
     if c.slurm:
         sweep.check_slurm(c)
@@ -633,7 +658,12 @@ def run(spec: str, c: sweep.SweepConfig, sweep_dir: Path) -> int:
     study = open_study(sweep_dir, search, create=True)
     atomic_write_json(sweep_dir / "sweep.json", {"spec": search.spec_path, "search": True, "runs": [],
                                                  **({"refit": listing} if (listing := listed_refit(sweep_dir)) else {})})
-    code = submit_workers(spec, c, sweep_dir, search, workers) if c.slurm else work(sweep_dir, search, c.jobs) or None
+    if finished_study(study, search):
+        code = None
+    elif c.slurm:
+        code = submit_workers(spec, c, sweep_dir, search, workers)  # None once waited for
+    else:
+        code = work(sweep_dir, search, c.jobs) or None
     if code is not None:  # (stopped, failed, or an array not waited for)
         return code
     if c.refit and (code := refit(spec, c, sweep_dir, search, study)) is not None:
@@ -669,23 +699,26 @@ def submit_workers(spec: str, c: sweep.SweepConfig, sweep_dir: Path, search: Sea
     if not c.wait:
         print(f"follow it with `squeue -j {job}`; once it has ended: {sweep.prog('dist_rnn.sweep')} --report {sweep_dir}")
         return 0
-    states, last = optuna().trial.TrialState, None
-    while tasks := sweep.queued(job):
-        trials = open_study(sweep_dir, search).get_trials(deepcopy=False)
-        counts = (f"array {job}: {tasks.count('RUNNING')} running, {tasks.count('PENDING')} pending; "
-                  f"{sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)} of {search.trials} trials "
-                  "finished")
-        if counts != last:
-            print(counts, flush=True)
-            last = counts
-        time.sleep(2)
+    last = None
+    try:
+        while tasks := sweep.queued(job):
+            trials = open_study(sweep_dir, search).get_trials(deepcopy=False)
+            counts = (f"array {job}: {tasks.count('RUNNING')} running, {tasks.count('PENDING')} pending; "
+                      f"{ended_trials(trials)} of {search.trials} trials ended")
+            if counts != last:
+                print(counts, flush=True)
+                last = counts
+            time.sleep(2)
+    except KeyboardInterrupt:
+        print(f"no longer waiting: array {job} goes on (squeue -j {job}; once it has ended: the same command)")
+        return 130
     return None
 
 
 def finished_study(study: Any, search: Search) -> bool:
     states = optuna().trial.TrialState
     trials = study.get_trials(deepcopy=False)
-    return (sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials) >= search.trials
+    return (ended_trials(trials) >= search.trials
             and not any(t.state == states.RUNNING for t in trials))
 
 
@@ -780,15 +813,21 @@ def runs_word(spec: dict[str, Any]) -> str:
 
 
 def importances(study: Any, complete: list[Any]) -> list[str]:
-    """Optuna's parameter importances (its default evaluator, PED-ANOVA) over the complete trials."""
+    """Optuna's parameter importances (PED-ANOVA, which needs no scikit-learn) over the complete trials."""
     try:
-        found = optuna().importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as e:
+        if len(complete) < 2:
+            raise ValueError(f"{len(complete)} complete trial{'s' * (len(complete) != 1)}")
+        found = optuna().importance.get_param_importances(study, evaluator=evaluator())
+    except (RuntimeError, ValueError, ImportError) as e:
         return ["", f"Parameter importances: not computed ({first_line(e)})."]
     if not found:
         return ["", f"Parameter importances: not computed ({len(complete)} complete trials)."]
     return ["", "| parameter | importance |", "| --- | ---: |", *[f"| {k} | {v:.3f} |" for k, v in found.items()],
-            "", "Importances: Optuna's `get_param_importances` (its default evaluator) over the complete trials."]
+            "", "Importances: Optuna's `get_param_importances` (PED-ANOVA) over the complete trials."]
+
+
+def evaluator() -> Any:
+    return optuna().importance.PedAnovaImportanceEvaluator()
 
 
 def figures(study: Any, sweep_dir: Path, complete: list[Any]) -> list[str]:
@@ -800,12 +839,13 @@ def figures(study: Any, sweep_dir: Path, complete: list[Any]) -> list[str]:
     out = []
     for name, title, plot in (("history", "optimisation history", plots.plot_optimization_history),
                               ("parallel", "parallel coordinates", plots.plot_parallel_coordinate),
-                              ("importances", "parameter importances", plots.plot_param_importances)):
+                              ("importances", "parameter importances",
+                               lambda study: plots.plot_param_importances(study, evaluator=evaluator()))):
         if len(complete) < 2:
             break
         try:
             ax = plot(study)
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, ImportError) as e:
             out.append(f"({title}: not drawn: {first_line(e)})")
             continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure

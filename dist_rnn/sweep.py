@@ -56,7 +56,7 @@ SET_BY_THE_SWEEP = {name: f"is set by the sweep ({why})" for name, why in (
     ("out_dir", "each run's is SWEEP_DIR/runs/NAME"), ("resume", "finished runs are skipped, the others resume"),
     ("overwrite", "delete a run's directory to start it again"), ("config", "write its options in 'base'"),
     ("seed", "list them in 'seeds'"), ("val_folds", "give 'folds: K' in the spec"),
-    ("val_fold", "'folds: K' runs every fold"))}
+    ("val_fold", "'folds: K' runs every fold"), ("trial", "each run of a search reports to its own trial"))}
 POLL_S = 0.5
 
 
@@ -716,7 +716,7 @@ def sweep(spec: str, c: SweepConfig) -> int:
     if c.slurm and c.jobs != 1:
         raise UserError("`jobs` is for runs here; with `slurm`, `array` limits the tasks at once")
     sweep_dir = Path(c.out_dir)
-    if "search" in read_spec(spec) or c.worker:
+    if {"search", "space"} & set(read_spec(spec)) or c.worker:
         from dist_rnn import search  # (it imports this module)
         return search.run(spec, c, sweep_dir)
     runs = plan(spec, sweep_dir, c.data_dir, c.refit)

@@ -54,6 +54,7 @@ def spec(search: str = "{trials: 2}", space: str = "{lr: [0.01]}", base: str = B
     (spec(space="{hidden_size: [8]}"), "space: hidden_size: also set in 'base'"),
     (spec(space="{seed: [0, 1]}"), "'seed' is set by the sweep"),
     (spec(more="grid: {cell: [gru]}"), "give 'grid', 'runs' or 'search', not two"),
+    (f"base: {BASE}\ngrid: {{cell: [gru]}}\nspace: {{lr: [0.01]}}", "a search needs both 'search'"),
     (spec(space="{bucket_batches: [0, 4]}"), "the trial bucket_batches=4 would be refused: --bucket-batches"),
     (spec(base="{dataset: JapaneseVowels, val_size: 54}", space="{sequence: [row, pixel]}"),
      "the trial sequence=pixel would be refused: --sequence pixel applies to the image data sets"),
@@ -63,6 +64,14 @@ def test_a_bad_search_spec_is_one_line_and_writes_nothing(tmp_path, capsys, spec
     code = sweep_cli.main([str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refit_the_spec_cannot_make_is_refused_before_any_trial(tmp_path, capsys):
+    (tmp_path / "spec.yaml").write_text(spec(base=BASE[:-1] + ", early_stop: 2}"))
+    code = sweep_cli.main([str(tmp_path / "spec.yaml"), "--out-dir", str(tmp_path / "out"), "--refit", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "refit" in err and "--early-stop needs a validation split" in err, err
     assert not (tmp_path / "out").exists()
 
 
