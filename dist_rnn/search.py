@@ -107,10 +107,7 @@ def read_search(path: str, data_dir: Optional[str] = None, refit: int = 0) -> Se
     settings = spec["search"]
     if not isinstance(settings, dict):
         raise UserError(f"{where}: 'search' must be a mapping ({', '.join(SEARCH_KEYS)})")
-    for key in settings:
-        if key not in SEARCH_KEYS:
-            raise UserError(f"{where}: search: unknown key {key!r}{did_you_mean(str(key), SEARCH_KEYS)} "
-                            f"(it has {', '.join(SEARCH_KEYS)})")
+    sweep.known_keys(settings, SEARCH_KEYS, f"{where}: search", "it")
     trials = whole(settings.get("trials"), f"{where}: search: 'trials'", 1, needed=True)
     seed = whole(settings.get("seed", 0), f"{where}: search: 'seed'", 0)
     warmup = whole(settings.get("warmup", 0), f"{where}: search: 'warmup'", 0)
@@ -179,10 +176,7 @@ def read_space(space: Any, base: dict[str, Any], where: str) -> dict[str, Any]:
 
 def read_range(name: str, r: dict[str, Any], here: str) -> Any:
     distributions = optuna().distributions
-    for key in r:
-        if key not in RANGE_KEYS:
-            raise UserError(f"{here}: unknown key {key!r}{did_you_mean(str(key), RANGE_KEYS)} (a range has "
-                            f"{', '.join(RANGE_KEYS)})")
+    sweep.known_keys(r, RANGE_KEYS, here, "a range")
     low, high, log, step = r.get("low"), r.get("high"), r.get("log", False), r.get("step")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
         raise UserError(f"{here}: a range needs numbers 'low' and 'high', got low={low!r} high={high!r}")

@@ -129,13 +129,18 @@ def read_spec(path: str) -> dict[str, Any]:
     spec = read_file(path, f"spec {path}")
     if not isinstance(spec, dict):
         raise UserError(f"spec {path}: expected a mapping with {', '.join(SPEC_KEYS)}")
-    for key in spec:
-        if key not in SPEC_KEYS:
-            raise UserError(f"spec {path}: unknown key {key!r}{did_you_mean(str(key), SPEC_KEYS)} "
-                            f"(a spec has {', '.join(SPEC_KEYS)})")
+    known_keys(spec, SPEC_KEYS, f"spec {path}", "a spec")
     if "grid" in spec and "runs" in spec:
         raise UserError(f"spec {path}: give 'grid' or 'runs', not both")
     return spec
+
+
+def known_keys(mapping: dict[Any, Any], keys: tuple[str, ...], where: str, what: str) -> None:
+    """One line naming a key of `mapping` that is not one of `keys` (and the one meant, if close)."""
+    for key in mapping:
+        if key not in keys:
+            raise UserError(f"{where}: unknown key {key!r}{did_you_mean(str(key), keys)} ({what} has "
+                            f"{', '.join(keys)})")
 
 
 def options(values: Any, where: str) -> dict[str, Any]:
