@@ -212,7 +212,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "distribution (torchrun)": ("backend", "dist_timeout"),
     "checkpoints and resume": ("out_dir", "save_every", "keep_last", "resume", "overwrite"),
     "logging and tracking": ("log_every", "eval_every", "wandb", "wandb_project", "wandb_name", "wandb_tags",
-                             "tensorboard"),
+                             "tensorboard", "trial"),
 }
 
 
