@@ -1,9 +1,12 @@
-"""A sweep spec's `search`: an Optuna study of real training runs (the SLURM workers are in
-test_slurm.py): bad specs refused in one line, pruning under torchrun, a stop and a resume that
+"""A sweep spec's `search`: an Optuna study of real training runs, here and as SLURM array tasks
+(on slurm/local-cluster.sh's cluster, skipped without one; beside test_slurm.py so the two long
+files run in parallel): bad specs refused in one line, pruning under torchrun, a stop and a resume that
 record every trial once, repeats recorded without training, the report and the refit."""
 
 import csv
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TORCHRUN, check_ok, events, free_port, write_mnist
+from test_slurm import cluster_problem
 
 from dist_rnn import search
 from dist_rnn import sweep as sweep_cli
@@ -146,7 +150,7 @@ def test_a_stopped_search_resumes_and_records_every_trial_once(tmp_path):
     numbered 0-11, each run's directory complete."""
     data = write_mnist(tmp_path / "data")
     (tmp_path / "spec.yaml").write_text(
-        "base: {epochs: 4, hidden_size: 8, num_layers: 1, batch_size: 10, val_size: 100, log_every: 5, device: cpu}\n"
+        "base: {epochs: 10, hidden_size: 8, num_layers: 1, batch_size: 10, val_size: 100, log_every: 5, device: cpu}\n"
         "search: {trials: 12, sampler: random, pruner: median, seed: 3}\n"
         "space: {lr: {low: 0.0003, high: 0.03, log: true}}\n")
     out = tmp_path / "out"
@@ -176,3 +180,53 @@ def test_a_stopped_search_resumes_and_records_every_trial_once(tmp_path):
     resumed = json.loads((out / "runs" / "trial-0004,seed=0" / "results.json").read_text()) \
         if trials[4].state.name == "COMPLETE" else None
     assert resumed is None or resumed["resumed_from_step"] is not None
+
+
+@pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem()))
+def test_search_workers_share_one_study_through_a_cancelled_task(tmp_path):
+    """A study of 9 trials taken by 3 array tasks (`--slurm --array 3`); the task training one trial
+    is cancelled mid-run; the same command again (--wait) ends with exactly 9 finished trials,
+    numbered 0-8, every run's directory complete."""
+    data = write_mnist(tmp_path / "data")
+    (tmp_path / "spec.yaml").write_text(
+        "base: {epochs: 3, hidden_size: 8, num_layers: 1, batch_size: 10, val_size: 100, log_every: 5, device: cpu}\n"
+        "search: {trials: 9, sampler: random, pruner: none}\nspace: {lr: {low: 0.001, high: 0.03, log: true}}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(sys.executable)))}
+    command = [sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir", str(out),
+               "--data-dir", str(data), "--slurm", "--array", "3", "--sbatch-args", "--cpus-per-task=1 --time=00:10:00"]
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    job = re.search(r"submitted job array (\d+): 3 workers of a study of 9 trials", first.stdout)
+    assert job, first.stdout
+    # The task whose worker holds a trial that is training: its id from the worker's environment.
+    deadline, task = time.monotonic() + 480, None  # (test_slurm.py may hold the nodes meanwhile)
+    while task is None:
+        assert time.monotonic() < deadline, "no trial trained"
+        for lock in sorted((out / "claims").glob("*/run.lock")):
+            trial = lock.parent.name
+            try:
+                pid = json.loads(lock.read_text())["pid"]
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except (OSError, ValueError, KeyError):
+                continue
+            if any(events(run, "train") for run in (out / "runs").glob(f"{trial},*")):
+                ids = dict(v.decode().split("=", 1) for v in environ if v.startswith(b"SLURM_ARRAY_"))
+                task = f"{ids['SLURM_ARRAY_JOB_ID']}_{ids['SLURM_ARRAY_TASK_ID']}"
+                break
+        time.sleep(0.2)
+    subprocess.run(["scancel", task], check=True)
+    while subprocess.run(["squeue", "-h", "-j", job[1]], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline + 300, "the array did not end"
+        time.sleep(1)
+
+    cancelled = (out / "slurm" / f"{task}.out").read_text()
+    assert "CANCELLED" in cancelled and "stopped by SIGTERM: the trials under way saved checkpoints" in cancelled
+    again = subprocess.run([*command, "--wait"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = optuna.load_study(study_name=search.STUDY, storage=search.storage(out)).trials
+    assert [t.number for t in trials] == list(range(9)) and all(t.state.name == "COMPLETE" for t in trials)
+    for t in trials:
+        results = json.loads((out / "runs" / f"trial-{t.number:04d},seed=0" / "results.json").read_text())
+        assert t.user_attrs["steps"] == results["steps"] == 150 and t.value == results["best_val_accuracy"]
+    assert "9 complete, 0 pruned, 0 failed, 0 unfinished" in (out / "report.md").read_text()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, events, real_mnist_dir, write_mnist
+from conftest import REPO, real_mnist_dir, write_mnist
 from test_sweep import SPEC, check_report, report_rows
 
 
@@ -155,54 +155,3 @@ def test_sweep_as_a_job_array(tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "sbatch refuses the array: " in refused.stderr and not (tmp_path / "other").exists()
 
-
-def test_search_workers_share_one_study_through_a_cancelled_task(tmp_path):
-    """A study of 9 trials taken by 3 array tasks (`--slurm --array 3`); the task training one trial
-    is cancelled mid-run; the same command again (--wait) ends with exactly 9 finished trials,
-    numbered 0-8, every run's directory complete."""
-    optuna = pytest.importorskip("optuna")
-    from dist_rnn import search
-
-    data = write_mnist(tmp_path / "data")
-    (tmp_path / "spec.yaml").write_text(
-        "base: {epochs: 3, hidden_size: 8, num_layers: 1, batch_size: 10, val_size: 100, log_every: 5, device: cpu}\n"
-        "search: {trials: 9, sampler: random, pruner: none}\nspace: {lr: {low: 0.001, high: 0.03, log: true}}\n")
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", str(Path(os.sys.executable)))}
-    command = [os.sys.executable, "-m", "dist_rnn.sweep", str(tmp_path / "spec.yaml"), "--out-dir", str(out),
-               "--data-dir", str(data), "--slurm", "--array", "3", "--sbatch-args", "--cpus-per-task=1 --time=00:10:00"]
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stdout + first.stderr
-    job = re.search(r"submitted job array (\d+): 3 workers of a study of 9 trials", first.stdout)
-    assert job, first.stdout
-    # The task whose worker holds a trial that is training: its id from the worker's environment.
-    deadline, task = time.monotonic() + 240, None
-    while task is None:
-        assert time.monotonic() < deadline, "no trial trained"
-        for lock in sorted((out / "claims").glob("*/run.lock")):
-            trial = lock.parent.name
-            try:
-                pid = json.loads(lock.read_text())["pid"]
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except (OSError, ValueError, KeyError):
-                continue
-            if any(events(run, "train") for run in (out / "runs").glob(f"{trial},*")):
-                ids = dict(v.decode().split("=", 1) for v in environ if v.startswith(b"SLURM_ARRAY_"))
-                task = f"{ids['SLURM_ARRAY_JOB_ID']}_{ids['SLURM_ARRAY_TASK_ID']}"
-                break
-        time.sleep(0.2)
-    subprocess.run(["scancel", task], check=True)
-    while subprocess.run(["squeue", "-h", "-j", job[1]], capture_output=True, text=True).stdout.strip():
-        assert time.monotonic() < deadline + 300, "the array did not end"
-        time.sleep(1)
-
-    cancelled = (out / "slurm" / f"{task}.out").read_text()
-    assert "CANCELLED" in cancelled and "stopped by SIGTERM: the trials under way saved checkpoints" in cancelled
-    again = subprocess.run([*command, "--wait"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout + again.stderr
-    trials = optuna.load_study(study_name=search.STUDY, storage=search.storage(out)).trials
-    assert [t.number for t in trials] == list(range(9)) and all(t.state.name == "COMPLETE" for t in trials)
-    for t in trials:
-        results = json.loads((out / "runs" / f"trial-{t.number:04d},seed=0" / "results.json").read_text())
-        assert t.user_attrs["steps"] == results["steps"] == 150 and t.value == results["best_val_accuracy"]
-    assert "9 complete, 0 pruned, 0 failed, 0 unfinished" in (out / "report.md").read_text()
