@@ -107,3 +107,18 @@ class RunLock:
             except OSError:
                 break
         self._made_dirs = []
+
+
+def held(out_dir: Path) -> bool:
+    """Whether a process holds the run directory's lock now (a run still ending elsewhere)."""
+    try:
+        fd = os.open(Path(out_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

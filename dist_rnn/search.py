@@ -21,6 +21,7 @@ next worker that finds its claim free, from its runs' checkpoints, and recorded 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -41,7 +42,7 @@ from dist_rnn.config import TrainConfig, checked_values, did_you_mean, field_typ
 from dist_rnn.distributed import threads_per_rank
 from dist_rnn.errors import UserError, first_line
 from dist_rnn.files import atomic_write, atomic_write_json, ensure_writable_dir
-from dist_rnn.lock import LOCK_NAME, RunLock
+from dist_rnn.lock import RunLock, held
 
 SEARCH_KEYS = ("trials", "sampler", "pruner", "metric", "seed", "warmup")
 SAMPLERS, PRUNERS = ("tpe", "random"), ("median", "hyperband", "none")
@@ -202,7 +203,6 @@ def check_corners(search: Search, where: str, refit: int = 0) -> None:
     """Every combination of the choices and the ranges' ends (the first 4096), checked as a run's
     options (and with `refit`, as a refit's): a value the trainer would refuse is one line now, not a
     failed trial later."""
-    import itertools
     dists = search.space
     corners = [d.choices if hasattr(d, "choices") else sorted({d.low, d.high}) for d in dists.values()]
     for combo in itertools.islice(itertools.product(*corners), 4096):
@@ -277,7 +277,7 @@ def trial_name(number: int) -> str:
 def trial_runs(search: Search, number: int, point: dict[str, Any], sweep_dir: Path) -> list[sweep.Run]:
     """A trial's runs in the order it trains them (seeds, then folds); each config names its link file."""
     runs = []
-    for seed, fold in ((s, f) for s in search.seeds for f in search.folds):
+    for seed, fold in itertools.product(search.seeds, search.folds):
         name = f"{trial_name(number)},seed={seed}" + ("" if fold is None else f",fold={fold}")
         link = sweep_dir.absolute() / "trials" / f"{name}.json"
         runs.append(sweep.Run(name, point, seed, {**run_values(search, point, seed, fold), "trial": str(link)}))
@@ -309,8 +309,7 @@ class TrialReporter:
             o = optuna()
             study = o.load_study(study_name=self.link["study"], storage=storage(Path(self.link["journal"]).parent),
                                  pruner=make_pruner(self.link["pruner"], self.link["warmup"]))
-            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, self.link["trial"])
-            self.trial = o.Trial(study, trial_id)
+            self.trial = o.Trial(study, trial_id(study, self.link["trial"]))
 
     def __call__(self, epoch: int, scores: dict[str, Any]) -> bool:
         if self.trial is None:
@@ -321,10 +320,13 @@ class TrialReporter:
         return self.trial.should_prune()
 
 
+def trial_id(study: Any, number: int) -> int:
+    """The storage's id of trial `number` (trials are told by number: this process may not have asked them)."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
 def set_attr(study: Any, number: int, key: str, value: Any) -> None:
-    """A user attribute of trial `number` (by number: this process may not have asked it)."""
-    storage = study._storage
-    storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study._study_id, number), key, value)
+    study._storage.set_trial_user_attr(trial_id(study, number), key, value)
 
 
 @contextmanager
@@ -334,21 +336,6 @@ def mutex(sweep_dir: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def busy(run_dir: Path) -> bool:
-    """Whether a run process still holds the run's directory (a killed worker's run may outlive it)."""
-    try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
     finally:
         os.close(fd)
 
@@ -409,9 +396,8 @@ def copy(study: Any, number: int, same: Any) -> None:
     if same.state == states.COMPLETE:
         study.tell(number, same.value)
     elif same.state == states.PRUNED:
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         for step, value in same.intermediate_values.items():
-            study._storage.set_trial_intermediate_value(trial_id, step, value)
+            study._storage.set_trial_intermediate_value(trial_id(study, number), step, value)
         study.tell(number, state=states.PRUNED)
     else:
         set_attr(study, number, "error", f"as {trial_name(same.number)}")
@@ -427,15 +413,13 @@ def try_claim(study: Any, search: Search, number: int, point: dict[str, Any], sw
         claim.acquire(lambda line: None)
     except UserError:  # another worker trains it
         return None
-    storage = study._storage
-    if storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)).state \
-            != optuna().trial.TrialState.RUNNING:
+    if study._storage.get_trial(trial_id(study, number)).state != optuna().trial.TrialState.RUNNING:
         claim.release()
         return None
     if copy_of is not None:
         return Claimed(number, [], claim, copy_of=copy_of)
     runs = trial_runs(search, number, point, sweep_dir)
-    if any(busy(sweep_dir / "runs" / r.name) for r in runs):  # its last worker's run is still ending
+    if any(held(sweep_dir / "runs" / r.name) for r in runs):  # its last worker's run is still ending
         claim.release()
         return None
     write_trial(sweep_dir, search, number, runs)  # (again: a worker may have died before; the directory may have moved)
@@ -470,7 +454,7 @@ def work(sweep_dir: Path, search: Search, jobs: int, slurm_task: bool = False) -
                 claimed = claim_next(study, search, sweep_dir)
                 if claimed is None:
                     break
-                if claimed.copy_of is None and record(study, sweep_dir, claimed) is not None:
+                if claimed.copy_of is None and record(study, search, sweep_dir, claimed) is not None:
                     claimed.claim.release()  # its runs had all ended (their worker died before telling)
                     continue
                 active.append(claimed)
@@ -503,7 +487,7 @@ def work(sweep_dir: Path, search: Search, jobs: int, slurm_task: bool = False) -
                         a.claim.release()
                         active.remove(a)
                     continue
-                outcome = run_ended(study, sweep_dir, a, bool(stopping))
+                outcome = run_ended(study, search, sweep_dir, a, bool(stopping))
                 if outcome == "next":
                     a.proc = None
                     continue
@@ -547,7 +531,7 @@ def ended(sweep_dir: Path, run: sweep.Run) -> Optional[dict[str, Any]]:
     return None
 
 
-def run_ended(study: Any, sweep_dir: Path, a: Claimed, stopping: bool) -> str:
+def run_ended(study: Any, search: Search, sweep_dir: Path, a: Claimed, stopping: bool) -> str:
     """Record what the run's end means for its trial: 'next' (start the trial's next run), 'done'
     (the trial told: complete or pruned), 'stopped' or 'interrupted' (left unfinished, to resume),
     'failed' (the trial told failed)."""
@@ -556,7 +540,7 @@ def run_ended(study: Any, sweep_dir: Path, a: Claimed, stopping: bool) -> str:
     r = ended(sweep_dir, run)
     seconds = f"{time.monotonic() - a.began:.0f} s"
     if r is not None and code == 0:
-        if record(study, sweep_dir, a) is None:
+        if record(study, search, sweep_dir, a) is None:
             print(f"  {run.name}: {sweep.scores(r)} ({seconds})", flush=True)
             return "next"
         return "done"
@@ -574,7 +558,7 @@ def run_ended(study: Any, sweep_dir: Path, a: Claimed, stopping: bool) -> str:
     return "failed"
 
 
-def record(study: Any, sweep_dir: Path, a: Claimed) -> Optional[str]:
+def record(study: Any, search: Search, sweep_dir: Path, a: Claimed) -> Optional[str]:
     """Tell the study how the trial ended, from its runs' files: 'pruned' (a run was), 'complete' (every
     run has results), or None (a run has not ended: nothing told)."""
     runs = [ended(sweep_dir, x) for x in a.runs]
@@ -588,7 +572,7 @@ def record(study: Any, sweep_dir: Path, a: Claimed) -> Optional[str]:
         name = a.runs[runs.index(pruned)].name
         print(f"pruned {trial_name(a.number)} in {name} after epoch {pruned['epochs']} ({steps} steps)", flush=True)
         return "pruned"
-    metric = study.user_attrs["spec"]["metric"]
+    metric = search.metric
     value = trial_value(runs, metric)
     if math.isnan(value):  # (a run without best weights, or a diverged loss: Optuna takes no NaN)
         set_attr(study, a.number, "error", f"its {metric} is not a number: see its runs' results.json")
@@ -650,8 +634,7 @@ def run(spec: str, c: sweep.SweepConfig, sweep_dir: Path) -> int:
     if c.worker:
         return work(sweep_dir, search, 1, slurm_task=True)
     study = open_study(sweep_dir, search, create=True)
-    atomic_write_json(sweep_dir / "sweep.json", {"spec": search.spec_path, "search": True, "runs": [],
-                                                 **({"refit": listing} if (listing := listed_refit(sweep_dir)) else {})})
+    sweep.write_plan(sweep_dir, search.spec_path, [], sweep.listed_refit(sweep_dir))  # (a refit planned before stays)
     if finished_study(study, search):
         code = None
     elif c.slurm:
@@ -672,13 +655,6 @@ def describe(d: Any) -> str:
     if hasattr(d, "choices"):
         return "one of " + ", ".join(json.dumps(v) for v in d.choices)
     return f"{d.low:g} .. {d.high:g}" + (" (log)" if d.log else "") + (f" step {d.step:g}" if d.step else "")
-
-
-def listed_refit(sweep_dir: Path) -> list[dict[str, Any]]:
-    try:
-        return json.loads((sweep_dir / "sweep.json").read_text()).get("refit", [])
-    except (OSError, ValueError):
-        return []
 
 
 def submit_workers(spec: str, c: sweep.SweepConfig, sweep_dir: Path, search: Search, workers: int) -> Optional[int]:
@@ -732,9 +708,7 @@ def refit(spec: str, c: sweep.SweepConfig, sweep_dir: Path, search: Search, stud
     print(f"refit of {trial_name(best.number)} ({sweep.label(best.params)}; {search.metric} {best.value:.4f}) on "
           "the whole training split:")
     sweep.write_configs(sweep_dir, planned)
-    atomic_write_json(sweep_dir / "sweep.json", {"spec": search.spec_path, "search": True, "runs": [],
-                                                 "refit": [{"name": r.name, "configuration": r.point, "seed": r.seed}
-                                                           for r in planned]})
+    sweep.write_plan(sweep_dir, search.spec_path, [], planned)
     return sweep.execute(sweep_dir, planned, c, "refit runs", then="the same command again reports the refit")
 
 
@@ -756,8 +730,9 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
         state = t.state.name.lower() + (f" (as trial {t.user_attrs['copy_of']})" if "copy_of" in t.user_attrs else "")
         rows.append({"trial": t.number, **{k: t.params.get(k) for k in names}, metric: t.value, "state": state,
                      "steps": t.user_attrs.get("steps"), "epochs_reported": len(t.intermediate_values)})
-    lines = [f"# Search: {len(trials)} trials, {metric} ({'lowest' if study.direction.name == 'MINIMIZE' else 'highest'}"
-             " is best)", "", "| trial | " + " | ".join(names) + f" | {metric} | state | steps trained |",
+    best_word = "lowest" if study.direction.name == "MINIMIZE" else "highest"
+    lines = [f"# Search: {len(trials)} trials, {metric} ({best_word} is best)", "",
+             "| trial | " + " | ".join(names) + f" | {metric} | state | steps trained |",
              "| ---: | " + " | ".join("---" for _ in names) + " | ---: | --- | ---: |"]
     for row in rows:
         value = "-" if row[metric] is None else f"{row[metric]:.4f}"
@@ -776,14 +751,14 @@ def report(sweep_dir: Path) -> tuple[str, list[str]]:
     if complete:
         best = study.best_trial
         lines += ["", f"**Best**: {trial_name(best.number)} ({sweep.label(best.params)}), {metric} {best.value:.4f}: "
-                  f"the complete trial with the {'lowest' if study.direction.name == 'MINIMIZE' else 'highest'} mean "
+                  f"the complete trial with the {best_word} mean "
                   f"{metric} over its runs ({runs_word(spec)}); a pruned trial is never chosen, and the test set plays "
                   "no part. Its runs: " + ", ".join(f"runs/{n}" for n in best.user_attrs.get("runs", []))]
     with warnings.catch_warnings():  # (Optuna's about flat data: a space of one point, equal values)
         warnings.simplefilter("ignore", UserWarning)
         lines += importances(study, complete)
         lines += figures(study, sweep_dir, complete)
-    refit_runs = sweep.tabulate_refit(sweep_dir) if listed_refit(sweep_dir) else []
+    refit_runs = sweep.tabulate_refit(sweep_dir) if sweep.listed_refit(sweep_dir) else []
     if refit_runs:
         current = bool(complete) and refit_runs[0][0].point == study.best_trial.params
         lines += ["", sweep.refit_markdown(refit_runs, current)]

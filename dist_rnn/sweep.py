@@ -849,8 +849,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if c.report:
             if spec:
                 raise UserError("--report tabulates a sweep directory: give no spec with it")
-            if (Path(c.report) / "study.journal").is_file():
-                from dist_rnn import search
+            from dist_rnn import search  # (it imports this module)
+            if (Path(c.report) / search.JOURNAL).is_file():
                 text, missing = search.report(Path(c.report))
             else:
                 text, missing = report(Path(c.report))

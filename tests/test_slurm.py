@@ -154,4 +154,3 @@ def test_sweep_as_a_job_array(tmp_path):
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "sbatch refuses the array: " in refused.stderr and not (tmp_path / "other").exists()
-
