@@ -612,17 +612,21 @@ def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Option
 @dataclass
 class Selection:
     """A learning-rate sweep on the validation split: rate -> its runs (one per selection seed), and
-    the rate chosen (None while any run is missing)."""
+    the rate chosen (None while any run is missing); `extended`: the rate added beyond the grid's edge."""
 
     sweep: dict[str, list[dict]]
     chosen: Optional[str]
+    extended: Optional[str] = None
 
     def val(self, lr: str) -> list[float]:
         """The final weights' validation accuracies of one rate's runs."""
         return [r["results"]["val_accuracy"] for r in self.sweep[lr]]
 
     def cell(self, lr: str) -> str:
-        """A table cell: mean ± std of the validation accuracy, '(chosen)' on the chosen rate."""
+        """A table cell: mean ± std of the validation accuracy, '(chosen)' on the chosen rate ('-' where
+        this sweep did not try `lr`)."""
+        if lr not in self.sweep:
+            return "-"
         return mean_std(self.val(lr)) + (" (chosen)" if lr == self.chosen else "")
 
 
@@ -630,14 +634,42 @@ def select(lab: Lab, suite: str, name: str, args_at: Callable[[str], tuple[str, 
            rates: tuple[str, ...]) -> Selection:
     """Sweep `rates` (`args_at(lr)`: a run's arguments at that rate) on the validation split, at the
     selection seeds, and choose the rate whose final weights score best there on average (the first
-    listed on a tie)."""
-    sweep = {lr: [lab.train(suite, f"{name}-lr{lr}-val", args_at(lr) + ("--val-size", VAL_SIZE), seed)
-                  for seed in lab.selection_seeds()] for lr in rates}
+    listed on a tie). Where that rate sits at the grid's edge and beats its neighbour, the plan's rule
+    extends the grid once, one step beyond it (edge_step), and chooses again among them all."""
+    def sweep_at(lr: str) -> list[Optional[dict]]:
+        return [lab.train(suite, f"{name}-lr{lr}-val", args_at(lr) + ("--val-size", VAL_SIZE), seed)
+                for seed in lab.selection_seeds()]
+
+    sweep = {lr: sweep_at(lr) for lr in rates}
     if not all(all(rs) for rs in sweep.values()):
         return Selection({}, None)
     selection = Selection(sweep, None)
     selection.chosen = best_rate({lr: selection.val(lr) for lr in rates})
+    beyond = edge_step(rates, {lr: statistics.mean(selection.val(lr)) for lr in rates})
+    if beyond is None:
+        return selection
+    more = sweep_at(beyond)
+    if not all(more):
+        return Selection({}, None)
+    grid = tuple(sorted((*rates, beyond), key=float))
+    selection = Selection({lr: (more if lr == beyond else sweep[lr]) for lr in grid}, None, extended=beyond)
+    selection.chosen = best_rate({lr: selection.val(lr) for lr in grid})
     return selection
+
+
+def edge_step(rates: tuple[str, ...], means: dict[str, float]) -> Optional[str]:
+    """The rate one step beyond a sweep's edge (the top rate doubled, the bottom one halved) where the
+    best mean sits at that edge and beats its neighbour strictly (a tie, such as every run collapsed
+    alike, is no evidence the optimum lies beyond); else None."""
+    grid = sorted(rates, key=float)
+    if len(grid) < 2:
+        return None
+    top, bottom = means[grid[-1]], means[grid[0]]
+    if top == max(means.values()) and top > means[grid[-2]]:
+        return f"{float(grid[-1]) * 2:g}"
+    if bottom == max(means.values()) and bottom > means[grid[1]]:
+        return f"{float(grid[0]) / 2:g}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -701,8 +733,10 @@ def lstm_runs(lab: Lab, suite: str) -> list[dict]:
 LSTM_RATES = ("0.001", "0.003", "0.01")  # Adam rates an LSTM arm's selection sweep tries
 
 
-def sweep_table(report: Report, arm: str, chosen: dict[str, Selection], rates: tuple[str, ...] = LSTM_RATES) -> str:
-    """Selection sweeps side by side: a row per arm (label -> its sweep), its validation accuracy at each rate."""
+def sweep_table(report: Report, arm: str, chosen: dict[str, Selection]) -> str:
+    """Selection sweeps side by side: a row per arm (label -> its sweep), its validation accuracy at every
+    rate any of them tried ('-' where an arm's grid was not extended to it)."""
+    rates = sorted({lr for s in chosen.values() for lr in s.sweep}, key=float)
     return report.table([arm] + [f"Adam {lr}" for lr in rates],
                         [[label] + [s.cell(lr) for lr in rates] for label, s in chosen.items()])
 

@@ -188,7 +188,7 @@ def suite(lab: Lab, report: Report) -> None:
     concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
     # views whose every selection run collapsed: their rate was chosen among nets that learned next to
     # nothing; how far apart their rates' mean validation accuracies were says how little the choice meant
-    val_means = {v: [statistics.mean(s.val(rate)) for rate in VIEW_RATES] for v, s in chosen.items()
+    val_means = {v: [statistics.mean(s.val(rate)) for rate in s.sweep] for v, s in chosen.items()
                  if all(collapsed(r) for rs in s.sweep.values() for r in rs)}
     # a sweep like the small budget's (its rates, these seeds) for both longer-budget views
     long_sweep_runs = len(LONG_VIEWS) * len(VIEW_RATES) * len(long["pixel"])
@@ -200,7 +200,7 @@ def suite(lab: Lab, report: Report) -> None:
         "views", budget=" ".join(view_budget("LR")), steps=BUDGET_STEPS, seeds=len(results["row"]),
         sweep_seeds=len(chosen["row"].sweep[VIEW_RATES[0]]), rates=VIEW_RATES, lr=lr, train_images=TRAIN_IMAGES,
         val_size=int(VAL_SIZE),
-        sweep_table=sweep_table(report, "view", chosen, VIEW_RATES),
+        sweep_table=sweep_table(report, "view", chosen),
         sweep_collapsed={v: max(means) - min(means) for v, means in val_means.items()},
         row_column_mcnemar=mcnemar_text(mcnemar(results["column"], results["row"])),
         acc={v: statistics.mean(a) for v, a in acc.items()},
