@@ -25,9 +25,7 @@ from experiments.lab import (
     accuracies,
     accuracy_cell,
     at_rate,
-    compare,
     fit_linear,
-    holm,
     lstm_at,
     lstm_reference,
     mcnemar,
@@ -62,6 +60,7 @@ ARMS = {"BiLSTM, `out[:, -1, :]`": ("bilstm-last", ()),
         "BiLSTM, `--readout final`": ("bilstm-final", ("--readout", "final")),
         "1-layer BiLSTM, `out[:, -1, :]`": ("bilstm1-last", ("--num-layers", "1")),
         "1-layer BiLSTM, `--readout final`": ("bilstm1-final", ("--num-layers", "1", "--readout", "final"))}
+ARM_NAMES = ("lstm", "last", "final", "1-layer last", "1-layer final")  # the plan's names: the LSTM, then ARMS
 
 
 def bilstm_at(lr: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -85,13 +84,28 @@ def suite(lab: Lab, report: Report) -> None:
     if not all(s.chosen for s in chosen.values()) or not times:
         return report.missing("bidirectional")
     lr = {label: s.chosen for label, s in chosen.items()}
-    found = {"LSTM": lstm_reference(lab, "bidirectional", lr["LSTM"])}
-    found.update({label: bilstm_runs(lab, name, extra, lr[label]) for label, (name, extra) in ARMS.items()})
-    if not all(found.values()):
+    arm_of = dict(zip(chosen, ARM_NAMES))  # label -> the plan's arm name
+
+    def at(label: str, rate: str) -> list[dict]:
+        """A model on the whole training set at Adam rate `rate` (seeds 0, 1, ...)."""
+        if label == "LSTM":
+            return lstm_reference(lab, "bidirectional", rate)
+        name, extra = ARMS[label]
+        return bilstm_runs(lab, name, extra, rate)
+
+    found = {label: at(label, rate) for label, rate in lr.items()}
+    rates = {arm_of[label]: rate for label, rate in lr.items()}
+    label_of = {arm: label for label, arm in arm_of.items()}
+    # the plan's shared-rate controls: each model again at the chosen rate of the one it is compared with
+    controls = {f"{arm}@{rate}": at(label_of[arm], rate) for arm, rate in sorted(lab.plan.controls("bidirectional",
+                                                                                                 rates))}
+    if not all(found.values()) or not all(controls.values()):
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()
     pairs = {"readout1": (final1, last1), "readout2": (final, last), "last_vs_uni": (last, uni),
              "final_vs_uni": (final, uni)}
+    cmp = lab.plan.family("bidirectional", {**{arm_of[label]: accuracies(rs) for label, rs in found.items()},
+                                            **{arm: accuracies(rs) for arm, rs in controls.items()}}, rates)
     rows = []
     for label, records in found.items():
         bi = label != "LSTM"
@@ -109,7 +123,7 @@ def suite(lab: Lab, report: Report) -> None:
         fwd1=statistics.mean(r["analysis"]["probe_forward_half"] for r in last1),
         uni=pct(accuracies(uni)), last=pct(accuracies(last)), final=pct(accuracies(final)),
         last1=pct(accuracies(last1)), final1=pct(accuracies(final1)),
-        **holm({key: compare(accuracies(a), accuracies(b)) for key, (a, b) in pairs.items()}),
+        cmp=cmp, controls={arm: pct(accuracies(rs)) for arm, rs in controls.items()},
         paired={key: mcnemar_text(mcnemar(a, b)) for key, (a, b) in pairs.items()},
         param_ratio=parameters("lstm", 128, bidirectional=True) / parameters("lstm", 128),
         time_ratio=statistics.median(t["ms_per_step"]["bilstm"] / t["ms_per_step"]["lstm"] for t in times),

@@ -4,7 +4,6 @@ per step."""
 from __future__ import annotations
 
 import functools
-import itertools
 import statistics
 import time
 from typing import Any
@@ -23,10 +22,7 @@ from experiments.lab import (
     Selection,
     accuracies,
     accuracy_cell,
-    both_ways,
     collapsed,
-    compare,
-    holm,
     lstm_at,
     lstm_like_hidden,
     lstm_reference,
@@ -80,35 +76,32 @@ def suite(lab: Lab, report: Report) -> None:
     times = measures(lab, "cells", "step-times", step_times)
     if not all(s.chosen for s in chosen.values()):
         return report.missing("cells")
-    # the LSTM at the rate its sweep ranked second: how much the gap to the GRU rests on that choice
-    lstm_sweep = chosen["lstm"]
-    runner_up = sorted(lstm_sweep.sweep, key=lambda lr: statistics.mean(lstm_sweep.val(lr)))[-2]
-    lstm_alt = runs(lab, "cells", rate_name("lstm-128", runner_up), lstm_at(runner_up))
-    # each cell at its chosen rate on the whole training set, and at the LSTM's parameter count
+    # each cell at its chosen rate on the whole training set, at the other cells' chosen rates (the plan's
+    # shared-rate controls), and at the LSTM's parameter count
     best = {cell: s.chosen for cell, s in chosen.items()}
     target = parameters("lstm", 128)
     sized = {cell: lstm_like_hidden(cell, target) for cell in ("gru", "rnn")}
     at_best = {cell: final(cell, lr) for cell, lr in best.items()}
+    controls = {f"{cell}@{lr}": final(cell, lr) for cell, lr in sorted(lab.plan.controls("cells", best))}
     at_size = {cell: final(cell, best[cell], hidden=h, sweep=True) for cell, h in sized.items()}
-    if not all(at_best.values()) or not all(at_size.values()) or not times or not lstm_alt:
+    if not all(at_best.values()) or not all(at_size.values()) or not times or not all(controls.values()):
         return report.missing("cells")
+    cmp = lab.plan.family("cells", {arm: accuracies(rs) for arm, rs in {**at_best, **controls}.items()}, best)
     ms = {cell: [t["ms_per_step"][cell] for t in times] for cell in times[0]["ms_per_step"]}
     draw(report, chosen, at_best, at_size)
     rows = [[cell, 128, lr, parameters(cell, 128), len(s.sweep[lr]), s.cell(lr)]
             for cell, s in chosen.items() for lr in s.sweep]
     ranked = sorted(at_best, key=lambda cell: statistics.mean(accuracies(at_best[cell])), reverse=True)
     rnn_fast = [r for r in chosen["rnn"].sweep["0.01"] if collapsed(r)]
+    rnn_fast_test = sum(collapsed(r) for r in controls.get("rnn@0.01", []))
     report.section(
         "cells", best=best, ranked=ranked, seeds=len(at_best["lstm"]), sweep_seeds=len(lab.selection_seeds()),
         selection_seeds=lab.selection_span(), val_size=int(VAL_SIZE),
         acc={cell: statistics.mean(accuracies(rs)) for cell, rs in at_best.items()},
-        pairs=both_ways(holm({(a, b): compare(accuracies(at_best[a]), accuracies(at_best[b]))
-                              for a, b in itertools.combinations(at_best, 2)})),
-        paired={"lstm-gru": mcnemar_text(mcnemar(at_best["lstm"], at_best["gru"]))},
-        runner_up={"lr": runner_up, "val": lstm_sweep.cell(runner_up), "chosen_val": lstm_sweep.cell(best["lstm"]),
-                   "test": pct(accuracies(lstm_alt)),
-                   "gap": (statistics.mean(accuracies(at_best["gru"])) - statistics.mean(accuracies(lstm_alt))) * 100},
-        rnn_fast=rnn_fast, failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in rnn_fast),
+        cmp=cmp, paired={"lstm-gru": mcnemar_text(mcnemar(at_best["lstm"], at_best["gru"]))},
+        controls={arm: pct(accuracies(rs)) for arm, rs in controls.items()},
+        rnn_fast=rnn_fast, rnn_fast_test=rnn_fast_test,
+        failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in rnn_fast),
         ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],
         sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds",
                                   "validation accuracy % (final weights)"], rows),
@@ -116,6 +109,8 @@ def suite(lab: Lab, report: Report) -> None:
             ["cell", "hidden", "Adam lr (chosen on validation)", "parameters", "seeds", "test accuracy %"],
             [[cell, 128, best[cell], parameters(cell, 128), len(at_best[cell]), accuracy_cell(at_best[cell])]
              for cell in at_best] +
+            [[arm.split("@")[0], 128, f"{arm.split('@')[1]} (another cell's)", parameters(arm.split("@")[0], 128),
+              len(rs), accuracy_cell(rs)] for arm, rs in controls.items()] +
             [[cell, h, best[cell], parameters(cell, h), len(at_size[cell]), accuracy_cell(at_size[cell])]
              for cell, h in sized.items()]),
         time_table=report.table(["model (2 layers, hidden 128)", "ms per training step, median over seeds",

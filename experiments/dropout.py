@@ -21,8 +21,6 @@ from experiments.lab import (
     accuracies,
     accuracy_cell,
     at_step,
-    compare,
-    holm,
     lstm_at,
     lstm_reference,
     mcnemar,
@@ -78,16 +76,23 @@ def suite(lab: Lab, report: Report) -> None:
                                 LSTM_RATES) for i, (name, extra) in enumerate(VARIANTS.items(), 1)})
     if not check or not all(s.chosen for s in chosen.values()):
         return report.missing("dropout")
-    none_lr = chosen["none"].chosen
-    results = {"none": lstm_reference(lab, "dropout", none_lr)}
-    results.update({name: runs(lab, "dropout", rate_name(f"lstm-dropout-{i}", chosen[name].chosen),
-                               preset_at(chosen[name].chosen, extra), paired=True)
-                    for i, (name, extra) in enumerate(VARIANTS.items(), 1)})
-    if not all(results.values()):
+    rates = {name: s.chosen for name, s in chosen.items()}
+
+    def at(name: str, lr: str) -> list[dict]:
+        """An arm on the whole training set at Adam rate `lr` (seeds 0, 1, ...; per-image results kept)."""
+        if name == "none":
+            return lstm_reference(lab, "dropout", lr)
+        i = list(VARIANTS).index(name) + 1
+        return runs(lab, "dropout", rate_name(f"lstm-dropout-{i}", lr), preset_at(lr, VARIANTS[name]), paired=True)
+
+    results = {name: at(name, lr) for name, lr in rates.items()}
+    # the plan's shared-rate controls: each arm again at the other arms' chosen rates
+    controls = {f"{name}@{lr}": at(name, lr) for name, lr in sorted(lab.plan.controls("dropout", rates))}
+    if not all(results.values()) or not all(controls.values()):
         return report.missing("dropout")
-    # every variant against no dropout: one family, Holm-corrected
-    versus = holm({name: compare(accuracies(rs), accuracies(results["none"]))
-                   for name, rs in results.items() if name != "none"})
+    cmp = lab.plan.family("dropout", {arm: accuracies(rs) for arm, rs in {**results, **controls}.items()}, rates)
+    plan_id = {c["a"]: c["id"] for c in lab.plan.comparisons("dropout")}  # variant -> its comparison
+    versus = {name: cmp[plan_id[name]] for name in VARIANTS}
     rows = []
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
@@ -96,7 +101,7 @@ def suite(lab: Lab, report: Report) -> None:
                      f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f} ({vs_none.words})",
                      "-" if vs_none is None else mcnemar_text(mcnemar(records, results["none"])),
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
-    draw(report, results)
+    draw(report, results, rates)
     low = min((r for rs in results.values() for r in rs), key=lambda r: r["results"]["test_accuracy"])
     first, last = at_step(low, 600), low["results"]["test_accuracy"]  # after the first epoch, and the last
     report.section(
@@ -107,7 +112,15 @@ def suite(lab: Lab, report: Report) -> None:
         clear=[name for name, v in versus.items() if v.beyond],
         low={"name": next(n for n, rs in results.items() if low in rs), "seed": low["seed"], "first": first,
              "last": last} if last < first else None,
-        sweep_seeds=len(lab.selection_seeds()), lr={name: s.chosen for name, s in chosen.items()},
+        sweep_seeds=len(lab.selection_seeds()), lr=rates, cmp=cmp, plan_id=plan_id,
+        shared_rows=report.table(
+            ["dropout", "Adam lr", "test accuracy %", "none at that rate, test accuracy %", "difference, points (95 % CI)"],
+            [[name, lr, accuracy_cell(controls[f"{name}@{lr}"] if f"{name}@{lr}" in controls else results[name]),
+              accuracy_cell(controls[f"none@{lr}"] if f"none@{lr}" in controls else results["none"]),
+              f"{cmp[plan_id[name] + '@' + lr].diff:+.2f} ± {cmp[plan_id[name] + '@' + lr].margin:.2f} "
+              f"({cmp[plan_id[name] + '@' + lr].words})"]
+             for name in VARIANTS for lr in sorted({rates[name], rates["none"]}, key=float)
+             if rates[name] != rates["none"]]),
         sweep_table=sweep_table(report, "dropout", chosen),
         variants_table=report.table(["dropout", "Adam lr (chosen on validation)", "test accuracy %",
                                      "difference from none, points (95 % CI)",
@@ -115,8 +128,8 @@ def suite(lab: Lab, report: Report) -> None:
                                      "train accuracy %", "train - test gap, points"], rows))
 
 
-def draw(report: Report, results: dict[str, list[dict]]) -> None:
-    """Every seed's train and test accuracy per variant (dots), and their means (bars)."""
+def draw(report: Report, results: dict[str, list[dict]], rates: dict[str, str]) -> None:
+    """Every seed's train and test accuracy per variant at its chosen rate (dots), and their means (bars)."""
     fig, ax = pyplot().subplots(figsize=(8, 3.6))
     names = list(results)
     for offset, key, color in ((-0.17, "train", "C0"), (0.17, "test", "C1")):
@@ -126,8 +139,8 @@ def draw(report: Report, results: dict[str, list[dict]]) -> None:
             ax.scatter(i + offset + jitter, values, s=14, color=color, alpha=0.8,
                        label=f"{key} accuracy (one dot per seed)" if i == 0 else None)
             ax.hlines(statistics.mean(values), i + offset - 0.12, i + offset + 0.12, color=color, lw=2)
-    ax.set_xticks(range(len(names)), [n.replace(" before", "\nbefore").replace("nn.LSTM ", "nn.LSTM\n") for n in names],
-                  fontsize=8)
+    ax.set_xticks(range(len(names)), [n.replace(" before", "\nbefore").replace("nn.LSTM ", "nn.LSTM\n") +
+                                      f"\n(Adam {rates[n]})" for n in names], fontsize=8)
     ax.set(ylabel="accuracy (bars: mean)")
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3, axis="y")

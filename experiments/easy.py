@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any, Optional
@@ -22,7 +23,7 @@ from experiments.lab import (
     accuracy_cell,
     accuracy_curve,
     best_rate,
-    compare,
+    lstm_reference,
     lstm_runs,
     mean_std,
     measures,
@@ -33,13 +34,38 @@ from experiments.lab import (
 )
 
 BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
+MAX_SHIFT = 4  # the shifted control: each image moved by up to this many pixels each way
+TEST_SHIFT_SEED = 0  # the shifted test set is drawn once, the same for every run
 
 
-def baseline(kind: str, lr: str, lab: "Lab", split: str, seed: int) -> dict[str, Any]:
+def shifted(images: torch.Tensor, generator: torch.Generator, most: int = MAX_SHIFT) -> torch.Tensor:
+    """Each image moved by its own random whole-pixel offset, -most..most rows and columns, filled with blank
+    paper: MNIST without its centring (the digits keep their size)."""
+    n, h, w = images.shape
+    offsets = torch.randint(-most, most + 1, (n, 2), generator=generator)
+    padded = torch.nn.functional.pad(images, (most, most, most, most))
+    out = torch.empty_like(images)
+    for dy in range(-most, most + 1):
+        for dx in range(-most, most + 1):
+            pick = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
+            out[pick] = padded[pick, most - dy:most - dy + h, most - dx:most - dx + w]
+    return out
+
+
+def shifted_baseline(kind: str, lr: str, lab: "Lab", split: str, seed: int) -> dict[str, Any]:
+    """baseline() on shifted images: the training images moved anew for each seed, the test images once."""
+    return baseline(kind, lr, lab, split, seed, shift=True)
+
+
+def baseline(kind: str, lr: str, lab: "Lab", split: str, seed: int, shift: bool = False) -> dict[str, Any]:
     """A non-recurrent model on the flattened 784 pixels, trained like the presets (batch 100, 2 epochs, Adam):
     on the whole training set, scored on the test set (`split` 'test'), or on the training set less a
-    validation split of VAL_SIZE images, the same as the training runs' (`--val-size`), scored there ('val')."""
+    validation split of VAL_SIZE images, the same as the training runs' (`--val-size`), scored there ('val').
+    `shift`: every image moved at random first (shifted())."""
     train, test = lab.data
+    if shift:
+        train = dataclasses.replace(train, images=shifted(train.images, torch.Generator().manual_seed(seed)))
+        test = dataclasses.replace(test, images=shifted(test.images, torch.Generator().manual_seed(TEST_SHIFT_SEED)))
     if split == "val":
         train, test, _ = validation_split(train, float(VAL_SIZE), seed)
     torch.manual_seed(seed)
@@ -64,28 +90,48 @@ def baseline(kind: str, lr: str, lab: "Lab", split: str, seed: int) -> dict[str,
             "train_seconds": round(seconds, 1)}
 
 
-def baselines(lab: Lab, kind: str) -> tuple[dict[str, list[dict]], Optional[str], list[dict]]:
+def baselines(lab: Lab, kind: str, shift: bool = False) -> tuple[dict[str, list[dict]], Optional[str], list[dict]]:
     """A baseline's rate sweep on the validation split (at the selection seeds), the rate chosen there,
-    and its runs at that rate on the whole training set, scored on the test set, at every seed."""
-    sweep = {lr: [lab.measure("easy", f"baseline-{kind}-lr{lr}-val{VAL_SIZE}", seed, baseline, kind, lr, lab, "val")
+    and its runs at that rate on the whole training set, scored on the test set, at every seed (`shift`:
+    on shifted images throughout)."""
+    fn, name = (shifted_baseline, f"baseline-{kind}-shifted") if shift else (baseline, f"baseline-{kind}")
+    sweep = {lr: [lab.measure("easy", f"{name}-lr{lr}-val{VAL_SIZE}", seed, fn, kind, lr, lab, "val")
                   for seed in lab.selection_seeds()] for lr in BASELINE_RATES}
     if not all(all(found) for found in sweep.values()):
         return {}, None, []
     values = {lr: [m["values"] for m in found] for lr, found in sweep.items()}
     best = best_rate({lr: [v["val_accuracy"] for v in found] for lr, found in values.items()})
-    return values, best, measures(lab, "easy", f"baseline-{kind}-lr{best}-test", baseline, kind, best, lab, "test")
+    return values, best, baseline_test(lab, kind, best, shift)
+
+
+def baseline_test(lab: Lab, kind: str, lr: str, shift: bool = False) -> list[dict]:
+    """A baseline at Adam rate `lr` on the whole training set, scored on the test set, at every seed."""
+    fn, name = (shifted_baseline, f"baseline-{kind}-shifted") if shift else (baseline, f"baseline-{kind}")
+    return measures(lab, "easy", f"{name}-lr{lr}-test", fn, kind, lr, lab, "test")
 
 
 def suite(lab: Lab, report: Report) -> None:
     lstm = lstm_runs(lab, "easy")
     base = {kind: baselines(lab, kind) for kind in ("logreg", "mlp")}
-    if not lstm or not all(found for _, _, found in base.values()):
+    moved = {kind: baselines(lab, kind, shift=True) for kind in ("logreg", "mlp")}
+    if not lstm or not all(found for _, _, found in [*base.values(), *moved.values()]):
+        return report.missing("easy")
+    # the plan's family: the LSTM (the preset's 0.01) against the MLP at its chosen rate, and at each
+    # other's rate; each baseline on centred against shifted images
+    rates = {"lstm": "0.01", "mlp": base["mlp"][1]}
+    controls = {f"{arm}@{lr}": accuracies(lstm_reference(lab, "easy", lr)) if arm == "lstm" else
+                [v["test_accuracy"] for v in baseline_test(lab, arm, lr)]
+                for arm, lr in sorted(lab.plan.controls("easy", rates))}
+    if not all(controls.values()):
         return report.missing("easy")
     first = lstm[0]
     confusion = np.array(first["analysis"]["confusion"])
     errors = confusion.copy()
     np.fill_diagonal(errors, 0)
     best = {kind: [v["test_accuracy"] for v in found] for kind, (_, _, found) in base.items()}
+    shifted_acc = {kind: [v["test_accuracy"] for v in found] for kind, (_, _, found) in moved.items()}
+    cmp = lab.plan.family("easy", {"lstm": accuracies(lstm), **best, **{f"{k} shifted": v for k, v in
+                                                                      shifted_acc.items()}, **controls}, rates)
     draw_curve(report, lstm, best)
     draw_rows_read(report, lstm)
     draw_confusion(report, confusion, errors)
@@ -104,7 +150,8 @@ def suite(lab: Lab, report: Report) -> None:
         epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
         else None,  # (a run that never got there has no such figure)
         sweep_seeds=len(lab.selection_seeds()), val_size=int(VAL_SIZE), selection_seed=SELECTION_SEED,
-        lstm_vs_mlp=compare(accuracies(lstm), best["mlp"]),  # the section's one comparison
+        cmp=cmp, shifted={kind: pct(v) for kind, v in shifted_acc.items()},
+        shifted_lr={kind: lr for kind, (_, lr, _) in moved.items()}, max_shift=MAX_SHIFT,
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,
         head_at={k: head[:, k - 1].mean() for k in (7, 14, 21, 28)},
@@ -121,7 +168,13 @@ def suite(lab: Lab, report: Report) -> None:
                                                 for kind in ("logistic regression", "MLP")],
                                  [[lr] + [mean_std([v["val_accuracy"] for v in base[kind][0][lr]]) +
                                           (" (chosen)" if lr == lr_of[kind] else "")
-                                          for kind in ("logreg", "mlp")] for lr in BASELINE_RATES]))
+                                          for kind in ("logreg", "mlp")] for lr in BASELINE_RATES]),
+        shifted_table=report.table(
+            ["model", "Adam lr (chosen on shifted validation images)", "test accuracy %, centred digits",
+             "test accuracy %, shifted digits", "centred - shifted, points (95 % CI)"],
+            [[label, moved[kind][1], mean_std(best[kind]), mean_std(shifted_acc[kind]),
+              f"{cmp[kind + '_shift'].diff:+.2f} ± {cmp[kind + '_shift'].margin:.2f} ({cmp[kind + '_shift'].words})"]
+             for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP"))]))
 
 
 def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[float]]) -> None:

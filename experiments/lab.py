@@ -4,7 +4,6 @@ report they are rendered into. The suites (one module each) go through `Lab`."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 import hashlib
@@ -35,6 +34,7 @@ from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir, tra
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write, atomic_write_json
 from dist_rnn.plot import pyplot
+from experiments.plan import Plan, p_text
 
 PROBE_SAMPLES = 10_000  # training images used for train accuracy and for the readout probes
 
@@ -59,6 +59,10 @@ class ExperimentsConfig:
     runs_dir: str = option("runs/experiments", "run directories (checkpoints) of the training runs")
     rerun: bool = option(False, "repeat the selected suites' runs even when cached")
     report_only: bool = option(False, "train nothing: regenerate the report from the cache")
+    plan: str = option("experiments/plan.yaml", "the pre-registration: each section's comparisons and decisions")
+    check: bool = option(False, "train nothing: check the plan and that the report regenerates from it unchanged "
+                                "(exit 1 on an unplanned, degenerate or repeated test, or a decision read off the "
+                                "test set)")
     prune: bool = option(False, "after regenerating the whole report, delete the cached records it does not use "
                                 "(those of superseded runs; git history keeps them)")
 
@@ -117,6 +121,7 @@ class Lab:
 
     def __init__(self, c: ExperimentsConfig, suites: list[str]):
         self.c, self.suites = c, suites
+        self.plan = Plan(Path(c.plan))
         self.cache = Path(c.cache_dir)
         self.data_dir = resolve_data_dir(c.data_dir)
         self._data: Optional[tuple[Split, Split]] = None
@@ -382,110 +387,7 @@ def pct(values: list[float]) -> str:
     return f"{mean} % (± {std})"
 
 
-# Student's t, 97.5th percentile, by degrees of freedom (a smaller df is read conservatively).
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
-        15: 2.13, 20: 2.09, 30: 2.04, 60: 2.00, 120: 1.98}
-
-
-ALPHA = 0.05  # the family-wise error rate each section's comparisons are held to (Holm)
-
-
-def p_text(p: float) -> str:
-    """A p-value as the report writes it: three decimals, and 'p < 0.001' rather than a false 'p = 0.000'."""
-    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """mean(a) - mean(b) in points, the half-width of its 95 % confidence interval (Welch, not
-    adjusted), Welch's two-sided p-value, and that p adjusted by Holm's method over the section's
-    family of `family` comparisons (see holm()). The report calls a difference one only where the
-    adjusted p is below ALPHA (`beyond`). (Attributes, not dict keys: in a template `x.clear` would
-    find dict.clear, always true.)"""
-
-    diff: float
-    margin: float
-    p: float
-    p_holm: float = float("nan")
-    family: int = 1
-
-    @property
-    def beyond(self) -> bool:
-        return self.p_holm < ALPHA
-
-    @property
-    def words(self) -> str:
-        """The verdict in the report's words, with the corrected p it follows."""
-        corrected = f"Holm-corrected over {self.family}" if self.family > 1 else "one comparison"
-        verdict = "beyond the spread" if self.beyond else "within the spread"
-        return f"{verdict}: {p_text(self.p_holm)}, {corrected}"
-
-
-def compare(a: list[float], b: list[float]) -> Comparison:
-    """Accuracies `a` against `b` over seeds: Welch's t interval and p-value (not yet corrected:
-    holm() does that over the section's family; alone, the p is its own correction)."""
-    diff = (statistics.mean(a) - statistics.mean(b)) * 100
-    if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
-        return Comparison(diff, float("nan"), 1.0, 1.0)
-    va, vb = statistics.variance(a) * 1e4 / len(a), statistics.variance(b) * 1e4 / len(b)
-    if va + vb == 0:  # every seed alike on both sides (as when all collapse to the same class)
-        p = 0.0 if diff != 0 else 1.0
-        return Comparison(diff, 0.0, p, p)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    t = T975[max(k for k in T975 if k <= max(1, int(df)))] if df < 1000 else 1.96
-    p = student_t_two_sided(diff / math.sqrt(va + vb), df)
-    return Comparison(diff, t * math.sqrt(va + vb), p, p)
-
-
-def holm(family: dict[Any, Comparison]) -> dict[Any, Comparison]:
-    """The family's comparisons with Holm's step-down adjusted p-values: the k-th smallest p times
-    (m - k + 1), never below the one before, at most 1. It holds the chance of calling any true
-    non-difference a difference to ALPHA for the whole family, where m separate tests at ALPHA each
-    would not."""
-    m = len(family)
-    adjusted, running = {}, 0.0
-    for k, (key, c) in enumerate(sorted(family.items(), key=lambda kv: kv[1].p)):
-        running = max(running, min(1.0, (m - k) * c.p))
-        adjusted[key] = dataclasses.replace(c, p_holm=running, family=m)
-    return {key: adjusted[key] for key in family}
-
-
-def both_ways(pairs: dict[tuple[str, str], Comparison]) -> dict[tuple[str, str], Comparison]:
-    """Comparisons of (a, b) pairs, and of (b, a): the same test, the difference negated."""
-    return {**pairs, **{(b, a): dataclasses.replace(c, diff=-c.diff) for (a, b), c in pairs.items()}}
-
-
-def student_t_two_sided(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with `df` (not necessarily whole) degrees of freedom: the
-    regularized incomplete beta I_x(df/2, 1/2) at x = df / (df + t^2)."""
-    return incomplete_beta(df / (df + t * t), df / 2, 0.5)
-
-
-def incomplete_beta(x: float, a: float, b: float) -> float:
-    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Lentz's
-    method, as in Numerical Recipes' betacf), to about 1e-12."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only: use the symmetry
-        return 1.0 - incomplete_beta(1.0 - x, b, a)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-13:
-            break
-    return front * h / a
+ALPHA = 0.05  # the level of the McNemar pairs' descriptive "below" counts (the families' is the plan's)
 
 
 def collapsed(record: dict) -> bool:

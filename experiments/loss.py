@@ -20,8 +20,6 @@ from experiments.lab import (
     accuracy_curve,
     at_rate,
     at_step,
-    compare,
-    holm,
     lstm_at,
     lstm_reference,
     mcnemar,
@@ -74,26 +72,34 @@ def suite(lab: Lab, report: Report) -> None:
     grads = lab.measure("loss", "loss-gradients", 0, loss_gradients)
     if not all(s.chosen for s in chosen.values()) or not grads:
         return report.missing("loss")
-    trained = {loss: curve_runs(lab, loss, s.chosen) for loss, s in chosen.items()}
-    if not all(trained.values()):
+    lr = {loss: s.chosen for loss, s in chosen.items()}
+    trained = {loss: curve_runs(lab, loss, rate) for loss, rate in lr.items()}
+    # the plan's arms: each loss's final accuracy ('mse'), its accuracy at step 100 ('mse at step 100'), and
+    # summed against averaged MSE in validation accuracy at each rate of the sweep ('mse val at 0.003')
+    rates = {**lr, **{f"{loss} at step 100": rate for loss, rate in lr.items()}}
+    wanted = sorted(lab.plan.controls("loss", rates))
+    controls = {f"{arm}@{rate}": curve_runs(lab, arm.split(" at step")[0], rate) for arm, rate in wanted}
+    if not all(trained.values()) or not all(controls.values()):
         return report.missing("loss")
     ce, mse, mse_sum = trained["ce"], trained["mse"], trained["mse-sum"]
     rows = grads["values"]["rows"]
-    draw(report, trained, rows)
+    draw(report, trained, rows, lr)
     early = {loss: [at_step(r, 100) for r in rs] for loss, rs in trained.items()}
+    arms = {**{loss: accuracies(rs) for loss, rs in trained.items()},
+            **{f"{loss} at step 100": v for loss, v in early.items()},
+            **{arm: [at_step(r, 100) for r in rs] if " at step 100" in arm else accuracies(rs)
+               for arm, rs in controls.items()},
+            **{f"{loss} val at {rate}": chosen[loss].val(rate) for loss in ("mse", "mse-sum") for rate in LSTM_RATES}}
+    cmp = lab.plan.family("loss", arms, rates)
     report.section(
-        "loss", worst=rows[-1], first=rows[0], lr={loss: s.chosen for loss, s in chosen.items()},
+        "loss", worst=rows[-1], first=rows[0], lr=lr, cmp=cmp, rates=LSTM_RATES,
         at_100={loss: pct(v) for loss, v in early.items()},
         steps={loss: steps_text(rs) for loss, rs in trained.items()},
         acc={loss: pct(accuracies(rs)) for loss, rs in trained.items()}, seeds=len(ce),
         sweep_seeds=len(lab.selection_seeds()),
-        **holm(dict(final=compare(accuracies(mse), accuracies(ce)),
-                    final_sum=compare(accuracies(mse_sum), accuracies(ce)),
-                    sum_vs_mean=compare(accuracies(mse_sum), accuracies(mse)),
-                    early=compare(early["mse"], early["ce"]), early_sum=compare(early["mse-sum"], early["ce"]))),
         paired={"mse-ce": mcnemar_text(mcnemar(mse, ce)), "sum-mean": mcnemar_text(mcnemar(mse_sum, mse))},
-        # summed against averaged MSE at each rate of the sweep: the same rate, so only the loss's scale differs
-        same_rate=holm({lr: compare(chosen["mse-sum"].val(lr), chosen["mse"].val(lr)) for lr in LSTM_RATES}),
+        at_100_controls={arm: pct([at_step(r, 100) for r in rs]) for arm, rs in controls.items()},
+        controls={arm: pct(accuracies(rs)) for arm, rs in controls.items()},
         sweep_table=sweep_table(report, "loss", {LOSSES[loss]: s for loss, s in chosen.items()}),
         gradients_table=report.table(
             ["margin", "p(true class)", "|dL/dz| cross-entropy", "|dL/dz| MSE on softmax"],
@@ -106,23 +112,26 @@ def suite(lab: Lab, report: Report) -> None:
              for loss, rs in trained.items()]))
 
 
-def draw(report: Report, trained: dict[str, list[dict]], rows: list[dict]) -> None:
-    """Left: training curves, every seed. Middle: the final accuracies per seed, on an axis that
-    shows their gap. Right: the gradient on the logits against the margin of a wrong class."""
-    fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 1.8, 3))
+def draw(report: Report, trained: dict[str, list[dict]], rows: list[dict], lr: dict[str, str]) -> None:
+    """Left: training curves, every seed. Then, on axes that show their gaps: the accuracies at step 100
+    (where the text argues from a gap of a few points) and the final ones, per seed. Right: the
+    gradient on the logits against the margin of a wrong class."""
+    fig, (left, early, middle, right) = pyplot().subplots(1, 4, figsize=(15, 3.6), width_ratios=(3, 1.8, 1.8, 3))
     for i, (loss, records) in enumerate(trained.items()):
         for r in records:
             left.plot(*accuracy_curve(r), color=f"C{i}", alpha=0.8, lw=1,
-                      label=LOSSES[loss] if r is records[0] else None)
-        values = accuracies(records)
-        middle.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{i}")
-        middle.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
+                      label=f"{LOSSES[loss]} (Adam {lr[loss]})" if r is records[0] else None)
+        for ax, values in ((early, [at_step(r, 100) for r in records]), (middle, accuracies(records))):
+            ax.scatter(i + np.linspace(-0.1, 0.1, len(values)), values, s=14, color=f"C{i}")
+            ax.hlines(statistics.mean(values), i - 0.2, i + 0.2, color="k", lw=1.5)
+    left.axvline(100, color="gray", lw=0.6, ls=":")
     left.set(xlabel="optimizer step", ylabel="test accuracy", ylim=(0, 1), title="training (all seeds)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    middle.set_xticks(range(len(trained)), ["cross-\nentropy", "MSE", "MSE,\nsummed"], fontsize=8)
-    middle.set(ylabel="test accuracy after 2 epochs", title="final (bars: mean)")
-    middle.grid(alpha=0.3, axis="y")
+    for ax, title in ((early, "at step 100 (zoomed)"), (middle, "after 2 epochs (zoomed)")):
+        ax.set_xticks(range(len(trained)), ["cross-\nentropy", "MSE", "MSE,\nsummed"], fontsize=8)
+        ax.set(ylabel="test accuracy", title=f"{title}; bars: mean")
+        ax.grid(alpha=0.3, axis="y")
     right.semilogy([r["margin"] for r in rows], [r["ce_grad_norm"] for r in rows], marker="o", label="cross-entropy")
     right.semilogy([r["margin"] for r in rows], [r["mse_grad_norm"] for r in rows], marker="o", label="MSE on softmax")
     right.set(xlabel="margin of the wrong class (logits)", ylabel="|dL/dlogits|",

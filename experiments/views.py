@@ -18,8 +18,6 @@ from experiments.lab import (
     accuracy_curve,
     at_step,
     collapsed,
-    compare,
-    holm,
     mcnemar,
     mcnemar_text,
     mean_std,
@@ -45,22 +43,19 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
             "--epochs", "1", "--limit-train", str(images), "--eval-every", "50")
 
 
-# The two long-memory views again, trained for LONG_EPOCHS full epochs with the settings of Cooijmans et
+# The two long-memory views again, trained for several full epochs with the settings of Cooijmans et
 # al. where dist_rnn has them (100 units, clipping 1, rate 1e-3); Adam stands in for their RMSProp, and
 # the recurrent weights keep PyTorch's initialisation. About 8 minutes an epoch per run here (2 at a
 # time): too dear to sweep rates, so the rate is theirs. The pixel view is unstable at this rate (in
 # runs without a validation split, 2 of 3 climbed well above chance and fell back: commit f797cce),
 # so each run holds out VAL_SIZE training images and scores them every LONG_EVAL steps: the weights it
 # is judged by are those of its best validation score (the test set scored once for them, and once for
-# the final weights). The runs are trained in stages ending at LONG_STAGES, each stage continuing the
-# previous stage's runs where their directories are still here (bitwise the same as starting again, in
-# less time).
-LONG_STAGES = (2, 4, 6, 8)  # epochs
-LONG_EPOCHS = LONG_STAGES[-1]
+# the final weights). The runs are trained in stages, each continuing the previous stage's runs where
+# their directories are still here (bitwise the same as starting again, in less time), for as many
+# stages as the plan's rule on validation scores says (long_stages()).
 LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
 LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
-LONG_STEPS = LONG_EPOCHS * LONG_EPOCH_STEPS
 
 
 def long_budget(epochs: int) -> tuple[str, ...]:
@@ -158,8 +153,9 @@ def suite(lab: Lab, report: Report) -> None:
     # The longer budget first, its runs being the longest, stage by stage (every stage's records are
     # kept, and counted in the time the report took).
     of = {v: view_args(*VIEWS[v]) for v in VIEWS}  # each view's own arguments
-    stages = {v: long_stage_runs(lab, of[v], v) for v in LONG_VIEWS}
-    long = {v: rs[-1] if len(rs) == len(LONG_STAGES) else [] for v, rs in stages.items()}
+    stages, decided = long_stages(lab, of)
+    done = bool(decided) and (not decided[-1]["go_on"] or decided[-1]["capped"])  # the rule has spoken
+    long = {v: rs[-1] if done else [] for v, rs in stages.items()}
     chosen = {v: select(lab, "views", view_name(v),
                         lambda lr, v=v: view_budget(lr, TRAIN_IMAGES + int(VAL_SIZE)) + of[v], VIEW_RATES)
               for v in VIEWS}
@@ -169,10 +165,15 @@ def suite(lab: Lab, report: Report) -> None:
     # per-image results for the 28-step views, whose gap is under a point: McNemar beside Welch
     results = {v: runs(lab, "views", rate_name(view_name(v), lr[v], own=VIEW_LR), view_budget(lr[v]) + of[v],
                        paired=v in SHORT_VIEWS) for v in VIEWS}
-    if not all(results.values()):
+    # the plan's shared-rate controls: each view again at the chosen rate of the view it is compared with
+    controls = {f"{v}@{rate}": runs(lab, "views", rate_name(view_name(v), rate, own=VIEW_LR), view_budget(rate) + of[v],
+                                    paired=v in SHORT_VIEWS) for v, rate in sorted(lab.plan.controls("views", lr))}
+    if not all(results.values()) or not all(controls.values()):
         return report.missing("views")
+    long_epochs = decided[-1]["epochs"]
+    long_steps = long_epochs * LONG_EPOCH_STEPS
     draw(report, results)
-    draw_long(report, long)
+    draw_long(report, long, long_steps)
     chance = chance_line(lab)
     # each run judged by the weights of its best validation score; the final weights' scores beside them
     long_acc = {v: [r["results"]["best_test_accuracy"] for r in rs] for v, rs in long.items()}
@@ -182,7 +183,7 @@ def suite(lab: Lab, report: Report) -> None:
     long_best = {v: max(a) for v, a in long_acc.items()}
     # what the last stage added: how far each seed's best validation score rose in it (0: no new best), in points
     long_gain = {v: [100 * (r["results"]["best_val_accuracy"] - before["results"]["best_val_accuracy"])
-                     for r, before in zip(rs[-1], rs[-2])] for v, rs in stages.items()} if len(LONG_STAGES) > 1 else {}
+                     for r, before in zip(rs[-1], rs[-2])] for v, rs in stages.items()} if len(decided) > 1 else {}
     # the longer budget's pixel runs (the network of the published LSTMs' size): how fast, how many at a time
     pixel_rate = statistics.median(r["results"]["train_samples_per_s"] for r in long["pixel"])
     concurrent = max(r.get("concurrent_runs", 1) for r in long["pixel"])
@@ -206,13 +207,11 @@ def suite(lab: Lab, report: Report) -> None:
         acc={v: statistics.mean(a) for v, a in acc.items()},
         collapsed={v: sum(collapsed(r) for r in rs) for v, rs in results.items()},
         best_seed={v: max(a) for v, a in acc.items()},
-        **holm(dict(permuted_vs_pixel=compare(acc["permuted"], acc["pixel"]),
-                    column_vs_row=compare(acc["column"], acc["row"]),
-                    reversed_vs_pixel=compare(acc["reversed"], acc["pixel"]),
-                    ink_last_vs_blank_last=compare(acc["pixel, rows 4-23"], acc["pixel, rows 8-27"]),
-                    ink_last_vs_pixel=compare(acc["pixel, rows 4-23"], acc["pixel"]),
-                    long_permuted_vs_pixel=compare(long_acc["permuted"], long_acc["pixel"]))),
-        long_budget=" ".join(long_budget(LONG_EPOCHS)), long_steps=LONG_STEPS, long_epochs=LONG_EPOCHS,
+        cmp=lab.plan.family("views", {**acc, **{f"{v} long": a for v, a in long_acc.items()},
+                                      **{arm: accuracies(rs) for arm, rs in controls.items()}}, lr),
+        controls={arm: accuracy_cell(rs) for arm, rs in controls.items()}, decided=decided,
+        rule=lab.plan.decision("views", "longer budget"),
+        long_budget=" ".join(long_budget(long_epochs)), long_steps=long_steps, long_epochs=long_epochs,
         long_eval=LONG_EVAL, epoch_images=LONG_EPOCH_IMAGES,
         long_seeds=len(long["pixel"]),
         long_acc={v: statistics.mean(a) for v, a in long_acc.items()},
@@ -223,7 +222,7 @@ def suite(lab: Lab, report: Report) -> None:
         long_fell={v: sum(best > chance >= final for best, final in zip(long_acc[v], long_final[v]))
                    for v in long},
         # seeds whose final weights score below their best on validation (a tie keeps the earlier step)
-        long_early={v: sum(at_step(r, LONG_STEPS, "val") < r["results"]["best_val_accuracy"] for r in rs)
+        long_early={v: sum(at_step(r, long_steps, "val") < r["results"]["best_val_accuracy"] for r in rs)
                     for v, rs in long.items()},
         long_gain=long_gain,
         long_best=long_best,
@@ -233,16 +232,17 @@ def suite(lab: Lab, report: Report) -> None:
             [[v, len(rs), mean_std(long_acc[v]), f"{long_best[v] * 100:.2f}", accuracy_cell(rs),
               " / ".join(str(r["results"]["best_step"]) for r in rs),
               "; ".join(" / ".join(f"{at_step(r, step, 'val') * 100:.1f}"
-                                   for step in range(LONG_EPOCH_STEPS, LONG_STEPS + 1, LONG_EPOCH_STEPS)) for r in rs)]
+                                   for step in range(LONG_EPOCH_STEPS, long_steps + 1, LONG_EPOCH_STEPS)) for r in rs)]
              for v, rs in long.items()]),
         tail=tail, ink_lost={v: ink_lost(lab, crop) for v, (_, crop) in scans.items()},
         ink=ink_lost(lab, (lab.data[0].images.shape[1], 0)),  # every row dropped: all of an image's ink
         pixel_rate=pixel_rate, concurrent=concurrent,
         long_sweep_runs=long_sweep_runs,  # and the hours it would take at the pixel runs' speed
-        long_sweep_hours=long_sweep_runs * LONG_EPOCHS * LONG_EPOCH_IMAGES / pixel_rate / 3600 / concurrent,
+        long_sweep_hours=long_sweep_runs * long_epochs * LONG_EPOCH_IMAGES / pixel_rate / 3600 / concurrent,
         # the runs of every stage after the first, and how many of them went on from the stage before
         long_extended=sum("extends" in r for rs in stages.values() for stage in rs[1:] for r in stage),
-        long_runs=sum(len(stage) for rs in stages.values() for stage in rs[1:]), stage_epochs=LONG_STAGES,
+        long_runs=sum(len(stage) for rs in stages.values() for stage in rs[1:]),
+        stage_epochs=[d["epochs"] for d in decided],
         gpu=results["pixel"][0]["machine"]["gpu"],
         views_table=report.table(
             ["view", "steps per image", "blank pixels at the end (mean)", "Adam rate (chosen)", "seeds",
@@ -259,21 +259,35 @@ def suite(lab: Lab, report: Report) -> None:
               f"{BUDGET_STEPS} steps of batch 100 (a third of an epoch)", "the records below"],
              ["this report", f"1-layer LSTM, 100 units: {statistics.mean(long_acc['pixel']) * 100:.1f} / "
               f"{statistics.mean(long_acc['permuted']) * 100:.1f}",
-              f"{LONG_STEPS} steps of batch 100 ({LONG_EPOCHS} epochs), Adam 1e-3, clip 1; the weights of the best "
+              f"{long_steps} steps of batch 100 ({long_epochs} epochs), Adam 1e-3, clip 1; the weights of the best "
               "validation score", "the records below"]]))
 
 
-def long_stage_runs(lab: Lab, args: tuple[str, ...], view: str) -> list[list[dict]]:
-    """The longer budget's runs of `view` (its own arguments `args`), one list per stage of LONG_STAGES,
-    as far as they are all there: a stage is trained (continuing the one before) once that one is complete."""
-    done: list[list[dict]] = []
-    for k, epochs in enumerate(LONG_STAGES):
-        shorter = long_budget(LONG_STAGES[k - 1]) + args if k else None
-        stage = runs(lab, "views", f"view-{view}-long", long_budget(epochs) + args, sweep=True, extends=shorter)
-        if not stage:
+def long_stages(lab: Lab, of: dict[str, tuple[str, ...]]) -> tuple[dict[str, list[list[dict]]], list[dict]]:
+    """The longer budget's runs, one list per stage and view, trained as the plan's rule says: stages of
+    `stage_epochs`, the next one only while either view's mean of the rule's validation figure rose by
+    `min_gain` points or more in the last one (the first stage is always followed by a second), to at
+    most `max_epochs`. Also each stage's gains and whether the rule went on after it."""
+    rule = lab.plan.decision("views", "longer budget")
+    step, reads = int(rule["stage_epochs"]), rule["reads"]
+    stages: dict[str, list[list[dict]]] = {v: [] for v in LONG_VIEWS}
+    decided: list[dict] = []
+    for epochs in range(step, int(rule["max_epochs"]) + 1, step):
+        for v in LONG_VIEWS:
+            shorter = long_budget(epochs - step) + of[v] if epochs > step else None
+            stage = runs(lab, "views", f"view-{v}-long", long_budget(epochs) + of[v], sweep=True, extends=shorter)
+            if not stage:
+                return stages, decided
+            stages[v].append(stage)
+        score = {v: [statistics.mean(r["results"][reads] for r in stage) * 100 for stage in rs]
+                 for v, rs in stages.items()}
+        gains = {v: s[-1] - s[-2] for v, s in score.items()} if epochs > step else {}
+        go_on = not gains or any(g >= float(rule["min_gain"]) for g in gains.values())
+        decided.append({"epochs": epochs, "score": {v: s[-1] for v, s in score.items()}, "gains": gains,
+                        "go_on": go_on, "capped": go_on and epochs + step > int(rule["max_epochs"])})
+        if not go_on:
             break
-        done.append(stage)
-    return done
+    return stages, decided
 
 
 def draw(report: Report, results: dict[str, list[dict]]) -> None:
@@ -297,7 +311,7 @@ def draw(report: Report, results: dict[str, list[dict]]) -> None:
     report.draw("views", fig)
 
 
-def draw_long(report: Report, long: dict[str, list[dict]]) -> None:
+def draw_long(report: Report, long: dict[str, list[dict]], long_steps: int) -> None:
     """Every seed's validation accuracy during the epochs of the longer budget, the two views on one
     axis, each seed's best score (the weights it is judged by) ringed."""
     fig, ax = pyplot().subplots(figsize=(7, 3.4))
@@ -309,7 +323,7 @@ def draw_long(report: Report, long: dict[str, list[dict]]) -> None:
                     ms=9, label="best validation score (the weights scored)" if i == 0 and r is rs[0] else None)
     ax.axhline(0.1, color="gray", lw=0.8, ls=":")
     ax.text(0.01, 0.11, "chance", fontsize=8, color="gray", transform=ax.get_yaxis_transform())
-    for step in range(LONG_EPOCH_STEPS, LONG_STEPS, LONG_EPOCH_STEPS):
+    for step in range(LONG_EPOCH_STEPS, long_steps, LONG_EPOCH_STEPS):
         ax.axvline(step, color="gray", lw=0.6, alpha=0.5)
     ax.set(xlabel="optimizer step (grey lines: epoch ends)", ylabel="validation accuracy", ylim=(0, 1))
     ax.legend(fontsize=8)

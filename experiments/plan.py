@@ -1,0 +1,339 @@
+"""The pre-registration (experiments/plan.yaml): each section's question, its family of comparisons
+(tested together, Holm-corrected), the equivalence margin, and the decisions its runs follow. A suite
+renders only the comparisons its family declares; `python -m experiments --check` refuses a plan or a
+report that breaks its rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import statistics
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from dist_rnn.errors import UserError
+
+PLAN = Path(__file__).parent / "plan.yaml"
+TESTS = ("welch",)  # the difference test each comparison gets; TOST and the power figure come with it
+
+
+class PlanViolation(ValueError):
+    """A comparison, test or decision the plan's rules forbid (what `--check` reports)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """mean(a) - mean(b) in points; the half-width of its 95 % confidence interval and Welch's two-sided p
+    (adjusted by Holm over the family: `p_holm`); the TOST p of equivalence within +-`bound` points (Holm
+    too); and `detectable`, the smallest difference the seeds had an 80 % chance to find (two-sided,
+    unadjusted). A difference is claimed where p_holm < alpha, an equivalence where p_tost_holm < alpha;
+    anything else is inconclusive, and the report says how large an effect it could have missed."""
+
+    diff: float
+    margin: float
+    p: float
+    p_holm: float = float("nan")
+    family: int = 1
+    p_tost: float = 1.0
+    p_tost_holm: float = 1.0
+    bound: float = float("nan")
+    detectable: float = float("nan")
+    alpha: float = 0.05
+
+    @property
+    def beyond(self) -> bool:
+        return self.p_holm < self.alpha
+
+    @property
+    def equivalent(self) -> bool:
+        return not self.beyond and self.p_tost_holm < self.alpha
+
+    @property
+    def words(self) -> str:
+        """The verdict in the report's words, with the corrected p it follows."""
+        over = f"Holm over {self.family}" if self.family > 1 else "one comparison"
+        if self.beyond:
+            return f"beyond the spread: {p_text(self.p_holm)}, {over}"
+        if self.equivalent:
+            return f"equivalent within ±{self.bound:g} points: TOST {p_text(self.p_tost_holm)}, {over}"
+        missed = (f"the seeds had 80 % power only for differences of {self.detectable:.2f} points or more"
+                  if math.isfinite(self.detectable) else "no spread to test")
+        return (f"inconclusive: {p_text(self.p_holm)} for a difference and TOST {p_text(self.p_tost_holm)} for "
+                f"equivalence within ±{self.bound:g}, {over}; {missed}")
+
+
+def p_text(p: float) -> str:
+    """A p-value as the report writes it: three decimals, and 'p < 0.001' rather than a false 'p = 0.000'."""
+    return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
+
+
+def welch(a: list[float], b: list[float], bound: float, alpha: float) -> Comparison:
+    """Accuracies `a` against `b` over seeds (fractions; the figures in points): Welch's interval and p,
+    the TOST p of equivalence within +-`bound` points, and the smallest difference detectable with 80 %
+    power (not yet corrected: Family does that)."""
+    diff = (statistics.mean(a) - statistics.mean(b)) * 100
+    if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
+        return Comparison(diff, float("nan"), 1.0, bound=bound, alpha=alpha)
+    va, vb = statistics.variance(a) * 1e4 / len(a), statistics.variance(b) * 1e4 / len(b)
+    if va + vb == 0:  # every seed alike on both sides: the plan refuses such a test (degenerate)
+        return Comparison(diff, 0.0, 0.0 if diff else 1.0, p_tost=0.0 if abs(diff) < bound else 1.0, bound=bound,
+                          detectable=0.0, alpha=alpha)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    p = 2 * t_sf(abs(diff) / se, df)
+    p_tost = max(t_sf((diff + bound) / se, df), t_sf((bound - diff) / se, df))
+    detectable = (t_quantile(1 - alpha / 2, df) + t_quantile(0.8, df)) * se
+    return Comparison(diff, t_quantile(0.975, df) * se, min(1.0, p), p_tost=p_tost, bound=bound,
+                      detectable=detectable, alpha=alpha)
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T >= t) for Student's t with `df` (not necessarily whole) degrees of freedom."""
+    tail = 0.5 * incomplete_beta(df / (df + t * t), df / 2, 0.5)
+    return tail if t >= 0 else 1.0 - tail
+
+
+def incomplete_beta(x: float, a: float, b: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Lentz's
+    method, as in Numerical Recipes' betacf), to about 1e-12."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only: use the symmetry
+        return 1.0 - incomplete_beta(1.0 - x, b, a)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-13:
+            break
+    return front * h / a
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The t with P(T <= t) = q (q >= 0.5), by bisection on t_sf."""
+    low, high = 0.0, 1000.0
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if t_sf(mid, df) > 1 - q else (low, mid)
+    return (low + high) / 2
+
+
+def holm_adjust(ps: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values: the k-th smallest p times (m - k + 1), never below the one
+    before, at most 1 (the family's chance of any false claim held to alpha)."""
+    m, adjusted, running = len(ps), {}, 0.0
+    for k, (key, p) in enumerate(sorted(ps.items(), key=lambda kv: kv[1])):
+        running = max(running, min(1.0, (m - k) * p))
+        adjusted[key] = running
+    return {key: adjusted[key] for key in ps}
+
+
+class Family:
+    """A section's planned comparisons, computed from the arms its suite measured (arm -> values over
+    seeds) and corrected together. Reading a comparison the plan does not declare is a PlanViolation,
+    and so is a planned one whose arms are both constant (it can only say p = 0 or 1) or that repeats
+    another's test."""
+
+    def __init__(self, section: str, planned: list[dict[str, Any]], arms: dict[str, list[float]], bound: float,
+                 alpha: float, rates: Optional[dict[str, str]] = None):
+        self.section, self.rates = section, rates or {}
+        self.aliases: dict[str, str] = {}  # a shared-rate test whose runs are its own-rate test's
+        found: dict[str, Comparison] = {}
+        seen: dict[tuple, str] = {}
+        for name, a, b in expand(planned, self.rates):
+            for arm in (a, b):
+                if arm not in arms:
+                    raise PlanViolation(f"{section}: comparison {name!r} needs arm {arm!r}, which the suite does "
+                                        f"not measure (it measures {', '.join(arms)})")
+            if len(set(arms[a])) == 1 and len(set(arms[b])) == 1:
+                raise PlanViolation(f"{section}: comparison {name!r} is degenerate: {a!r} and {b!r} are each "
+                                    f"constant across seeds, so its p can only be 0 or 1")
+            key = (tuple(sorted(arms[a])), tuple(sorted(arms[b])))
+            twin = seen.get(key) or seen.get(key[::-1])
+            if twin and twin == name.split("@")[0]:  # at a shared rate, the same runs as at the own rates
+                self.aliases[name] = twin
+                continue
+            if twin:
+                raise PlanViolation(f"{section}: comparisons {twin!r} and {name!r} are the same test "
+                                    f"(the same values on both sides)")
+            seen[key] = name
+            found[name] = welch(arms[a], arms[b], bound, alpha)
+        holm_p = holm_adjust({k: c.p for k, c in found.items()})
+        tost_p = holm_adjust({k: c.p_tost for k, c in found.items()})
+        self.comparisons = {k: dataclasses.replace(c, p_holm=holm_p[k], p_tost_holm=tost_p[k], family=len(found))
+                            for k, c in found.items()}
+
+    def shared(self, name: str) -> str:
+        """For prose: the comparison again at each arm's chosen rate for both, and whether its verdict
+        holds there ('' where both arms ran at one rate)."""
+        own = self[name]
+        keys = sorted((key for key in [*self.comparisons, *self.aliases] if key.startswith(f"{name}@")),
+                      key=lambda key: float(key.rsplit("@", 1)[1]))
+        at = {key.rsplit("@", 1)[1]: self[key] for key in keys}
+        if not at:
+            return ""
+        each = "; ".join(f"both at Adam {lr}: {c.diff:+.2f} ± {c.margin:.2f} points, {c.words}" for lr, c in at.items())
+        holds = [lr for lr, c in at.items() if verdict(c) == verdict(own)]
+        if len(holds) == len(at):
+            summary = "the verdict holds at every shared rate"
+        elif holds:
+            summary = f"the verdict holds at Adam {' and '.join(holds)} only"
+        else:
+            summary = "the verdict holds at no shared rate: the rates, not only the treatment, differ"
+        return f"{each}; {summary}"
+
+    def __getitem__(self, name: str) -> Comparison:
+        name = self.aliases.get(name, name)
+        if name not in self.comparisons:
+            raise PlanViolation(f"{self.section}: the report renders comparison {name!r}, which the plan's "
+                                f"family does not declare")
+        return self.comparisons[name]
+
+    def __getattr__(self, name: str) -> Comparison:  # a template's {{ cmp.final }}
+        if name.startswith("__") or name == "comparisons":
+            raise AttributeError(name)
+        return self[name]
+
+    def any_beyond(self, *names: str) -> bool:
+        return any(self[n].beyond for n in names)
+
+
+def verdict(c: Comparison) -> str:
+    """A comparison's verdict as a word, with the sign of a difference: '+', '-', 'equivalent', 'inconclusive'."""
+    if c.beyond:
+        return "+" if c.diff > 0 else "-"
+    return "equivalent" if c.equivalent else "inconclusive"
+
+
+def expand(planned: list[dict[str, Any]], rates: dict[str, str]) -> list[tuple[str, str, str]]:
+    """The family's tests as (name, arm a, arm b): each planned comparison, and for one with `shared_rates`
+    whose arms' chosen rates differ, the same at each of those rates ('id@lr' of arms 'a@lr', 'b@lr')."""
+    tests = []
+    for entry in planned:
+        name, a, b = entry["id"], entry["a"], entry["b"]
+        tests.append((name, a, b))
+        if entry.get("shared_rates") and rates.get(a) != rates.get(b):
+            tests += [(f"{name}@{lr}", f"{a}@{lr}", f"{b}@{lr}") for lr in sorted({rates[a], rates[b]}, key=float)]
+    return tests
+
+
+class Plan:
+    """experiments/plan.yaml, read and checked."""
+
+    def __init__(self, path: Path = PLAN):
+        self.path = Path(path)
+        try:
+            data = yaml.safe_load(self.path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(f"cannot read the plan {self.path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("sections"), dict):
+            raise UserError(f"the plan {self.path} needs a `sections` mapping")
+        self.alpha = float(data.get("alpha", 0.05))
+        self.bound = float(data.get("equivalence_margin", 0.5))
+        self.data = data
+        self.sections: dict[str, dict[str, Any]] = data["sections"]
+
+    def family(self, section: str, arms: dict[str, list[float]], rates: Optional[dict[str, str]] = None) -> Family:
+        """The section's family of comparisons over `arms` (arm -> values over seeds; 'arm@lr' for an arm
+        run at another arm's rate), `rates` giving each arm's chosen rate."""
+        return Family(section, self.comparisons(section), arms, self.bound, self.alpha, rates)
+
+    def comparisons(self, section: str) -> list[dict[str, Any]]:
+        return self.sections.get(section, {}).get("comparisons", [])
+
+    def controls(self, section: str, rates: dict[str, str]) -> set[tuple[str, str]]:
+        """The (arm, rate) runs the section's shared-rate comparisons need beyond each arm at its own rate."""
+        return {(arm.rsplit("@", 1)[0], lr) for _, a, b in expand(self.comparisons(section), rates)
+                for arm in (a, b) if "@" in arm for lr in [arm.rsplit("@", 1)[1]] if rates.get(arm.rsplit("@", 1)[0]) != lr}
+
+    def decision(self, section: str, what: str) -> dict[str, Any]:
+        """A decision of the section's (its rule's parameters), refused where it reads a test figure."""
+        for d in self.sections.get(section, {}).get("decisions", []):
+            if d.get("what") == what:
+                if reads_test(d):
+                    raise PlanViolation(f"{section}: the decision {what!r} reads a test figure ({d['reads']})")
+                return d
+        raise PlanViolation(f"{section}: the plan declares no decision {what!r}")
+
+    def problems(self) -> list[str]:
+        """What the plan itself breaks: a decision reading a test figure, a comparison id or pair given
+        twice, a test the plan does not know."""
+        found = []
+        for section, body in self.sections.items():
+            for d in body.get("decisions", []):
+                if reads_test(d):
+                    found.append(f"{section}: the decision {d.get('what')!r} reads a test figure ({d.get('reads')})")
+            ids, pairs = set(), set()
+            for c in body.get("comparisons", []):
+                if c.get("test", "welch") not in TESTS:
+                    found.append(f"{section}: comparison {c.get('id')!r} asks for test {c.get('test')!r} "
+                                 f"(the plan knows {', '.join(TESTS)})")
+                pair = frozenset((c.get("a"), c.get("b")))
+                if c.get("id") in ids or pair in pairs:
+                    found.append(f"{section}: comparison {c.get('id')!r} is declared twice (the same id or arms)")
+                ids.add(c.get("id"))
+                pairs.add(pair)
+        return found
+
+
+def reads_test(decision: dict[str, Any]) -> bool:
+    """Whether a decision's `reads` names a test-set figure (only validation figures may decide)."""
+    return "test" in str(decision.get("reads", "")).lower()
+
+
+@dataclass(frozen=True)
+class Version:
+    """One committed version of the plan: its commit, date, subject and sections."""
+
+    commit: str
+    date: datetime.datetime
+    subject: str
+    sections: dict[str, Any]
+
+
+def history(path: Path) -> list[Version]:
+    """The plan's committed versions, oldest first ([] outside git or for an untracked file)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=path.parent).stdout
+        except OSError:
+            return ""
+
+    found = []
+    for line in git("log", "--reverse", "--format=%h%x09%cI%x09%s", "--", path.name).splitlines():
+        commit, date, subject = line.split("\t", 2)
+        text = git("show", f"{commit}:./{path.name}")
+        sections = (yaml.safe_load(text) or {}).get("sections", {}) if text else {}
+        found.append(Version(commit, datetime.datetime.fromisoformat(date), subject, sections))
+    return found
+
+
+def registrations(path: Path, section: str, record_times: list[str]) -> dict[str, Any]:
+    """When the section entered the committed plan, how many of its records came before that, and each
+    later commit that changed it (an amendment, with its subject as the reason)."""
+    versions = [v for v in history(path) if section in v.sections]
+    if not versions:
+        return {"registered": None, "before": len(record_times), "records": len(record_times), "amendments": []}
+    first = versions[0]
+    naive = first.date.astimezone().replace(tzinfo=None)  # the records' times are the machine's local time
+    before = sum(datetime.datetime.fromisoformat(t) < naive for t in record_times)
+    amendments = [v for prev, v in zip(versions, versions[1:]) if v.sections[section] != prev.sections[section]]
+    return {"registered": first, "before": before, "records": len(record_times),
+            "amendments": [(v.commit, v.date.date().isoformat(), v.subject) for v in amendments]}
+
