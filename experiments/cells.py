@@ -23,6 +23,7 @@ from experiments.lab import (
     accuracies,
     accuracy_cell,
     collapsed,
+    extensions_text,
     lstm_at,
     lstm_like_hidden,
     lstm_reference,
@@ -104,7 +105,7 @@ def suite(lab: Lab, report: Report) -> None:
         failed_final=" / ".join(f"{r['curve'][-1]['loss']:.2f}" for r in rnn_fast),
         ms={cell: statistics.median(v) for cell, v in ms.items()}, threads=times[0]["threads"],
         sweep_table=report.table(["cell", "hidden", "Adam lr", "parameters", "seeds",
-                                  "validation accuracy % (final weights)"], rows),
+                                  "validation accuracy % (final weights)"], rows) + extensions_text(chosen),
         best_table=report.table(
             ["cell", "hidden", "Adam lr (chosen on validation)", "parameters", "seeds", "test accuracy %"],
             [[cell, 128, best[cell], parameters(cell, 128), len(at_best[cell]), accuracy_cell(at_best[cell])]
@@ -122,19 +123,24 @@ def suite(lab: Lab, report: Report) -> None:
 
 def draw(report: Report, chosen: dict[str, Selection], at_best: dict[str, list[dict]],
          at_size: dict[str, list[dict]]) -> None:
-    """Left: validation accuracy against the Adam rate, one dot per selection seed. Middle: each cell
+    """Left: validation accuracy against the Adam rate, one dot per selection seed (then zoomed on the LSTM
+    and GRU, whose rates lie a few tenths of a point apart). Middle: each cell
     at its chosen rate. Right: the gap the text discusses, LSTM against GRU (and the GRU at the LSTM's parameter
     count), on an axis a few tenths of a point wide."""
-    fig, (left, middle, right) = pyplot().subplots(1, 3, figsize=(12, 3.6), width_ratios=(3, 2, 2))
-    for i, (cell, selection) in enumerate(chosen.items()):
-        rates = [float(lr) for lr in selection.sweep]
-        for lr in selection.sweep:
-            left.scatter([float(lr)] * len(selection.val(lr)), selection.val(lr), s=14, color=f"C{i}", alpha=0.8)
-        left.plot(rates, [statistics.mean(selection.val(lr)) for lr in selection.sweep], color=f"C{i}", label=cell)
-    left.set(xscale="log", xlabel="Adam learning rate", ylabel="validation accuracy", ylim=(0, 1),
-             title="selection sweep (dots: seeds; line: mean)")
-    left.legend(fontsize=8)
-    left.grid(alpha=0.3)
+    fig, (left, zoomed, middle, right) = pyplot().subplots(1, 4, figsize=(15, 3.6), width_ratios=(3, 2.4, 2, 2))
+    for ax, cells in ((left, list(chosen)), (zoomed, ["lstm", "gru"])):
+        for cell in cells:
+            selection, color = chosen[cell], f"C{list(chosen).index(cell)}"
+            rates = sorted(selection.sweep, key=float)
+            for lr in rates:
+                ax.scatter([float(lr)] * len(selection.val(lr)), selection.val(lr), s=14, color=color, alpha=0.8)
+            ax.plot([float(lr) for lr in rates], [statistics.mean(selection.val(lr)) for lr in rates], color=color,
+                    label=cell)
+        ax.set(xscale="log", xlabel="Adam learning rate")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    left.set(ylabel="validation accuracy", ylim=(0, 1), title="selection sweep (dots: seeds; line: mean)")
+    zoomed.set(ylim=(0.95, 0.99), title="LSTM and GRU, zoomed")
 
     def columns(ax, groups: dict[str, tuple[str, list[dict]]], title: str) -> None:
         for i, (label, (cell, rs)) in enumerate(groups.items()):

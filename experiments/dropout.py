@@ -93,6 +93,9 @@ def suite(lab: Lab, report: Report) -> None:
     cmp = lab.plan.family("dropout", {arm: accuracies(rs) for arm, rs in {**results, **controls}.items()}, rates)
     plan_id = {c["a"]: c["id"] for c in lab.plan.comparisons("dropout")}  # variant -> its comparison
     versus = {name: cmp[plan_id[name]] for name in VARIANTS}
+    # variants whose estimated effect changes sign between their own rates and a shared one
+    flips = [name for name in VARIANTS if any((cmp[key].diff > 0) != (versus[name].diff > 0)
+                                              for key in cmp.comparisons if key.startswith(plan_id[name] + "@"))]
     rows = []
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
@@ -112,7 +115,8 @@ def suite(lab: Lab, report: Report) -> None:
         clear=[name for name, v in versus.items() if v.beyond],
         low={"name": next(n for n, rs in results.items() if low in rs), "seed": low["seed"], "first": first,
              "last": last} if last < first else None,
-        sweep_seeds=len(lab.selection_seeds()), lr=rates, cmp=cmp, plan_id=plan_id,
+        sweep_seeds=len(lab.selection_seeds()), lr=rates, cmp=cmp, plan_id=plan_id, flips=flips,
+        bound=lab.plan.bound,
         shared_rows=report.table(
             ["dropout", "Adam lr", "test accuracy %", "none at that rate, test accuracy %", "difference, points (95 % CI)"],
             [[name, lr, accuracy_cell(controls[f"{name}@{lr}"] if f"{name}@{lr}" in controls else results[name]),

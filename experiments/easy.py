@@ -150,7 +150,7 @@ def suite(lab: Lab, report: Report) -> None:
         epochs_to_90=statistics.mean(steps_to(r, 0.9) for r in lstm) * 100 / 60000 if all(steps_to(r, 0.9) for r in lstm)
         else None,  # (a run that never got there has no such figure)
         sweep_seeds=len(lab.selection_seeds()), val_size=int(VAL_SIZE), selection_seed=SELECTION_SEED,
-        cmp=cmp, shifted={kind: pct(v) for kind, v in shifted_acc.items()},
+        cmp=cmp, rates=rates, shifted={kind: pct(v) for kind, v in shifted_acc.items()},
         shifted_lr={kind: lr for kind, (_, lr, _) in moved.items()}, max_shift=MAX_SHIFT,
         worst=worst, worst_right=[per_class[w] for w in worst], pair=[int(p) for p in pair], pair_count=errors[pair],
         rows_to_90=int(np.argmax(head.mean(0) >= 0.9)) + 1 if (head.mean(0) >= 0.9).any() else None,

@@ -61,7 +61,7 @@ class ExperimentsConfig:
     report_only: bool = option(False, "train nothing: regenerate the report from the cache")
     plan: str = option("experiments/plan.yaml", "the pre-registration: each section's comparisons and decisions")
     check: bool = option(False, "train nothing: check the plan and that the report regenerates from it unchanged "
-                                "(exit 1 on an unplanned, degenerate or repeated test, or a decision read off the "
+                                "(exit 2 on an unplanned, degenerate or repeated test, or a decision read off the "
                                 "test set)")
     prune: bool = option(False, "after regenerating the whole report, delete the cached records it does not use "
                                 "(those of superseded runs; git history keeps them)")
@@ -637,10 +637,24 @@ LSTM_RATES = ("0.001", "0.003", "0.01")  # Adam rates an LSTM arm's selection sw
 
 def sweep_table(report: Report, arm: str, chosen: dict[str, Selection]) -> str:
     """Selection sweeps side by side: a row per arm (label -> its sweep), its validation accuracy at every
-    rate any of them tried ('-' where an arm's grid was not extended to it)."""
+    rate any of them tried ('-' where an arm's grid was not extended to it), and extensions_text()."""
     rates = sorted({lr for s in chosen.values() for lr in s.sweep}, key=float)
-    return report.table([arm] + [f"Adam {lr}" for lr in rates],
-                        [[label] + [s.cell(lr) for lr in rates] for label, s in chosen.items()])
+    table = report.table([arm] + [f"Adam {lr}" for lr in rates],
+                         [[label] + [s.cell(lr) for lr in rates] for label, s in chosen.items()])
+    return table + extensions_text(chosen)
+
+
+def extensions_text(chosen: dict[str, Selection]) -> str:
+    """For prose under a sweep: which grids the plan's rule extended, and which choice still sits at the
+    edge of its extended grid (the rule extends once: the optimum may lie further out)."""
+    extended = {label: s for label, s in chosen.items() if s.extended}
+    if not extended:
+        return ""
+    at_edge = [f"{label} ({s.chosen})" for label, s in extended.items() if s.chosen == s.extended]
+    return ("\n\nExtended one step beyond the grid's edge, as the plan's rule says (the edge's rate was the best and "
+            f"beat its neighbour): {', '.join(f'{label} to {s.extended}' for label, s in extended.items())}. " +
+            (f"Still at the edge after that step, which the rule takes once: {', '.join(at_edge)}; the best rate may "
+             "lie further out." if at_edge else "Every choice now lies inside its grid."))
 
 
 def lstm_at(lr: str, cell: str = "lstm", hidden: int = 128) -> tuple[str, ...]:

@@ -92,7 +92,8 @@ def suite(lab: Lab, report: Report) -> None:
             **{f"{loss} val at {rate}": chosen[loss].val(rate) for loss in ("mse", "mse-sum") for rate in LSTM_RATES}}
     cmp = lab.plan.family("loss", arms, rates)
     report.section(
-        "loss", worst=rows[-1], first=rows[0], lr=lr, cmp=cmp, rates=LSTM_RATES,
+        "loss", worst=rows[-1], first=rows[0], lr=lr, cmp=cmp, rates=LSTM_RATES, bound=lab.plan.bound,
+        sum_tests=[cmp["sum_vs_mean"]] + [cmp[f"sum_vs_mean_val_{rate}"] for rate in LSTM_RATES],
         at_100={loss: pct(v) for loss, v in early.items()},
         steps={loss: steps_text(rs) for loss, rs in trained.items()},
         acc={loss: pct(accuracies(rs)) for loss, rs in trained.items()}, seeds=len(ce),

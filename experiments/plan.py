@@ -51,12 +51,24 @@ class Comparison:
 
     @property
     def equivalent(self) -> bool:
-        return not self.beyond and self.p_tost_holm < self.alpha
+        return self.p_tost_holm < self.alpha
+
+    @property
+    def short(self) -> str:
+        """The verdict alone: 'beyond the spread' (and, where TOST says so too, 'but within ±0.5 points'),
+        'equivalent within ±0.5 points' or 'inconclusive'."""
+        within = f"within ±{self.bound:g} points"
+        if self.beyond:
+            return f"beyond the spread, but {within}" if self.equivalent else "beyond the spread"
+        return f"equivalent {within}" if self.equivalent else "inconclusive"
 
     @property
     def words(self) -> str:
         """The verdict in the report's words, with the corrected p it follows."""
         over = f"Holm over {self.family}" if self.family > 1 else "one comparison"
+        if self.beyond and self.equivalent:
+            return (f"beyond the spread: {p_text(self.p_holm)}, but within ±{self.bound:g} points: TOST "
+                    f"{p_text(self.p_tost_holm)}, {over}")
         if self.beyond:
             return f"beyond the spread: {p_text(self.p_holm)}, {over}"
         if self.equivalent:
@@ -75,20 +87,22 @@ def p_text(p: float) -> str:
 def welch(a: list[float], b: list[float], bound: float, alpha: float) -> Comparison:
     """Accuracies `a` against `b` over seeds (fractions; the figures in points): Welch's interval and p,
     the TOST p of equivalence within +-`bound` points, and the smallest difference detectable with 80 %
-    power (not yet corrected: Family does that)."""
+    power (alone, each p is its own correction: Family corrects a family's)."""
     diff = (statistics.mean(a) - statistics.mean(b)) * 100
     if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
-        return Comparison(diff, float("nan"), 1.0, bound=bound, alpha=alpha)
+        return Comparison(diff, float("nan"), 1.0, 1.0, bound=bound, alpha=alpha)
     va, vb = statistics.variance(a) * 1e4 / len(a), statistics.variance(b) * 1e4 / len(b)
     if va + vb == 0:  # every seed alike on both sides: the plan refuses such a test (degenerate)
-        return Comparison(diff, 0.0, 0.0 if diff else 1.0, p_tost=0.0 if abs(diff) < bound else 1.0, bound=bound,
-                          detectable=0.0, alpha=alpha)
+        p, p_tost = (0.0 if diff else 1.0), (0.0 if abs(diff) < bound else 1.0)
+        return Comparison(diff, 0.0, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound, detectable=0.0,
+                          alpha=alpha)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     p = 2 * t_sf(abs(diff) / se, df)
     p_tost = max(t_sf((diff + bound) / se, df), t_sf((bound - diff) / se, df))
     detectable = (t_quantile(1 - alpha / 2, df) + t_quantile(0.8, df)) * se
-    return Comparison(diff, t_quantile(0.975, df) * se, min(1.0, p), p_tost=p_tost, bound=bound,
+    p = min(1.0, p)
+    return Comparison(diff, t_quantile(0.975, df) * se, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound,
                       detectable=detectable, alpha=alpha)
 
 
@@ -156,9 +170,12 @@ class Family:
         self.aliases: dict[str, str] = {}  # a shared-rate test whose runs are its own-rate test's
         found: dict[str, Comparison] = {}
         seen: dict[tuple, str] = {}
+        arms = dict(arms)
+        for arm, lr in self.rates.items():  # an arm at its own chosen rate is the arm itself
+            arms.setdefault(f"{arm}@{lr}", arms.get(arm, []))
         for name, a, b in expand(planned, self.rates):
             for arm in (a, b):
-                if arm not in arms:
+                if not arms.get(arm):
                     raise PlanViolation(f"{section}: comparison {name!r} needs arm {arm!r}, which the suite does "
                                         f"not measure (it measures {', '.join(arms)})")
             if len(set(arms[a])) == 1 and len(set(arms[b])) == 1:
@@ -195,7 +212,8 @@ class Family:
         elif holds:
             summary = f"the verdict holds at Adam {' and '.join(holds)} only"
         else:
-            summary = "the verdict holds at no shared rate: the rates, not only the treatment, differ"
+            summary = ("the verdict holds at no shared rate, so at the arms' own rates it may be the rates' as much as "
+                       "the treatment's")
         return f"{each}; {summary}"
 
     def __getitem__(self, name: str) -> Comparison:
@@ -217,7 +235,7 @@ class Family:
 def verdict(c: Comparison) -> str:
     """A comparison's verdict as a word, with the sign of a difference: '+', '-', 'equivalent', 'inconclusive'."""
     if c.beyond:
-        return "+" if c.diff > 0 else "-"
+        return ("+" if c.diff > 0 else "-") + (" within" if c.equivalent else "")
     return "equivalent" if c.equivalent else "inconclusive"
 
 

@@ -11,7 +11,10 @@ a recorded run: nothing is typed by hand. A cached record is reused; --rerun rep
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
+import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -20,6 +23,7 @@ from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, ru
 from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, theory, views
 from experiments.lab import SELECTION_SEED, SWEEP_SEEDS, VAL_SIZE, ExperimentsConfig, Lab, Report, provenance
+from experiments.plan import registrations
 
 SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, "batch_first": batch_first.suite,
           "dropout": dropout.suite, "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite,
@@ -49,9 +53,10 @@ def made_at(lab: Lab) -> str:
     return "commits " + ", ".join(f"{commit} ({n})" for commit, n in counts.most_common()) if counts else "no records"
 
 
-def run_suites(lab: Lab, report: Report) -> list[str]:
-    """Every suite, in the report's order; the ones that failed, with why (their sections say so too)."""
-    failed = []
+def run_suites(lab: Lab, report: Report) -> tuple[list[str], dict[str, list[dict]]]:
+    """Every suite, in the report's order: the ones that failed, with why (their sections say so too),
+    and the records each suite used."""
+    failed, used = [], {}
     for name in SUITES:
         first = len(lab.used)
         try:
@@ -65,7 +70,23 @@ def run_suites(lab: Lab, report: Report) -> list[str]:
                 traceback.print_exc()
             failed.append(f"{name} ({first_line(e)})")
             report.missing(name, "failed", reason=first_line(e))
-    return failed
+        used[name] = list({id(r): r for _, r in lab.used[first:]}.values())
+    return failed, used
+
+
+def plan_section(lab: Lab, report: Report, used: dict[str, list[dict]]) -> None:
+    """When each section entered the committed plan, how many of its records came before, its amendments."""
+    rows = []
+    for section in lab.plan.sections:
+        found = registrations(lab.plan.path, section, [r["started"] for r in used.get(section, [])])
+        first = found["registered"]
+        rows.append([section, f"{first.commit} ({first.date.date().isoformat()})" if first else "not committed",
+                     f"{found['before']} of {found['records']}",
+                     "; ".join(f"{commit} ({date}): {subject}" for commit, date, subject in found["amendments"])
+                     or "none"])
+    report.section("plan", plan=lab.plan, table=report.table(
+        ["section", "registered (commit, date)", "its records made before that", "amendments (commit: reason)"],
+        rows))
 
 
 def prune(lab: Lab, suites: list[str], report: Report) -> None:
@@ -87,8 +108,21 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     lab = Lab(c, suites)
     if c.jobs > 1 and not c.report_only:
         lab.run_parallel(lambda: run_suites(lab, Report(Path(c.report), draft=True)))
-    report = Report(Path(c.report))
-    failed = run_suites(lab, report)
+    report, failed = render(lab, Path(c.report))
+    report.write()
+    print(f"wrote {report.path} and {len(report.written)} figures in {report.figures}")
+    if c.prune:
+        prune(lab, suites, report)
+    if failed:
+        raise UserError(f"suites that failed (their cached runs are kept): {', '.join(failed)}")
+
+
+def render(lab: Lab, path: Path) -> tuple[Report, list[str]]:
+    """The whole report from the lab's records (written by the caller), and the suites that failed."""
+    c = lab.c
+    report = Report(path)
+    failed, used = run_suites(lab, report)
+    plan_section(lab, report, used)
     report.closing()
     appendix(lab, report)
     # The header counts the records as they are now, after this invocation's runs: the same cache
@@ -96,16 +130,35 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     records = lab.records()
     concurrent = [r for r in records if r.get("concurrent_runs", 1) > 1]
     report.section("header", at_start=True, cache_dir=c.cache_dir, seeds=c.seeds, sweep_seeds=min(c.seeds, SWEEP_SEEDS),
-                   val_size=int(VAL_SIZE), selection_seed=SELECTION_SEED,
+                   val_size=int(VAL_SIZE), selection_seed=SELECTION_SEED, plan=lab.plan, plan_path=c.plan,
                    total_seconds=sum(r.get("seconds", 0) for r in records), records=len(records),
                    concurrent=len(concurrent), jobs=max((r["concurrent_runs"] for r in concurrent), default=1),
                    threads=sorted({threads(r) for r in concurrent}), made_at=made_at(lab))
-    report.write()
-    print(f"wrote {report.path} and {len(report.written)} figures in {report.figures}")
-    if c.prune:
-        prune(lab, suites, report)
-    if failed:
-        raise UserError(f"suites that failed (their cached runs are kept): {', '.join(failed)}")
+    return report, failed
+
+
+def check(c: ExperimentsConfig, suites: list[str]) -> None:
+    """`--check`: the plan's own problems, then the report rendered from the cache into a scratch folder:
+    every suite must render (an unplanned, degenerate or repeated test fails its suite), and with every
+    suite, the report must equal the committed one byte for byte. Trains nothing."""
+    lab = Lab(dataclasses.replace(c, report_only=True), suites)
+    problems = lab.plan.problems()
+    with tempfile.TemporaryDirectory() as scratch:
+        report, failed = render(lab, Path(scratch) / Path(c.report).name)
+        problems += [f"suite {f}" for f in failed]
+        failed_names = {f.split(" (")[0] for f in failed}
+        problems += [f"section {name} lacks records" for name in report.absent if name not in failed_names]
+        if sorted(suites) == sorted(SUITES) and not failed:
+            report.write()
+            committed = Path(c.report).read_bytes() if Path(c.report).exists() else b""
+            if report.path.read_bytes() != committed:
+                problems.append(f"{c.report} is not what the plan and the cache give: regenerate it "
+                                f"(python -m experiments --report-only)")
+    for problem in problems:
+        print(f"plan check: {problem}", file=sys.stderr)
+    if problems:
+        raise UserError(f"the plan check failed: {len(problems)} problem{'s' if len(problems) > 1 else ''} above")
+    print(f"plan check passed: {len(suites)} suites render only planned tests, and no decision reads the test set")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -123,7 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         c = ExperimentsConfig(**args)
         if c.seeds < 1 or c.jobs < 1:
             raise UserError(f"`seeds` and `jobs` must be >= 1, got `seeds`={c.seeds} and `jobs`={c.jobs}")
-        experiments(c, suites)
+        (check if c.check else experiments)(c, suites)
 
     return run_cli(prog("experiments"), command)
 

@@ -56,6 +56,7 @@ def view_budget(lr: str, images: int = TRAIN_IMAGES) -> tuple[str, ...]:
 LONG_EPOCH_IMAGES = 60_000 - int(VAL_SIZE)  # the training set less the validation split
 LONG_EPOCH_STEPS = LONG_EPOCH_IMAGES // 100  # batches of 100
 LONG_EVAL = LONG_EPOCH_STEPS // 2  # scored on the validation split twice an epoch
+TEST_CHOSEN_EPOCHS = 8  # the length commits b801a11 and b728889 chose by looking at test scores (the report says so)
 
 
 def long_budget(epochs: int) -> tuple[str, ...]:
@@ -210,6 +211,13 @@ def suite(lab: Lab, report: Report) -> None:
         cmp=lab.plan.family("views", {**acc, **{f"{v} long": a for v, a in long_acc.items()},
                                       **{arm: accuracies(rs) for arm, rs in controls.items()}}, lr),
         controls={arm: accuracy_cell(rs) for arm, rs in controls.items()}, decided=decided,
+        test_chosen_epochs=TEST_CHOSEN_EPOCHS,
+        rule_table=report.table(
+            ["stage ends at epoch"] + [f"{v}: mean best validation accuracy % (rise in the stage, points)"
+                                       for v in LONG_VIEWS] + ["the rule"],
+            [[d["epochs"]] + [f"{d['score'][v]:.2f}" + (f" ({d['gains'][v]:+.2f})" if d["gains"] else "")
+                              for v in LONG_VIEWS] +
+             ["stop at the cap" if d["capped"] else "go on" if d["go_on"] else "stop"] for d in decided]),
         rule=lab.plan.decision("views", "longer budget"),
         long_budget=" ".join(long_budget(long_epochs)), long_steps=long_steps, long_epochs=long_epochs,
         long_eval=LONG_EVAL, epoch_images=LONG_EPOCH_IMAGES,

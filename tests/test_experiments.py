@@ -10,11 +10,12 @@ from pathlib import Path
 
 import jinja2
 import pytest
+import yaml
 from conftest import REPO, real_mnist_dir, run_module
 
 from dist_rnn.plot import pyplot
 from experiments import lab as experiments_lab
-from experiments import run
+from experiments import plan, run
 from experiments.bidirectional import half_probes
 from experiments.lab import ExperimentsConfig, Lab, Report
 
@@ -83,17 +84,49 @@ def test_one_measurement_suite_and_report_only(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("python -m experiments: error: unknown suite 'nonsense'")
 
 
-@pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present (the report draws test digits)")
-def test_committed_report_is_regenerated_exactly_from_the_committed_cache(tmp_path):
-    committed = REPO / "docs" / "experiments.md"
-    report = tmp_path / "experiments.md"
-    proc = run_experiments(["--report-only", "--data-dir", str(real_mnist_dir()), "--report", str(report)])
-    assert proc.returncode == 0, proc.stderr
-    assert report.read_text() == committed.read_text()
-    figures = sorted(p.name for p in (tmp_path / "experiments").glob("*.png"))
+needs_mnist = pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST files not present (the report "
+                                                                     "draws test digits)")
+
+
+def check_args(*args: str) -> list[str]:
+    """`python -m experiments --check` on the committed cache (and, unless told, the committed plan and report)."""
+    return ["--check", "--data-dir", str(real_mnist_dir()), "--cache-dir", str(REPO / "docs" / "experiments" / "cache"),
+            "--report", str(REPO / "docs" / "experiments.md"), "--plan", str(REPO / "experiments" / "plan.yaml"), *args]
+
+
+@needs_mnist
+def test_the_committed_plan_and_report_pass_the_check_and_regenerate_exactly(capsys):
+    """--check renders the whole report from the committed cache and plan: every section renders only
+    planned tests, no decision reads a test figure, and the result equals docs/experiments.md byte for byte."""
+    assert run.main(check_args()) == 0, capsys.readouterr().err
+    assert "plan check passed: 9 suites" in capsys.readouterr().out
+    committed = (REPO / "docs" / "experiments.md").read_text()
+    figures = [line.split("](experiments/")[1].split(")")[0] for line in committed.splitlines() if "](experiments/" in line]
     assert len(figures) >= 4 and all((REPO / "docs" / "experiments" / name).exists() for name in figures)
-    assert all(f"(experiments/{name})" in committed.read_text() for name in figures)
-    assert Path(REPO / "docs" / "experiments" / "cache").is_dir()
+
+
+@needs_mnist
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["sections"]["views"]["comparisons"].pop(), "the report renders comparison 'long_permuted_vs_pixel', "
+                                                            "which the plan's family does not declare"),
+    (lambda p: p["sections"]["views"]["comparisons"].append({"id": "reversed_vs_pixel", "a": "reversed", "b": "pixel"}),
+     "comparison 'reversed_vs_pixel' is degenerate"),
+    (lambda p: p["sections"]["views"]["comparisons"].append({"id": "again", "a": "row", "b": "column"}),
+     "'column_vs_row' and 'again' are the same test"),
+    (lambda p: p["sections"]["views"]["decisions"][-1].update(reads="best_test_accuracy"),
+     "the decision 'longer budget' reads a test figure (best_test_accuracy)"),
+], ids=["unplanned", "degenerate", "twice", "test-read-stopping-rule"])
+def test_the_check_fails_on_a_plan_that_breaks_its_rules(tmp_path, capsys, change, message):
+    """A test copy of the plan: the views section renders a comparison it no longer declares, declares a
+    test of two constant arms, the same test twice, or a stopping rule that reads the test set."""
+    copy = yaml.safe_load((REPO / "experiments" / "plan.yaml").read_text())
+    change(copy)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(copy))
+    args = check_args("views")
+    args[args.index("--plan") + 1], args[args.index("--report") + 1] = str(tmp_path / "plan.yaml"), str(tmp_path / "r.md")
+    assert run.main(args) != 0
+    err = capsys.readouterr().err
+    assert message in err and "the plan check failed" in err.strip().splitlines()[-1], err
 
 
 def test_report_sections_are_templates_filled_with_the_suites_values(tmp_path):
@@ -142,20 +175,30 @@ def test_parallel_runs_make_what_the_suites_ask_for_in_dependent_rounds(mnist_di
     assert len(lab.used) == 6 and len(list((tmp_path / "cache").glob("*.json"))) == 6
 
 
-def test_statistics_say_mean_sd_and_call_a_difference_only_where_welch_p_is_small():
+def test_statistics_say_mean_sd_and_call_a_difference_or_an_equivalence_only_where_the_tests_do():
     assert experiments_lab.mean_std([0.97, 0.98, 0.99]) == "98.00 ± 1.00"  # sample standard deviation
     assert experiments_lab.mean_std([0.5]) == "50.00 ± 0.00"
-    same = experiments_lab.compare([0.97, 0.98, 0.99], [0.99, 0.98, 0.97])
-    assert same.diff == pytest.approx(0) and not same.beyond
-    apart = experiments_lab.compare([0.97, 0.971, 0.972, 0.973, 0.974], [0.95, 0.951, 0.952, 0.953, 0.954])
+    welch = functools.partial(plan.welch, bound=0.5, alpha=0.05)
+    same = welch([0.97, 0.98, 0.99], [0.99, 0.98, 0.97])
+    assert same.diff == pytest.approx(0) and not same.beyond and not same.equivalent  # +-1 point: too wide
+    apart = welch([0.97, 0.971, 0.972, 0.973, 0.974], [0.95, 0.951, 0.952, 0.953, 0.954])
     assert apart.diff == pytest.approx(2.0) and apart.beyond and 0 < apart.margin < 1
     # two seeds each, overlapping: Welch's interval (t = 12.7 at one degree of freedom) spans zero
-    assert not experiments_lab.compare([0.97, 0.98], [0.96, 0.975]).beyond
-    assert not experiments_lab.compare([0.97], [0.96]).beyond  # one seed: no spread, no claim
-    # Welch's p from Student's t: tables give 0.0734 at t = 2, 10 df, and 0.05 at t = 12.706, 1 df
-    assert experiments_lab.student_t_two_sided(2.0, 10) == pytest.approx(0.07339, abs=1e-5)
-    assert experiments_lab.student_t_two_sided(12.706, 1) == pytest.approx(0.05, abs=1e-4)
-    assert experiments_lab.student_t_two_sided(0.0, 4.5) == pytest.approx(1.0)
+    assert not welch([0.97, 0.98], [0.96, 0.975]).beyond
+    assert not welch([0.97], [0.96]).beyond  # one seed: no spread, no claim
+    # seeds 0.1 point apart, spread 0.16: equivalent within 0.5 points; the same gap with wider seeds is not
+    close = welch([0.969, 0.970, 0.971, 0.972, 0.973], [0.968, 0.969, 0.970, 0.971, 0.972])
+    assert close.equivalent and not close.beyond and close.words.startswith("equivalent within ±0.5 points: TOST")
+    tight = welch([0.9701, 0.9702, 0.9703, 0.9704, 0.9705], [0.9691, 0.9692, 0.9693, 0.9694, 0.9695])
+    assert tight.beyond and tight.equivalent and tight.short == "beyond the spread, but within ±0.5 points"
+    wide = welch([0.96, 0.97, 0.98, 0.975, 0.965], [0.959, 0.969, 0.979, 0.974, 0.964])
+    assert not wide.equivalent and wide.words.startswith("inconclusive") and "80 % power only" in wide.words
+    # the detectable difference: (t_0.975 + t_0.8) standard errors; 8 df: 2.306 + 0.889
+    assert wide.detectable == pytest.approx(3.195 * (2 * 0.0079057 ** 2 / 5) ** 0.5 * 100, rel=0.01)
+    # Student's t tail: tables give 0.0367 at t = 2, 10 df (one-sided), and 0.025 at t = 12.706, 1 df
+    assert plan.t_sf(2.0, 10) == pytest.approx(0.03670, abs=1e-5)
+    assert plan.t_sf(12.706, 1) == pytest.approx(0.025, abs=1e-4) and plan.t_sf(-12.706, 1) == pytest.approx(0.975)
+    assert plan.t_quantile(0.975, 4) == pytest.approx(2.776, abs=1e-3)
     # a template reads the verdict as an attribute (a dict's `.clear` would be dict.clear, always true)
     text = jinja2.Template("{% if c.beyond %}ahead{% else %}within{% endif %}").render(c=same)
     assert text == "within"
@@ -166,23 +209,29 @@ def test_statistics_say_mean_sd_and_call_a_difference_only_where_welch_p_is_smal
     assert experiments_lab.accuracy_cell(records) == "50.00 ± 56.57 (1 of 2 collapsed)"
 
 
-def test_holm_holds_a_family_of_comparisons_to_five_per_cent():
-    """Holm's step-down: the k-th smallest of m p-values times (m - k + 1), never below the one
-    before: a raw p of 0.03 is a difference alone, and not when it is the smallest of three whose
-    others are large; the verdict and its words follow the corrected p."""
-    c = experiments_lab.Comparison
-    family = {"a": c(1.0, 0.9, 0.03, 0.03), "b": c(0.5, 0.9, 0.4, 0.4), "c": c(2.0, 0.5, 0.001, 0.001)}
-    adjusted = experiments_lab.holm(family)
-    assert list(adjusted) == ["a", "b", "c"]  # the family's order kept
-    assert [adjusted[k].p_holm for k in "cab"] == pytest.approx([0.003, 0.06, 0.4])
-    assert adjusted["c"].beyond and not adjusted["a"].beyond and family["a"].beyond
-    assert adjusted["a"].words == "within the spread: p = 0.060, Holm-corrected over 3"
-    assert family["a"].words == "beyond the spread: p = 0.030, one comparison"
-    assert adjusted["c"].words == "beyond the spread: p = 0.003, Holm-corrected over 3"
-    assert c(1.0, 0.1, 0.0004, 0.0004).words == "beyond the spread: p < 0.001, one comparison"  # never "p = 0.000"
-    assert experiments_lab.p_text(0.0005) == "p = 0.001"
-    flipped = experiments_lab.both_ways({("x", "y"): adjusted["c"]})
-    assert flipped[("y", "x")].diff == -2.0 and flipped[("y", "x")].p_holm == adjusted["c"].p_holm
+def test_a_family_is_the_plans_holm_corrected_and_refuses_what_the_plan_forbids():
+    """Holm's step-down over the planned family: the k-th smallest of m p-values times (m - k + 1), never
+    below the one before; shared-rate controls join the family; an undeclared comparison, a degenerate one
+    (two constant arms) or the same test twice is a PlanViolation."""
+    assert list(plan.holm_adjust({"a": 0.03, "b": 0.4, "c": 0.001}).values()) == pytest.approx([0.06, 0.4, 0.003])
+    assert plan.p_text(0.0004) == "p < 0.001" and plan.p_text(0.0005) == "p = 0.001"  # never "p = 0.000"
+    arms = {"x": [0.97, 0.971, 0.972], "y": [0.95, 0.951, 0.953], "x@0.01": [0.96, 0.962, 0.961],
+            "y@0.003": [0.955, 0.957, 0.956],
+            "flat": [0.1135] * 3, "also flat": [0.1135] * 3}
+    planned = [{"id": "x_vs_y", "a": "x", "b": "y", "shared_rates": True}]
+    family = plan.Family("s", planned, arms, 0.5, 0.05, rates={"x": "0.003", "y": "0.01"})
+    assert set(family.comparisons) == {"x_vs_y", "x_vs_y@0.003", "x_vs_y@0.01"}  # x@0.003 is x itself
+    with pytest.raises(plan.PlanViolation, match="needs arm 'y@0.003'"):  # a control not measured
+        plan.Family("s", planned, {k: v for k, v in arms.items() if k != "y@0.003"}, 0.5, 0.05,
+                    rates={"x": "0.003", "y": "0.01"})
+    with pytest.raises(plan.PlanViolation, match="does not declare"):
+        family["x_vs_flat"]
+    assert family.x_vs_y.family == 3 and family.x_vs_y.p_holm >= family.x_vs_y.p
+    assert "both at Adam 0.003" in family.shared("x_vs_y") and "both at Adam 0.01" in family.shared("x_vs_y")
+    with pytest.raises(plan.PlanViolation, match="degenerate"):
+        plan.Family("s", [{"id": "d", "a": "flat", "b": "also flat"}], arms, 0.5, 0.05)
+    with pytest.raises(plan.PlanViolation, match="same test"):
+        plan.Family("s", [{"id": "one", "a": "x", "b": "y"}, {"id": "two", "a": "y", "b": "x"}], arms, 0.5, 0.05)
 
 
 def test_a_section_that_answers_a_question_gets_a_row_of_the_closing_table(tmp_path, monkeypatch):
