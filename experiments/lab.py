@@ -514,15 +514,17 @@ def runs(lab: Lab, suite: str, name: str, args: tuple[str, ...], analyse: Option
 @dataclass
 class Selection:
     """A learning-rate sweep on the validation split: rate -> its runs (one per selection seed), and
-    the rate chosen (None while any run is missing); `extended`: the rate added beyond the grid's edge."""
+    the rate chosen (None while any run is missing); `extended`: the rate added beyond the grid's edge;
+    `reads`: the validation figure the choice reads (the plan's)."""
 
     sweep: dict[str, list[dict]]
     chosen: Optional[str]
     extended: Optional[str] = None
+    reads: str = "val_accuracy"
 
     def val(self, lr: str) -> list[float]:
-        """The final weights' validation accuracies of one rate's runs."""
-        return [r["results"]["val_accuracy"] for r in self.sweep[lr]]
+        """The figure the choice reads (the final weights' validation accuracy) of one rate's runs."""
+        return [r["results"][self.reads] for r in self.sweep[lr]]
 
     def cell(self, lr: str) -> str:
         """A table cell: mean ± std of the validation accuracy, '(chosen)' on the chosen rate ('-' where
@@ -542,10 +544,11 @@ def select(lab: Lab, suite: str, name: str, args_at: Callable[[str], tuple[str, 
         return [lab.train(suite, f"{name}-lr{lr}-val", args_at(lr) + ("--val-size", VAL_SIZE), seed)
                 for seed in lab.selection_seeds()]
 
+    reads = lab.plan.decision(suite, "rates")["reads"]
     sweep = {lr: sweep_at(lr) for lr in rates}
     if not all(all(rs) for rs in sweep.values()):
         return Selection({}, None)
-    selection = Selection(sweep, None)
+    selection = Selection(sweep, None, reads=reads)
     selection.chosen = best_rate({lr: selection.val(lr) for lr in rates})
     beyond = edge_step(rates, {lr: statistics.mean(selection.val(lr)) for lr in rates})
     if beyond is None:
@@ -554,7 +557,8 @@ def select(lab: Lab, suite: str, name: str, args_at: Callable[[str], tuple[str, 
     if not all(more):
         return Selection({}, None)
     grid = tuple(sorted((*rates, beyond), key=float))
-    selection = Selection({lr: (more if lr == beyond else sweep[lr]) for lr in grid}, None, extended=beyond)
+    selection = Selection({lr: (more if lr == beyond else sweep[lr]) for lr in grid}, None, extended=beyond,
+                          reads=reads)
     selection.chosen = best_rate({lr: selection.val(lr) for lr in grid})
     return selection
 

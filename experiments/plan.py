@@ -30,9 +30,11 @@ class PlanViolation(ValueError):
 class Comparison:
     """mean(a) - mean(b) in points; the half-width of its 95 % confidence interval and Welch's two-sided p
     (adjusted by Holm over the family: `p_holm`); the TOST p of equivalence within +-`bound` points (Holm
-    too); and `detectable`, the smallest difference the seeds had an 80 % chance to find (two-sided,
-    unadjusted). A difference is claimed where p_holm < alpha, an equivalence where p_tost_holm < alpha;
-    anything else is inconclusive, and the report says how large an effect it could have missed."""
+    too); and `detectable`, the smallest difference the seeds had an 80 % chance to find (two-sided, at
+    the family's Bonferroni level alpha/m, a little stricter than Holm's). A difference is claimed where
+    p_holm < alpha, an equivalence where p_tost_holm < alpha (both can hold: a real but small difference);
+    anything else is inconclusive, and the report says how large an effect it could have missed. `se` and
+    `df`: Welch's standard error (points) and degrees of freedom."""
 
     diff: float
     margin: float
@@ -44,6 +46,8 @@ class Comparison:
     bound: float = float("nan")
     detectable: float = float("nan")
     alpha: float = 0.05
+    se: float = float("nan")
+    df: float = float("nan")
 
     @property
     def beyond(self) -> bool:
@@ -84,10 +88,10 @@ def p_text(p: float) -> str:
     return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
 
 
-def welch(a: list[float], b: list[float], bound: float, alpha: float) -> Comparison:
+def welch(a: list[float], b: list[float], bound: float, alpha: float, power: float = 0.8) -> Comparison:
     """Accuracies `a` against `b` over seeds (fractions; the figures in points): Welch's interval and p,
-    the TOST p of equivalence within +-`bound` points, and the smallest difference detectable with 80 %
-    power (alone, each p is its own correction: Family corrects a family's)."""
+    the TOST p of equivalence within +-`bound` points, and the smallest difference detectable with
+    `power` (alone, each p is its own correction: Family corrects a family's)."""
     diff = (statistics.mean(a) - statistics.mean(b)) * 100
     if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
         return Comparison(diff, float("nan"), 1.0, 1.0, bound=bound, alpha=alpha)
@@ -100,10 +104,15 @@ def welch(a: list[float], b: list[float], bound: float, alpha: float) -> Compari
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     p = 2 * t_sf(abs(diff) / se, df)
     p_tost = max(t_sf((diff + bound) / se, df), t_sf((bound - diff) / se, df))
-    detectable = (t_quantile(1 - alpha / 2, df) + t_quantile(0.8, df)) * se
     p = min(1.0, p)
     return Comparison(diff, t_quantile(0.975, df) * se, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound,
-                      detectable=detectable, alpha=alpha)
+                      detectable=detectable(se, df, alpha, power), alpha=alpha, se=se, df=df)
+
+
+def detectable(se: float, df: float, alpha: float, power: float) -> float:
+    """The smallest difference a two-sided Welch test at level `alpha` finds with probability `power`:
+    (t_{1 - alpha/2} + t_{power}) standard errors."""
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * se
 
 
 def t_sf(t: float, df: float) -> float:
@@ -160,25 +169,29 @@ def holm_adjust(ps: dict[str, float]) -> dict[str, float]:
 
 class Family:
     """A section's planned comparisons, computed from the arms its suite measured (arm -> values over
-    seeds) and corrected together. Reading a comparison the plan does not declare is a PlanViolation,
-    and so is a planned one whose arms are both constant (it can only say p = 0 or 1) or that repeats
-    another's test."""
+    seeds, at least two) and corrected together. Reading a comparison the plan does not declare is a
+    PlanViolation, and so is a planned one whose arms are both constant (it can only say p = 0 or 1),
+    that repeats another's test, or that compares arms at different rates without `shared_rates`."""
 
     def __init__(self, section: str, planned: list[dict[str, Any]], arms: dict[str, list[float]], bound: float,
-                 alpha: float, rates: Optional[dict[str, str]] = None):
+                 alpha: float, rates: Optional[dict[str, str]] = None, power: float = 0.8):
         self.section, self.rates = section, rates or {}
         self.aliases: dict[str, str] = {}  # a shared-rate test whose runs are its own-rate test's
+        self.untestable: dict[str, str] = {}  # a shared-rate test whose arms are both constant there
         found: dict[str, Comparison] = {}
         seen: dict[tuple, str] = {}
         arms = dict(arms)
         for arm, lr in self.rates.items():  # an arm at its own chosen rate is the arm itself
             arms.setdefault(f"{arm}@{lr}", arms.get(arm, []))
-        for name, a, b in expand(planned, self.rates):
+        for name, a, b in expand(section, planned, self.rates):
             for arm in (a, b):
-                if not arms.get(arm):
-                    raise PlanViolation(f"{section}: comparison {name!r} needs arm {arm!r}, which the suite does "
-                                        f"not measure (it measures {', '.join(arms)})")
+                if len(arms.get(arm, [])) < 2:
+                    raise PlanViolation(f"{section}: comparison {name!r} needs arm {arm!r} at two seeds or more, "
+                                        f"which the suite does not measure (it measures {', '.join(arms)})")
             if len(set(arms[a])) == 1 and len(set(arms[b])) == 1:
+                if "@" in name:  # a control the plan did not name one by one: said, not tested
+                    self.untestable[name] = f"{a} and {b} are each constant across seeds"
+                    continue
                 raise PlanViolation(f"{section}: comparison {name!r} is degenerate: {a!r} and {b!r} are each "
                                     f"constant across seeds, so its p can only be 0 or 1")
             key = (tuple(sorted(arms[a])), tuple(sorted(arms[b])))
@@ -191,30 +204,38 @@ class Family:
                                     f"(the same values on both sides)")
             seen[key] = name
             found[name] = welch(arms[a], arms[b], bound, alpha)
+        m = len(found)
         holm_p = holm_adjust({k: c.p for k, c in found.items()})
         tost_p = holm_adjust({k: c.p_tost for k, c in found.items()})
-        self.comparisons = {k: dataclasses.replace(c, p_holm=holm_p[k], p_tost_holm=tost_p[k], family=len(found))
+        self.comparisons = {k: dataclasses.replace(c, p_holm=holm_p[k], p_tost_holm=tost_p[k], family=m,
+                                                   detectable=detectable(c.se, c.df, alpha / m, power)
+                                                   if math.isfinite(c.se) and c.se > 0 else c.detectable)
                             for k, c in found.items()}
+
+    def at(self, name: str) -> dict[str, Comparison]:
+        """The comparison's shared-rate tests: rate -> its test (the own-rate test where the runs are the same)."""
+        keys = sorted((key for key in [*self.comparisons, *self.aliases] if key.startswith(f"{name}@")),
+                      key=lambda key: float(key.rsplit("@", 1)[1]))
+        return {key.rsplit("@", 1)[1]: self[key] for key in keys}
 
     def shared(self, name: str) -> str:
         """For prose: the comparison again at each arm's chosen rate for both, and whether its verdict
         holds there ('' where both arms ran at one rate)."""
-        own = self[name]
-        keys = sorted((key for key in [*self.comparisons, *self.aliases] if key.startswith(f"{name}@")),
-                      key=lambda key: float(key.rsplit("@", 1)[1]))
-        at = {key.rsplit("@", 1)[1]: self[key] for key in keys}
-        if not at:
+        own, at = self[name], self.at(name)
+        each = [f"both at Adam {lr}: {c.diff:+.2f} ± {c.margin:.2f} points, {c.words}" for lr, c in at.items()]
+        each += [f"both at Adam {key.rsplit('@', 1)[1]}: no test ({why})" for key, why in self.untestable.items()
+                 if key.startswith(f"{name}@")]
+        if not each:
             return ""
-        each = "; ".join(f"both at Adam {lr}: {c.diff:+.2f} ± {c.margin:.2f} points, {c.words}" for lr, c in at.items())
         holds = [lr for lr, c in at.items() if verdict(c) == verdict(own)]
-        if len(holds) == len(at):
+        if at and len(holds) == len(at):
             summary = "the verdict holds at every shared rate"
         elif holds:
             summary = f"the verdict holds at Adam {' and '.join(holds)} only"
         else:
             summary = ("the verdict holds at no shared rate, so at the arms' own rates it may be the rates' as much as "
                        "the treatment's")
-        return f"{each}; {summary}"
+        return f"{'; '.join(each)}; {summary}"
 
     def __getitem__(self, name: str) -> Comparison:
         name = self.aliases.get(name, name)
@@ -224,29 +245,33 @@ class Family:
         return self.comparisons[name]
 
     def __getattr__(self, name: str) -> Comparison:  # a template's {{ cmp.final }}
-        if name.startswith("__") or name == "comparisons":
+        if name.startswith("__") or name in ("comparisons", "aliases", "untestable"):
             raise AttributeError(name)
         return self[name]
-
-    def any_beyond(self, *names: str) -> bool:
-        return any(self[n].beyond for n in names)
 
 
 def verdict(c: Comparison) -> str:
     """A comparison's verdict as a word, with the sign of a difference: '+', '-', 'equivalent', 'inconclusive'."""
     if c.beyond:
-        return ("+" if c.diff > 0 else "-") + (" within" if c.equivalent else "")
+        return "+" if c.diff > 0 else "-"
     return "equivalent" if c.equivalent else "inconclusive"
 
 
-def expand(planned: list[dict[str, Any]], rates: dict[str, str]) -> list[tuple[str, str, str]]:
+def expand(section: str, planned: list[dict[str, Any]], rates: dict[str, str]) -> list[tuple[str, str, str]]:
     """The family's tests as (name, arm a, arm b): each planned comparison, and for one with `shared_rates`
-    whose arms' chosen rates differ, the same at each of those rates ('id@lr' of arms 'a@lr', 'b@lr')."""
+    whose arms' chosen rates differ, the same at each of those rates ('id@lr' of arms 'a@lr', 'b@lr'). Arms
+    at different chosen rates compared without `shared_rates` are a PlanViolation."""
     tests = []
     for entry in planned:
         name, a, b = entry["id"], entry["a"], entry["b"]
         tests.append((name, a, b))
-        if entry.get("shared_rates") and rates.get(a) != rates.get(b):
+        if entry.get("shared_rates") and (a not in rates or b not in rates):
+            raise PlanViolation(f"{section}: comparison {name!r} asks for shared rates, but the suite gives no "
+                                f"chosen rate for {a if a not in rates else b!r}")
+        if a in rates and b in rates and rates[a] != rates[b]:
+            if not entry.get("shared_rates"):
+                raise PlanViolation(f"{section}: comparison {name!r} compares arms at different rates ({rates[a]} "
+                                    f"and {rates[b]}) without shared_rates")
             tests += [(f"{name}@{lr}", f"{a}@{lr}", f"{b}@{lr}") for lr in sorted({rates[a], rates[b]}, key=float)]
     return tests
 
@@ -264,20 +289,21 @@ class Plan:
             raise UserError(f"the plan {self.path} needs a `sections` mapping")
         self.alpha = float(data.get("alpha", 0.05))
         self.bound = float(data.get("equivalence_margin", 0.5))
+        self.power = float(data.get("power", 0.8))
         self.data = data
         self.sections: dict[str, dict[str, Any]] = data["sections"]
 
     def family(self, section: str, arms: dict[str, list[float]], rates: Optional[dict[str, str]] = None) -> Family:
         """The section's family of comparisons over `arms` (arm -> values over seeds; 'arm@lr' for an arm
         run at another arm's rate), `rates` giving each arm's chosen rate."""
-        return Family(section, self.comparisons(section), arms, self.bound, self.alpha, rates)
+        return Family(section, self.comparisons(section), arms, self.bound, self.alpha, rates, self.power)
 
     def comparisons(self, section: str) -> list[dict[str, Any]]:
         return self.sections.get(section, {}).get("comparisons", [])
 
     def controls(self, section: str, rates: dict[str, str]) -> set[tuple[str, str]]:
         """The (arm, rate) runs the section's shared-rate comparisons need beyond each arm at its own rate."""
-        return {(arm.rsplit("@", 1)[0], lr) for _, a, b in expand(self.comparisons(section), rates)
+        return {(arm.rsplit("@", 1)[0], lr) for _, a, b in expand(section, self.comparisons(section), rates)
                 for arm in (a, b) if "@" in arm for lr in [arm.rsplit("@", 1)[1]] if rates.get(arm.rsplit("@", 1)[0]) != lr}
 
     def decision(self, section: str, what: str) -> dict[str, Any]:
@@ -285,7 +311,8 @@ class Plan:
         for d in self.sections.get(section, {}).get("decisions", []):
             if d.get("what") == what:
                 if reads_test(d):
-                    raise PlanViolation(f"{section}: the decision {what!r} reads a test figure ({d['reads']})")
+                    raise PlanViolation(f"{section}: the decision {what!r} reads a test figure ({d.get('reads')}; "
+                                        f"a decision reads one of {', '.join(VALIDATION_FIGURES)})")
                 return d
         raise PlanViolation(f"{section}: the plan declares no decision {what!r}")
 
@@ -296,7 +323,8 @@ class Plan:
         for section, body in self.sections.items():
             for d in body.get("decisions", []):
                 if reads_test(d):
-                    found.append(f"{section}: the decision {d.get('what')!r} reads a test figure ({d.get('reads')})")
+                    found.append(f"{section}: the decision {d.get('what')!r} reads a test figure ({d.get('reads')}; "
+                                 f"a decision reads one of {', '.join(VALIDATION_FIGURES)})")
             ids, pairs = set(), set()
             for c in body.get("comparisons", []):
                 if c.get("test", "welch") not in TESTS:
@@ -310,48 +338,62 @@ class Plan:
         return found
 
 
+VALIDATION_FIGURES = ("val_accuracy", "best_val_accuracy")  # what a decision may read (the higher the better)
+
+
 def reads_test(decision: dict[str, Any]) -> bool:
-    """Whether a decision's `reads` names a test-set figure (only validation figures may decide)."""
-    return "test" in str(decision.get("reads", "")).lower()
+    """Whether a decision's `reads` is anything but a validation figure (a test figure, or one unnamed)."""
+    return decision.get("reads") not in VALIDATION_FIGURES
 
 
 @dataclass(frozen=True)
 class Version:
-    """One committed version of the plan: its commit, date, subject and sections."""
+    """One committed version of the plan: its commit, date, subject and contents."""
 
     commit: str
     date: datetime.datetime
     subject: str
-    sections: dict[str, Any]
+    sections: dict[str, Any]  # the whole file: its settings and its `sections`
 
 
 def history(path: Path) -> list[Version]:
     """The plan's committed versions, oldest first ([] outside git or for an untracked file)."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=path.parent).stdout
-        except OSError:
-            return ""
-
     found = []
-    for line in git("log", "--reverse", "--format=%h%x09%cI%x09%s", "--", path.name).splitlines():
+    for line in git(path, "log", "--reverse", "--format=%H%x09%cI%x09%s", "--", path.name).splitlines():
         commit, date, subject = line.split("\t", 2)
-        text = git("show", f"{commit}:./{path.name}")
-        sections = (yaml.safe_load(text) or {}).get("sections", {}) if text else {}
-        found.append(Version(commit, datetime.datetime.fromisoformat(date), subject, sections))
+        text = git(path, "show", f"{commit}:./{path.name}")
+        found.append(Version(commit[:7], datetime.datetime.fromisoformat(date), subject, yaml.safe_load(text) or {}))
     return found
 
 
+def git(path: Path, *args: str) -> str:
+    """A git command's output run beside `path` ('' where git or the checkout is missing)."""
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=path.parent).stdout
+    except OSError:
+        return ""
+
+
+def uncommitted(path: Path) -> bool:
+    """Whether a plan git tracks has changes no commit holds (an amendment must be committed to be listed)."""
+    return bool(git(path, "ls-files", "--", path.name).strip()) and bool(git(path, "status", "--porcelain", "--",
+                                                                             path.name).strip())
+
+
 def registrations(path: Path, section: str, record_times: list[str]) -> dict[str, Any]:
-    """When the section entered the committed plan, how many of its records came before that, and each
-    later commit that changed it (an amendment, with its subject as the reason)."""
-    versions = [v for v in history(path) if section in v.sections]
+    """When the section entered the committed plan, how many of its records came before that (a record's
+    `started` is read as UTC, the clock of the machines that made them), and each later commit that changed
+    the section or the plan's settings (an amendment, with its subject as the reason)."""
+    versions = [v for v in history(path) if section in v.sections.get("sections", {})]
     if not versions:
         return {"registered": None, "before": len(record_times), "records": len(record_times), "amendments": []}
     first = versions[0]
-    naive = first.date.astimezone().replace(tzinfo=None)  # the records' times are the machine's local time
-    before = sum(datetime.datetime.fromisoformat(t) < naive for t in record_times)
-    amendments = [v for prev, v in zip(versions, versions[1:]) if v.sections[section] != prev.sections[section]]
+    registered = first.date.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    before = sum(datetime.datetime.fromisoformat(t) < registered for t in record_times)
+
+    def terms(v: Version) -> tuple:
+        return v.sections["sections"][section], {k: x for k, x in v.sections.items() if k != "sections"}
+
+    amendments = [v for prev, v in zip(versions, versions[1:]) if terms(v) != terms(prev)]
     return {"registered": first, "before": before, "records": len(record_times),
             "amendments": [(v.commit, v.date.date().isoformat(), v.subject) for v in amendments]}
-

@@ -23,7 +23,7 @@ from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, ru
 from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, theory, views
 from experiments.lab import SELECTION_SEED, SWEEP_SEEDS, VAL_SIZE, ExperimentsConfig, Lab, Report, provenance
-from experiments.plan import registrations
+from experiments.plan import registrations, uncommitted
 
 SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, "batch_first": batch_first.suite,
           "dropout": dropout.suite, "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite,
@@ -143,6 +143,9 @@ def check(c: ExperimentsConfig, suites: list[str]) -> None:
     suite, the report must equal the committed one byte for byte. Trains nothing."""
     lab = Lab(dataclasses.replace(c, report_only=True), suites)
     problems = lab.plan.problems()
+    if uncommitted(lab.plan.path):
+        problems.append(f"{c.plan} has changes no commit holds: commit them, the subject saying why (the report "
+                        f"lists each change to a section as an amendment, from git's history)")
     with tempfile.TemporaryDirectory() as scratch:
         report, failed = render(lab, Path(scratch) / Path(c.report).name)
         problems += [f"suite {f}" for f in failed]

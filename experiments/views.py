@@ -281,12 +281,12 @@ def long_stages(lab: Lab, of: dict[str, tuple[str, ...]]) -> tuple[dict[str, lis
     stages: dict[str, list[list[dict]]] = {v: [] for v in LONG_VIEWS}
     decided: list[dict] = []
     for epochs in range(step, int(rule["max_epochs"]) + 1, step):
-        for v in LONG_VIEWS:
-            shorter = long_budget(epochs - step) + of[v] if epochs > step else None
-            stage = runs(lab, "views", f"view-{v}-long", long_budget(epochs) + of[v], sweep=True, extends=shorter)
-            if not stage:
-                return stages, decided
-            stages[v].append(stage)
+        stage = {v: runs(lab, "views", f"view-{v}-long", long_budget(epochs) + of[v], sweep=True,
+                         extends=long_budget(epochs - step) + of[v] if epochs > step else None) for v in LONG_VIEWS}
+        if not all(stage.values()):  # (both views' runs asked for: a parallel round makes them together)
+            return stages, decided
+        for v, found in stage.items():
+            stages[v].append(found)
         score = {v: [statistics.mean(r["results"][reads] for r in stage) * 100 for stage in rs]
                  for v, rs in stages.items()}
         gains = {v: s[-1] - s[-2] for v, s in score.items()} if epochs > step else {}
