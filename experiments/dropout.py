@@ -23,10 +23,9 @@ from experiments.lab import (
     at_step,
     lstm_at,
     lstm_reference,
-    mcnemar,
-    mcnemar_text,
     mean_std,
     measures,
+    paired_text,
     pct,
     preset_at,
     rate_name,
@@ -102,7 +101,7 @@ def suite(lab: Lab, report: Report) -> None:
         vs_none = versus.get(name)
         rows.append([name, chosen[name].chosen, accuracy_cell(records), "-" if vs_none is None else
                      f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f} ({vs_none.words})",
-                     "-" if vs_none is None else mcnemar_text(mcnemar(records, results["none"])),
+                     "-" if vs_none is None else paired_text(cmp, plan_id[name], records, results["none"]),
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results, rates)
     low = min((r for rs in results.values() for r in rs), key=lambda r: r["results"]["test_accuracy"])

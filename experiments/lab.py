@@ -34,7 +34,7 @@ from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir, tra
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write, atomic_write_json
 from dist_rnn.plot import pyplot
-from experiments.plan import Plan, p_text
+from experiments.plan import Family, Plan, p_text
 
 PROBE_SAMPLES = 10_000  # training images used for train accuracy and for the readout probes
 
@@ -601,6 +601,12 @@ def mcnemar(a: list[dict], b: list[dict]) -> list[Paired]:
         tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
         found.append(Paired(only_a, only_b, min(1.0, 2 * tail)))
     return found
+
+
+def paired_text(family: Family, name: str, a: list[dict], b: list[dict]) -> str:
+    """mcnemar_text() of a[i] against b[i], beside the family's comparison `name`, where the plan asks for it."""
+    family.paired(name)
+    return mcnemar_text(mcnemar(a, b))
 
 
 def mcnemar_text(pairs: list[Paired]) -> str:

@@ -176,6 +176,7 @@ class Family:
     def __init__(self, section: str, planned: list[dict[str, Any]], arms: dict[str, list[float]], bound: float,
                  alpha: float, rates: Optional[dict[str, str]] = None, power: float = 0.8):
         self.section, self.rates = section, rates or {}
+        self.planned = {entry["id"]: entry for entry in planned}
         self.aliases: dict[str, str] = {}  # a shared-rate test whose runs are its own-rate test's
         self.untestable: dict[str, str] = {}  # a shared-rate test whose arms are both constant there
         found: dict[str, Comparison] = {}
@@ -237,6 +238,12 @@ class Family:
                        "the treatment's")
         return f"{'; '.join(each)}; {summary}"
 
+    def paired(self, name: str) -> None:
+        """Refuse McNemar pairs beside a comparison whose plan entry does not ask for them (`mcnemar: true`)."""
+        if not self.planned.get(name, {}).get("mcnemar"):
+            raise PlanViolation(f"{self.section}: the report shows McNemar pairs for {name!r}, which the plan does "
+                                f"not declare (mcnemar: true)")
+
     def __getitem__(self, name: str) -> Comparison:
         name = self.aliases.get(name, name)
         if name not in self.comparisons:
@@ -245,7 +252,7 @@ class Family:
         return self.comparisons[name]
 
     def __getattr__(self, name: str) -> Comparison:  # a template's {{ cmp.final }}
-        if name.startswith("__") or name in ("comparisons", "aliases", "untestable"):
+        if name.startswith("__") or name in ("comparisons", "aliases", "untestable", "planned"):
             raise AttributeError(name)
         return self[name]
 

@@ -18,9 +18,8 @@ from experiments.lab import (
     accuracy_curve,
     at_step,
     collapsed,
-    mcnemar,
-    mcnemar_text,
     mean_std,
+    paired_text,
     rate_name,
     runs,
     select,
@@ -198,18 +197,19 @@ def suite(lab: Lab, report: Report) -> None:
     acc = {v: accuracies(rs) for v, rs in results.items()}
     scans = {v: (kind, crop) for v, (kind, crop) in VIEWS.items() if kind in SCANS}
     tail = {v: blank_tail(lab, crop, backwards=kind == "reversed") for v, (kind, crop) in scans.items()}
+    cmp = lab.plan.family("views", {**acc, **{f"{v} long": a for v, a in long_acc.items()},
+                                    **{arm: accuracies(rs) for arm, rs in controls.items()}}, lr)
     report.section(
         "views", budget=" ".join(view_budget("LR")), steps=BUDGET_STEPS, seeds=len(results["row"]),
         sweep_seeds=len(chosen["row"].sweep[VIEW_RATES[0]]), rates=VIEW_RATES, lr=lr, train_images=TRAIN_IMAGES,
         val_size=int(VAL_SIZE),
         sweep_table=sweep_table(report, "view", chosen),
         sweep_collapsed={v: max(means) - min(means) for v, means in val_means.items()},
-        row_column_mcnemar=mcnemar_text(mcnemar(results["column"], results["row"])),
+        row_column_mcnemar=paired_text(cmp, "column_vs_row", results["column"], results["row"]),
         acc={v: statistics.mean(a) for v, a in acc.items()},
         collapsed={v: sum(collapsed(r) for r in rs) for v, rs in results.items()},
         best_seed={v: max(a) for v, a in acc.items()},
-        cmp=lab.plan.family("views", {**acc, **{f"{v} long": a for v, a in long_acc.items()},
-                                      **{arm: accuracies(rs) for arm, rs in controls.items()}}, lr),
+        cmp=cmp,
         controls={arm: accuracy_cell(rs) for arm, rs in controls.items()}, decided=decided,
         test_chosen_epochs=TEST_CHOSEN_EPOCHS,
         rule_table=report.table(

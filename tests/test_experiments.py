@@ -114,11 +114,14 @@ def test_the_committed_plan_and_report_pass_the_check_and_regenerate_exactly(cap
     (lambda p: p["sections"]["views"]["comparisons"].append({"id": "again", "a": "row", "b": "column"}),
      "'column_vs_row' and 'again' are the same test"),
     (lambda p: p["sections"]["views"]["decisions"][-1].update(reads="best_test_accuracy"),
-     "the decision 'longer budget' reads a test figure (best_test_accuracy)"),
-], ids=["unplanned", "degenerate", "twice", "test-read-stopping-rule"])
+     "the decision 'longer budget' reads a test figure (best_test_accuracy"),
+    (lambda p: p["sections"]["views"]["comparisons"][0].pop("mcnemar"),
+     "the report shows McNemar pairs for 'column_vs_row', which the plan does not declare"),
+], ids=["unplanned", "degenerate", "twice", "test-read-stopping-rule", "unplanned-mcnemar"])
 def test_the_check_fails_on_a_plan_that_breaks_its_rules(tmp_path, capsys, change, message):
     """A test copy of the plan: the views section renders a comparison it no longer declares, declares a
-    test of two constant arms, the same test twice, or a stopping rule that reads the test set."""
+    test of two constant arms, the same test twice, a stopping rule that reads the test set, or shows
+    McNemar pairs the plan does not ask for."""
     copy = yaml.safe_load((REPO / "experiments" / "plan.yaml").read_text())
     change(copy)
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(copy))
