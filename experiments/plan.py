@@ -77,10 +77,9 @@ class Comparison:
             return f"beyond the spread: {p_text(self.p_holm)}, {over}"
         if self.equivalent:
             return f"equivalent within ±{self.bound:g} points: TOST {p_text(self.p_tost_holm)}, {over}"
-        missed = (f"the seeds had 80 % power only for differences of {self.detectable:.2f} points or more"
-                  if math.isfinite(self.detectable) else "no spread to test")
-        return (f"inconclusive: {p_text(self.p_holm)} for a difference and TOST {p_text(self.p_tost_holm)} for "
-                f"equivalence within ±{self.bound:g}, {over}; {missed}")
+        missed = (f"80 % power only for {self.detectable:.2f} points or more" if math.isfinite(self.detectable)
+                  else "no spread to test")
+        return f"inconclusive: {p_text(self.p_holm)}, TOST {p_text(self.p_tost_holm)} (±{self.bound:g}), {over}; {missed}"
 
 
 def p_text(p: float) -> str:
@@ -229,7 +228,9 @@ class Family:
         if not each:
             return ""
         holds = [lr for lr, c in at.items() if verdict(c) == verdict(own)]
-        if at and len(holds) == len(at):
+        if at and len(holds) == len(at) and verdict(own) == "inconclusive":
+            summary = "inconclusive at every rate"
+        elif at and len(holds) == len(at):
             summary = "the verdict holds at every shared rate"
         elif holds:
             summary = f"the verdict holds at Adam {' and '.join(holds)} only"
