@@ -89,15 +89,17 @@ needs_mnist = pytest.mark.skipif(real_mnist_dir() is None, reason="real MNIST fi
 
 
 def check_args(*args: str) -> list[str]:
-    """`python -m experiments --check` on the committed cache (and, unless told, the committed plan and report)."""
-    return ["--check", "--data-dir", str(real_mnist_dir()), "--cache-dir", str(REPO / "docs" / "experiments" / "cache"),
-            "--report", str(REPO / "docs" / "experiments.md"), "--plan", str(REPO / "experiments" / "plan.yaml"), *args]
+    """`python -m experiments --check` on the committed cache, plan and report (paths as the report names
+    them: run from the repository's root)."""
+    return ["--check", "--data-dir", str(real_mnist_dir()), "--cache-dir", "docs/experiments/cache",
+            "--report", "docs/experiments.md", "--plan", "experiments/plan.yaml", *args]
 
 
 @needs_mnist
-def test_the_committed_plan_and_report_pass_the_check_and_regenerate_exactly(capsys):
+def test_the_committed_plan_and_report_pass_the_check_and_regenerate_exactly(capsys, monkeypatch):
     """--check renders the whole report from the committed cache and plan: every section renders only
     planned tests, no decision reads a test figure, and the result equals docs/experiments.md byte for byte."""
+    monkeypatch.chdir(REPO)
     assert run.main(check_args()) == 0, capsys.readouterr().err
     assert "plan check passed: 9 suites" in capsys.readouterr().out
     committed = (REPO / "docs" / "experiments.md").read_text()
@@ -111,17 +113,19 @@ def test_the_committed_plan_and_report_pass_the_check_and_regenerate_exactly(cap
                                                             "which the plan's family does not declare"),
     (lambda p: p["sections"]["views"]["comparisons"].append({"id": "reversed_vs_pixel", "a": "reversed", "b": "pixel"}),
      "comparison 'reversed_vs_pixel' is degenerate"),
-    (lambda p: p["sections"]["views"]["comparisons"].append({"id": "again", "a": "row", "b": "column"}),
+    (lambda p: p["sections"]["views"]["comparisons"].append({"id": "again", "a": "row", "b": "column",
+                                                             "shared_rates": True}),
      "'column_vs_row' and 'again' are the same test"),
     (lambda p: p["sections"]["views"]["decisions"][-1].update(reads="best_test_accuracy"),
      "the decision 'longer budget' reads a test figure (best_test_accuracy"),
     (lambda p: p["sections"]["views"]["comparisons"][0].pop("mcnemar"),
      "the report shows McNemar pairs for 'column_vs_row', which the plan does not declare"),
 ], ids=["unplanned", "degenerate", "twice", "test-read-stopping-rule", "unplanned-mcnemar"])
-def test_the_check_fails_on_a_plan_that_breaks_its_rules(tmp_path, capsys, change, message):
+def test_the_check_fails_on_a_plan_that_breaks_its_rules(tmp_path, capsys, monkeypatch, change, message):
     """A test copy of the plan: the views section renders a comparison it no longer declares, declares a
     test of two constant arms, the same test twice, a stopping rule that reads the test set, or shows
     McNemar pairs the plan does not ask for."""
+    monkeypatch.chdir(REPO)
     copy = yaml.safe_load((REPO / "experiments" / "plan.yaml").read_text())
     change(copy)
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(copy))
@@ -348,12 +352,16 @@ def test_selection_chooses_a_rate_on_the_validation_split_with_seeds_of_its_own(
                           seeds=1)
     tiny = ("--hidden-size", "4", "--num-layers", "1", "--epochs", "1", "--limit-train", "160", "--batch-size", "20",
             "--device", "cpu", "--lr")
-    selection = experiments_lab.select(Lab(c, ["easy"]), "easy", "tiny", lambda lr: tiny + (lr,), ("0.0001", "0.05"))
+    selection = experiments_lab.select(Lab(c, ["cells"]), "cells", "tiny", lambda lr: tiny + (lr,), ("0.0001", "0.05"))
     (low,), (high,) = selection.sweep["0.0001"], selection.sweep["0.05"]
     assert [low["seed"], high["seed"]] == [experiments_lab.SELECTION_SEED] * 2
     assert all(r["command"][r["command"].index("--val-size") + 1] == "40" for r in (low, high))
     assert all(r["results"]["val_samples"] == 40 and len(r["analysis"]["test_correct"]) > 0 for r in (low, high))
-    best = max(("0.0001", "0.05"), key=lambda lr: selection.val(lr)[0])
+    # the winning edge is extended one step (the top doubled, the bottom halved); a tie is not
+    low_val, high_val = selection.val("0.0001")[0], selection.val("0.05")[0]
+    assert selection.extended == (None if low_val == high_val else "0.1" if high_val > low_val else "5e-05")
+    assert sorted(selection.sweep, key=float) == list(selection.sweep)
+    best = max(selection.sweep, key=lambda lr: selection.val(lr)[0])
     assert selection.chosen == best and selection.cell(best).endswith("(chosen)")
 
 
