@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from experiments.lab import (
     steps_text,
     steps_to,
 )
+from experiments.plan import Family
 
 BASELINE_RATES = ("0.0003", "0.001", "0.003", "0.01")  # Adam rates swept for the two pixel-level baselines
 MAX_SHIFT = 4  # the shifted control: each image moved by up to this many pixels each way
@@ -95,7 +96,7 @@ def baselines(lab: Lab, kind: str, shift: bool = False) -> tuple[dict[str, list[
     """A baseline's rate sweep on the validation split (at the selection seeds), the rate chosen there,
     and its runs at that rate on the whole training set, scored on the test set, at every seed (`shift`:
     on shifted images throughout)."""
-    fn, name = (shifted_baseline, f"baseline-{kind}-shifted") if shift else (baseline, f"baseline-{kind}")
+    fn, name = baseline_code(kind, shift)
     reads = lab.plan.decision("easy", "baseline rates")["reads"]
 
     def sweep_at(lr: str) -> list[Optional[dict]]:
@@ -114,9 +115,14 @@ def baselines(lab: Lab, kind: str, shift: bool = False) -> tuple[dict[str, list[
     return values, best, baseline_test(lab, kind, best, shift)
 
 
+def baseline_code(kind: str, shift: bool) -> tuple[Callable[..., dict[str, Any]], str]:
+    """The measurement a baseline's records run, and the name they share ('baseline-mlp-shifted')."""
+    return (shifted_baseline, f"baseline-{kind}-shifted") if shift else (baseline, f"baseline-{kind}")
+
+
 def baseline_test(lab: Lab, kind: str, lr: str, shift: bool = False) -> list[dict]:
     """A baseline at Adam rate `lr` on the whole training set, scored on the test set, at every seed."""
-    fn, name = (shifted_baseline, f"baseline-{kind}-shifted") if shift else (baseline, f"baseline-{kind}")
+    fn, name = baseline_code(kind, shift)
     return measures(lab, "easy", f"{name}-lr{lr}-test", fn, kind, lr, lab, "test")
 
 
@@ -184,9 +190,13 @@ def suite(lab: Lab, report: Report) -> None:
             ["model", "Adam lr (chosen on shifted validation images)", "test accuracy %, centred digits",
              "test accuracy %, shifted digits", "centred - shifted, points (95 % CI)"],
             [[label, moved[kind][1], mean_std(best[kind]), mean_std(shifted_acc[kind]),
-              f"{cmp[kind + '_shift'].diff:+.2f} ± {cmp[kind + '_shift'].margin:.2f} ({cmp[kind + '_shift'].words}"
-              + (f"; {cmp.shared(kind + '_shift')})" if cmp.shared(kind + "_shift") else ")")]
-             for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP"))]))
+              shift_cell(cmp, f"{kind}_shift")] for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP"))]))
+
+
+def shift_cell(cmp: Family, name: str) -> str:
+    """A table cell: centred minus shifted, its verdict, and the same at shared rates where the rates differ."""
+    c, shared = cmp[name], cmp.shared(name)
+    return f"{c.diff:+.2f} ± {c.margin:.2f} ({c.words}{'; ' + shared if shared else ''})"
 
 
 def draw_curve(report: Report, lstm: list[dict], base: dict[str, list[float]]) -> None:

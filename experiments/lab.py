@@ -34,8 +34,9 @@ from dist_rnn.data import SequenceView, Split, load_mnist, resolve_data_dir, tra
 from dist_rnn.errors import UserError
 from dist_rnn.files import atomic_write, atomic_write_json
 from dist_rnn.plot import pyplot
-from experiments.plan import Family, Plan, p_text
+from experiments.plan import Family, Plan, git, p_text
 
+HERE = Path(__file__).parent  # where the lab asks git about its own code
 PROBE_SAMPLES = 10_000  # training images used for train accuracy and for the readout probes
 
 LSTM = ("--preset", "seed-lstm")  # 2-layer LSTM, hidden 128, batch 100, 2 epochs, Adam 0.01
@@ -91,22 +92,14 @@ def machine() -> dict[str, Any]:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    commit = git("rev-parse", "--short", "HEAD")
+    commit = git(HERE, "rev-parse", "--short", "HEAD")
     # The code the records come from: changes to dist_rnn/ or experiments/ that no commit holds make it
     # "dirty" (the records and the report themselves do not count).
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":/dist_rnn", ":/experiments")) \
+    dirty = bool(git(HERE, "status", "--porcelain", "--untracked-files=no", "--", ":/dist_rnn", ":/experiments")) \
         if commit else None
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "python": platform.python_version(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else None, "dist_rnn": __version__, "commit": commit, "dirty": dirty}
-
-
-def git(*args: str) -> str:
-    """A git command's output in this checkout ('' where git or the checkout is missing)."""
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return ""
 
 
 def provenance(record: dict[str, Any]) -> str:
@@ -281,8 +274,8 @@ class Lab:
         same_machine = (was["gpu"] is None and now["gpu"] is None and was["torch"] == now["torch"]
                         and was["cpu"] == now["cpu"] and had_threads == self._thread_args())
         # the training code: unchanged since the commit the shorter run came from (the tree's changes included)
-        same_code = (was.get("dirty") is False and bool(git("cat-file", "-t", was["commit"]))
-                     and git("diff", "--name-only", was["commit"], "--", ":/dist_rnn") == "")
+        same_code = (was.get("dirty") is False and bool(git(HERE, "cat-file", "-t", was["commit"]))
+                     and git(HERE, "diff", "--name-only", was["commit"], "--", ":/dist_rnn") == "")
         fresh = not self.c.rerun or record_path in self.made
         return found if same_machine and same_code and fresh else None
 

@@ -174,16 +174,16 @@ class Family:
 
     def __init__(self, section: str, planned: list[dict[str, Any]], arms: dict[str, list[float]], bound: float,
                  alpha: float, rates: Optional[dict[str, str]] = None, power: float = 0.8):
-        self.section, self.rates = section, rates or {}
+        self.section, rates = section, rates or {}
         self.planned = {entry["id"]: entry for entry in planned}
         self.aliases: dict[str, str] = {}  # a shared-rate test whose runs are its own-rate test's
         self.untestable: dict[str, str] = {}  # a shared-rate test whose arms are both constant there
         found: dict[str, Comparison] = {}
         seen: dict[tuple, str] = {}
         arms = dict(arms)
-        for arm, lr in self.rates.items():  # an arm at its own chosen rate is the arm itself
+        for arm, lr in rates.items():  # an arm at its own chosen rate is the arm itself
             arms.setdefault(f"{arm}@{lr}", arms.get(arm, []))
-        for name, a, b in expand(section, planned, self.rates):
+        for name, a, b in expand(section, planned, rates):
             for arm in (a, b):
                 if len(arms.get(arm, [])) < 2:
                     raise PlanViolation(f"{section}: comparison {name!r} needs arm {arm!r} at two seeds or more, "
@@ -298,7 +298,6 @@ class Plan:
         self.alpha = float(data.get("alpha", 0.05))
         self.bound = float(data.get("equivalence_margin", 0.5))
         self.power = float(data.get("power", 0.8))
-        self.data = data
         self.sections: dict[str, dict[str, Any]] = data["sections"]
 
     def family(self, section: str, arms: dict[str, list[float]], rates: Optional[dict[str, str]] = None) -> Family:
@@ -311,8 +310,9 @@ class Plan:
 
     def controls(self, section: str, rates: dict[str, str]) -> set[tuple[str, str]]:
         """The (arm, rate) runs the section's shared-rate comparisons need beyond each arm at its own rate."""
-        return {(arm.rsplit("@", 1)[0], lr) for _, a, b in expand(section, self.comparisons(section), rates)
-                for arm in (a, b) if "@" in arm for lr in [arm.rsplit("@", 1)[1]] if rates.get(arm.rsplit("@", 1)[0]) != lr}
+        at = [tuple(arm.rsplit("@", 1)) for _, a, b in expand(section, self.comparisons(section), rates)
+              for arm in (a, b) if "@" in arm]
+        return {(arm, lr) for arm, lr in at if rates.get(arm) != lr}
 
     def decision(self, section: str, what: str) -> dict[str, Any]:
         """A decision of the section's (its rule's parameters), refused where it reads a test figure."""
@@ -356,43 +356,43 @@ def reads_test(decision: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Version:
-    """One committed version of the plan: its commit, date, subject and contents."""
+    """One committed version of the plan: its commit, date, subject and the file's contents."""
 
     commit: str
     date: datetime.datetime
     subject: str
-    sections: dict[str, Any]  # the whole file: its settings and its `sections`
+    contents: dict[str, Any]
 
 
 def history(path: Path) -> list[Version]:
     """The plan's committed versions, oldest first ([] outside git or for an untracked file)."""
     found = []
-    for line in git(path, "log", "--reverse", "--format=%H%x09%cI%x09%s", "--", path.name).splitlines():
+    for line in git(path.parent, "log", "--reverse", "--format=%H%x09%cI%x09%s", "--", path.name).splitlines():
         commit, date, subject = line.split("\t", 2)
-        text = git(path, "show", f"{commit}:./{path.name}")
+        text = git(path.parent, "show", f"{commit}:./{path.name}")
         found.append(Version(commit[:7], datetime.datetime.fromisoformat(date), subject, yaml.safe_load(text) or {}))
     return found
 
 
-def git(path: Path, *args: str) -> str:
-    """A git command's output run beside `path` ('' where git or the checkout is missing)."""
+def git(where: Path, *args: str) -> str:
+    """A git command's output, run in folder `where` ('' where git or the checkout is missing)."""
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=path.parent).stdout
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where).stdout.strip()
     except OSError:
         return ""
 
 
 def uncommitted(path: Path) -> bool:
     """Whether a plan git tracks has changes no commit holds (an amendment must be committed to be listed)."""
-    return bool(git(path, "ls-files", "--", path.name).strip()) and bool(git(path, "status", "--porcelain", "--",
-                                                                             path.name).strip())
+    return bool(git(path.parent, "ls-files", "--", path.name)) and bool(git(path.parent, "status", "--porcelain",
+                                                                            "--", path.name))
 
 
 def registrations(path: Path, section: str, record_times: list[str]) -> dict[str, Any]:
     """When the section entered the committed plan, how many of its records came before that (a record's
     `started` is read as UTC, the clock of the machines that made them), and each later commit that changed
     the section or the plan's settings (an amendment, with its subject as the reason)."""
-    versions = [v for v in history(path) if section in v.sections.get("sections", {})]
+    versions = [v for v in history(path) if section in v.contents.get("sections", {})]
     if not versions:
         return {"registered": None, "before": len(record_times), "records": len(record_times), "amendments": []}
     first = versions[0]
@@ -400,7 +400,7 @@ def registrations(path: Path, section: str, record_times: list[str]) -> dict[str
     before = sum(datetime.datetime.fromisoformat(t) < registered for t in record_times)
 
     def terms(v: Version) -> tuple:
-        return v.sections["sections"][section], {k: x for k, x in v.sections.items() if k != "sections"}
+        return v.contents["sections"][section], {k: x for k, x in v.contents.items() if k != "sections"}
 
     amendments = [v for prev, v in zip(versions, versions[1:]) if terms(v) != terms(prev)]
     return {"registered": first, "before": before, "records": len(record_times),
