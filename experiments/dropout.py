@@ -90,17 +90,18 @@ def suite(lab: Lab, report: Report) -> None:
     if not all(results.values()) or not all(controls.values()):
         return report.missing("dropout")
     cmp = lab.plan.family("dropout", {arm: accuracies(rs) for arm, rs in {**results, **controls}.items()}, rates)
+    every = {**{f"{name}@{lr}": results[name] for name, lr in rates.items()}, **controls}  # 'arm@lr' -> its runs
     plan_id = {c["a"]: c["id"] for c in lab.plan.comparisons("dropout")}  # variant -> its comparison
     versus = {name: cmp[plan_id[name]] for name in VARIANTS}
     # variants whose estimated effect changes sign between their own rates and a shared one
-    flips = [name for name in VARIANTS if any((cmp[key].diff > 0) != (versus[name].diff > 0)
-                                              for key in cmp.comparisons if key.startswith(plan_id[name] + "@"))]
+    flips = [name for name in VARIANTS if any((c.diff > 0) != (versus[name].diff > 0)
+                                              for c in cmp.at(plan_id[name]).values())]
     rows = []
     for name, records in results.items():
         train_acc = [r["analysis"]["train_accuracy"] for r in records]
         vs_none = versus.get(name)
         rows.append([name, chosen[name].chosen, accuracy_cell(records), "-" if vs_none is None else
-                     f"{vs_none.diff:+.2f} ± {vs_none.margin:.2f} ({vs_none.words})",
+                     vs_none.cell,
                      "-" if vs_none is None else paired_text(cmp, plan_id[name], records, results["none"]),
                      mean_std(train_acc), mean_std([t - a for t, a in zip(train_acc, accuracies(records))])])
     draw(report, results, rates)
@@ -118,10 +119,8 @@ def suite(lab: Lab, report: Report) -> None:
         bound=lab.plan.bound,
         shared_rows=report.table(
             ["dropout", "Adam lr", "test accuracy %", "none at that rate, test accuracy %", "difference, points (95 % CI)"],
-            [[name, lr, accuracy_cell(controls[f"{name}@{lr}"] if f"{name}@{lr}" in controls else results[name]),
-              accuracy_cell(controls[f"none@{lr}"] if f"none@{lr}" in controls else results["none"]),
-              f"{cmp[plan_id[name] + '@' + lr].diff:+.2f} ± {cmp[plan_id[name] + '@' + lr].margin:.2f} "
-              f"({cmp[plan_id[name] + '@' + lr].words})"]
+            [[name, lr, accuracy_cell(every[f"{name}@{lr}"]), accuracy_cell(every[f"none@{lr}"]),
+              cmp[f"{plan_id[name]}@{lr}"].cell]
              for name in VARIANTS for lr in sorted({rates[name], rates["none"]}, key=float)
              if rates[name] != rates["none"]]),
         sweep_table=sweep_table(report, "dropout", chosen),

@@ -67,6 +67,11 @@ class Comparison:
         return f"equivalent {within}" if self.equivalent else "inconclusive"
 
     @property
+    def cell(self) -> str:
+        """For a table: the difference, its 95 % interval and the verdict ('+0.25 ± 0.60 (inconclusive: ...)')."""
+        return f"{self.diff:+.2f} ± {self.margin:.2f} ({self.words})"
+
+    @property
     def words(self) -> str:
         """The verdict in the report's words, with the corrected p it follows."""
         over = f"Holm over {self.family}" if self.family > 1 else "one comparison"
@@ -318,9 +323,8 @@ class Plan:
         """A decision of the section's (its rule's parameters), refused where it reads a test figure."""
         for d in self.sections.get(section, {}).get("decisions", []):
             if d.get("what") == what:
-                if reads_test(d):
-                    raise PlanViolation(f"{section}: the decision {what!r} reads a test figure ({d.get('reads')}; "
-                                        f"a decision reads one of {', '.join(VALIDATION_FIGURES)})")
+                if problem := test_read(section, d):
+                    raise PlanViolation(problem)
                 return d
         raise PlanViolation(f"{section}: the plan declares no decision {what!r}")
 
@@ -329,10 +333,7 @@ class Plan:
         twice, a test the plan does not know."""
         found = []
         for section, body in self.sections.items():
-            for d in body.get("decisions", []):
-                if reads_test(d):
-                    found.append(f"{section}: the decision {d.get('what')!r} reads a test figure ({d.get('reads')}; "
-                                 f"a decision reads one of {', '.join(VALIDATION_FIGURES)})")
+            found += [problem for d in body.get("decisions", []) if (problem := test_read(section, d))]
             ids, pairs = set(), set()
             for c in body.get("comparisons", []):
                 if c.get("test", "welch") not in TESTS:
@@ -349,9 +350,13 @@ class Plan:
 VALIDATION_FIGURES = ("val_accuracy", "best_val_accuracy")  # what a decision may read (the higher the better)
 
 
-def reads_test(decision: dict[str, Any]) -> bool:
-    """Whether a decision's `reads` is anything but a validation figure (a test figure, or one unnamed)."""
-    return decision.get("reads") not in VALIDATION_FIGURES
+def test_read(section: str, decision: dict[str, Any]) -> Optional[str]:
+    """The problem where a decision's `reads` is anything but a validation figure (a test figure, or one
+    unnamed); else None."""
+    if decision.get("reads") in VALIDATION_FIGURES:
+        return None
+    return (f"{section}: the decision {decision.get('what')!r} reads a test figure ({decision.get('reads')}; "
+            f"a decision reads one of {', '.join(VALIDATION_FIGURES)})")
 
 
 @dataclass(frozen=True)

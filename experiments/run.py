@@ -53,10 +53,11 @@ def made_at(lab: Lab) -> str:
     return "commits " + ", ".join(f"{commit} ({n})" for commit, n in counts.most_common()) if counts else "no records"
 
 
-def run_suites(lab: Lab, report: Report) -> tuple[list[str], dict[str, list[dict]]]:
-    """Every suite, in the report's order: the ones that failed, with why (their sections say so too),
+def run_suites(lab: Lab, report: Report) -> tuple[dict[str, str], dict[str, list[dict]]]:
+    """Every suite, in the report's order: the ones that failed (name -> why; their sections say so too),
     and the records each suite used."""
-    failed, used = [], {}
+    failed: dict[str, str] = {}
+    used: dict[str, list[dict]] = {}
     for name in SUITES:
         first = len(lab.used)
         try:
@@ -68,7 +69,7 @@ def run_suites(lab: Lab, report: Report) -> tuple[list[str], dict[str, list[dict
         except Exception as e:  # noqa: BLE001 - one suite's bug must not cost the other suites' runs
             if os.environ.get("DIST_RNN_DEBUG") and not lab.planning:
                 traceback.print_exc()
-            failed.append(f"{name} ({first_line(e)})")
+            failed[name] = first_line(e)
             report.missing(name, "failed", reason=first_line(e))
         used[name] = list({id(r): r for _, r in lab.used[first:]}.values())
     return failed, used
@@ -114,10 +115,11 @@ def experiments(c: ExperimentsConfig, suites: list[str]) -> None:
     if c.prune:
         prune(lab, suites, report)
     if failed:
-        raise UserError(f"suites that failed (their cached runs are kept): {', '.join(failed)}")
+        raise UserError(f"suites that failed (their cached runs are kept): "
+                        f"{', '.join(f'{name} ({why})' for name, why in failed.items())}")
 
 
-def render(lab: Lab, path: Path) -> tuple[Report, list[str]]:
+def render(lab: Lab, path: Path) -> tuple[Report, dict[str, str]]:
     """The whole report from the lab's records (written by the caller), and the suites that failed."""
     c = lab.c
     report = Report(path)
@@ -148,9 +150,8 @@ def check(c: ExperimentsConfig, suites: list[str]) -> None:
                         f"lists each change to a section as an amendment, from git's history)")
     with tempfile.TemporaryDirectory() as scratch:
         report, failed = render(lab, Path(scratch) / Path(c.report).name)
-        problems += [f"suite {f}" for f in failed]
-        failed_names = {f.split(" (")[0] for f in failed}
-        problems += [f"section {name} lacks records" for name in report.absent if name not in failed_names]
+        problems += [f"suite {name} ({why})" for name, why in failed.items()]
+        problems += [f"section {name} lacks records" for name in report.absent if name not in failed]
         if sorted(suites) == sorted(SUITES) and not failed:
             report.write()
             committed = Path(c.report).read_bytes() if Path(c.report).exists() else b""
