@@ -22,8 +22,7 @@ from experiments.lab import (
     accuracies,
     accuracy_cell,
     accuracy_curve,
-    best_rate,
-    edge_step,
+    choose_rate,
     lstm_reference,
     lstm_runs,
     mean_std,
@@ -103,15 +102,10 @@ def baselines(lab: Lab, kind: str, shift: bool = False) -> tuple[dict[str, list[
         return [lab.measure("easy", f"{name}-lr{lr}-val{VAL_SIZE}", seed, fn, kind, lr, lab, "val")
                 for seed in lab.selection_seeds()]
 
-    sweep = {lr: sweep_at(lr) for lr in BASELINE_RATES}
-    beyond = edge_step(BASELINE_RATES, {lr: statistics.mean(m["values"][reads] for m in found if m)
-                                        for lr, found in sweep.items()}) if all(map(all, sweep.values())) else None
-    if beyond:  # the selection rule: one step beyond an edge that wins
-        sweep = dict(sorted({**sweep, beyond: sweep_at(beyond)}.items(), key=lambda kv: float(kv[0])))
-    if not all(all(found) for found in sweep.values()):
+    sweep, best, _ = choose_rate(BASELINE_RATES, sweep_at, lambda m: m["values"][reads])
+    if best is None:
         return {}, None, []
     values = {lr: [m["values"] for m in found] for lr, found in sweep.items()}
-    best = best_rate({lr: [v[reads] for v in found] for lr, found in values.items()})
     return values, best, baseline_test(lab, kind, best, shift)
 
 

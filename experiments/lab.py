@@ -530,30 +530,33 @@ class Selection:
 def select(lab: Lab, suite: str, name: str, args_at: Callable[[str], tuple[str, ...]],
            rates: tuple[str, ...]) -> Selection:
     """Sweep `rates` (`args_at(lr)`: a run's arguments at that rate) on the validation split, at the
-    selection seeds, and choose the rate whose final weights score best there on average (the first
-    listed on a tie). Where that rate sits at the grid's edge and beats its neighbour, the plan's rule
-    extends the grid once, one step beyond it (edge_step), and chooses again among them all."""
+    selection seeds, and choose a rate by the plan's rule (choose_rate) from its runs' final weights."""
     def sweep_at(lr: str) -> list[Optional[dict]]:
         return [lab.train(suite, f"{name}-lr{lr}-val", args_at(lr) + ("--val-size", VAL_SIZE), seed)
                 for seed in lab.selection_seeds()]
 
     reads = lab.plan.decision(suite, "rates")["reads"]
+    sweep, chosen, extended = choose_rate(rates, sweep_at, lambda r: r["results"][reads])
+    return Selection(sweep, chosen, extended, reads)
+
+
+def choose_rate(rates: tuple[str, ...], sweep_at: Callable[[str], list[Optional[dict]]],
+                score: Callable[[dict], float]) -> tuple[dict[str, list[dict]], Optional[str], Optional[str]]:
+    """The plan's selection rule: sweep `rates` (`sweep_at(lr)`: that rate's records, None where missing),
+    choose the rate of the best mean `score` (the first listed on a tie), and where that rate sits at the
+    grid's edge and beats its neighbour, extend the grid once, one step beyond it (edge_step), and choose
+    again among them all. Returns the sweep (sorted by rate where extended), the rate chosen and the rate
+    added; ({}, None, None) while any record is missing."""
     sweep = {lr: sweep_at(lr) for lr in rates}
-    if not all(all(rs) for rs in sweep.values()):
-        return Selection({}, None)
-    selection = Selection(sweep, None, reads=reads)
-    selection.chosen = best_rate({lr: selection.val(lr) for lr in rates})
-    beyond = edge_step(rates, {lr: statistics.mean(selection.val(lr)) for lr in rates})
-    if beyond is None:
-        return selection
-    more = sweep_at(beyond)
-    if not all(more):
-        return Selection({}, None)
-    grid = tuple(sorted((*rates, beyond), key=float))
-    selection = Selection({lr: (more if lr == beyond else sweep[lr]) for lr in grid}, None, extended=beyond,
-                          reads=reads)
-    selection.chosen = best_rate({lr: selection.val(lr) for lr in grid})
-    return selection
+    if not all(all(records) for records in sweep.values()):
+        return {}, None, None
+    beyond = edge_step(rates, {lr: statistics.mean(map(score, records)) for lr, records in sweep.items()})
+    if beyond is not None:
+        more = sweep_at(beyond)
+        if not all(more):
+            return {}, None, None
+        sweep = dict(sorted({**sweep, beyond: more}.items(), key=lambda kv: float(kv[0])))
+    return sweep, best_rate({lr: [score(r) for r in records] for lr, records in sweep.items()}), beyond
 
 
 def edge_step(rates: tuple[str, ...], means: dict[str, float]) -> Optional[str]:

@@ -106,9 +106,8 @@ def welch(a: list[float], b: list[float], bound: float, alpha: float, power: flo
                           alpha=alpha)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    p = 2 * t_sf(abs(diff) / se, df)
+    p = min(1.0, 2 * t_sf(abs(diff) / se, df))
     p_tost = max(t_sf((diff + bound) / se, df), t_sf((bound - diff) / se, df))
-    p = min(1.0, p)
     return Comparison(diff, t_quantile(0.975, df) * se, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound,
                       detectable=detectable(se, df, alpha, power), alpha=alpha, se=se, df=df)
 
@@ -393,11 +392,11 @@ def uncommitted(path: Path) -> bool:
                                                                             "--", path.name))
 
 
-def registrations(path: Path, section: str, record_times: list[str]) -> dict[str, Any]:
-    """When the section entered the committed plan, how many of its records came before that (a record's
-    `started` is read as UTC, the clock of the machines that made them), and each later commit that changed
-    the section or the plan's settings (an amendment, with its subject as the reason)."""
-    versions = [v for v in history(path) if section in v.contents.get("sections", {})]
+def registrations(versions: list[Version], section: str, record_times: list[str]) -> dict[str, Any]:
+    """When the section entered the committed plan (`versions`: history()), how many of its records came
+    before that (a record's `started` is read as UTC, the clock of the machines that made them), and each
+    later commit that changed the section or the plan's settings (an amendment, its subject the reason)."""
+    versions = [v for v in versions if section in v.contents.get("sections", {})]
     if not versions:
         return {"registered": None, "before": len(record_times), "records": len(record_times), "amendments": []}
     first = versions[0]

@@ -23,7 +23,7 @@ from dist_rnn.cli import ArgumentParser, add_dataclass_flags, describe, prog, ru
 from dist_rnn.errors import UserError, first_line
 from experiments import anatomy, batch_first, bidirectional, cells, dropout, easy, loss, theory, views
 from experiments.lab import SELECTION_SEED, SWEEP_SEEDS, VAL_SIZE, ExperimentsConfig, Lab, Report, provenance
-from experiments.plan import registrations, uncommitted
+from experiments.plan import history, registrations, uncommitted
 
 SUITES = {"easy": easy.suite, "anatomy": anatomy.suite, "theory": theory.suite, "batch_first": batch_first.suite,
           "dropout": dropout.suite, "bidirectional": bidirectional.suite, "cells": cells.suite, "views": views.suite,
@@ -77,9 +77,9 @@ def run_suites(lab: Lab, report: Report) -> tuple[dict[str, str], dict[str, list
 
 def plan_section(lab: Lab, report: Report, used: dict[str, list[dict]]) -> None:
     """When each section entered the committed plan, how many of its records came before, its amendments."""
-    rows = []
+    rows, versions = [], history(lab.plan.path)
     for section in lab.plan.sections:
-        found = registrations(lab.plan.path, section, [r["started"] for r in used.get(section, [])])
+        found = registrations(versions, section, [r["started"] for r in used.get(section, [])])
         first = found["registered"]
         rows.append([section, f"{first.commit} ({first.date.date().isoformat()})" if first else "not committed",
                      f"{found['before']} of {found['records']}",

@@ -162,12 +162,16 @@ def suite(lab: Lab, report: Report) -> None:
     if not all(s.chosen for s in chosen.values()) or not all(long.values()):
         return report.missing("views")
     lr = {v: s.chosen for v, s in chosen.items()}
-    # per-image results for the 28-step views, whose gap is under a point: McNemar beside Welch
-    results = {v: runs(lab, "views", rate_name(view_name(v), lr[v], own=VIEW_LR), view_budget(lr[v]) + of[v],
-                       paired=v in SHORT_VIEWS) for v in VIEWS}
+
+    def at(v: str, rate: str) -> list[dict]:
+        """View `v` on the small budget at Adam rate `rate` (seeds 0, 1, ...), with per-image results for
+        the 28-step views, whose gap is under a point: McNemar beside Welch."""
+        return runs(lab, "views", rate_name(view_name(v), rate, own=VIEW_LR), view_budget(rate) + of[v],
+                    paired=v in SHORT_VIEWS)
+
+    results = {v: at(v, lr[v]) for v in VIEWS}
     # the plan's shared-rate controls: each view again at the chosen rate of the view it is compared with
-    controls = {f"{v}@{rate}": runs(lab, "views", rate_name(view_name(v), rate, own=VIEW_LR), view_budget(rate) + of[v],
-                                    paired=v in SHORT_VIEWS) for v, rate in sorted(lab.plan.controls("views", lr))}
+    controls = {f"{v}@{rate}": at(v, rate) for v, rate in sorted(lab.plan.controls("views", lr))}
     if not all(results.values()) or not all(controls.values()):
         return report.missing("views")
     long_epochs = decided[-1]["epochs"]
