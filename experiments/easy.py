@@ -175,16 +175,28 @@ def suite(lab: Lab, report: Report) -> None:
                  mean_std(best["mlp"]), "-"],
                 ["2-layer LSTM over 28 rows (`seed-lstm`)", parameters("lstm", 128), "0.01",
                  accuracy_cell(lstm), steps_text(lstm)]]),
-        sweep_table=report.table(["Adam lr"] + [f"{kind} validation accuracy %"
-                                                for kind in ("logistic regression", "MLP")],
-                                 [[lr] + [mean_std([v["val_accuracy"] for v in base[kind][0][lr]]) +
-                                          (" (chosen)" if lr == lr_of[kind] else "")
-                                          for kind in ("logreg", "mlp")] for lr in BASELINE_RATES]),
+        sweep_table=baseline_sweep_table(report, base),
         shifted_table=report.table(
             ["model", "Adam lr (chosen on shifted validation images)", "test accuracy %, centred digits",
              "test accuracy %, shifted digits", "centred - shifted, points (95 % CI)"],
             [[label, moved[kind][1], mean_std(best[kind]), mean_std(shifted_acc[kind]),
               shift_cell(cmp, f"{kind}_shift")] for kind, label in (("logreg", "logistic regression"), ("mlp", "MLP"))]))
+
+
+def baseline_sweep_table(report: Report, base: dict[str, tuple[dict[str, list[dict]], Optional[str], list[dict]]]
+                         ) -> str:
+    """The two baselines' sweeps (baselines()), a row per rate either tried ('-' where one's grid was not
+    extended to it): the mean validation accuracy, '(chosen)' on each one's chosen rate."""
+    rates = sorted({lr for values, _, _ in base.values() for lr in values}, key=float)
+
+    def cell(kind: str, lr: str) -> str:
+        values, chosen, _ = base[kind]
+        if lr not in values:
+            return "-"
+        return mean_std([v["val_accuracy"] for v in values[lr]]) + (" (chosen)" if lr == chosen else "")
+
+    return report.table(["Adam lr"] + [f"{kind} validation accuracy %" for kind in ("logistic regression", "MLP")],
+                        [[lr] + [cell(kind, lr) for kind in ("logreg", "mlp")] for lr in rates])
 
 
 def shift_cell(cmp: Family, name: str) -> str:

@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO, real_mnist_dir, run_module
 
 from dist_rnn.plot import pyplot
+from experiments import easy, plan, run
 from experiments import lab as experiments_lab
-from experiments import plan, run
 from experiments.bidirectional import half_probes
 from experiments.lab import ExperimentsConfig, Lab, Report
 
@@ -363,6 +363,20 @@ def test_selection_chooses_a_rate_on_the_validation_split_with_seeds_of_its_own(
     assert sorted(selection.sweep, key=float) == list(selection.sweep)
     best = max(selection.sweep, key=lambda lr: selection.val(lr)[0])
     assert selection.chosen == best and selection.cell(best).endswith("(chosen)")
+
+
+def test_the_baselines_sweep_table_shows_a_rate_the_rule_added():
+    """An MLP whose grid the selection rule extended to 0.02 and chose it there: the table gets that row,
+    '-' for logistic regression (not extended), '(chosen)' on the MLP's cell."""
+    def values(*accs: float) -> list[dict]:
+        return [{"val_accuracy": a} for a in accs]
+
+    grid = {lr: values(0.9, 0.92) for lr in easy.BASELINE_RATES}
+    base = {"logreg": (grid, "0.003", []), "mlp": ({**grid, "0.02": values(0.95, 0.97)}, "0.02", [])}
+    rows = easy.baseline_sweep_table(Report(Path("unused.md")), base).splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {lr}" for lr in (*easy.BASELINE_RATES, "0.02")]
+    assert rows[-1] == "| 0.02 | - | 96.00 ± 1.41 (chosen) |"
+    assert rows[2] == "| 0.003 | 91.00 ± 1.41 (chosen) | 91.00 ± 1.41 |"
 
 
 def test_prune_deletes_only_the_records_the_whole_report_does_not_use(tmp_path):
