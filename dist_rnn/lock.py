@@ -110,7 +110,8 @@ class RunLock:
 
 
 def held(out_dir: Path) -> bool:
-    """Whether a process holds the run directory's lock now (a run still ending elsewhere)."""
+    """Whether a process holds the run directory's lock now (a run still ending elsewhere); False on a
+    file system that cannot lock files, where no run holds one (acquire() warned)."""
     try:
         fd = os.open(Path(out_dir) / LOCK_NAME, os.O_RDONLY)
     except OSError:
@@ -120,5 +121,9 @@ def held(out_dir: Path) -> bool:
         return False
     except BlockingIOError:
         return True
+    except OSError as e:
+        if e.errno not in UNSUPPORTED:
+            raise
+        return False
     finally:
         os.close(fd)

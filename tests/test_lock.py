@@ -1,6 +1,8 @@
 """One run per out-dir at a time: the lock itself under real process races, then real runs (two at
 once, kill -9 and rerun, torchrun x2 against a plain run)."""
 
+import errno
+import fcntl
 import json
 import multiprocessing
 import signal
@@ -13,7 +15,7 @@ import pytest
 from conftest import REPO, check_ok, read_results, signal_when_training
 
 from dist_rnn.errors import UserError
-from dist_rnn.lock import LOCK_NAME, RunLock
+from dist_rnn.lock import LOCK_NAME, RunLock, held
 
 
 def hammer(folder: str, rounds: int, start, holders, overlaps, taken) -> None:
@@ -58,6 +60,7 @@ def test_a_second_lock_is_refused_naming_the_holder_and_a_dead_holders_is_taken_
     folder = tmp_path / "run"
     first = RunLock(folder, "python -m dist_rnn.train --first")
     first.acquire(say=print)
+    assert held(folder) and not held(tmp_path / "other")
     with pytest.raises(UserError) as refused:
         RunLock(folder, "second").acquire(say=print)
     assert f"`out_dir` {folder} is in use by another run: pid " in refused.value.args[0]
@@ -66,13 +69,28 @@ def test_a_second_lock_is_refused_naming_the_holder_and_a_dead_holders_is_taken_
     code = f"from dist_rnn.lock import RunLock; import os; RunLock({str(folder / 'k')!r}, 'doomed').acquire(print); " \
            "os.kill(os.getpid(), 9)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == -signal.SIGKILL
-    assert (folder / "k" / LOCK_NAME).exists()
+    assert (folder / "k" / LOCK_NAME).exists() and not held(folder / "k")
     said = []
     RunLock(folder / "k", "next").acquire(say=said.append)
     assert len(said) == 1 and said[0].startswith(f"taking over {folder / 'k' / LOCK_NAME}: the run that held it "
                                                  "has ended (pid ") and "(doomed)" in said[0]
     first.release()
-    assert not (folder / LOCK_NAME).exists()
+    assert not (folder / LOCK_NAME).exists() and not held(folder)
+
+
+def test_a_file_system_without_flock_warns_and_holds_nothing(tmp_path, monkeypatch):
+    """Some FUSE and Lustre mounts answer flock(2) with ENOLCK (none is mounted here, so flock is made to
+    answer so): the run goes on with one warning, and held() reports no holder instead of failing."""
+    folder = tmp_path / "run"
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    said = []
+    RunLock(folder, "run").acquire(say=said.append)
+    assert len(said) == 1 and said[0].startswith(f"warning: {folder / LOCK_NAME}: this file system cannot lock files")
+    assert held(folder) is False
 
 
 def test_two_identical_runs_into_one_out_dir(tmp_path, mnist_dir):
