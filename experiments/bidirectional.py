@@ -96,8 +96,7 @@ def suite(lab: Lab, report: Report) -> None:
     rates = {arm_of[label]: rate for label, rate in lr.items()}
     label_of = {arm: label for label, arm in arm_of.items()}
     # the plan's shared-rate controls: each model again at the chosen rate of the one it is compared with
-    controls = {f"{arm}@{rate}": at(label_of[arm], rate) for arm, rate in sorted(lab.plan.controls("bidirectional",
-                                                                                                 rates))}
+    controls = lab.plan.controls("bidirectional", rates, lambda arm, rate: at(label_of[arm], rate))
     if not all(found.values()) or not all(controls.values()):
         return report.missing("bidirectional")
     uni, last, final, last1, final1 = found.values()

@@ -82,7 +82,7 @@ def suite(lab: Lab, report: Report) -> None:
     target = parameters("lstm", 128)
     sized = {cell: lstm_like_hidden(cell, target) for cell in ("gru", "rnn")}
     at_best = {cell: final(cell, lr) for cell, lr in best.items()}
-    controls = {f"{cell}@{lr}": final(cell, lr) for cell, lr in sorted(lab.plan.controls("cells", best))}
+    controls = lab.plan.controls("cells", best, final)
     at_size = {cell: final(cell, best[cell], hidden=h, sweep=True) for cell, h in sized.items()}
     if not all(at_best.values()) or not all(at_size.values()) or not times or not all(controls.values()):
         return report.missing("cells")

@@ -86,7 +86,7 @@ def suite(lab: Lab, report: Report) -> None:
 
     results = {name: at(name, lr) for name, lr in rates.items()}
     # the plan's shared-rate controls: each arm again at the other arms' chosen rates
-    controls = {f"{name}@{lr}": at(name, lr) for name, lr in sorted(lab.plan.controls("dropout", rates))}
+    controls = lab.plan.controls("dropout", rates, at)
     if not all(results.values()) or not all(controls.values()):
         return report.missing("dropout")
     cmp = lab.plan.family("dropout", {arm: accuracies(rs) for arm, rs in {**results, **controls}.items()}, rates)

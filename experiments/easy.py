@@ -130,9 +130,14 @@ def suite(lab: Lab, report: Report) -> None:
     # other's rate; each baseline on centred against shifted images
     rates = {"lstm": "0.01", **{kind: lr for kind, (_, lr, _) in base.items()},
              **{f"{kind} shifted": lr for kind, (_, lr, _) in moved.items()}}
-    controls = {f"{arm}@{lr}": accuracies(lstm_reference(lab, "easy", lr)) if arm == "lstm" else
-                [v["test_accuracy"] for v in baseline_test(lab, arm.split()[0], lr, shift=arm.endswith("shifted"))]
-                for arm, lr in sorted(lab.plan.controls("easy", rates))}
+
+    def test_accuracies(arm: str, lr: str) -> list[float]:
+        """An arm's test accuracies over seeds at Adam rate `lr`: the LSTM, or a baseline on centred or shifted images."""
+        if arm == "lstm":
+            return accuracies(lstm_reference(lab, "easy", lr))
+        return [v["test_accuracy"] for v in baseline_test(lab, arm.split()[0], lr, shift=arm.endswith("shifted"))]
+
+    controls = lab.plan.controls("easy", rates, test_accuracies)
     if not all(controls.values()):
         return report.missing("easy")
     first = lstm[0]

@@ -76,8 +76,7 @@ def suite(lab: Lab, report: Report) -> None:
     # the plan's arms: each loss's final accuracy ('mse'), its accuracy at step 100 ('mse at step 100'), and
     # summed against averaged MSE in validation accuracy at each rate of the sweep ('mse val at 0.003')
     rates = {**lr, **{f"{loss} at step 100": rate for loss, rate in lr.items()}}
-    wanted = sorted(lab.plan.controls("loss", rates))
-    controls = {f"{arm}@{rate}": curve_runs(lab, arm.split(" at step")[0], rate) for arm, rate in wanted}
+    controls = lab.plan.controls("loss", rates, lambda arm, rate: curve_runs(lab, arm.split(" at step")[0], rate))
     if not all(trained.values()) or not all(controls.values()):
         return report.missing("loss")
     ce, mse, mse_sum = trained["ce"], trained["mse"], trained["mse-sum"]

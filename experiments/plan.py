@@ -12,13 +12,14 @@ import statistics
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import yaml
 
 from dist_rnn.errors import UserError
 
 PLAN = Path(__file__).parent / "plan.yaml"
+T = TypeVar("T")
 TESTS = ("welch",)  # the difference test each comparison gets; TOST and the power figure come with it
 
 
@@ -312,11 +313,12 @@ class Plan:
     def comparisons(self, section: str) -> list[dict[str, Any]]:
         return self.sections.get(section, {}).get("comparisons", [])
 
-    def controls(self, section: str, rates: dict[str, str]) -> set[tuple[str, str]]:
-        """The (arm, rate) runs the section's shared-rate comparisons need beyond each arm at its own rate."""
-        at = [tuple(arm.rsplit("@", 1)) for _, a, b in expand(section, self.comparisons(section), rates)
-              for arm in (a, b) if "@" in arm]
-        return {(arm, lr) for arm, lr in at if rates.get(arm) != lr}
+    def controls(self, section: str, rates: dict[str, str], run: Callable[[str, str], T]) -> dict[str, T]:
+        """The section's shared-rate controls, 'arm@lr' -> run(arm, lr): each arm at another arm's chosen rate,
+        as its shared-rate comparisons need (an arm at its own rate is the arm itself)."""
+        at = {tuple(arm.rsplit("@", 1)) for _, a, b in expand(section, self.comparisons(section), rates)
+              for arm in (a, b) if "@" in arm}
+        return {f"{arm}@{lr}": run(arm, lr) for arm, lr in sorted(at) if rates.get(arm) != lr}
 
     def decision(self, section: str, what: str) -> dict[str, Any]:
         """A decision of the section's (its rule's parameters), refused where it reads a test figure."""

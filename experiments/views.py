@@ -171,7 +171,7 @@ def suite(lab: Lab, report: Report) -> None:
 
     results = {v: at(v, lr[v]) for v in VIEWS}
     # the plan's shared-rate controls: each view again at the chosen rate of the view it is compared with
-    controls = {f"{v}@{rate}": at(v, rate) for v, rate in sorted(lab.plan.controls("views", lr))}
+    controls = lab.plan.controls("views", lr, at)
     if not all(results.values()) or not all(controls.values()):
         return report.missing("views")
     long_epochs = decided[-1]["epochs"]
