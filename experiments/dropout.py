@@ -119,10 +119,8 @@ def suite(lab: Lab, report: Report) -> None:
         bound=lab.plan.bound,
         shared_rows=report.table(
             ["dropout", "Adam lr", "test accuracy %", "none at that rate, test accuracy %", "difference, points (95 % CI)"],
-            [[name, lr, accuracy_cell(every[f"{name}@{lr}"]), accuracy_cell(every[f"none@{lr}"]),
-              cmp[f"{plan_id[name]}@{lr}"].cell]
-             for name in VARIANTS for lr in sorted({rates[name], rates["none"]}, key=float)
-             if rates[name] != rates["none"]]),
+            [[name, lr, accuracy_cell(every[f"{name}@{lr}"]), accuracy_cell(every[f"none@{lr}"]), c.cell]
+             for name in VARIANTS for lr, c in cmp.at(plan_id[name]).items()]),
         sweep_table=sweep_table(report, "dropout", chosen),
         variants_table=report.table(["dropout", "Adam lr (chosen on validation)", "test accuracy %",
                                      "difference from none, points (95 % CI)",
