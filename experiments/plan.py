@@ -31,7 +31,7 @@ class PlanViolation(ValueError):
 class Comparison:
     """mean(a) - mean(b) in points; the half-width of its 95 % confidence interval and Welch's two-sided p
     (adjusted by Holm over the family: `p_holm`); the TOST p of equivalence within +-`bound` points (Holm
-    too); and `detectable`, the smallest difference the seeds had an 80 % chance to find (two-sided, at
+    too); and `detectable`, the smallest difference the seeds had a `power` chance to find (two-sided, at
     the family's Bonferroni level alpha/m, a little stricter than Holm's). A difference is claimed where
     p_holm < alpha, an equivalence where p_tost_holm < alpha (both can hold: a real but small difference);
     anything else is inconclusive, and the report says how large an effect it could have missed. `se` and
@@ -47,6 +47,7 @@ class Comparison:
     bound: float = float("nan")
     detectable: float = float("nan")
     alpha: float = 0.05
+    power: float = 0.8
     se: float = float("nan")
     df: float = float("nan")
 
@@ -83,8 +84,8 @@ class Comparison:
             return f"beyond the spread: {p_text(self.p_holm)}, {over}"
         if self.equivalent:
             return f"equivalent within ±{self.bound:g} points: TOST {p_text(self.p_tost_holm)}, {over}"
-        missed = (f"80 % power only for {self.detectable:.2f} points or more" if math.isfinite(self.detectable)
-                  else "no spread to test")
+        missed = (f"{self.power * 100:.0f} % power only for {self.detectable:.2f} points or more"
+                  if math.isfinite(self.detectable) else "no spread to test")
         return f"inconclusive: {p_text(self.p_holm)}, TOST {p_text(self.p_tost_holm)} (±{self.bound:g}), {over}; {missed}"
 
 
@@ -99,18 +100,19 @@ def welch(a: list[float], b: list[float], bound: float, alpha: float, power: flo
     `power` (alone, each p is its own correction: Family corrects a family's)."""
     diff = (statistics.mean(a) - statistics.mean(b)) * 100
     if len(a) < 2 or len(b) < 2:  # no spread to measure on one side: no claim
-        return Comparison(diff, float("nan"), 1.0, 1.0, bound=bound, alpha=alpha)
+        return Comparison(diff, float("nan"), 1.0, 1.0, bound=bound, alpha=alpha, power=power)
     va, vb = statistics.variance(a) * 1e4 / len(a), statistics.variance(b) * 1e4 / len(b)
     if va + vb == 0:  # every seed alike on both sides: the plan refuses such a test (degenerate)
         p, p_tost = (0.0 if diff else 1.0), (0.0 if abs(diff) < bound else 1.0)
         return Comparison(diff, 0.0, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound, detectable=0.0,
-                          alpha=alpha)
+                          alpha=alpha, power=power)
     se = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     p = min(1.0, 2 * t_sf(abs(diff) / se, df))
     p_tost = max(t_sf((diff + bound) / se, df), t_sf((bound - diff) / se, df))
     return Comparison(diff, t_quantile(0.975, df) * se, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound,
-                      detectable=detectable(se, df, alpha, power), alpha=alpha, se=se, df=df)
+                      detectable=detectable(se, df, alpha, power), alpha=alpha, power=power, se=se,
+                      df=df)
 
 
 def detectable(se: float, df: float, alpha: float, power: float) -> float:
@@ -208,7 +210,7 @@ class Family:
                 raise PlanViolation(f"{section}: comparisons {twin!r} and {name!r} are the same test "
                                     f"(the same values on both sides)")
             seen[key] = name
-            found[name] = welch(arms[a], arms[b], bound, alpha)
+            found[name] = welch(arms[a], arms[b], bound, alpha, power)
         m = len(found)
         holm_p = holm_adjust({k: c.p for k, c in found.items()})
         tost_p = holm_adjust({k: c.p_tost for k, c in found.items()})

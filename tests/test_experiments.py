@@ -198,8 +198,10 @@ def test_statistics_say_mean_sd_and_call_a_difference_or_an_equivalence_only_whe
     assert close.equivalent and not close.beyond and close.words.startswith("equivalent within ±0.5 points: TOST")
     tight = welch([0.9701, 0.9702, 0.9703, 0.9704, 0.9705], [0.9691, 0.9692, 0.9693, 0.9694, 0.9695])
     assert tight.beyond and tight.equivalent and tight.short == "beyond the spread, but within ±0.5 points"
-    wide = welch([0.96, 0.97, 0.98, 0.975, 0.965], [0.959, 0.969, 0.979, 0.974, 0.964])
+    wide_arms = [0.96, 0.97, 0.98, 0.975, 0.965], [0.959, 0.969, 0.979, 0.974, 0.964]
+    wide = welch(*wide_arms)
     assert not wide.equivalent and wide.words.startswith("inconclusive") and "80 % power only" in wide.words
+    assert "90 % power only" in plan.welch(*wide_arms, bound=0.5, alpha=0.05, power=0.9).words  # the plan's power
     # the detectable difference: (t_0.975 + t_0.8) standard errors; 8 df: 2.306 + 0.889
     assert wide.detectable == pytest.approx(3.195 * (2 * 0.0079057 ** 2 / 5) ** 0.5 * 100, rel=0.01)
     # Student's t tail: tables give 0.0367 at t = 2, 10 df (one-sided), and 0.025 at t = 12.706, 1 df
