@@ -20,6 +20,7 @@ from dist_rnn.errors import UserError
 
 PLAN = Path(__file__).parent / "plan.yaml"
 T = TypeVar("T")
+ALPHA, POWER = 0.05, 0.8  # the tests' level and the power figure's, where plan.yaml names none
 TESTS = ("welch",)  # the difference test each comparison gets; TOST and the power figure come with it
 
 
@@ -46,8 +47,8 @@ class Comparison:
     p_tost_holm: float = 1.0
     bound: float = float("nan")
     detectable: float = float("nan")
-    alpha: float = 0.05
-    power: float = 0.8
+    alpha: float = ALPHA
+    power: float = POWER
     se: float = float("nan")
     df: float = float("nan")
 
@@ -94,7 +95,7 @@ def p_text(p: float) -> str:
     return "p < 0.001" if p < 0.0005 else f"p = {p:.3f}"
 
 
-def welch(a: list[float], b: list[float], bound: float, alpha: float, power: float = 0.8) -> Comparison:
+def welch(a: list[float], b: list[float], bound: float, alpha: float, power: float = POWER) -> Comparison:
     """Accuracies `a` against `b` over seeds (fractions; the figures in points): Welch's interval and p,
     the TOST p of equivalence within +-`bound` points, and the smallest difference detectable with
     `power` (alone, each p is its own correction: Family corrects a family's)."""
@@ -111,8 +112,7 @@ def welch(a: list[float], b: list[float], bound: float, alpha: float, power: flo
     p = min(1.0, 2 * t_sf(abs(diff) / se, df))
     p_tost = max(t_sf((diff + bound) / se, df), t_sf((bound - diff) / se, df))
     return Comparison(diff, t_quantile(0.975, df) * se, p, p, p_tost=p_tost, p_tost_holm=p_tost, bound=bound,
-                      detectable=detectable(se, df, alpha, power), alpha=alpha, power=power, se=se,
-                      df=df)
+                      detectable=detectable(se, df, alpha, power), alpha=alpha, power=power, se=se, df=df)
 
 
 def detectable(se: float, df: float, alpha: float, power: float) -> float:
@@ -180,7 +180,7 @@ class Family:
     that repeats another's test, or that compares arms at different rates without `shared_rates`."""
 
     def __init__(self, section: str, planned: list[dict[str, Any]], arms: dict[str, list[float]], bound: float,
-                 alpha: float, rates: Optional[dict[str, str]] = None, power: float = 0.8):
+                 alpha: float, rates: Optional[dict[str, str]] = None, power: float = POWER):
         self.section, rates = section, rates or {}
         self.planned = {entry["id"]: entry for entry in planned}
         self.aliases: dict[str, str] = {}  # a shared-rate test whose runs are its own-rate test's
@@ -302,9 +302,9 @@ class Plan:
             raise UserError(f"cannot read the plan {self.path}: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict) or not isinstance(data.get("sections"), dict):
             raise UserError(f"the plan {self.path} needs a `sections` mapping")
-        self.alpha = float(data.get("alpha", 0.05))
+        self.alpha = float(data.get("alpha", ALPHA))
         self.bound = float(data.get("equivalence_margin", 0.5))
-        self.power = float(data.get("power", 0.8))
+        self.power = float(data.get("power", POWER))
         self.sections: dict[str, dict[str, Any]] = data["sections"]
 
     def family(self, section: str, arms: dict[str, list[float]], rates: Optional[dict[str, str]] = None) -> Family:
